@@ -1,0 +1,116 @@
+# lmsfs - build, test, install.
+#
+#   make                 build build/lmsfs
+#   make test            install missing packages, build, run the test suite
+#   make SAN=address,undefined test   the same against a sanitizer build
+#   make demo            mount on the built-in mock provider and show it off
+#   make install PREFIX=/usr/local DESTDIR=
+
+VERSION  := 0.1.0
+PREFIX   ?= /usr/local
+DESTDIR  ?=
+BINDIR   := $(PREFIX)/bin
+MANDIR   := $(PREFIX)/share/man/man1
+DOCDIR   := $(PREFIX)/share/doc/lmsfs
+PYTHON   ?= /usr/bin/python3
+
+PKGS     := fuse3 libcurl libcjson inih
+DEB_PKGS := fuse3 libfuse3-dev libcurl4-openssl-dev libcjson-dev libinih-dev \
+            pkg-config python3-pytest rsync man-db
+CC       ?= cc
+
+SAN ?=
+ifeq ($(SAN),)
+BUILD    := build
+SANFLAGS :=
+else
+BUILD    := build-san
+SANFLAGS := -fsanitize=$(SAN) -fno-omit-frame-pointer -fno-sanitize-recover=all
+endif
+
+WARN := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
+        -Wno-unused-parameter
+ifeq ($(WERROR),1)
+WARN += -Werror
+endif
+
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+
+CFLAGS  ?= -O2 -g
+CFLAGS  += -std=gnu11 $(WARN) $(SANFLAGS) -DFUSE_USE_VERSION=314 \
+           -DLMSFS_VERSION=\"$(VERSION)\" -D_GNU_SOURCE $(PKG_CFLAGS) -pthread
+LDFLAGS += $(SANFLAGS) -pthread
+LDLIBS  += $(PKG_LIBS) -lm
+
+SRCS := $(wildcard fs/*.c)
+OBJS := $(patsubst fs/%.c,$(BUILD)/%.o,$(SRCS))
+DEPS := $(OBJS:.o=.d)
+
+# Pure modules that unit tests link against (no FUSE, no curl).
+PURE := buf sse jsonl config log names
+UNIT_SRCS := $(wildcard tests/unit/test_*.c)
+UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/unit/%,$(UNIT_SRCS))
+
+.PHONY: all deps test unit demo bench install uninstall fmt clean check-deps
+
+all: $(BUILD)/lmsfs unit
+
+$(BUILD)/lmsfs: $(OBJS)
+	$(CC) $(LDFLAGS) -o $@ $(OBJS) $(LDLIBS)
+
+$(BUILD)/%.o: fs/%.c | $(BUILD)
+	$(CC) $(CFLAGS) -MMD -MP -c -o $@ $<
+
+$(BUILD):
+	mkdir -p $(BUILD) $(BUILD)/unit
+
+unit: $(UNIT_BINS)
+
+$(BUILD)/unit/%: tests/unit/%.c $(foreach m,$(PURE),$(BUILD)/$(m).o) | $(BUILD)
+	$(CC) $(CFLAGS) -Ifs -o $@ $< $(foreach m,$(PURE),$(BUILD)/$(m).o) $(LDFLAGS) $(LDLIBS)
+
+# Installs whatever Debian packages are missing; silent when all are there.
+deps:
+	@missing=""; for p in $(DEB_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  if [ "$$(id -u)" != 0 ]; then SUDO=sudo; else SUDO=; fi; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+test: deps
+	$(MAKE) all
+	LMSFS_BIN=$(CURDIR)/$(BUILD)/lmsfs LMSFS_UNIT_DIR=$(CURDIR)/$(BUILD)/unit \
+	  $(PYTHON) -m pytest -q tests $(PYTEST_ARGS)
+
+demo: deps
+	$(MAKE) all
+	LMSFS_BIN=$(CURDIR)/$(BUILD)/lmsfs sh examples/demo.sh
+
+bench: deps
+	$(MAKE) all
+	LMSFS_BIN=$(CURDIR)/$(BUILD)/lmsfs $(PYTHON) tests/bench/run.py
+
+install: $(BUILD)/lmsfs
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR) $(DESTDIR)$(DOCDIR)/examples/tools
+	install -m 0755 $(BUILD)/lmsfs $(DESTDIR)$(BINDIR)/lmsfs
+	install -m 0644 lmsfs.1 $(DESTDIR)$(MANDIR)/lmsfs.1
+	install -m 0644 lmsfs.conf $(DESTDIR)$(DOCDIR)/lmsfs.conf.example
+	install -m 0644 README.md $(DESTDIR)$(DOCDIR)/README.md
+	for f in examples/tools/*; do install -m 0755 $$f $(DESTDIR)$(DOCDIR)/examples/tools/; done
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/lmsfs $(DESTDIR)$(MANDIR)/lmsfs.1
+	rm -rf $(DESTDIR)$(DOCDIR)
+
+fmt:
+	clang-format -i fs/*.c fs/*.h tests/unit/*.c
+
+clean:
+	rm -rf build build-san
+
+-include $(DEPS)

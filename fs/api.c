@@ -1,0 +1,335 @@
+/* api.c - chat-completion request building and answer decoding. */
+#include "api.h"
+
+#include "config.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ARGS_MAX (1u << 20)
+
+void api_answer_init(struct api_answer *a)
+{
+	memset(a, 0, sizeof(*a));
+	buf_init(&a->content, 64u << 20);
+	buf_init(&a->reasoning, 16u << 20);
+	for (int i = 0; i < API_MAX_TOOL_CALLS; i++)
+		buf_init(&a->calls[i].args, ARGS_MAX);
+	a->prompt_tokens = a->completion_tokens = -1;
+	a->tps = a->ttft = -1;
+}
+
+void api_answer_free(struct api_answer *a)
+{
+	if (!a)
+		return;
+	buf_free(&a->content);
+	buf_free(&a->reasoning);
+	for (int i = 0; i < API_MAX_TOOL_CALLS; i++) {
+		free(a->calls[i].id);
+		free(a->calls[i].name);
+		buf_free(&a->calls[i].args);
+	}
+}
+
+static const char *str(const cJSON *o, const char *k)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+	return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+static void set_str(char **dst, const char *s)
+{
+	if (s && *s && !*dst)
+		*dst = strdup(s);
+}
+
+static int add_text(struct api_answer *a, const char *s, api_text_fn fn,
+		    void *ctx)
+{
+	size_t n;
+	if (!s || !*s)
+		return 0;
+	n = strlen(s);
+	if (buf_append(&a->content, s, n) != 0) {
+		a->err = EC_PROTOCOL;
+		snprintf(a->errmsg, sizeof(a->errmsg), "answer longer than %zu bytes",
+			 a->content.max);
+		return -EFBIG;
+	}
+	a->chunks++;
+	return fn ? fn(ctx, s, n) : 0;
+}
+
+static int add_call_delta(struct api_answer *a, const cJSON *tc, int fallback)
+{
+	const cJSON *idx = cJSON_GetObjectItemCaseSensitive(tc, "index");
+	const cJSON *fn = cJSON_GetObjectItemCaseSensitive(tc, "function");
+	int i = cJSON_IsNumber(idx) ? idx->valueint : fallback;
+	const char *args;
+
+	if (i < 0 || i >= API_MAX_TOOL_CALLS) {
+		a->err = EC_PROTOCOL;
+		snprintf(a->errmsg, sizeof(a->errmsg), "tool call index %d out of range", i);
+		return -EPROTO;
+	}
+	if (i >= a->n_calls)
+		a->n_calls = i + 1;
+	set_str(&a->calls[i].id, str(tc, "id"));
+	set_str(&a->calls[i].name, str(fn, "name"));
+	args = str(fn, "arguments");
+	if (!args) {
+		/* Some servers send arguments as an object already. */
+		const cJSON *o = cJSON_GetObjectItemCaseSensitive(fn, "arguments");
+		if (cJSON_IsObject(o)) {
+			char *t = cJSON_PrintUnformatted(o);
+			if (t)
+				buf_puts(&a->calls[i].args, t);
+			free(t);
+		}
+	} else if (buf_puts(&a->calls[i].args, args) != 0) {
+		a->err = EC_PROTOCOL;
+		snprintf(a->errmsg, sizeof(a->errmsg), "tool call arguments too large");
+		return -EFBIG;
+	}
+	return 0;
+}
+
+static void take_usage(struct api_answer *a, const cJSON *root)
+{
+	const cJSON *u = cJSON_GetObjectItemCaseSensitive(root, "usage");
+	const cJSON *s = cJSON_GetObjectItemCaseSensitive(root, "stats");
+	const cJSON *v;
+
+	if (cJSON_IsObject(u)) {
+		v = cJSON_GetObjectItemCaseSensitive(u, "prompt_tokens");
+		if (cJSON_IsNumber(v))
+			a->prompt_tokens = (long)v->valuedouble;
+		v = cJSON_GetObjectItemCaseSensitive(u, "completion_tokens");
+		if (cJSON_IsNumber(v))
+			a->completion_tokens = (long)v->valuedouble;
+	}
+	if (cJSON_IsObject(s)) {
+		v = cJSON_GetObjectItemCaseSensitive(s, "tokens_per_second");
+		if (cJSON_IsNumber(v))
+			a->tps = v->valuedouble;
+		v = cJSON_GetObjectItemCaseSensitive(s, "time_to_first_token");
+		if (cJSON_IsNumber(v))
+			a->ttft = v->valuedouble;
+	}
+}
+
+static int take_error(struct api_answer *a, const cJSON *root)
+{
+	const cJSON *e = cJSON_GetObjectItemCaseSensitive(root, "error");
+	if (!e || cJSON_IsNull(e))
+		return 0;
+	a->err = errclass_from_error_json(e, 0, a->errmsg, sizeof(a->errmsg));
+	return 1;
+}
+
+static int take_finish(struct api_answer *a, const cJSON *choice)
+{
+	const char *f = str(choice, "finish_reason");
+	if (f)
+		snprintf(a->finish, sizeof(a->finish), "%s", f);
+	return 0;
+}
+
+int api_feed_event(struct api_answer *a, const char *data, size_t len,
+		   api_text_fn fn, void *ctx)
+{
+	cJSON *root;
+	const cJSON *choices, *ch;
+	int ret = 0;
+
+	while (len && (*data == ' ' || *data == '\t')) {
+		data++;
+		len--;
+	}
+	if (len == 6 && memcmp(data, "[DONE]", 6) == 0) {
+		a->done = 1;
+		return 0;
+	}
+	root = cJSON_ParseWithLength(data, len);
+	if (!cJSON_IsObject(root)) {
+		cJSON_Delete(root);
+		a->err = EC_PROTOCOL;
+		snprintf(a->errmsg, sizeof(a->errmsg),
+			 "malformed chunk from the server: %.60s", data);
+		return -EPROTO;
+	}
+	if (take_error(a, root)) {
+		cJSON_Delete(root);
+		return 0;
+	}
+	take_usage(a, root);
+	choices = cJSON_GetObjectItemCaseSensitive(root, "choices");
+	cJSON_ArrayForEach(ch, choices)
+	{
+		const cJSON *d = cJSON_GetObjectItemCaseSensitive(ch, "delta");
+		const cJSON *tcs, *tc, *fc;
+		const char *r;
+		int k = 0;
+
+		if (!cJSON_IsObject(d))
+			d = cJSON_GetObjectItemCaseSensitive(ch, "message");
+		r = str(d, "reasoning");
+		if (!r)
+			r = str(d, "reasoning_content");
+		if (r)
+			buf_puts(&a->reasoning, r);
+		ret = add_text(a, str(d, "content"), fn, ctx);
+		if (ret)
+			break;
+		tcs = cJSON_GetObjectItemCaseSensitive(d, "tool_calls");
+		cJSON_ArrayForEach(tc, tcs)
+		{
+			ret = add_call_delta(a, tc, k++);
+			if (ret)
+				break;
+		}
+		fc = cJSON_GetObjectItemCaseSensitive(d, "function_call");
+		if (cJSON_IsObject(fc)) {
+			cJSON *wrap = cJSON_CreateObject();
+			cJSON_AddItemReferenceToObject(wrap, "function", (cJSON *)fc);
+			a->legacy_call = 1;
+			ret = add_call_delta(a, wrap, 0);
+			cJSON_Delete(wrap);
+		}
+		take_finish(a, ch);
+		if (ret)
+			break;
+	}
+	cJSON_Delete(root);
+	return ret;
+}
+
+int api_decode_completion(struct api_answer *a, const char *body, size_t len,
+			  api_text_fn fn, void *ctx)
+{
+	int ret = api_feed_event(a, body, len, fn, ctx);
+	if (ret == 0 && !a->err)
+		a->done = 1;
+	return ret;
+}
+
+static void put_number_or_skip(cJSON *req, const char *k, int has, double v)
+{
+	if (has)
+		cJSON_AddNumberToObject(req, k, v);
+}
+
+char *api_build_request(const struct config *cfg, const char *model,
+			cJSON *messages, const cJSON *params, cJSON *tools,
+			int *stream_out)
+{
+	cJSON *req = cJSON_CreateObject();
+	const cJSON *p, *s;
+	char *out;
+	int stream;
+
+	cJSON_AddStringToObject(req, "model", model);
+	cJSON_AddItemToObject(req, "messages", messages);
+	cJSON_AddNumberToObject(req, "temperature", cfg->temperature);
+	cJSON_AddNumberToObject(req, "max_tokens", (double)cfg->max_tokens);
+	put_number_or_skip(req, "top_p", cfg->has_top_p, cfg->top_p);
+	put_number_or_skip(req, "frequency_penalty", cfg->has_frequency_penalty,
+			   cfg->frequency_penalty);
+	put_number_or_skip(req, "presence_penalty", cfg->has_presence_penalty,
+			   cfg->presence_penalty);
+	put_number_or_skip(req, "seed", cfg->has_seed, (double)cfg->seed);
+	if (cfg->stop)
+		cJSON_AddStringToObject(req, "stop", cfg->stop);
+	if (tools && cJSON_GetArraySize(tools) > 0) {
+		if (cfg->tool_api == TOOL_API_FUNCTIONS) {
+			/* Legacy form: the bare function objects. */
+			cJSON *fns = cJSON_CreateArray();
+			cJSON *t;
+			cJSON_ArrayForEach(t, tools)
+			{
+				cJSON *f = cJSON_GetObjectItemCaseSensitive(t, "function");
+				if (f)
+					cJSON_AddItemToArray(fns, cJSON_Duplicate(f, 1));
+			}
+			cJSON_AddItemToObject(req, "functions", fns);
+			cJSON_Delete(tools);
+		} else {
+			cJSON_AddItemToObject(req, "tools", tools);
+		}
+	} else {
+		cJSON_Delete(tools);
+	}
+	/* The conversation's params.json wins over every default. */
+	cJSON_ArrayForEach(p, params)
+	{
+		if (!p->string || strncmp(p->string, "lmsfs", 5) == 0)
+			continue;
+		if (strcmp(p->string, "messages") == 0 || strcmp(p->string, "model") == 0)
+			continue;
+		cJSON_DeleteItemFromObjectCaseSensitive(req, p->string);
+		cJSON_AddItemToObject(req, p->string, cJSON_Duplicate(p, 1));
+	}
+	s = cJSON_GetObjectItemCaseSensitive(req, "stream");
+	if (s)
+		stream = cJSON_IsTrue(s);
+	else {
+		stream = cfg->stream;
+		cJSON_AddBoolToObject(req, "stream", stream);
+	}
+	if (stream && !cJSON_GetObjectItemCaseSensitive(req, "stream_options")) {
+		cJSON *so = cJSON_AddObjectToObject(req, "stream_options");
+		cJSON_AddBoolToObject(so, "include_usage", 1);
+	}
+	*stream_out = stream;
+	out = cJSON_PrintUnformatted(req);
+	cJSON_Delete(req);
+	return out;
+}
+
+char *api_assistant_line(const struct api_answer *a, const char *status)
+{
+	cJSON *m = cJSON_CreateObject();
+	char *out;
+	int real_calls = 0;
+
+	cJSON_AddStringToObject(m, "role", "assistant");
+	for (int i = 0; i < a->n_calls; i++)
+		if (a->calls[i].name)
+			real_calls++;
+	if (a->content.len)
+		cJSON_AddStringToObject(m, "content", a->content.data);
+	else if (real_calls)
+		cJSON_AddNullToObject(m, "content");
+	else
+		cJSON_AddStringToObject(m, "content", "");
+	if (real_calls && a->legacy_call) {
+		cJSON *fc = cJSON_AddObjectToObject(m, "function_call");
+		cJSON_AddStringToObject(fc, "name", a->calls[0].name);
+		cJSON_AddStringToObject(fc, "arguments",
+					a->calls[0].args.data ? a->calls[0].args.data : "");
+	} else if (real_calls) {
+		cJSON *arr = cJSON_AddArrayToObject(m, "tool_calls");
+		for (int i = 0; i < a->n_calls; i++) {
+			const struct api_tool_call *c = &a->calls[i];
+			cJSON *o, *f;
+			if (!c->name)
+				continue;
+			o = cJSON_CreateObject();
+			cJSON_AddStringToObject(o, "id", c->id ? c->id : "");
+			cJSON_AddStringToObject(o, "type", "function");
+			f = cJSON_AddObjectToObject(o, "function");
+			cJSON_AddStringToObject(f, "name", c->name);
+			cJSON_AddStringToObject(f, "arguments", c->args.data ? c->args.data : "");
+			cJSON_AddItemToArray(arr, o);
+		}
+	}
+	if (status)
+		cJSON_AddStringToObject(m, "lmsfs_status", status);
+	out = cJSON_PrintUnformatted(m);
+	cJSON_Delete(m);
+	return out;
+}

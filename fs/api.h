@@ -1,0 +1,72 @@
+/* api.h - the OpenAI / LM Studio chat-completions JSON.
+ *
+ * Builds request bodies and decodes answers, streamed (one SSE event at a
+ * time) or whole, into one `struct api_answer`. Liberal in what it accepts:
+ * missing role or finish_reason, error members as text or object, usage
+ * chunks with empty choices, reasoning deltas, tool-call deltas assembled by
+ * index, the legacy function_call form. No I/O.
+ */
+#ifndef LMSFS_API_H
+#define LMSFS_API_H
+
+#include <stddef.h>
+
+#include "buf.h"
+#include "errclass.h"
+
+struct config;
+typedef struct cJSON cJSON;
+
+#define API_MAX_TOOL_CALLS 32
+
+struct api_tool_call {
+	char *id;
+	char *name;
+	struct buf args; /* JSON text of the arguments, assembled */
+};
+
+struct api_answer {
+	struct buf content;   /* the answer text so far */
+	struct buf reasoning; /* reasoning text, if the model sent any */
+	struct api_tool_call calls[API_MAX_TOOL_CALLS];
+	int n_calls;          /* highest index seen + 1 */
+	int legacy_call;      /* calls[0] came as function_call */
+	char finish[32];      /* finish_reason, "" if none */
+	long prompt_tokens, completion_tokens; /* -1 when not sent */
+	double tps, ttft;     /* server's stats, -1 when not sent */
+	int done;             /* [DONE] seen */
+	int chunks;           /* content-bearing chunks seen */
+	enum err_class err;   /* an error member arrived */
+	char errmsg[512];
+};
+
+/* Called with each new piece of visible text (content, not reasoning). */
+typedef int (*api_text_fn)(void *ctx, const char *text, size_t len);
+
+void api_answer_init(struct api_answer *a);
+void api_answer_free(struct api_answer *a);
+
+/* Decodes one SSE data payload. Returns 0, or -EPROTO for a payload that is
+ * not JSON (a.err/errmsg set), or the text callback's non-zero value. */
+int api_feed_event(struct api_answer *a, const char *data, size_t len,
+		   api_text_fn fn, void *ctx);
+/* Decodes a whole non-streamed completion. Same returns. */
+int api_decode_completion(struct api_answer *a, const char *body, size_t len,
+			  api_text_fn fn, void *ctx);
+
+/* The request body. `messages` is taken over. `params` (the conversation's
+ * params.json object, may be NULL) is merged last, verbatim. `tools` (may be
+ * NULL) is an array of OpenAI tool objects, taken over. Returns a malloc'd
+ * JSON string or NULL. *stream_out says whether the final body streams. */
+char *api_build_request(const struct config *cfg, const char *model,
+			cJSON *messages, const cJSON *params, cJSON *tools,
+			int *stream_out);
+
+/* The assistant message for the history: content (or null) plus
+ * tool_calls / function_call as the API expects them back. `status`, when
+ * not NULL, marks an unfinished answer ("cancelled", "failed: ...") in an
+ * "lmsfs_status" member that is stripped before anything is sent. Returns a
+ * malloc'd one-line JSON string. */
+char *api_assistant_line(const struct api_answer *a, const char *status);
+
+#endif

@@ -1,0 +1,1034 @@
+/* config.c - lmsfs.conf, the environment and -o options into one struct.
+ *
+ * One table lists every key: its name (the text form used in the file, in
+ * LMSFS_<KEY> and in -o), how its value is parsed, where it lives in struct
+ * config, and its allowed range. config_set() and config_check() both work
+ * from that table, so a key cannot be settable but unchecked or the reverse.
+ *
+ * Durations: a plain number is seconds, except for initial_backoff,
+ * max_backoff and mock_delay, where a plain number is milliseconds (these
+ * are small by nature: "1000" reads better than "1"). Unit suffixes (ms, s,
+ * m) work everywhere.
+ *
+ * Numbers are parsed by hand rather than with strtod() so that a locale set
+ * elsewhere in the process cannot turn "0.7" into an error.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* GNU strerror_r, asprintf, strndup */
+#endif
+#include "config.h"
+#include "log.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <ini.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* Longest line accepted in a config file (a long system_prompt). */
+#define CONFIG_LINE_MAX (64 * 1024)
+/* Longest numeric value text looked at. */
+#define NUM_TEXT_MAX 64
+
+enum ktype {
+	K_URL,	     /* base_url */
+	K_OPTSTR,    /* string; empty means unset (NULL) */
+	K_PATH,	     /* non-empty string, leading "~/" expanded */
+	K_LIST,	     /* allowed_models */
+	K_PROVIDER,  /* provider */
+	K_TOOLAPI,   /* tool_api */
+	K_LOGLEVEL,  /* log_level */
+	K_BOOL,	     /* int 0/1 */
+	K_INT,	     /* int */
+	K_LONG,	     /* long */
+	K_OPTLONG,   /* long with a has_ flag; empty means unset */
+	K_DOUBLE,    /* double */
+	K_OPTDOUBLE, /* double with a has_ flag; empty means unset */
+	K_DUR_S,     /* long milliseconds, plain number = seconds */
+	K_DUR_MS,    /* long milliseconds, plain number = milliseconds */
+	K_SIZE,	     /* long bytes */
+};
+
+/* max_tokens: 0 is inside [-1, inf) but means nothing useful. */
+#define F_NOZERO 1
+
+struct key {
+	const char *name;
+	enum ktype type;
+	size_t off;	/* of the value in struct config */
+	size_t has_off; /* of has_<x> for K_OPT* numbers */
+	double min, max;
+	int flags;
+};
+
+#define OFF(f) offsetof(struct config, f)
+#define INF INFINITY
+
+static const struct key keys[] = {
+    /* server */
+    {"base_url", K_URL, OFF(base_url), 0, 0, 0, 0},
+    {"api_key", K_OPTSTR, OFF(api_key), 0, 0, 0, 0},
+    {"provider", K_PROVIDER, OFF(provider), 0, 0, 0, 0},
+    {"default_model", K_OPTSTR, OFF(default_model), 0, 0, 0, 0},
+    {"allowed_models", K_LIST, OFF(allowed_models), 0, 0, 0, 0},
+    /* http */
+    {"timeout", K_DUR_S, OFF(timeout_ms), 0, 1, INF, 0},
+    {"connect_timeout", K_DUR_S, OFF(connect_timeout_ms), 0, 1, INF, 0},
+    {"keep_alive", K_DUR_S, OFF(keep_alive_ms), 0, 0, INF, 0},
+    {"max_idle_connections", K_LONG, OFF(max_idle_connections), 0, 0, 1000, 0},
+    /* request defaults */
+    {"temperature", K_DOUBLE, OFF(temperature), 0, 0, 2, 0},
+    {"max_tokens", K_LONG, OFF(max_tokens), 0, -1, INF, F_NOZERO},
+    {"top_p", K_OPTDOUBLE, OFF(top_p), OFF(has_top_p), 0, 1, 0},
+    {"frequency_penalty", K_OPTDOUBLE, OFF(frequency_penalty),
+     OFF(has_frequency_penalty), -2, 2, 0},
+    {"presence_penalty", K_OPTDOUBLE, OFF(presence_penalty),
+     OFF(has_presence_penalty), -2, 2, 0},
+    {"stop", K_OPTSTR, OFF(stop), 0, 0, 0, 0},
+    {"seed", K_OPTLONG, OFF(seed), OFF(has_seed), -INF, INF, 0},
+    {"system_prompt", K_OPTSTR, OFF(system_prompt), 0, 0, 0, 0},
+    {"stream", K_BOOL, OFF(stream), 0, 0, 1, 0},
+    /* resilience */
+    {"max_retries", K_INT, OFF(max_retries), 0, 0, 100, 0},
+    {"max_retries_stream", K_INT, OFF(max_retries_stream), 0, 0, 100, 0},
+    {"initial_backoff", K_DUR_MS, OFF(initial_backoff_ms), 0, 0, INF, 0},
+    {"max_backoff", K_DUR_MS, OFF(max_backoff_ms), 0, 0, INF, 0},
+    {"breaker_threshold", K_INT, OFF(breaker_threshold), 0, 1, 1000000, 0},
+    {"breaker_reset", K_DUR_S, OFF(breaker_reset_ms), 0, 1, INF, 0},
+    /* tools */
+    {"tool_timeout", K_DUR_S, OFF(tool_timeout_ms), 0, 1, INF, 0},
+    {"tool_output_max", K_SIZE, OFF(tool_output_max), 0, 1, INF, 0},
+    {"max_tool_rounds", K_INT, OFF(max_tool_rounds), 0, 1, 1000, 0},
+    {"tool_api", K_TOOLAPI, OFF(tool_api), 0, 0, 0, 0},
+    /* conversations */
+    {"max_prompt_bytes", K_SIZE, OFF(max_prompt_bytes), 0, 1, INF, 0},
+    {"max_queue", K_INT, OFF(max_queue), 0, 1, 100000, 0},
+    {"models_ttl", K_DUR_S, OFF(models_ttl_ms), 0, 0, INF, 0},
+    /* mock provider */
+    {"mock_delay", K_DUR_MS, OFF(mock_delay_ms), 0, 0, INF, 0},
+    /* daemon */
+    {"state_dir", K_PATH, OFF(state_dir), 0, 0, 0, 0},
+    {"log_level", K_LOGLEVEL, OFF(log_level), 0, 0, 0, 0},
+};
+
+#define NKEYS (sizeof(keys) / sizeof(keys[0]))
+
+static const char *const provider_names[] = {"lmstudio", "openai", "mock"};
+static const char *const tool_api_names[] = {"tools", "functions"};
+
+static int seterr(char *err, size_t errlen, int rc, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static int seterr(char *err, size_t errlen, int rc, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (err && errlen) {
+		va_start(ap, fmt);
+		vsnprintf(err, errlen, fmt, ap);
+		va_end(ap);
+	}
+	return rc;
+}
+
+static const struct key *key_find(const char *name)
+{
+	size_t i;
+
+	if (!name)
+		return NULL;
+	for (i = 0; i < NKEYS; i++)
+		if (strcmp(keys[i].name, name) == 0)
+			return &keys[i];
+	return NULL;
+}
+
+#define FIELD(c, k, type) ((type *)((char *)(c) + (k)->off))
+#define CFIELD(c, k, type) ((const type *)((const char *)(c) + (k)->off))
+
+/* ---- number parsing ---------------------------------------------------- */
+
+/* Copies s without surrounding whitespace into out. Returns -1 when it does
+ * not fit (no number is that long). */
+static int trim_copy(const char *s, char *out, size_t outlen)
+{
+	size_t n;
+
+	while (isspace((unsigned char)*s))
+		s++;
+	n = strlen(s);
+	while (n && isspace((unsigned char)s[n - 1]))
+		n--;
+	if (n >= outlen)
+		return -1;
+	memcpy(out, s, n);
+	out[n] = '\0';
+	return 0;
+}
+
+/* Reads [sign] digits [. digits] from s; returns the characters used, 0 when
+ * there is no number. The digits are gathered into one integer and divided
+ * once, so "0.7" gives the double closest to 0.7. */
+static size_t scan_decimal(const char *s, int sign_ok, double *out)
+{
+	double mant = 0, scale = 1;
+	size_t i = 0;
+	int neg = 0, digits = 0;
+
+	if (sign_ok && (s[0] == '-' || s[0] == '+')) {
+		neg = s[0] == '-';
+		i++;
+	}
+	for (; isdigit((unsigned char)s[i]); i++, digits++)
+		mant = mant * 10 + (s[i] - '0');
+	if (s[i] == '.') {
+		for (i++; isdigit((unsigned char)s[i]); i++, digits++) {
+			mant = mant * 10 + (s[i] - '0');
+			scale *= 10;
+		}
+	}
+	if (!digits || digits > 30)
+		return 0;
+	*out = (neg ? -mant : mant) / scale;
+	return i;
+}
+
+/* A duration; plain numbers are in units of unit_ms. */
+static int parse_duration(const char *s, long unit_ms, long *out)
+{
+	char t[NUM_TEXT_MAX];
+	double v, mult;
+	size_t i;
+	const char *u;
+
+	if (trim_copy(s, t, sizeof(t)))
+		return -EINVAL;
+	i = scan_decimal(t, 0, &v);
+	if (!i)
+		return -EINVAL;
+	u = t + i;
+	while (*u == ' ')
+		u++;
+	if (*u == '\0')
+		mult = (double)unit_ms;
+	else if (strcasecmp(u, "ms") == 0)
+		mult = 1;
+	else if (strcasecmp(u, "s") == 0)
+		mult = 1000;
+	else if (strcasecmp(u, "m") == 0)
+		mult = 60000;
+	else
+		return -EINVAL;
+	v = round(v * mult);
+	if (v > (double)LONG_MAX / 2)
+		return -EINVAL;
+	*out = (long)v;
+	return 0;
+}
+
+int config_parse_duration_ms(const char *s, long *out)
+{
+	return s ? parse_duration(s, 1000, out) : -EINVAL;
+}
+
+int config_parse_size(const char *s, long *out)
+{
+	char t[NUM_TEXT_MAX];
+	double v, mult = 1;
+	const char *u;
+	size_t i;
+
+	if (!s || trim_copy(s, t, sizeof(t)))
+		return -EINVAL;
+	i = scan_decimal(t, 0, &v);
+	if (!i)
+		return -EINVAL;
+	u = t + i;
+	while (*u == ' ')
+		u++;
+	switch (tolower((unsigned char)*u)) {
+	case 'k':
+		mult = 1024.0;
+		break;
+	case 'm':
+		mult = 1024.0 * 1024;
+		break;
+	case 'g':
+		mult = 1024.0 * 1024 * 1024;
+		break;
+	case 'b':
+	case '\0':
+		break;
+	default:
+		return -EINVAL;
+	}
+	if (mult > 1) {
+		u++;
+		if (strcasecmp(u, "ib") == 0)
+			u += 2;
+		else if (tolower((unsigned char)*u) == 'b')
+			u++;
+	} else if (*u) {
+		u++; /* "B" */
+	}
+	if (*u)
+		return -EINVAL;
+	v = floor(v * mult);
+	if (v > (double)LONG_MAX / 2)
+		return -EINVAL;
+	*out = (long)v;
+	return 0;
+}
+
+int config_parse_bool(const char *s, int *out)
+{
+	static const char *const yes[] = {"true", "yes", "on", "1"};
+	static const char *const no[] = {"false", "no", "off", "0"};
+	char t[NUM_TEXT_MAX];
+	size_t i;
+
+	if (!s || trim_copy(s, t, sizeof(t)))
+		return -EINVAL;
+	for (i = 0; i < 4; i++) {
+		if (strcasecmp(t, yes[i]) == 0) {
+			*out = 1;
+			return 0;
+		}
+		if (strcasecmp(t, no[i]) == 0) {
+			*out = 0;
+			return 0;
+		}
+	}
+	return -EINVAL;
+}
+
+static int parse_long(const char *s, long *out)
+{
+	char t[NUM_TEXT_MAX];
+	char *end;
+	long v;
+
+	if (trim_copy(s, t, sizeof(t)) || !t[0])
+		return -EINVAL;
+	errno = 0;
+	v = strtol(t, &end, 10);
+	if (*end || errno)
+		return -EINVAL;
+	*out = v;
+	return 0;
+}
+
+static int parse_double(const char *s, double *out)
+{
+	char t[NUM_TEXT_MAX];
+	size_t i;
+
+	if (trim_copy(s, t, sizeof(t)))
+		return -EINVAL;
+	i = scan_decimal(t, 1, out);
+	return i && t[i] == '\0' ? 0 : -EINVAL;
+}
+
+static int parse_choice(const char *s, const char *const *names, int n)
+{
+	char t[NUM_TEXT_MAX];
+	int i;
+
+	if (trim_copy(s, t, sizeof(t)))
+		return -1;
+	for (i = 0; i < n; i++)
+		if (strcasecmp(t, names[i]) == 0)
+			return i;
+	return -1;
+}
+
+/* ---- ranges ------------------------------------------------------------ */
+
+/* Checks v against the key's range; text is the value as the user wrote it
+ * (quoted) or as stored (unquoted). */
+static int key_range(const struct key *k, double v, const char *text, char *err,
+		     size_t errlen)
+{
+	int is_amount =
+	    k->type == K_DUR_S || k->type == K_DUR_MS || k->type == K_SIZE;
+
+	if (v >= k->min && v <= k->max && !((k->flags & F_NOZERO) && v == 0))
+		return 0;
+	if (k->flags & F_NOZERO)
+		return seterr(err, errlen, -EINVAL,
+			      "%s: %s must be -1 (no limit) or greater than 0",
+			      k->name, text);
+	if (isfinite(k->min) && isfinite(k->max))
+		return seterr(err, errlen, -EINVAL,
+			      "%s: %s must be between %g and %g", k->name, text,
+			      k->min, k->max);
+	if (is_amount && k->min == 1)
+		return seterr(err, errlen, -EINVAL,
+			      "%s: %s must be greater than 0", k->name, text);
+	if (k->min == 0)
+		return seterr(err, errlen, -EINVAL,
+			      "%s: %s must not be negative", k->name, text);
+	return seterr(err, errlen, -EINVAL, "%s: %s must be at least %g",
+		      k->name, text, k->min);
+}
+
+/* Checks a base URL: http:// or https://, a host, no blanks. */
+static int url_check(const char *url, char *err, size_t errlen)
+{
+	const char *host;
+	size_t i;
+
+	if (!url || !*url)
+		return seterr(err, errlen, -EINVAL, "base_url: not set");
+	for (i = 0; url[i]; i++)
+		if ((unsigned char)url[i] <= ' ' || url[i] == 0x7f)
+			return seterr(err, errlen, -EINVAL,
+				      "base_url: '%.200s' contains a blank or "
+				      "control character",
+				      url);
+	if (strncasecmp(url, "http://", 7) == 0)
+		host = url + 7;
+	else if (strncasecmp(url, "https://", 8) == 0)
+		host = url + 8;
+	else
+		return seterr(err, errlen, -EINVAL,
+			      "base_url: '%.200s' must start with http:// or "
+			      "https://",
+			      url);
+	if (*host == '\0' || *host == '/' || *host == ':' || *host == '?' ||
+	    *host == '#')
+		return seterr(err, errlen, -EINVAL,
+			      "base_url: '%.200s' has no host name", url);
+	return 0;
+}
+
+/* ---- setting ----------------------------------------------------------- */
+
+static void free_list(char **list)
+{
+	size_t i;
+
+	if (!list)
+		return;
+	for (i = 0; list[i]; i++)
+		free(list[i]);
+	free(list);
+}
+
+/* Splits "a, b c" into a NULL-terminated list; *list is NULL when there are
+ * no names. */
+static int split_list(const char *s, char ***list, size_t *n)
+{
+	static const char seps[] = ", \t\r\n";
+	char **v;
+	size_t count = 0, i = 0, len;
+	const char *p;
+
+	for (p = s + strspn(s, seps); *p; p += len, p += strspn(p, seps)) {
+		len = strcspn(p, seps);
+		count++;
+	}
+	*list = NULL;
+	*n = 0;
+	if (!count)
+		return 0;
+	v = calloc(count + 1, sizeof(*v));
+	if (!v)
+		return -ENOMEM;
+	for (p = s + strspn(s, seps); *p; p += len, p += strspn(p, seps)) {
+		len = strcspn(p, seps);
+		v[i] = strndup(p, len);
+		if (!v[i]) {
+			free_list(v);
+			return -ENOMEM;
+		}
+		i++;
+	}
+	*list = v;
+	*n = count;
+	return 0;
+}
+
+static char *expand_home(const char *s)
+{
+	const char *home = getenv("HOME");
+	char *out;
+
+	if (s[0] == '~' && (s[1] == '/' || s[1] == '\0') && home && *home) {
+		if (asprintf(&out, "%s%s", home, s + 1) < 0)
+			return NULL;
+		return out;
+	}
+	return strdup(s);
+}
+
+static void replace_str(char **field, char *val)
+{
+	free(*field);
+	*field = val;
+}
+
+static int set_string(struct config *c, const struct key *k, const char *value,
+		      char *err, size_t errlen)
+{
+	char *v = NULL;
+	size_t n;
+	int rc;
+
+	switch (k->type) {
+	case K_OPTSTR:
+		if (*value && !(v = strdup(value)))
+			return -ENOMEM;
+		break;
+	case K_PATH:
+		if (!*value)
+			return seterr(err, errlen, -EINVAL,
+				      "%s: must not be empty", k->name);
+		if (!(v = expand_home(value)))
+			return -ENOMEM;
+		break;
+	case K_URL:
+		/* Checked before the trailing '/' go, so that "http://"
+		 * is not cut down to "http:". A valid URL has a host, so
+		 * the cutting stops there. */
+		rc = url_check(value, err, errlen);
+		if (rc)
+			return rc;
+		if (!(v = strdup(value)))
+			return -ENOMEM;
+		n = strlen(v);
+		while (n && v[n - 1] == '/')
+			v[--n] = '\0';
+		break;
+	default:
+		return -EINVAL;
+	}
+	replace_str(FIELD(c, k, char *), v);
+	return 0;
+}
+
+static int set_number(struct config *c, const struct key *k, const char *value,
+		      char *err, size_t errlen)
+{
+	char shown[NUM_TEXT_MAX + 8];
+	const char *what = NULL, *hint = "";
+	double d = 0;
+	long l = 0;
+	int b, rc;
+
+	snprintf(shown, sizeof(shown), "'%.*s'", NUM_TEXT_MAX, value);
+	switch (k->type) {
+	case K_BOOL:
+		if (config_parse_bool(value, &b))
+			return seterr(
+			    err, errlen, -EINVAL,
+			    "%s: %s is not a boolean (use true/false, "
+			    "yes/no, on/off, 1/0)",
+			    k->name, shown);
+		*FIELD(c, k, int) = b;
+		return 0;
+	case K_INT:
+	case K_LONG:
+	case K_OPTLONG:
+		what = "an integer";
+		rc = parse_long(value, &l);
+		d = (double)l;
+		break;
+	case K_DOUBLE:
+	case K_OPTDOUBLE:
+		what = "a number";
+		rc = parse_double(value, &d);
+		break;
+	case K_DUR_S:
+	case K_DUR_MS:
+		what = "a duration";
+		hint = k->type == K_DUR_S ? " (use e.g. 30, 1.5s, 500ms)"
+					  : " (use e.g. 1000, 1.5s, 500ms)";
+		rc = parse_duration(value, k->type == K_DUR_S ? 1000 : 1, &l);
+		d = (double)l;
+		break;
+	case K_SIZE:
+		what = "a size";
+		hint = " (use e.g. 65536, 64K, 1M)";
+		rc = config_parse_size(value, &l);
+		d = (double)l;
+		break;
+	default:
+		return -EINVAL;
+	}
+	if (rc) {
+		const char *t = value;
+		while (isspace((unsigned char)*t))
+			t++;
+		if (*t == '-' && (k->type == K_DUR_S || k->type == K_DUR_MS ||
+				  k->type == K_SIZE))
+			return seterr(err, errlen, -EINVAL,
+				      "%s: %s must not be negative", k->name,
+				      shown);
+		return seterr(err, errlen, -EINVAL, "%s: %s is not %s%s",
+			      k->name, shown, what, hint);
+	}
+	rc = key_range(k, d, shown, err, errlen);
+	if (rc)
+		return rc;
+	switch (k->type) {
+	case K_INT:
+		*FIELD(c, k, int) = (int)l;
+		break;
+	case K_OPTLONG:
+		*(int *)((char *)c + k->has_off) = 1;
+		/* fall through */
+	case K_LONG:
+	case K_DUR_S:
+	case K_DUR_MS:
+	case K_SIZE:
+		*FIELD(c, k, long) = l;
+		break;
+	case K_OPTDOUBLE:
+		*(int *)((char *)c + k->has_off) = 1;
+		/* fall through */
+	default:
+		*FIELD(c, k, double) = d;
+		break;
+	}
+	return 0;
+}
+
+static int key_set(struct config *c, const struct key *k, const char *value,
+		   char *err, size_t errlen)
+{
+	char **list;
+	size_t n;
+	int i, rc;
+
+	switch (k->type) {
+	case K_URL:
+	case K_OPTSTR:
+	case K_PATH:
+		return set_string(c, k, value, err, errlen);
+	case K_LIST:
+		rc = split_list(value, &list, &n);
+		if (rc)
+			return rc;
+		free_list(c->allowed_models);
+		c->allowed_models = list;
+		c->n_allowed = n;
+		return 0;
+	case K_PROVIDER:
+		i = parse_choice(value, provider_names, 3);
+		if (i < 0)
+			return seterr(err, errlen, -EINVAL,
+				      "provider: '%.64s' is not one of "
+				      "lmstudio, openai, mock",
+				      value);
+		c->provider = (enum provider)i;
+		return 0;
+	case K_TOOLAPI:
+		i = parse_choice(value, tool_api_names, 2);
+		if (i < 0)
+			return seterr(err, errlen, -EINVAL,
+				      "tool_api: '%.64s' is not one of tools, "
+				      "functions",
+				      value);
+		c->tool_api = (enum tool_api)i;
+		return 0;
+	case K_LOGLEVEL:
+		i = log_level_parse(value);
+		if (i < 0)
+			return seterr(err, errlen, -EINVAL,
+				      "log_level: '%.64s' is not one of error, "
+				      "warn, info, debug",
+				      value);
+		c->log_level = i;
+		return 0;
+	case K_OPTLONG:
+	case K_OPTDOUBLE: {
+		const char *t = value;
+		while (isspace((unsigned char)*t))
+			t++;
+		if (*t == '\0') {
+			*(int *)((char *)c + k->has_off) = 0;
+			return 0;
+		}
+		return set_number(c, k, value, err, errlen);
+	}
+	default:
+		return set_number(c, k, value, err, errlen);
+	}
+}
+
+int config_set(struct config *c, const char *key, const char *value, char *err,
+	       size_t errlen)
+{
+	const struct key *k = key_find(key);
+
+	if (!k)
+		return seterr(err, errlen, -ENOENT, "unknown key '%.64s'",
+			      key ? key : "");
+	/* "-o stream" without a value means stream=true. */
+	if (!value)
+		value = k->type == K_BOOL ? "true" : "";
+	return key_set(c, k, value, err, errlen);
+}
+
+int config_is_key(const char *key) { return key_find(key) != NULL; }
+
+/* ---- defaults ---------------------------------------------------------- */
+
+static char *default_state_dir(void)
+{
+	const char *xdg = getenv("XDG_DATA_HOME");
+	const char *home = getenv("HOME");
+	char *out;
+
+	/* The XDG spec says relative paths in these variables are invalid. */
+	if (xdg && xdg[0] == '/') {
+		if (asprintf(&out, "%s/lmsfs", xdg) < 0)
+			return NULL;
+		return out;
+	}
+	if (home && *home) {
+		if (asprintf(&out, "%s/.local/share/lmsfs", home) < 0)
+			return NULL;
+		return out;
+	}
+	return NULL; /* config_check reports it */
+}
+
+void config_init(struct config *c)
+{
+	memset(c, 0, sizeof(*c));
+	c->base_url = strdup("http://localhost:1234");
+	c->provider = PROVIDER_LMSTUDIO;
+	c->timeout_ms = 60000;
+	c->connect_timeout_ms = 10000;
+	c->keep_alive_ms = 30000;
+	c->max_idle_connections = 10;
+	c->temperature = 0.7;
+	c->max_tokens = 1024;
+	c->system_prompt = strdup("You are a helpful assistant.");
+	c->stream = 1;
+	c->max_retries = 3;
+	c->max_retries_stream = 2;
+	c->initial_backoff_ms = 1000;
+	c->max_backoff_ms = 30000;
+	c->breaker_threshold = 5;
+	c->breaker_reset_ms = 30000;
+	c->tool_timeout_ms = 30000;
+	c->tool_output_max = 64 * 1024;
+	c->max_tool_rounds = 8;
+	c->tool_api = TOOL_API_TOOLS;
+	c->max_prompt_bytes = 1024 * 1024;
+	c->max_queue = 16;
+	c->models_ttl_ms = 2000;
+	c->mock_delay_ms = 20;
+	c->state_dir = default_state_dir();
+	c->log_level = LOG_LVL_INFO;
+}
+
+void config_free(struct config *c)
+{
+	if (!c)
+		return;
+	free(c->base_url);
+	free(c->api_key);
+	free(c->default_model);
+	free_list(c->allowed_models);
+	free(c->stop);
+	free(c->system_prompt);
+	free(c->state_dir);
+	c->base_url = c->api_key = c->default_model = NULL;
+	c->stop = c->system_prompt = c->state_dir = NULL;
+	c->allowed_models = NULL;
+	c->n_allowed = 0;
+}
+
+char *config_default_path(void)
+{
+	const char *xdg = getenv("XDG_CONFIG_HOME");
+	const char *home = getenv("HOME");
+	char *p = NULL;
+
+	if (xdg && xdg[0] == '/') {
+		if (asprintf(&p, "%s/lmsfs/lmsfs.conf", xdg) < 0)
+			p = NULL;
+	} else if (home && *home) {
+		if (asprintf(&p, "%s/.config/lmsfs/lmsfs.conf", home) < 0)
+			p = NULL;
+	}
+	if (p && access(p, F_OK) == 0)
+		return p;
+	free(p);
+	return strdup("/etc/lmsfs.conf");
+}
+
+/* ---- the INI file ------------------------------------------------------ */
+
+/* inih is told the line number only through its return value, so the
+ * reader counts lines itself; the handler then knows where it is. */
+struct ini_ctx {
+	struct config *c;
+	FILE *f;
+	int lineno;	 /* line being read, 1-based */
+	int at_bol;	 /* the next read starts a new line */
+	size_t line_len; /* bytes of the current line so far */
+	int too_long;	 /* line number of a line over CONFIG_LINE_MAX */
+	int bad_line;	 /* line number of the first bad key or value */
+	int rc;		 /* config_set's result for bad_line */
+	char msg[512];
+};
+
+static char *conf_reader(char *str, int num, void *stream)
+{
+	struct ini_ctx *x = stream;
+	size_t n;
+
+	if (x->too_long)
+		return NULL;
+	if (x->at_bol) {
+		x->lineno++;
+		x->line_len = 0;
+	}
+	if (!fgets(str, num, x->f))
+		return NULL;
+	n = strlen(str);
+	x->at_bol = n && str[n - 1] == '\n';
+	x->line_len += n;
+	if (x->line_len - (size_t)x->at_bol > CONFIG_LINE_MAX - 4) {
+		x->too_long = x->lineno;
+		return NULL;
+	}
+	return str;
+}
+
+static int ini_handler_fn(void *user, const char *section, const char *name,
+			  const char *value)
+{
+	struct ini_ctx *x = user;
+	char *v;
+	size_t n;
+	int rc;
+
+	(void)section; /* sections only group keys for the reader */
+	if (x->too_long || x->bad_line)
+		return 0;
+	/* "key = "quoted value"" keeps blanks at either end. */
+	n = strlen(value);
+	if (n >= 2 && value[0] == '"' && value[n - 1] == '"')
+		v = strndup(value + 1, n - 2);
+	else
+		v = strdup(value);
+	if (!v) {
+		rc = -ENOMEM;
+		snprintf(x->msg, sizeof(x->msg), "out of memory");
+	} else {
+		rc = config_set(x->c, name, v, x->msg, sizeof(x->msg));
+		free(v);
+	}
+	if (rc) {
+		x->bad_line = x->lineno;
+		x->rc = rc;
+		return 0;
+	}
+	return 1;
+}
+
+int config_load_file(struct config *c, const char *path, char *err,
+		     size_t errlen)
+{
+	struct ini_ctx x;
+	struct stat st;
+	int rc, r;
+
+	memset(&x, 0, sizeof(x));
+	x.c = c;
+	x.at_bol = 1;
+	x.f = fopen(path, "re");
+	if (!x.f) {
+		rc = -errno;
+		return seterr(err, errlen, rc, "%s: %s", path, strerror(-rc));
+	}
+	if (fstat(fileno(x.f), &st) == 0 && S_ISDIR(st.st_mode)) {
+		rc = seterr(err, errlen, -EISDIR, "%s: %s", path,
+			    strerror(EISDIR));
+		goto out;
+	}
+
+	/* Debian's libinih reads these at run time. Lines may be long (a
+	 * system prompt), indented lines are plain lines (not continuations),
+	 * and parsing stops at the first error so the line numbers agree.
+	 * Config files are read at startup, before any thread runs. */
+	ini_use_stack = false;
+	ini_allow_realloc = true;
+	ini_max_line = CONFIG_LINE_MAX;
+	ini_allow_multiline = false;
+	ini_stop_on_first_error = true;
+	ini_allow_no_value = false;
+
+	errno = 0;
+	r = ini_parse_stream(conf_reader, &x, ini_handler_fn, &x);
+	if (ferror(x.f)) {
+		rc = errno ? -errno : -EIO;
+		rc = seterr(err, errlen, rc, "%s: %s", path, strerror(-rc));
+	} else if (x.too_long) {
+		rc = seterr(err, errlen, -EINVAL,
+			    "%s:%d: line too long (over %d bytes)", path,
+			    x.too_long, CONFIG_LINE_MAX - 4);
+	} else if (x.bad_line) {
+		rc = seterr(err, errlen, x.rc == -ENOMEM ? -ENOMEM : -EINVAL,
+			    "%s:%d: %s", path, x.bad_line, x.msg);
+	} else if (r == -2) {
+		rc = seterr(err, errlen, -ENOMEM, "%s: out of memory", path);
+	} else if (r != 0) {
+		rc = seterr(err, errlen, -EINVAL,
+			    "%s:%d: syntax error (expected 'key = value', a "
+			    "[section] or a # comment)",
+			    path, r);
+	} else {
+		rc = 0;
+	}
+out:
+	fclose(x.f);
+	return rc;
+}
+
+/* ---- the environment --------------------------------------------------- */
+
+int config_load_env(struct config *c, char *err, size_t errlen)
+{
+	const struct key *tk = key_find("timeout");
+	char var[64], msg[512];
+	const char *v;
+	size_t i, j;
+	long ms;
+	int rc;
+
+	v = getenv("LMSTUDIO_URL");
+	if (v && *v) {
+		rc = config_set(c, "base_url", v, msg, sizeof(msg));
+		if (rc)
+			return seterr(err, errlen, rc, "LMSTUDIO_URL: %s", msg);
+	}
+	v = getenv("LMSTUDIO_TIMEOUT");
+	if (v && *v) {
+		/* Milliseconds, as other LM Studio clients read it. */
+		if (parse_duration(v, 1, &ms))
+			return seterr(err, errlen, -EINVAL,
+				      "LMSTUDIO_TIMEOUT: '%.64s' is not a "
+				      "number of milliseconds",
+				      v);
+		snprintf(var, sizeof(var), "%ld ms", ms);
+		rc = key_range(tk, (double)ms, var, msg, sizeof(msg));
+		if (rc)
+			return seterr(err, errlen, rc, "LMSTUDIO_TIMEOUT: %s",
+				      msg);
+		c->timeout_ms = ms;
+	}
+	for (i = 0; i < NKEYS; i++) {
+		snprintf(var, sizeof(var), "LMSFS_%s", keys[i].name);
+		for (j = 6; var[j]; j++)
+			var[j] = (char)toupper((unsigned char)var[j]);
+		v = getenv(var);
+		if (!v)
+			continue;
+		rc = config_set(c, keys[i].name, v, msg, sizeof(msg));
+		if (rc)
+			return seterr(err, errlen, rc, "%s: %s", var, msg);
+	}
+	return 0;
+}
+
+/* ---- cross-field checks ------------------------------------------------ */
+
+static int key_check(const struct config *c, const struct key *k, char *err,
+		     size_t errlen)
+{
+	char text[64];
+	double v;
+
+	switch (k->type) {
+	case K_INT:
+		v = *CFIELD(c, k, int);
+		snprintf(text, sizeof(text), "%d", *CFIELD(c, k, int));
+		break;
+	case K_LONG:
+	case K_SIZE:
+		v = (double)*CFIELD(c, k, long);
+		snprintf(text, sizeof(text), "%ld", *CFIELD(c, k, long));
+		break;
+	case K_DUR_S:
+	case K_DUR_MS:
+		v = (double)*CFIELD(c, k, long);
+		snprintf(text, sizeof(text), "%ld ms", *CFIELD(c, k, long));
+		break;
+	case K_OPTDOUBLE:
+		if (!*(const int *)((const char *)c + k->has_off))
+			return 0;
+		/* fall through */
+	case K_DOUBLE:
+		v = *CFIELD(c, k, double);
+		snprintf(text, sizeof(text), "%g", v);
+		break;
+	default:
+		return 0;
+	}
+	return key_range(k, v, text, err, errlen);
+}
+
+int config_check(const struct config *c, char *err, size_t errlen)
+{
+	size_t i;
+	int rc;
+
+	rc = url_check(c->base_url, err, errlen);
+	if (rc)
+		return rc;
+	for (i = 0; i < NKEYS; i++) {
+		rc = key_check(c, &keys[i], err, errlen);
+		if (rc)
+			return rc;
+	}
+	if ((unsigned)c->provider > PROVIDER_MOCK)
+		return seterr(err, errlen, -EINVAL,
+			      "provider: invalid value %d", (int)c->provider);
+	if ((unsigned)c->tool_api > TOOL_API_FUNCTIONS)
+		return seterr(err, errlen, -EINVAL,
+			      "tool_api: invalid value %d", (int)c->tool_api);
+	if (c->log_level < LOG_LVL_ERROR || c->log_level > LOG_LVL_DEBUG)
+		return seterr(err, errlen, -EINVAL,
+			      "log_level: invalid value %d", c->log_level);
+	if (c->stream != 0 && c->stream != 1)
+		return seterr(err, errlen, -EINVAL, "stream: invalid value %d",
+			      c->stream);
+	if (!c->state_dir || !*c->state_dir)
+		return seterr(err, errlen, -EINVAL,
+			      "state_dir: not set (and neither XDG_DATA_HOME "
+			      "nor HOME is set)");
+	if (c->max_backoff_ms < c->initial_backoff_ms)
+		return seterr(
+		    err, errlen, -EINVAL,
+		    "max_backoff: %ld ms is less than initial_backoff "
+		    "(%ld ms)",
+		    c->max_backoff_ms, c->initial_backoff_ms);
+	if (c->default_model && c->allowed_models) {
+		for (i = 0; c->allowed_models[i]; i++)
+			if (strcmp(c->allowed_models[i], c->default_model) == 0)
+				break;
+		if (!c->allowed_models[i])
+			return seterr(err, errlen, -EINVAL,
+				      "default_model: '%.200s' is not in "
+				      "allowed_models",
+				      c->default_model);
+	}
+	return 0;
+}

@@ -1,0 +1,77 @@
+/* conv.h - conversations: the directory on disk, the prompt queue, the
+ * state, and the worker thread that answers prompts in order.
+ *
+ * On disk, state_dir/conversations/NAME/ holds the user's files
+ * (messages.jsonl, stream, prompt, model, system, params.json, anything
+ * else) plus private files named NAMES_PRIVATE_PREFIX* that never show
+ * through the mount: the durable prompt queue and the in-progress marker.
+ *
+ * Lock order: table lock (conv.c) -> conv->lock -> conv->hist_lock.
+ * Hooks are called with no lock held.
+ */
+#ifndef LMSFS_CONV_H
+#define LMSFS_CONV_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "errclass.h"
+
+struct config;
+struct conv;
+
+struct conv_hooks {
+	/* An answer finished (ok or not): wake readers waiting for it. */
+	void (*answer_done)(const char *name);
+};
+
+int conv_init(const struct config *cfg, int state_dirfd,
+	      const struct conv_hooks *hooks);
+/* Stops workers (cancelling running answers) and frees everything. */
+void conv_shutdown(void);
+/* Directory fd of state_dir/conversations (owned by conv.c). */
+int conv_root_fd(void);
+
+/* Looks a conversation up by name, loading it (and recovering what a crash
+ * left) on first use. NULL when no such directory. Release with conv_put. */
+struct conv *conv_get(const char *name);
+void conv_put(struct conv *c);
+
+/* Directory operations; return 0 or -errno. */
+int conv_mkdir(const char *name, unsigned mode);
+int conv_rmdir(const char *name);
+int conv_rename(const char *from, const char *to, unsigned flags);
+
+/* messages.jsonl must change under this lock (the worker appends under it). */
+void conv_hist_lock(struct conv *c);
+void conv_hist_unlock(struct conv *c);
+/* A user's history write was refused; remember why for .status. */
+void conv_note_rejected(struct conv *c, const char *why);
+
+/* What write() can know at once: model choice, breaker, queue room.
+ * Returns 0 or -errno with a reason. */
+int conv_precheck(struct conv *c, char *why, size_t whylen);
+/* Queues a prompt durably (fsync) and starts the worker. Returns 0 or
+ * -errno (-EBUSY: queue full) with a reason. */
+int conv_submit(struct conv *c, const char *text, size_t len, char *why,
+		size_t whylen);
+/* Control commands; 0 or -errno with a reason. */
+int conv_cancel(struct conv *c, char *why, size_t whylen);
+int conv_retry(struct conv *c, char *why, size_t whylen);
+
+/* The sequence number a reader that starts waiting now waits for. */
+uint64_t conv_wait_target(struct conv *c);
+/* 1 when answer `seq` is finished: *text (malloc'd) is its text, *err its
+ * errno (0 when it succeeded). 0 when not yet. */
+int conv_answer(struct conv *c, uint64_t seq, char **text, size_t *len,
+		int *err);
+/* .status content (malloc'd JSON text). */
+char *conv_status_json(struct conv *c);
+/* Name of a conversation (for hooks); valid while referenced. */
+const char *conv_name(struct conv *c);
+
+/* Background recovery scan of every conversation at mount: queued prompts
+ * resume, interrupted answers get marked. */
+void conv_recover_all(void);
+
+#endif

@@ -1,0 +1,503 @@
+/* gen.c - one answer: build the request from the conversation's files,
+ * send it with retries and the breaker, stream the text into `stream`,
+ * run tool rounds, and append the result to messages.jsonl. */
+#include "gen.h"
+
+#include "api.h"
+#include "config.h"
+#include "http.h"
+#include "log.h"
+#include "metrics.h"
+#include "mock.h"
+#include "models.h"
+#include "retry.h"
+#include "sse.h"
+#include "tools.h"
+#include "util.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#define HISTORY_MAX (1ul << 30)
+#define SMALL_FILE_MAX (1ul << 20)
+#define ERROR_BODY_MAX (64u << 10)
+
+static const struct config *cfg;
+
+void gen_init(const struct config *c)
+{
+	cfg = c;
+}
+
+void gen_result_init(struct gen_result *r)
+{
+	memset(r, 0, sizeof(*r));
+	buf_init(&r->text, 64u << 20);
+	r->ttft = r->tps = -1;
+	r->prompt_tokens = r->completion_tokens = -1;
+}
+
+void gen_result_free(struct gen_result *r)
+{
+	if (r)
+		buf_free(&r->text);
+}
+
+int gen_stream_write(int dirfd, const char *text, size_t len)
+{
+	int fd = openat(dirfd, "stream", O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC,
+			0644);
+	int ret;
+	if (fd < 0)
+		return -errno;
+	ret = write_all(fd, text, len);
+	close(fd);
+	return ret;
+}
+
+int gen_append_history(const struct gen_job *job, const char *line)
+{
+	size_t n = strlen(line);
+	char *rec = malloc(n + 2);
+	struct stat st;
+	int fd, ret = 0;
+
+	if (!rec)
+		return -ENOMEM;
+	rec[0] = '\n';
+	memcpy(rec + 1, line, n);
+	rec[n + 1] = '\n';
+	job->hist_lock(job->ctx);
+	fd = openat(job->dirfd, "messages.jsonl",
+		    O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+	if (fd < 0) {
+		ret = -errno;
+		goto out;
+	}
+	/* A user may have left the file without a final newline. */
+	int need_nl = 0;
+	if (fstat(fd, &st) == 0 && st.st_size > 0) {
+		char last;
+		if (pread(fd, &last, 1, st.st_size - 1) == 1 && last != '\n')
+			need_nl = 1;
+	}
+	ret = write_all(fd, need_nl ? rec : rec + 1, need_nl ? n + 2 : n + 1);
+	if (ret == 0 && fdatasync(fd) < 0)
+		ret = -errno;
+	close(fd);
+out:
+	job->hist_unlock(job->ctx);
+	free(rec);
+	return ret;
+}
+
+/* Reads a small settings file; NULL when absent or empty. */
+static char *read_setting(int dirfd, const char *name)
+{
+	char *data = NULL, *t;
+	size_t len;
+	if (read_file_at(dirfd, name, SMALL_FILE_MAX, &data, &len) != 0)
+		return NULL;
+	t = trim(data);
+	if (!*t) {
+		free(data);
+		return NULL;
+	}
+	memmove(data, t, strlen(t) + 1);
+	return data;
+}
+
+/* The history as a JSON array, bookkeeping members removed. */
+static cJSON *load_history(int dirfd, char *why, size_t whylen)
+{
+	char *data = NULL, *p, *end;
+	size_t len;
+	cJSON *arr;
+	int rc = read_file_at(dirfd, "messages.jsonl", HISTORY_MAX, &data, &len);
+
+	if (rc == -ENOENT)
+		return cJSON_CreateArray();
+	if (rc != 0) {
+		snprintf(why, whylen, "cannot read messages.jsonl: %s", strerror(-rc));
+		return NULL;
+	}
+	arr = cJSON_CreateArray();
+	for (p = data, end = data + len; p < end;) {
+		char *nl = memchr(p, '\n', (size_t)(end - p));
+		size_t l = nl ? (size_t)(nl - p) : (size_t)(end - p);
+		cJSON *m = cJSON_ParseWithLength(p, l);
+		if (cJSON_IsObject(m)) {
+			cJSON *it = m->child, *next;
+			for (; it; it = next) {
+				next = it->next;
+				if (it->string && strncmp(it->string, "lmsfs", 5) == 0)
+					cJSON_DeleteItemFromObjectCaseSensitive(m, it->string);
+			}
+			cJSON_AddItemToArray(arr, m);
+		} else {
+			cJSON_Delete(m);
+		}
+		p += l + 1;
+	}
+	free(data);
+	return arr;
+}
+
+struct stream_ctx {
+	const struct gen_job *job;
+	struct api_answer *ans;
+	struct sse_parser *sse;
+	int stream_fd;
+	int write_err;
+};
+
+static int on_text(void *u, const char *text, size_t len)
+{
+	struct stream_ctx *s = u;
+	struct gen_progress *pg = s->job->progress;
+	if (pg->first_token == 0)
+		pg->first_token = now_s();
+	pg->tokens++;
+	if (s->stream_fd >= 0 && write_all(s->stream_fd, text, len) != 0)
+		s->write_err = 1;
+	return 0;
+}
+
+static int on_event(void *u, const char *event, const char *data, size_t len)
+{
+	struct stream_ctx *s = u;
+	int rc = api_feed_event(s->ans, data, len, on_text, s);
+	if (rc)
+		return rc;
+	/* An error event ends the answer; [DONE] too. */
+	return (s->ans->err || s->ans->done) ? 1 : 0;
+}
+
+static int on_bytes(void *u, const char *p, size_t n)
+{
+	struct stream_ctx *s = u;
+	int rc = sse_feed(s->sse, p, n);
+	if (rc == -EMSGSIZE) {
+		s->ans->err = EC_PROTOCOL;
+		snprintf(s->ans->errmsg, sizeof(s->ans->errmsg),
+			 "an event from the server is larger than 16 MiB");
+	}
+	return rc;
+}
+
+static void sleep_ms_cancellable(long ms, const volatile int *cancel)
+{
+	while (ms > 0 && !(cancel && *cancel)) {
+		long step = ms > 50 ? 50 : ms;
+		struct timespec ts = {0, step * 1000000L};
+		nanosleep(&ts, NULL);
+		ms -= step;
+	}
+}
+
+/* One request with retries. Fills ans; returns the class of failure. */
+static enum err_class request(const struct gen_job *job, const char *body,
+			      int stream, struct api_answer *ans,
+			      struct gen_result *res, int stream_fd)
+{
+	int max_retries = stream ? cfg->max_retries_stream : cfg->max_retries;
+	enum err_class cls = EC_NONE;
+
+	for (int attempt = 0;; attempt++) {
+		struct http_reply r;
+		struct stream_ctx s = {job, ans, NULL, stream_fd, 0};
+		long retry_after = -1;
+		int probe, rc;
+
+		api_answer_free(ans);
+		api_answer_init(ans);
+		if (job->cancel && *job->cancel) {
+			cls = EC_CANCELLED;
+			snprintf(res->errmsg, sizeof(res->errmsg), "cancelled");
+			break;
+		}
+		if (cfg->provider == PROVIDER_MOCK) {
+			res->attempts++;
+			metrics_request();
+			cls = mock_complete(cfg, body, ans, on_text, &s, job->cancel,
+					    res->errmsg, sizeof(res->errmsg));
+			break;
+		}
+		if (breaker_allow(&probe) != 0) {
+			cls = EC_BREAKER;
+			snprintf(res->errmsg, sizeof(res->errmsg),
+				 "circuit open: the server failed %d times in a row; "
+				 "requests fail at once until the next probe",
+				 cfg->breaker_threshold);
+			break;
+		}
+		res->attempts++;
+		metrics_request();
+		http_reply_init(&r, ERROR_BODY_MAX);
+		if (stream) {
+			s.sse = sse_new(16u << 20, on_event, &s);
+			rc = http_request("POST", "/v1/chat/completions", body, on_bytes, &s,
+					  job->cancel, &r);
+			if (rc == 0 && !ans->err && !ans->done)
+				sse_finish(s.sse);
+			sse_free(s.sse);
+		} else {
+			r.body.max = 64u << 20;
+			rc = http_request("POST", "/v1/chat/completions", body, NULL, NULL,
+					  job->cancel, &r);
+			if (rc == 0 && r.status >= 200 && r.status < 300)
+				api_decode_completion(ans, r.body.data, r.body.len, on_text, &s);
+		}
+		retry_after = r.retry_after_ms;
+		if (rc != 0 && !(r.sink_stopped)) {
+			cls = r.transport;
+			if (cls == EC_PROTOCOL && ans->err) {
+				cls = ans->err;
+				snprintf(res->errmsg, sizeof(res->errmsg), "%s", ans->errmsg);
+			} else {
+				snprintf(res->errmsg, sizeof(res->errmsg), "%s", r.err);
+			}
+			/* A connection cut after text arrived is a truncated answer. */
+			if (cls == EC_UNREACHABLE && ans->chunks)
+				cls = EC_PROTOCOL;
+		} else if (r.status < 200 || r.status >= 300) {
+			cls = errclass_from_http(r.status, r.body.data, r.body.len,
+						 res->errmsg, sizeof(res->errmsg));
+		} else if (ans->err) {
+			cls = ans->err;
+			snprintf(res->errmsg, sizeof(res->errmsg), "%s", ans->errmsg);
+		} else if (stream && !ans->done && !ans->finish[0]) {
+			cls = EC_PROTOCOL;
+			snprintf(res->errmsg, sizeof(res->errmsg),
+				 "the server closed the stream before the answer ended");
+		} else {
+			cls = EC_NONE;
+		}
+		http_reply_free(&r);
+		if (cls == EC_NONE) {
+			breaker_success();
+			break;
+		}
+		if (cls == EC_CANCELLED)
+			break;
+		if (errclass_retryable(cls) || cls == EC_PROTOCOL)
+			breaker_failure();
+		else
+			breaker_success(); /* the server answered: it is alive */
+		if (!errclass_retryable(cls) || ans->chunks > 0 ||
+		    attempt >= max_retries || (job->cancel && *job->cancel))
+			break;
+		long d = retry_backoff_ms(attempt + 1, retry_after);
+		res->retries++;
+		metrics_retry();
+		log_info("%s: %s (%s); retry %d in %ld ms", job->conv_name,
+			 errclass_name(cls), res->errmsg, attempt + 1, d);
+		sleep_ms_cancellable(d, job->cancel);
+	}
+	return cls;
+}
+
+static void mark(int dirfd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void mark(int dirfd, const char *fmt, ...)
+{
+	char line[1200];
+	va_list ap;
+	int n;
+	va_start(ap, fmt);
+	n = vsnprintf(line, sizeof(line) - 1, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		return;
+	if ((size_t)n > sizeof(line) - 2)
+		n = sizeof(line) - 2;
+	/* Marked lines are single lines, whatever the message held. */
+	for (int i = 0; i < n; i++)
+		if (line[i] == '\n' || line[i] == '\r')
+			line[i] = ' ';
+	line[n++] = '\n';
+	gen_stream_write(dirfd, line, (size_t)n);
+}
+
+void gen_run(const struct gen_job *job, struct gen_result *res)
+{
+	char *want = NULL, *model = NULL, *system = NULL, *params_txt = NULL;
+	cJSON *params = NULL;
+	struct api_answer ans;
+	enum err_class cls = EC_NONE;
+	int stream_fd = -1;
+	int rounds = 0;
+
+	api_answer_init(&ans);
+	job->progress->started = now_s();
+
+	params_txt = read_setting(job->dirfd, "params.json");
+	if (params_txt) {
+		params = cJSON_Parse(params_txt);
+		if (!cJSON_IsObject(params)) {
+			cls = EC_BAD_REQUEST;
+			snprintf(res->errmsg, sizeof(res->errmsg),
+				 "params.json is not a JSON object");
+			goto fail;
+		}
+	}
+	want = read_setting(job->dirfd, "model");
+	model = models_resolve(want, &cls, res->errmsg, sizeof(res->errmsg));
+	if (!model)
+		goto fail;
+	snprintf(res->model, sizeof(res->model), "%s", model);
+	system = read_setting(job->dirfd, "system");
+
+	stream_fd = openat(job->dirfd, "stream",
+			   O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+
+	for (;;) {
+		char why[256] = "";
+		cJSON *msgs = load_history(job->dirfd, why, sizeof(why));
+		cJSON *tools = tools_definitions(params);
+		const cJSON *first;
+		char *body;
+		int stream;
+
+		if (!msgs) {
+			cJSON_Delete(tools);
+			cls = EC_BAD_REQUEST;
+			snprintf(res->errmsg, sizeof(res->errmsg), "%s", why);
+			goto fail;
+		}
+		first = cJSON_GetArrayItem(msgs, 0);
+		if (!first || !cJSON_GetObjectItemCaseSensitive(first, "role") ||
+		    strcmp(cJSON_GetObjectItemCaseSensitive(first, "role")->valuestring ?: "",
+			   "system") != 0) {
+			const char *sp = system ? system : cfg->system_prompt;
+			if (sp && sp[0]) {
+				cJSON *sm = cJSON_CreateObject();
+				cJSON_AddStringToObject(sm, "role", "system");
+				cJSON_AddStringToObject(sm, "content", sp);
+				cJSON_InsertItemInArray(msgs, 0, sm);
+			}
+		}
+		body = api_build_request(cfg, model, msgs, params, tools, &stream);
+		if (!body) {
+			cls = EC_PROTOCOL;
+			snprintf(res->errmsg, sizeof(res->errmsg), "out of memory");
+			goto fail;
+		}
+		cls = request(job, body, stream, &ans, res, stream_fd);
+		free(body);
+		if (ans.prompt_tokens >= 0)
+			res->prompt_tokens = ans.prompt_tokens;
+		if (ans.completion_tokens >= 0)
+			res->completion_tokens = ans.completion_tokens;
+		if (ans.tps >= 0)
+			res->tps = ans.tps;
+		if (ans.ttft >= 0)
+			res->ttft = ans.ttft;
+		snprintf(res->finish, sizeof(res->finish), "%s", ans.finish);
+		if (cls != EC_NONE)
+			goto fail;
+
+		int ncalls = 0;
+		for (int i = 0; i < ans.n_calls; i++)
+			if (ans.calls[i].name)
+				ncalls++;
+		if (ncalls == 0 || !tools_enabled()) {
+			char *line = api_assistant_line(&ans, NULL);
+			if (ans.content.len)
+				gen_stream_write(job->dirfd, "\n", 1);
+			if (line)
+				gen_append_history(job, line);
+			free(line);
+			buf_append(&res->text, ans.content.data ? ans.content.data : "",
+				   ans.content.len);
+			break;
+		}
+		if (++rounds > cfg->max_tool_rounds) {
+			cls = EC_BAD_REQUEST;
+			snprintf(res->errmsg, sizeof(res->errmsg),
+				 "the model kept calling tools: stopped after %d rounds "
+				 "(max_tool_rounds)",
+				 cfg->max_tool_rounds);
+			if (ans.content.len)
+				gen_stream_write(job->dirfd, "\n", 1);
+			goto fail_quiet_text;
+		}
+		/* A tool round: the calls go to the history, then the results. */
+		for (int i = 0; i < ans.n_calls; i++)
+			if (ans.calls[i].name && !ans.calls[i].id) {
+				char id[32];
+				snprintf(id, sizeof(id), "call_%d_%d", rounds, i);
+				ans.calls[i].id = strdup(id);
+			}
+		{
+			char *line = api_assistant_line(&ans, NULL);
+			if (ans.content.len)
+				gen_stream_write(job->dirfd, "\n", 1);
+			if (line)
+				gen_append_history(job, line);
+			free(line);
+		}
+		for (int i = 0; i < ans.n_calls; i++) {
+			struct api_tool_call *c = &ans.calls[i];
+			char *result;
+			if (!c->name)
+				continue;
+			result = tools_call(c->name, c->args.data ? c->args.data : "",
+					    c->id, job->conv_name, job->dirfd, ans.legacy_call);
+			if (result)
+				gen_append_history(job, result);
+			free(result);
+		}
+		if (job->cancel && *job->cancel) {
+			cls = EC_CANCELLED;
+			snprintf(res->errmsg, sizeof(res->errmsg), "cancelled");
+			goto fail_quiet_text;
+		}
+	}
+	goto done;
+
+fail:
+	/* Keep whatever text was shown, marked as unfinished. */
+	if (ans.content.len) {
+		char status[600];
+		char *line;
+		gen_stream_write(job->dirfd, "\n", 1);
+		snprintf(status, sizeof(status), "%s: %s", errclass_name(cls),
+			 res->errmsg);
+		line = api_assistant_line(&ans, cls == EC_CANCELLED ? "cancelled" : status);
+		if (line)
+			gen_append_history(job, line);
+		free(line);
+		buf_append(&res->text, ans.content.data, ans.content.len);
+	}
+fail_quiet_text:
+	if (cls == EC_CANCELLED)
+		mark(job->dirfd, "[lmsfs] cancelled");
+	else
+		mark(job->dirfd, "[lmsfs] error %s: %s", errclass_name(cls), res->errmsg);
+done:
+	res->err = cls;
+	if (job->progress->first_token > 0 && res->ttft < 0)
+		res->ttft = job->progress->first_token - job->progress->started;
+	if (res->tps < 0 && job->progress->first_token > 0) {
+		double dt = now_s() - job->progress->first_token;
+		long toks = res->completion_tokens > 0 ? res->completion_tokens
+						       : job->progress->tokens;
+		if (dt > 0)
+			res->tps = toks / dt;
+	}
+	if (stream_fd >= 0)
+		close(stream_fd);
+	api_answer_free(&ans);
+	cJSON_Delete(params);
+	free(params_txt);
+	free(want);
+	free(model);
+	free(system);
+}

@@ -1,0 +1,72 @@
+/* health.c - renders the health file. */
+#include "health.h"
+
+#include "config.h"
+#include "models.h"
+#include "retry.h"
+
+#include <cjson/cJSON.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *provider_name(int p)
+{
+	return p == PROVIDER_MOCK ? "mock" : p == PROVIDER_OPENAI ? "openai" : "lmstudio";
+}
+
+char *health_json(const struct config *cfg)
+{
+	struct model_list *l = models_get(1);
+	cJSON *o = cJSON_CreateObject(), *h, *b, *e, *ids;
+	enum breaker_state st;
+	enum err_class cls;
+	int reach, cons;
+	long opened, left;
+	char msg[512];
+	char *s;
+
+	models_status(&reach, &cls, msg, sizeof(msg));
+	cJSON_AddStringToObject(o, "version", LMSFS_VERSION);
+	cJSON_AddStringToObject(o, "provider", provider_name(cfg->provider));
+	cJSON_AddStringToObject(o, "base_url", cfg->base_url);
+	cJSON_AddBoolToObject(o, "reachable", reach);
+	if (cls != EC_NONE) {
+		e = cJSON_AddObjectToObject(o, "error");
+		cJSON_AddStringToObject(e, "class", errclass_name(cls));
+		cJSON_AddStringToObject(e, "message", msg);
+	} else {
+		cJSON_AddNullToObject(o, "error");
+	}
+	cJSON_AddNumberToObject(o, "models_loaded", (double)l->n);
+	ids = cJSON_AddArrayToObject(o, "models");
+	for (size_t i = 0; i < l->n; i++)
+		cJSON_AddItemToArray(ids, cJSON_CreateString(l->v[i].id));
+	models_put(l);
+	h = cJSON_AddObjectToObject(o, "http");
+	cJSON_AddNumberToObject(h, "timeout_ms", cfg->timeout_ms);
+	cJSON_AddNumberToObject(h, "connect_timeout_ms", cfg->connect_timeout_ms);
+	cJSON_AddNumberToObject(h, "keep_alive_ms", cfg->keep_alive_ms);
+	cJSON_AddNumberToObject(h, "max_idle_connections", cfg->max_idle_connections);
+	cJSON_AddBoolToObject(h, "api_key_set", cfg->api_key && cfg->api_key[0]);
+	breaker_snapshot(&st, &cons, &opened, &left);
+	b = cJSON_AddObjectToObject(o, "breaker");
+	cJSON_AddStringToObject(b, "state", breaker_state_name(st));
+	cJSON_AddNumberToObject(b, "consecutive_failures", cons);
+	cJSON_AddNumberToObject(b, "threshold", cfg->breaker_threshold);
+	cJSON_AddNumberToObject(b, "times_opened", opened);
+	cJSON_AddNumberToObject(b, "next_probe_ms", left);
+	if (cfg->default_model)
+		cJSON_AddStringToObject(o, "default_model", cfg->default_model);
+	cJSON_AddBoolToObject(o, "stream", cfg->stream);
+	s = cJSON_Print(o);
+	cJSON_Delete(o);
+	if (s) {
+		size_t n = strlen(s);
+		char *t = realloc(s, n + 2);
+		if (t) {
+			memcpy(t + n, "\n", 2);
+			s = t;
+		}
+	}
+	return s;
+}

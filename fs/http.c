@@ -1,0 +1,248 @@
+/* http.c - libcurl wrapper: one easy handle per call, shared connections.
+ *
+ * Lock order: the share locks are leaves (held only inside curl).
+ */
+#include "http.h"
+
+#include "config.h"
+#include "log.h"
+
+#include <curl/curl.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+static CURLSH *share;
+static pthread_mutex_t share_locks[CURL_LOCK_DATA_LAST];
+static const struct config *cfg;
+
+static void share_lock(CURL *h, curl_lock_data data, curl_lock_access a,
+		       void *u)
+{
+	pthread_mutex_lock(&share_locks[data]);
+}
+
+static void share_unlock(CURL *h, curl_lock_data data, void *u)
+{
+	pthread_mutex_unlock(&share_locks[data]);
+}
+
+int http_init(const struct config *c)
+{
+	cfg = c;
+	if (curl_global_init(CURL_GLOBAL_DEFAULT) != 0)
+		return -ENOMEM;
+	for (int i = 0; i < CURL_LOCK_DATA_LAST; i++)
+		pthread_mutex_init(&share_locks[i], NULL);
+	share = curl_share_init();
+	if (!share)
+		return -ENOMEM;
+	curl_share_setopt(share, CURLSHOPT_LOCKFUNC, share_lock);
+	curl_share_setopt(share, CURLSHOPT_UNLOCKFUNC, share_unlock);
+	curl_share_setopt(share, CURLSHOPT_SHARE, CURL_LOCK_DATA_CONNECT);
+	curl_share_setopt(share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);
+	curl_share_setopt(share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION);
+	return 0;
+}
+
+void http_cleanup(void)
+{
+	if (share)
+		curl_share_cleanup(share);
+	share = NULL;
+	curl_global_cleanup();
+}
+
+void http_reply_init(struct http_reply *r, size_t body_cap)
+{
+	memset(r, 0, sizeof(*r));
+	buf_init(&r->body, body_cap);
+	r->retry_after_ms = -1;
+}
+
+void http_reply_free(struct http_reply *r)
+{
+	if (r)
+		buf_free(&r->body);
+}
+
+struct xfer {
+	CURL *h;
+	struct http_reply *r;
+	http_sink_fn sink;
+	void *ctx;
+	const volatile int *cancel;
+	int overflow;
+};
+
+static size_t on_data(char *p, size_t sz, size_t n, void *u)
+{
+	struct xfer *x = u;
+	size_t len = sz * n;
+	long status = 0;
+
+	curl_easy_getinfo(x->h, CURLINFO_RESPONSE_CODE, &status);
+	if (x->cancel && *x->cancel)
+		return 0;
+	if (x->sink && status >= 200 && status < 300) {
+		if (x->sink(x->ctx, p, len) != 0) {
+			x->r->sink_stopped = 1;
+			return 0;
+		}
+		return len;
+	}
+	if (buf_append(&x->r->body, p, len) != 0) {
+		x->overflow = 1;
+		return 0;
+	}
+	return len;
+}
+
+static size_t on_header(char *p, size_t sz, size_t n, void *u)
+{
+	struct xfer *x = u;
+	size_t len = sz * n;
+	static const char name[] = "retry-after:";
+
+	if (len > sizeof(name) && strncasecmp(p, name, sizeof(name) - 1) == 0) {
+		char tmp[32];
+		size_t vl = len - (sizeof(name) - 1);
+		if (vl >= sizeof(tmp))
+			vl = sizeof(tmp) - 1;
+		memcpy(tmp, p + sizeof(name) - 1, vl);
+		tmp[vl] = '\0';
+		char *end;
+		double secs = strtod(tmp, &end);
+		if (end != tmp && secs >= 0 && secs < 3600)
+			x->r->retry_after_ms = (long)(secs * 1000);
+	}
+	return len;
+}
+
+static int on_progress(void *u, curl_off_t a, curl_off_t b, curl_off_t c,
+		       curl_off_t d)
+{
+	struct xfer *x = u;
+	return (x->cancel && *x->cancel) ? 1 : 0;
+}
+
+static enum err_class classify_curl(CURLcode rc)
+{
+	switch (rc) {
+	case CURLE_COULDNT_CONNECT:
+	case CURLE_COULDNT_RESOLVE_HOST:
+	case CURLE_COULDNT_RESOLVE_PROXY:
+	case CURLE_SEND_ERROR:
+	case CURLE_GOT_NOTHING:
+		return EC_UNREACHABLE;
+	case CURLE_OPERATION_TIMEDOUT:
+		return EC_TIMEOUT;
+	case CURLE_ABORTED_BY_CALLBACK:
+		return EC_CANCELLED;
+	default:
+		return EC_PROTOCOL;
+	}
+}
+
+int http_request(const char *method, const char *path, const char *json,
+		 http_sink_fn sink, void *ctx, const volatile int *cancel,
+		 struct http_reply *r)
+{
+	struct xfer x = {0};
+	struct curl_slist *hdrs = NULL;
+	char url[2048], auth[1024], errbuf[CURL_ERROR_SIZE] = "";
+	CURLcode rc;
+	int ret = 0;
+
+	x.h = curl_easy_init();
+	if (!x.h) {
+		r->transport = EC_PROTOCOL;
+		snprintf(r->err, sizeof(r->err), "out of memory");
+		return -ENOMEM;
+	}
+	x.r = r;
+	x.sink = sink;
+	x.ctx = ctx;
+	x.cancel = cancel;
+
+	snprintf(url, sizeof(url), "%s%s", cfg->base_url, path);
+	curl_easy_setopt(x.h, CURLOPT_URL, url);
+	curl_easy_setopt(x.h, CURLOPT_SHARE, share);
+	curl_easy_setopt(x.h, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(x.h, CURLOPT_ERRORBUFFER, errbuf);
+	curl_easy_setopt(x.h, CURLOPT_CONNECTTIMEOUT_MS, cfg->connect_timeout_ms);
+	if (sink) {
+		/* A long answer may legitimately stream for minutes: bound the
+		 * silence between bytes instead of the whole transfer. */
+		long secs = (cfg->timeout_ms + 999) / 1000;
+		curl_easy_setopt(x.h, CURLOPT_LOW_SPEED_LIMIT, 1L);
+		curl_easy_setopt(x.h, CURLOPT_LOW_SPEED_TIME, secs > 0 ? secs : 1L);
+	} else {
+		curl_easy_setopt(x.h, CURLOPT_TIMEOUT_MS,
+				 r->timeout_ms > 0 ? r->timeout_ms : cfg->timeout_ms);
+	}
+	curl_easy_setopt(x.h, CURLOPT_TCP_KEEPALIVE, 1L);
+	curl_easy_setopt(x.h, CURLOPT_TCP_KEEPIDLE,
+			 cfg->keep_alive_ms / 1000 > 0 ? cfg->keep_alive_ms / 1000 : 1L);
+	curl_easy_setopt(x.h, CURLOPT_MAXAGE_CONN,
+			 cfg->keep_alive_ms / 1000 > 0 ? cfg->keep_alive_ms / 1000 : 1L);
+	curl_easy_setopt(x.h, CURLOPT_MAXCONNECTS, cfg->max_idle_connections);
+	curl_easy_setopt(x.h, CURLOPT_TCP_NODELAY, 1L);
+	curl_easy_setopt(x.h, CURLOPT_USERAGENT, "lmsfs/" LMSFS_VERSION);
+	curl_easy_setopt(x.h, CURLOPT_WRITEFUNCTION, on_data);
+	curl_easy_setopt(x.h, CURLOPT_WRITEDATA, &x);
+	curl_easy_setopt(x.h, CURLOPT_HEADERFUNCTION, on_header);
+	curl_easy_setopt(x.h, CURLOPT_HEADERDATA, &x);
+	curl_easy_setopt(x.h, CURLOPT_NOPROGRESS, 0L);
+	curl_easy_setopt(x.h, CURLOPT_XFERINFOFUNCTION, on_progress);
+	curl_easy_setopt(x.h, CURLOPT_XFERINFODATA, &x);
+	/* Only the API's own paths are ever requested: no redirects. */
+	curl_easy_setopt(x.h, CURLOPT_FOLLOWLOCATION, 0L);
+
+	if (cfg->api_key && cfg->api_key[0]) {
+		snprintf(auth, sizeof(auth), "Authorization: Bearer %s", cfg->api_key);
+		hdrs = curl_slist_append(hdrs, auth);
+	}
+	if (json) {
+		hdrs = curl_slist_append(hdrs, "Content-Type: application/json");
+		if (sink)
+			hdrs = curl_slist_append(hdrs, "Accept: text/event-stream");
+		curl_easy_setopt(x.h, CURLOPT_POSTFIELDS, json);
+		curl_easy_setopt(x.h, CURLOPT_POSTFIELDSIZE, (long)strlen(json));
+	}
+	if (strcmp(method, "GET") != 0 && !json)
+		curl_easy_setopt(x.h, CURLOPT_CUSTOMREQUEST, method);
+	curl_easy_setopt(x.h, CURLOPT_HTTPHEADER, hdrs);
+
+	rc = curl_easy_perform(x.h);
+	curl_easy_getinfo(x.h, CURLINFO_RESPONSE_CODE, &r->status);
+
+	if (rc == CURLE_WRITE_ERROR && r->sink_stopped) {
+		ret = 0; /* the sink had what it needed */
+	} else if (rc == CURLE_WRITE_ERROR && x.overflow) {
+		r->transport = EC_PROTOCOL;
+		snprintf(r->err, sizeof(r->err), "response larger than %zu bytes",
+			 r->body.max);
+		ret = -EFBIG;
+	} else if ((rc == CURLE_WRITE_ERROR || rc == CURLE_ABORTED_BY_CALLBACK) &&
+		   cancel && *cancel) {
+		r->transport = EC_CANCELLED;
+		snprintf(r->err, sizeof(r->err), "cancelled");
+		ret = -ECANCELED;
+	} else if (rc != CURLE_OK) {
+		r->transport = classify_curl(rc);
+		if (rc == CURLE_OPERATION_TIMEDOUT && sink && r->status)
+			snprintf(r->err, sizeof(r->err),
+				 "no data from the server for %ld ms", cfg->timeout_ms);
+		else
+			snprintf(r->err, sizeof(r->err), "%s",
+				 errbuf[0] ? errbuf : curl_easy_strerror(rc));
+		ret = -errclass_errno(r->transport);
+	}
+	curl_slist_free_all(hdrs);
+	curl_easy_cleanup(x.h);
+	return ret;
+}

@@ -1,0 +1,299 @@
+/* main.c - command line, configuration, mount, loop, ordered shutdown. */
+#include "config.h"
+#include "conv.h"
+#include "gen.h"
+#include "http.h"
+#include "log.h"
+#include "models.h"
+#include "ops.h"
+#include "retry.h"
+#include "tools.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <fuse_lowlevel.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static const char usage_text[] =
+	"usage: lmsfs [SOURCE] MOUNTPOINT [-o opt[,opt...]] [-f] [-d] [-c FILE]\n"
+	"\n"
+	"Mounts an LM Studio (or any OpenAI-compatible) server as a directory tree.\n"
+	"\n"
+	"  SOURCE            state directory (conversations and tools live here);\n"
+	"                    default: state_dir from the configuration\n"
+	"  MOUNTPOINT        an existing, empty directory\n"
+	"  -o key=value      any configuration key (see lmsfs.conf and lmsfs(1)),\n"
+	"                    or a FUSE mount option (allow_other, ro, ...)\n"
+	"  -c FILE           configuration file (default $XDG_CONFIG_HOME/lmsfs/lmsfs.conf,\n"
+	"                    else /etc/lmsfs.conf)\n"
+	"  -f                stay in the foreground (log to stderr)\n"
+	"  -d                debug: foreground, log_level=debug\n"
+	"  -h, --help        this text\n"
+	"  -V, --version     print the version\n"
+	"\n"
+	"Precedence: defaults < config file < LMSFS_<KEY> environment < -o.\n"
+	"Unmount with: fusermount3 -u MOUNTPOINT\n";
+
+struct cli {
+	const char *source, *mountpoint, *conf;
+	int foreground, debug;
+	char **kv;     /* -o key=value items that are config keys */
+	size_t nkv;
+	char **fuseo;  /* other -o items, for FUSE */
+	size_t nfuseo;
+};
+
+static void push(char ***v, size_t *n, const char *s)
+{
+	char **nv = realloc(*v, (*n + 1) * sizeof(*nv));
+	if (!nv || !(nv[*n] = strdup(s)))
+		fatalx("out of memory");
+	*v = nv;
+	(*n)++;
+}
+
+static void split_opts(struct cli *c, const char *list)
+{
+	char *copy = strdup(list), *save = NULL, *tok;
+	if (!copy)
+		fatalx("out of memory");
+	for (tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+		char key[128];
+		const char *eq = strchr(tok, '=');
+		size_t kl = eq ? (size_t)(eq - tok) : strlen(tok);
+		if (kl >= sizeof(key))
+			kl = sizeof(key) - 1;
+		memcpy(key, tok, kl);
+		key[kl] = '\0';
+		if (config_is_key(key))
+			push(&c->kv, &c->nkv, tok);
+		else if (strcmp(key, "defaults") != 0 && strcmp(key, "_netdev") != 0 &&
+			 strcmp(key, "auto") != 0 && strcmp(key, "noauto") != 0 &&
+			 strcmp(key, "nofail") != 0 && strncmp(key, "x-", 2) != 0)
+			push(&c->fuseo, &c->nfuseo, tok);
+	}
+	free(copy);
+}
+
+static void parse_cli(int argc, char **argv, struct cli *c)
+{
+	const char *pos[2];
+	int npos = 0;
+
+	for (int i = 1; i < argc; i++) {
+		const char *a = argv[i];
+		if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+			fputs(usage_text, stdout);
+			exit(0);
+		} else if (!strcmp(a, "-V") || !strcmp(a, "--version")) {
+			printf("lmsfs %s\n", LMSFS_VERSION);
+			exit(0);
+		} else if (!strcmp(a, "-f")) {
+			c->foreground = 1;
+		} else if (!strcmp(a, "-d")) {
+			c->debug = 1;
+			c->foreground = 1;
+		} else if (!strcmp(a, "-s")) {
+			/* single-threaded: accepted and ignored */
+		} else if (!strcmp(a, "-c") || !strcmp(a, "-o")) {
+			if (i + 1 >= argc)
+				fatalx("option %s needs an argument (see lmsfs --help)", a);
+			if (a[1] == 'c')
+				c->conf = argv[++i];
+			else
+				split_opts(c, argv[++i]);
+		} else if (!strncmp(a, "-o", 2)) {
+			split_opts(c, a + 2);
+		} else if (a[0] == '-' && a[1]) {
+			fatalx("unknown option '%s' (see lmsfs --help)", a);
+		} else {
+			if (npos == 2)
+				fatalx("too many arguments: '%s' (see lmsfs --help)", a);
+			pos[npos++] = a;
+		}
+	}
+	if (npos == 0)
+		fatalx("missing MOUNTPOINT (see lmsfs --help)");
+	if (npos == 2) {
+		c->source = pos[0];
+		c->mountpoint = pos[1];
+	} else {
+		c->mountpoint = pos[0];
+	}
+}
+
+/* Whether path is already the mountpoint of an lmsfs instance. */
+static int already_mounted(const char *path)
+{
+	FILE *f = fopen("/proc/self/mountinfo", "r");
+	char line[4096];
+	int found = 0;
+
+	if (!f)
+		return 0;
+	while (fgets(line, sizeof(line), f)) {
+		char mp[PATH_MAX], *sep, fstype[64];
+		if (sscanf(line, "%*s %*s %*s %*s %4095s", mp) != 1)
+			continue;
+		sep = strstr(line, " - ");
+		if (!sep || sscanf(sep + 3, "%63s", fstype) != 1)
+			continue;
+		if (strcmp(mp, path) == 0 && strncmp(fstype, "fuse", 4) == 0 &&
+		    strstr(fstype, "lmsfs"))
+			found = 1;
+	}
+	fclose(f);
+	return found;
+}
+
+static int mkdir_p(const char *path, mode_t mode)
+{
+	char tmp[PATH_MAX];
+	size_t n = strlen(path);
+	if (n == 0 || n >= sizeof(tmp))
+		return -ENAMETOOLONG;
+	memcpy(tmp, path, n + 1);
+	for (char *p = tmp + 1; *p; p++)
+		if (*p == '/') {
+			*p = '\0';
+			if (mkdir(tmp, 0700) < 0 && errno != EEXIST)
+				return -errno;
+			*p = '/';
+		}
+	if (mkdir(tmp, mode) < 0 && errno != EEXIST)
+		return -errno;
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	struct cli cli = {0};
+	struct config cfg;
+	struct conv_hooks hooks = {.answer_done = ops_answer_done};
+	struct fuse_args fargs = FUSE_ARGS_INIT(0, NULL);
+	struct fuse_session *se;
+	struct fuse_loop_config *lc;
+	char err[1024], mnt[PATH_MAX], optbuf[PATH_MAX + 64];
+	struct stat st;
+	char *conf;
+	int rc, state_fd, ret;
+
+	log_init("lmsfs", LOG_LVL_INFO);
+	parse_cli(argc, argv, &cli);
+
+	config_init(&cfg);
+	conf = cli.conf ? strdup(cli.conf) : config_default_path();
+	rc = config_load_file(&cfg, conf, err, sizeof(err));
+	if (rc == -ENOENT && cli.conf)
+		fatalx("%s: no such configuration file", conf);
+	if (rc != 0 && rc != -ENOENT)
+		fatalx("%s", err);
+	free(conf);
+	if (config_load_env(&cfg, err, sizeof(err)) != 0)
+		fatalx("%s", err);
+	for (size_t i = 0; i < cli.nkv; i++) {
+		char *eq = strchr(cli.kv[i], '=');
+		if (!eq)
+			fatalx("-o %s: needs a value (%s=VALUE)", cli.kv[i], cli.kv[i]);
+		*eq = '\0';
+		if (config_set(&cfg, cli.kv[i], eq + 1, err, sizeof(err)) != 0)
+			fatalx("-o %s", err);
+	}
+	if (cli.source) {
+		if (config_set(&cfg, "state_dir", cli.source, err, sizeof(err)) != 0)
+			fatalx("%s", err);
+	}
+	if (cli.debug)
+		cfg.log_level = LOG_LVL_DEBUG;
+	if (config_check(&cfg, err, sizeof(err)) != 0)
+		fatalx("%s", err);
+	log_set_level(cfg.log_level);
+
+	if (stat(cli.mountpoint, &st) < 0)
+		fatalx("%s: %s", cli.mountpoint, strerror(errno));
+	if (!S_ISDIR(st.st_mode))
+		fatalx("%s: not a directory", cli.mountpoint);
+	if (!realpath(cli.mountpoint, mnt))
+		fatalx("%s: %s", cli.mountpoint, strerror(errno));
+	if (already_mounted(mnt))
+		fatalx("%s: an lmsfs is already mounted there", mnt);
+
+	ret = mkdir_p(cfg.state_dir, 0700);
+	if (ret)
+		fatalx("state_dir %s: %s", cfg.state_dir, strerror(-ret));
+	state_fd = open(cfg.state_dir, O_DIRECTORY | O_RDONLY | O_CLOEXEC);
+	if (state_fd < 0)
+		fatalx("state_dir %s: %s", cfg.state_dir, strerror(errno));
+
+	if (http_init(&cfg) != 0)
+		fatalx("cannot initialise libcurl");
+	retry_init(&cfg);
+	models_init(&cfg);
+	gen_init(&cfg);
+	if (tools_init(&cfg, state_fd) != 0)
+		fatal("state_dir %s/tools", cfg.state_dir);
+	if (conv_init(&cfg, state_fd, &hooks) != 0)
+		fatal("state_dir %s/conversations", cfg.state_dir);
+	if (ops_init(&cfg, state_fd) != 0)
+		fatal("state_dir %s", cfg.state_dir);
+
+	fuse_opt_add_arg(&fargs, "lmsfs");
+	if (cli.debug)
+		fuse_opt_add_arg(&fargs, "-d");
+	snprintf(optbuf, sizeof(optbuf), "-osubtype=lmsfs,fsname=lmsfs:%s,default_permissions",
+		 cfg.state_dir);
+	fuse_opt_add_arg(&fargs, optbuf);
+	for (size_t i = 0; i < cli.nfuseo; i++) {
+		snprintf(optbuf, sizeof(optbuf), "-o%s", cli.fuseo[i]);
+		fuse_opt_add_arg(&fargs, optbuf);
+	}
+
+	se = fuse_session_new(&fargs, &ops_table, sizeof(ops_table), NULL);
+	if (!se)
+		fatalx("cannot start FUSE (bad mount option?)");
+	if (fuse_set_signal_handlers(se) != 0)
+		fatalx("cannot install signal handlers");
+	if (fuse_session_mount(se, mnt) != 0)
+		fatalx("%s: cannot mount (is /dev/fuse there and fusermount3 installed?)", mnt);
+	ops_set_session(se);
+	log_info("mounted %s on %s (state in %s, provider %s)", cfg.base_url, mnt,
+		 cfg.state_dir,
+		 cfg.provider == PROVIDER_MOCK ? "mock" : cfg.provider == PROVIDER_OPENAI ? "openai" : "lmstudio");
+
+	if (!cli.foreground) {
+		if (fuse_daemonize(0) != 0)
+			fatalx("cannot daemonize");
+		log_to_syslog();
+	}
+	conv_recover_all();
+
+	lc = fuse_loop_cfg_create();
+	fuse_loop_cfg_set_max_threads(lc, 32);
+	fuse_loop_cfg_set_idle_threads(lc, 8);
+	ret = fuse_session_loop_mt(se, lc);
+	fuse_loop_cfg_destroy(lc);
+
+	log_info("unmounting %s", mnt);
+	ops_shutdown();
+	conv_shutdown();
+	fuse_session_unmount(se);
+	fuse_remove_signal_handlers(se);
+	fuse_session_destroy(se);
+	fuse_opt_free_args(&fargs);
+	models_cleanup();
+	http_cleanup();
+	close(state_fd);
+	for (size_t i = 0; i < cli.nkv; i++)
+		free(cli.kv[i]);
+	free(cli.kv);
+	for (size_t i = 0; i < cli.nfuseo; i++)
+		free(cli.fuseo[i]);
+	free(cli.fuseo);
+	config_free(&cfg);
+	return ret < 0 ? 1 : 0;
+}

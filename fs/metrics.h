@@ -1,0 +1,27 @@
+/* metrics.h - process-wide counters, rendered as Prometheus text.
+ *
+ * Counters are updated with relaxed atomics from any thread; rendering
+ * reads them without a lock (each value is individually consistent).
+ */
+#ifndef LMSFS_METRICS_H
+#define LMSFS_METRICS_H
+
+#include "buf.h"
+#include "errclass.h"
+
+enum tool_outcome { TOOL_OK, TOOL_FAILED, TOOL_TIMEOUT, TOOL_UNKNOWN, TOOL__COUNT };
+
+void metrics_request(void);
+void metrics_failure(enum err_class c);
+void metrics_retry(void);
+void metrics_tokens(long in, long out);
+void metrics_ttft(double seconds);
+void metrics_gen_time(double seconds);
+void metrics_tool(enum tool_outcome o);
+void metrics_active(int delta);  /* generations running */
+void metrics_queued(int delta);  /* prompts waiting */
+void metrics_answer(int ok);
+/* Appends the Prometheus text exposition to b. */
+int metrics_render(struct buf *b);
+
+#endif

@@ -1,0 +1,368 @@
+/* models.c - loaded-model cache with a time to live. */
+#include "models.h"
+
+#include "buf.h"
+#include "config.h"
+#include "http.h"
+#include "log.h"
+#include "util.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+static const struct config *cfg;
+/* Lock order: refresh_lock before lock. */
+static pthread_mutex_t refresh_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static struct model_list *current;  /* protected by lock */
+static long long fetched_at;        /* protected by lock; 0 = never */
+static int reachable;               /* protected by lock */
+static enum err_class last_cls;     /* protected by lock */
+static char last_msg[512];          /* protected by lock */
+
+static struct model_list *list_new(void)
+{
+	struct model_list *l = calloc(1, sizeof(*l));
+	if (l)
+		l->refs = 1;
+	return l;
+}
+
+static void list_free(struct model_list *l)
+{
+	if (!l)
+		return;
+	for (size_t i = 0; i < l->n; i++) {
+		free(l->v[i].id);
+		free(l->v[i].json);
+	}
+	free(l->v);
+	free(l);
+}
+
+void models_put(struct model_list *l)
+{
+	int last;
+	if (!l)
+		return;
+	pthread_mutex_lock(&lock);
+	last = --l->refs == 0;
+	pthread_mutex_unlock(&lock);
+	if (last)
+		list_free(l);
+}
+
+static int list_add(struct model_list *l, const char *id, const cJSON *obj)
+{
+	struct model *v = realloc(l->v, (l->n + 1) * sizeof(*v));
+	char *txt;
+	size_t len;
+
+	if (!v)
+		return -ENOMEM;
+	l->v = v;
+	for (size_t i = 0; i < l->n; i++)
+		if (strcmp(l->v[i].id, id) == 0)
+			return 0; /* duplicate ids: keep the first */
+	txt = cJSON_Print(obj);
+	if (!txt)
+		return -ENOMEM;
+	len = strlen(txt);
+	v[l->n].json = malloc(len + 2);
+	if (!v[l->n].json) {
+		free(txt);
+		return -ENOMEM;
+	}
+	memcpy(v[l->n].json, txt, len);
+	memcpy(v[l->n].json + len, "\n", 2);
+	free(txt);
+	v[l->n].id = strdup(id);
+	if (!v[l->n].id) {
+		free(v[l->n].json);
+		return -ENOMEM;
+	}
+	l->n++;
+	return 0;
+}
+
+/* Parses {"data": [...]}; when need_loaded, keeps state == "loaded". */
+static int parse_list(const char *body, size_t len, int need_loaded,
+		      struct model_list *l, char *msg, size_t msglen)
+{
+	cJSON *root = cJSON_ParseWithLength(body, len);
+	const cJSON *data = cJSON_GetObjectItemCaseSensitive(root, "data");
+	const cJSON *m;
+
+	if (!cJSON_IsArray(data)) {
+		snprintf(msg, msglen, "model list is not {\"data\": [...]}");
+		cJSON_Delete(root);
+		return -EPROTO;
+	}
+	cJSON_ArrayForEach(m, data)
+	{
+		const cJSON *id = cJSON_GetObjectItemCaseSensitive(m, "id");
+		const cJSON *st = cJSON_GetObjectItemCaseSensitive(m, "state");
+		if (!cJSON_IsString(id) || !id->valuestring[0])
+			continue;
+		if (need_loaded && cJSON_IsString(st) &&
+		    strcmp(st->valuestring, "loaded") != 0)
+			continue;
+		if (need_loaded && !cJSON_IsString(st))
+			continue;
+		if (list_add(l, id->valuestring, m) != 0)
+			break;
+	}
+	cJSON_Delete(root);
+	return 0;
+}
+
+static void mock_list(struct model_list *l)
+{
+	static const char *const ids[] = {"mock-1b-instruct", "lmsfs/mock-echo"};
+	for (size_t i = 0; i < 2; i++) {
+		cJSON *o = cJSON_CreateObject();
+		cJSON_AddStringToObject(o, "id", ids[i]);
+		cJSON_AddStringToObject(o, "object", "model");
+		cJSON_AddStringToObject(o, "type", "llm");
+		cJSON_AddStringToObject(o, "publisher", "lmsfs");
+		cJSON_AddStringToObject(o, "arch", "mock");
+		cJSON_AddStringToObject(o, "compatibility_type", "builtin");
+		cJSON_AddStringToObject(o, "quantization", "none");
+		cJSON_AddStringToObject(o, "state", "loaded");
+		cJSON_AddNumberToObject(o, "max_context_length", 8192);
+		cJSON *caps = cJSON_AddArrayToObject(o, "capabilities");
+		cJSON_AddItemToArray(caps, cJSON_CreateString("tool_use"));
+		list_add(l, ids[i], o);
+		cJSON_Delete(o);
+	}
+}
+
+/* One GET with a bounded wait: a listing never blocks a reader for long. */
+static int fetch(const char *path, struct http_reply *r)
+{
+	http_reply_init(r, 16u << 20);
+	r->timeout_ms = cfg->connect_timeout_ms < cfg->timeout_ms
+				? cfg->connect_timeout_ms
+				: cfg->timeout_ms;
+	return http_request("GET", path, NULL, NULL, NULL, NULL, r);
+}
+
+static void refresh(void)
+{
+	struct model_list *l = list_new(), *old;
+	struct http_reply r;
+	enum err_class cls = EC_NONE;
+	char msg[512] = "";
+	int ok = 0;
+
+	if (!l)
+		return;
+	if (cfg->provider == PROVIDER_MOCK) {
+		mock_list(l);
+		ok = 1;
+		goto publish;
+	}
+	if (cfg->provider == PROVIDER_LMSTUDIO) {
+		int rc = fetch("/api/v0/models", &r);
+		if (rc == 0 && r.status == 200) {
+			ok = parse_list(r.body.data, r.body.len, 1, l, msg, sizeof(msg)) == 0;
+			if (!ok)
+				cls = EC_PROTOCOL;
+			http_reply_free(&r);
+			goto publish;
+		}
+		if (rc != 0) {
+			cls = r.transport;
+			snprintf(msg, sizeof(msg), "%s", r.err);
+			http_reply_free(&r);
+			goto publish;
+		}
+		if (r.status != 404 && r.status != 405) {
+			cls = errclass_from_http(r.status, r.body.data, r.body.len, msg,
+						 sizeof(msg));
+			http_reply_free(&r);
+			goto publish;
+		}
+		http_reply_free(&r); /* no /api/v0: fall back */
+	}
+	if (fetch("/v1/models", &r) == 0) {
+		if (r.status == 200) {
+			ok = parse_list(r.body.data, r.body.len, 0, l, msg, sizeof(msg)) == 0;
+			if (!ok)
+				cls = EC_PROTOCOL;
+		} else {
+			cls = errclass_from_http(r.status, r.body.data, r.body.len, msg,
+						 sizeof(msg));
+		}
+	} else {
+		cls = r.transport;
+		snprintf(msg, sizeof(msg), "%s", r.err);
+	}
+	http_reply_free(&r);
+
+publish:
+	pthread_mutex_lock(&lock);
+	old = current;
+	current = l;
+	fetched_at = now_ms();
+	/* Any HTTP answer means the server is there, even a refusal. */
+	reachable = ok || (cls != EC_UNREACHABLE && cls != EC_TIMEOUT &&
+			   cls != EC_PROTOCOL);
+	last_cls = ok ? EC_NONE : cls;
+	snprintf(last_msg, sizeof(last_msg), "%s", ok ? "" : msg);
+	pthread_mutex_unlock(&lock);
+	if (!ok)
+		log_debug("model list: %s: %s", errclass_name(cls), msg);
+	models_put(old);
+}
+
+void models_init(const struct config *c)
+{
+	cfg = c;
+	current = list_new();
+}
+
+void models_cleanup(void)
+{
+	models_put(current);
+	current = NULL;
+}
+
+struct model_list *models_get(int force)
+{
+	struct model_list *l;
+	int stale;
+
+	pthread_mutex_lock(&lock);
+	stale = force || fetched_at == 0 ||
+		now_ms() - fetched_at >= cfg->models_ttl_ms;
+	pthread_mutex_unlock(&lock);
+	if (stale) {
+		/* One refresh at a time; whoever waited uses its result. */
+		pthread_mutex_lock(&refresh_lock);
+		pthread_mutex_lock(&lock);
+		stale = force || fetched_at == 0 ||
+			now_ms() - fetched_at >= cfg->models_ttl_ms;
+		pthread_mutex_unlock(&lock);
+		if (stale)
+			refresh();
+		pthread_mutex_unlock(&refresh_lock);
+	}
+	pthread_mutex_lock(&lock);
+	l = current;
+	l->refs++;
+	pthread_mutex_unlock(&lock);
+	return l;
+}
+
+void models_status(int *reach, enum err_class *cls, char *msg, size_t n)
+{
+	pthread_mutex_lock(&lock);
+	*reach = reachable;
+	*cls = last_cls;
+	snprintf(msg, n, "%s", last_msg);
+	pthread_mutex_unlock(&lock);
+}
+
+static int allowed(const char *id)
+{
+	if (!cfg->allowed_models || cfg->n_allowed == 0)
+		return 1;
+	for (size_t i = 0; i < cfg->n_allowed; i++)
+		if (strcmp(cfg->allowed_models[i], id) == 0)
+			return 1;
+	return 0;
+}
+
+static void list_ids(struct model_list *l, char *msg, size_t msglen)
+{
+	struct buf b;
+	buf_init(&b, msglen > 1 ? msglen - 1 : 1);
+	for (size_t i = 0; i < l->n; i++) {
+		if (!allowed(l->v[i].id))
+			continue;
+		if (b.len)
+			buf_puts(&b, ", ");
+		buf_puts(&b, l->v[i].id);
+	}
+	snprintf(msg, msglen, "%s", b.len ? b.data : "(none)");
+	buf_free(&b);
+}
+
+char *models_resolve(const char *want, enum err_class *cls, char *msg,
+		     size_t msglen)
+{
+	struct model_list *l;
+	char loaded[1024], why[512];
+	const char *found = NULL;
+	char *ret = NULL;
+	size_t hits = 0;
+	int reach;
+	enum err_class lc;
+
+	if (!want || !*want)
+		want = cfg->default_model;
+	l = models_get(0);
+	models_status(&reach, &lc, why, sizeof(why));
+	if (l->n == 0 && lc != EC_NONE) {
+		*cls = (lc == EC_AUTH) ? EC_AUTH : EC_UNREACHABLE;
+		snprintf(msg, msglen, "cannot list models: %s: %s",
+			 errclass_name(lc), why);
+		goto out;
+	}
+	list_ids(l, loaded, sizeof(loaded));
+	if (!want || !*want) {
+		for (size_t i = 0; i < l->n; i++)
+			if (allowed(l->v[i].id)) {
+				hits++;
+				found = l->v[i].id;
+			}
+		if (hits == 1)
+			goto found;
+		*cls = EC_NO_MODEL;
+		if (hits == 0)
+			snprintf(msg, msglen, "no model is loaded%s; load one in LM Studio (lms load)",
+				 l->n ? " that allowed_models permits" : "");
+		else
+			snprintf(msg, msglen,
+				 "several models are loaded and none is chosen: write one to the "
+				 "conversation's model file or set default_model (loaded: %s)",
+				 loaded);
+		goto out;
+	}
+	for (size_t i = 0; i < l->n; i++)
+		if (strcmp(l->v[i].id, want) == 0) {
+			found = l->v[i].id;
+			hits = 1;
+			break;
+		}
+	if (!found) {
+		for (size_t i = 0; i < l->n; i++)
+			if (strcasestr(l->v[i].id, want)) {
+				hits++;
+				found = l->v[i].id;
+			}
+	}
+	if (hits == 1)
+		goto found;
+	*cls = hits ? EC_BAD_REQUEST : EC_MODEL_NOT_FOUND;
+	snprintf(msg, msglen, "model '%s' %s (loaded: %s)", want,
+		 hits ? "is ambiguous" : "is not loaded", loaded);
+	goto out;
+found:
+	if (!allowed(found)) {
+		*cls = EC_MODEL_NOT_ALLOWED;
+		snprintf(msg, msglen, "model '%s' is not in allowed_models (allowed and loaded: %s)",
+			 found, loaded);
+		goto out;
+	}
+	ret = strdup(found);
+out:
+	models_put(l);
+	return ret;
+}

@@ -1,0 +1,45 @@
+/* models.h - the loaded models, cached for a short time.
+ *
+ * LM Studio's /api/v0/models lists downloaded models with a state; only
+ * state == "loaded" counts. Servers without /api/v0 fall back to /v1/models,
+ * where every listed model counts as loaded. The mock provider has a fixed
+ * list. A snapshot is immutable and reference counted.
+ */
+#ifndef LMSFS_MODELS_H
+#define LMSFS_MODELS_H
+
+#include <stddef.h>
+
+#include "errclass.h"
+
+struct config;
+
+struct model {
+	char *id;
+	char *json; /* the object as the server gave it, pretty printed + "\n" */
+};
+
+struct model_list {
+	int refs;    /* protected by the module lock */
+	size_t n;
+	struct model *v;
+};
+
+void models_init(const struct config *cfg);
+void models_cleanup(void);
+/* Current snapshot, refreshed first when older than models_ttl (or when
+ * force). Never NULL. Release with models_put. */
+struct model_list *models_get(int force);
+void models_put(struct model_list *l);
+/* What the last refresh found. msg gets "" when reachable. */
+void models_status(int *reachable, enum err_class *cls, char *msg, size_t n);
+
+/* Chooses the model for a request: `want` (a `model` file, may be NULL),
+ * else default_model, else the single loaded model. An exact id or a unique
+ * substring of a loaded id resolves; allowed_models restricts. Returns a
+ * malloc'd id, or NULL with *cls and a readable msg that lists the loaded
+ * models. */
+char *models_resolve(const char *want, enum err_class *cls, char *msg,
+		     size_t msglen);
+
+#endif

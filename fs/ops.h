@@ -1,0 +1,18 @@
+/* ops.h - the FUSE low-level operations table. */
+#ifndef LMSFS_OPS_H
+#define LMSFS_OPS_H
+
+#include <fuse_lowlevel.h>
+
+struct config;
+
+/* Prepares the node table; state_dirfd stays open for the mount's life. */
+int ops_init(const struct config *cfg, int state_dirfd);
+void ops_set_session(struct fuse_session *se);
+/* Wakes and answers every waiting reader with EINTR-free shutdown errors. */
+void ops_shutdown(void);
+extern const struct fuse_lowlevel_ops ops_table;
+/* Hook for conv.c: an answer finished in conversation `name`. */
+void ops_answer_done(const char *name);
+
+#endif

@@ -1,0 +1,127 @@
+/* util.c - clocks and careful file I/O. */
+#include "util.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+long long now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+double now_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+int write_all(int fd, const void *p, size_t n)
+{
+	const char *c = p;
+	while (n > 0) {
+		ssize_t w = write(fd, c, n);
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		c += w;
+		n -= (size_t)w;
+	}
+	return 0;
+}
+
+int read_file_at(int dirfd, const char *path, size_t max, char **out,
+		 size_t *len)
+{
+	struct stat st;
+	int fd = openat(dirfd, path, O_RDONLY | O_CLOEXEC);
+	int ret = 0;
+	char *data = NULL;
+	size_t got = 0;
+
+	*out = NULL;
+	if (len)
+		*len = 0;
+	if (fd < 0)
+		return -errno;
+	if (fstat(fd, &st) < 0) {
+		ret = -errno;
+		goto out;
+	}
+	if ((size_t)st.st_size > max) {
+		ret = -EFBIG;
+		goto out;
+	}
+	data = malloc((size_t)st.st_size + 1);
+	if (!data) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	while (got < (size_t)st.st_size) {
+		ssize_t r = read(fd, data + got, (size_t)st.st_size - got);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0) {
+			ret = -errno;
+			goto out;
+		}
+		if (r == 0)
+			break;
+		got += (size_t)r;
+	}
+	data[got] = '\0';
+	*out = data;
+	data = NULL;
+	if (len)
+		*len = got;
+out:
+	free(data);
+	close(fd);
+	return ret;
+}
+
+int replace_file_at(int dirfd, const char *path, const void *data, size_t n)
+{
+	char tmp[4200];
+	const char *slash = strrchr(path, '/');
+	int fd, ret;
+
+	if (slash)
+		snprintf(tmp, sizeof(tmp), "%.*s/.lmsfs.tmp.%s", (int)(slash - path),
+			 path, slash + 1);
+	else
+		snprintf(tmp, sizeof(tmp), ".lmsfs.tmp.%s", path);
+	fd = openat(dirfd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return -errno;
+	ret = write_all(fd, data, n);
+	if (ret == 0 && fsync(fd) < 0)
+		ret = -errno;
+	close(fd);
+	if (ret == 0 && renameat(dirfd, tmp, dirfd, path) < 0)
+		ret = -errno;
+	if (ret != 0)
+		unlinkat(dirfd, tmp, 0);
+	return ret;
+}
+
+char *trim(char *s)
+{
+	char *e;
+	while (*s == ' ' || *s == '\t' || *s == '\n' || *s == '\r')
+		s++;
+	e = s + strlen(s);
+	while (e > s && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\n' ||
+			 e[-1] == '\r'))
+		*--e = '\0';
+	return s;
+}

@@ -1,0 +1,25 @@
+/* util.h - small helpers with no dependencies: clocks, file I/O that
+ * retries short writes, durable appends. */
+#ifndef LMSFS_UTIL_H
+#define LMSFS_UTIL_H
+
+#include <stddef.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+long long now_ms(void);
+double now_s(void); /* monotonic, seconds */
+
+/* write()/pwrite() everything or fail: 0 or -errno. */
+int write_all(int fd, const void *p, size_t n);
+/* Reads a whole file relative to dirfd into a malloc'd NUL-terminated
+ * buffer of at most max bytes. Returns 0 or -errno (-EFBIG when larger). */
+int read_file_at(int dirfd, const char *path, size_t max, char **out,
+		 size_t *len);
+/* Writes data to dirfd/path atomically: a temporary beside it, fsync,
+ * rename, fsync of the directory. Returns 0 or -errno. */
+int replace_file_at(int dirfd, const char *path, const void *data, size_t n);
+/* Trims ASCII whitespace at both ends in place; returns s. */
+char *trim(char *s);
+
+#endif
