@@ -16,7 +16,7 @@ PYTHON   ?= /usr/bin/python3
 
 PKGS     := fuse3 libcurl libcjson inih
 DEB_PKGS := fuse3 libfuse3-dev libcurl4-openssl-dev libcjson-dev libinih-dev \
-            pkg-config python3-pytest rsync man-db
+            pkg-config python3-pytest rsync man-db bc
 CC       ?= cc
 
 SAN ?=

@@ -226,6 +226,14 @@ int main(int argc, char **argv)
 	ret = mkdir_p(cfg.state_dir, 0700);
 	if (ret)
 		fatalx("state_dir %s: %s", cfg.state_dir, strerror(-ret));
+	{
+		/* Tools are run by absolute path after we chdir("/"). */
+		char abs[PATH_MAX];
+		if (!realpath(cfg.state_dir, abs))
+			fatalx("state_dir %s: %s", cfg.state_dir, strerror(errno));
+		if (config_set(&cfg, "state_dir", abs, err, sizeof(err)) != 0)
+			fatalx("%s", err);
+	}
 	state_fd = open(cfg.state_dir, O_DIRECTORY | O_RDONLY | O_CLOEXEC);
 	if (state_fd < 0)
 		fatalx("state_dir %s: %s", cfg.state_dir, strerror(errno));
