@@ -321,9 +321,23 @@ static int attr_of(uint64_t ino, const struct nodeinfo *ni, struct stat *st)
 		if (fstat(tools_fd, st) < 0)
 			return -errno;
 		break;
+	case K_MODEL: {
+		char *id = names_model_decode(ni->name);
+		struct model_list *l = models_get(0);
+		off_t size = -1;
+		for (size_t i = 0; id && i < l->n; i++)
+			if (strcmp(l->v[i].id, id) == 0)
+				size = (off_t)strlen(l->v[i].json);
+		models_put(l);
+		free(id);
+		if (size < 0)
+			return -ENOENT;
+		synth_attr(st, ino, S_IFREG | 0444, size);
+		return 0;
+	}
 	case K_HEALTH:
 	case K_METRICS:
-	case K_MODEL:
+		/* Generated when opened, like /proc: size 0, read to EOF. */
 		synth_attr(st, ino, S_IFREG | 0444, 0);
 		st->st_mtime = time(NULL);
 		return 0;
