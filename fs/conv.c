@@ -31,7 +31,7 @@
 #include <unistd.h>
 
 #define QUEUE_FILE NAMES_PRIVATE_PREFIX "queue"
-#define PARTIAL_FILE NAMES_PRIVATE_PREFIX "partial"
+#define PARTIAL_FILE GEN_PARTIAL_FILE
 #define NBUCKETS 4096
 
 struct job {
@@ -353,6 +353,104 @@ static void repair_tail(int dirfd)
 	close(fd);
 }
 
+
+/* A tool round cut by a crash leaves an assistant message whose tool calls
+ * have no results; the server would refuse that history. Answer the missing
+ * calls with an error text so the next request is valid. */
+static void repair_tool_round(struct conv *c, int dirfd)
+{
+	int fd = openat(dirfd, "messages.jsonl", O_RDONLY | O_CLOEXEC);
+	struct stat st;
+	char *data = NULL;
+	size_t want;
+	cJSON *msgs = NULL, *calls, *m;
+	int n, i, last_main = -1;
+	struct gen_job gj = {.dirfd = dirfd, .hist_lock = hist_lock_cb,
+			     .hist_unlock = hist_unlock_cb, .ctx = c};
+
+	if (fd < 0)
+		return;
+	if (fstat(fd, &st) < 0 || st.st_size == 0)
+		goto out;
+	want = st.st_size > (4 << 20) ? (4 << 20) : (size_t)st.st_size;
+	data = malloc(want + 1);
+	if (!data || pread(fd, data, want, st.st_size - (off_t)want) != (ssize_t)want)
+		goto out;
+	data[want] = '\0';
+	msgs = cJSON_CreateArray();
+	for (char *p = data, *nl; p && *p; p = nl ? nl + 1 : NULL) {
+		nl = strchr(p, '\n');
+		if (nl)
+			*nl = '\0';
+		m = cJSON_Parse(p);
+		if (cJSON_IsObject(m))
+			cJSON_AddItemToArray(msgs, m);
+		else
+			cJSON_Delete(m);
+	}
+	n = cJSON_GetArraySize(msgs);
+	for (i = n - 1; i >= 0; i--) {
+		const char *r = role_of(cJSON_GetArrayItem(msgs, i));
+		if (strcmp(r, "tool") != 0 && strcmp(r, "function") != 0) {
+			last_main = i;
+			break;
+		}
+	}
+	if (last_main < 0 || strcmp(role_of(cJSON_GetArrayItem(msgs, last_main)), "assistant"))
+		goto out;
+	m = cJSON_GetArrayItem(msgs, last_main);
+	calls = cJSON_GetObjectItemCaseSensitive(m, "tool_calls");
+	if (cJSON_IsArray(calls)) {
+		cJSON *call;
+		cJSON_ArrayForEach(call, calls)
+		{
+			cJSON *id = cJSON_GetObjectItemCaseSensitive(call, "id");
+			int answered = 0;
+			if (!cJSON_IsString(id))
+				continue;
+			for (i = last_main + 1; i < n; i++) {
+				cJSON *t = cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(msgs, i),
+									    "tool_call_id");
+				if (cJSON_IsString(t) && !strcmp(t->valuestring, id->valuestring))
+					answered = 1;
+			}
+			if (!answered) {
+				cJSON *r = cJSON_CreateObject();
+				char *line;
+				cJSON_AddStringToObject(r, "role", "tool");
+				cJSON_AddStringToObject(r, "tool_call_id", id->valuestring);
+				cJSON_AddStringToObject(r, "content",
+							"error: the tool did not finish (lmsfs stopped while it ran)");
+				line = cJSON_PrintUnformatted(r);
+				cJSON_Delete(r);
+				if (line)
+					gen_append_history(&gj, line);
+				free(line);
+				log_warnx("conversation %s: answered an interrupted tool call", c->name);
+			}
+		}
+	} else if (cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(m, "function_call")) &&
+		   last_main == n - 1) {
+		cJSON *fc = cJSON_GetObjectItemCaseSensitive(m, "function_call");
+		cJSON *nm = cJSON_GetObjectItemCaseSensitive(fc, "name");
+		cJSON *r = cJSON_CreateObject();
+		char *line;
+		cJSON_AddStringToObject(r, "role", "function");
+		cJSON_AddStringToObject(r, "name", cJSON_IsString(nm) ? nm->valuestring : "unknown");
+		cJSON_AddStringToObject(r, "content",
+					"error: the tool did not finish (lmsfs stopped while it ran)");
+		line = cJSON_PrintUnformatted(r);
+		cJSON_Delete(r);
+		if (line)
+			gen_append_history(&gj, line);
+		free(line);
+	}
+out:
+	cJSON_Delete(msgs);
+	free(data);
+	close(fd);
+}
+
 /* --- loading and recovery --------------------------------------------- */
 
 static void start_worker(struct conv *c);
@@ -363,6 +461,7 @@ static void recover(struct conv *c, int dirfd)
 	size_t len;
 
 	repair_tail(dirfd);
+	repair_tool_round(c, dirfd);
 
 	/* An answer was streaming when the daemon died. */
 	if (read_file_at(dirfd, PARTIAL_FILE, 4096, &data, &len) == 0) {
@@ -381,6 +480,18 @@ static void recover(struct conv *c, int dirfd)
 				if (t && pread(fd, t, n, (off_t)off->valuedouble) == (ssize_t)n) {
 					t[n] = '\0';
 					/* Drop marked lines (tool activity) from the text. */
+					char *w = t;
+					for (char *r = t; *r;) {
+						char *nl = strchr(r, '\n');
+						size_t l = nl ? (size_t)(nl - r) + 1 : strlen(r);
+						if (strncmp(r, "[lmsfs] ", 8) != 0) {
+							memmove(w, r, l);
+							w += l;
+						}
+						r += l;
+					}
+					*w = '\0';
+					n = (size_t)(w - t);
 					cJSON *m = cJSON_CreateObject();
 					cJSON_AddStringToObject(m, "role", "assistant");
 					cJSON_AddStringToObject(m, "content", t);
@@ -389,11 +500,11 @@ static void recover(struct conv *c, int dirfd)
 					char *line = cJSON_PrintUnformatted(m);
 					struct gen_job gj = {.dirfd = dirfd, .hist_lock = hist_lock_cb,
 							     .hist_unlock = hist_unlock_cb, .ctx = c};
-					if (line)
+					if (line && n > 0)
 						gen_append_history(&gj, line);
 					free(line);
 					cJSON_Delete(m);
-					if (t[n - 1] != '\n')
+					if (n > 0 && t[n - 1] != '\n')
 						gen_stream_write(dirfd, "\n", 1);
 				}
 				free(t);
@@ -527,20 +638,6 @@ struct conv *conv_get(const char *name)
 
 /* --- the worker -------------------------------------------------------- */
 
-static void write_partial_marker(int dirfd, uint64_t seq)
-{
-	struct stat st;
-	char txt[128];
-	off_t size = fstatat(dirfd, "stream", &st, 0) == 0 ? st.st_size : 0;
-	int n = snprintf(txt, sizeof(txt), "{\"stream_offset\":%lld,\"seq\":%llu}\n",
-			 (long long)size, (unsigned long long)seq);
-	int fd = openat(dirfd, PARTIAL_FILE, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	if (fd >= 0) {
-		write_all(fd, txt, (size_t)n);
-		close(fd);
-	}
-}
-
 static void *worker(void *arg)
 {
 	struct conv *c = arg;
@@ -596,7 +693,6 @@ static void *worker(void *arg)
 			dequeue(c);
 			save_queue(c, dirfd);
 			pthread_mutex_unlock(&c->lock);
-			write_partial_marker(dirfd, j->seq);
 			metrics_active(1);
 			gen_run(&gj, &res);
 			metrics_active(-1);

@@ -325,6 +325,21 @@ static void mark(int dirfd, const char *fmt, ...)
 	gen_stream_write(dirfd, line, (size_t)n);
 }
 
+/* Records where this round's text starts in stream, so that a crash
+ * recovery keeps only the unfinished text (see conv.c). */
+static void mark_partial(int dirfd)
+{
+	struct stat st;
+	char txt[96];
+	off_t size = fstatat(dirfd, "stream", &st, 0) == 0 ? st.st_size : 0;
+	int n = snprintf(txt, sizeof(txt), "{\"stream_offset\":%lld}\n", (long long)size);
+	int fd = openat(dirfd, GEN_PARTIAL_FILE, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd >= 0) {
+		write_all(fd, txt, (size_t)n);
+		close(fd);
+	}
+}
+
 void gen_run(const struct gen_job *job, struct gen_result *res)
 {
 	char *want = NULL, *model = NULL, *system = NULL, *params_txt = NULL;
@@ -359,7 +374,9 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 
 	for (;;) {
 		char why[256] = "";
-		cJSON *msgs = load_history(job->dirfd, why, sizeof(why));
+		cJSON *msgs;
+		mark_partial(job->dirfd);
+		msgs = load_history(job->dirfd, why, sizeof(why));
 		cJSON *tools = tools_definitions(params);
 		const cJSON *first;
 		char *body;
@@ -442,6 +459,7 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 			if (line)
 				gen_append_history(job, line);
 			free(line);
+			mark_partial(job->dirfd);
 		}
 		for (int i = 0; i < ans.n_calls; i++) {
 			struct api_tool_call *c = &ans.calls[i];

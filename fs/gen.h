@@ -14,6 +14,9 @@
 
 struct config;
 
+/* Private marker: where the running answer's text starts in stream. */
+#define GEN_PARTIAL_FILE ".lmsfs.partial"
+
 struct gen_progress {
 	long tokens;        /* content chunks so far */
 	double started;     /* now_s() at start */

@@ -13,6 +13,7 @@
 #include <fcntl.h>
 #include <fuse_lowlevel.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -151,6 +152,12 @@ static int already_mounted(const char *path)
 	return found;
 }
 
+static void *recover_thread(void *arg)
+{
+	conv_recover_all();
+	return NULL;
+}
+
 static int mkdir_p(const char *path, mode_t mode)
 {
 	char tmp[PATH_MAX];
@@ -278,7 +285,14 @@ int main(int argc, char **argv)
 			fatalx("cannot daemonize");
 		log_to_syslog();
 	}
-	conv_recover_all();
+	{
+		/* Resume queued prompts in the background: the mount answers at once. */
+		pthread_t t;
+		if (pthread_create(&t, NULL, recover_thread, NULL) == 0)
+			pthread_detach(t);
+		else
+			conv_recover_all();
+	}
 
 	lc = fuse_loop_cfg_create();
 	fuse_loop_cfg_set_max_threads(lc, 32);

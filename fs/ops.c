@@ -839,24 +839,22 @@ static int do_open(fuse_ino_t ino, const struct nodeinfo *ni, int flags,
 					f->mode = HM_REPLACE;
 				} else {
 					/* In-place edits work on a copy, checked at close. */
-					char *all = NULL;
-					size_t len = 0;
+					struct stat st;
 					f->mode = HM_REPLACE;
-					ret = read_file_at(fd, "", HISTORY_MAX, &all, &len);
-					if (ret == -ENOENT || ret == -ENOTDIR) {
-						/* read_file_at needs a path; read via the fd. */
-						struct stat st;
-						ret = 0;
-						if (fstat(fd, &st) == 0 && st.st_size > 0) {
-							all = malloc((size_t)st.st_size);
-							if (!all || pread(fd, all, (size_t)st.st_size, 0) != st.st_size)
-								ret = -EIO;
-							len = (size_t)st.st_size;
-						}
+					if (fstat(fd, &st) < 0)
+						ret = -errno;
+					else if ((size_t)st.st_size > HISTORY_MAX)
+						ret = -EFBIG;
+					else if (st.st_size > 0) {
+						char *all = malloc((size_t)st.st_size);
+						if (!all)
+							ret = -ENOMEM;
+						else if (pread(fd, all, (size_t)st.st_size, 0) != st.st_size)
+							ret = -EIO;
+						else
+							ret = buf_append(&f->data, all, (size_t)st.st_size);
+						free(all);
 					}
-					if (ret == 0 && len)
-						ret = buf_append(&f->data, all, len);
-					free(all);
 				}
 			}
 			break;
