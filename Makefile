@@ -16,7 +16,7 @@ PYTHON   ?= /usr/bin/python3
 
 PKGS     := fuse3 libcurl libcjson inih
 DEB_PKGS := fuse3 libfuse3-dev libcurl4-openssl-dev libcjson-dev libinih-dev \
-            pkg-config python3-pytest rsync man-db bc
+            pkg-config python3-pytest rsync man-db bc clang libclang-rt-14-dev valgrind
 CC       ?= cc
 
 SAN ?=
@@ -52,7 +52,7 @@ PURE := buf sse jsonl config log names
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/unit/%,$(UNIT_SRCS))
 
-.PHONY: all deps test unit demo bench install uninstall fmt clean check-deps
+.PHONY: all deps test unit demo bench install uninstall fmt clean fuzz fuzz-smoke valgrind
 
 all: $(BUILD)/lmsfs unit
 
@@ -107,10 +107,47 @@ uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/lmsfs $(DESTDIR)$(MANDIR)/lmsfs.1
 	rm -rf $(DESTDIR)$(DOCDIR)
 
+# libFuzzer targets (clang): make fuzz FUZZ_TIME=60 runs each for that long;
+# fuzz-smoke runs each for a few seconds on the committed seed corpus.
+FUZZ_TIME ?= 60
+FUZZ_TARGETS := sse chunk jsonl config
+FUZZ_CFLAGS := -g -O1 -fsanitize=fuzzer,address,undefined -std=gnu11 -D_GNU_SOURCE \
+               -DLMSFS_VERSION=\"$(VERSION)\" -Ifs $(shell pkg-config --cflags libcjson inih 2>/dev/null)
+FUZZ_LIBS := $(shell pkg-config --libs libcjson inih 2>/dev/null)
+FUZZ_SRC_sse := fs/sse.c fs/buf.c
+FUZZ_SRC_chunk := fs/api.c fs/buf.c fs/errclass.c
+FUZZ_SRC_jsonl := fs/jsonl.c fs/buf.c
+FUZZ_SRC_config := fs/config.c fs/log.c fs/buf.c
+
+build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c fs/*.h fs/*.c
+	mkdir -p build-fuzz
+	clang $(FUZZ_CFLAGS) -o $@ $< $(FUZZ_SRC_$*) $(FUZZ_LIBS)
+
+fuzz: $(foreach t,$(FUZZ_TARGETS),build-fuzz/fuzz_$(t))
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p build-fuzz/corpus-$$t; \
+	  echo "fuzz_$$t: $(FUZZ_TIME) s"; \
+	  build-fuzz/fuzz_$$t -max_total_time=$(FUZZ_TIME) -max_len=65536 -print_final_stats=1 \
+	    -artifact_prefix=build-fuzz/ build-fuzz/corpus-$$t tests/fuzz/corpus/$$t \
+	    > build-fuzz/$$t.log 2>&1 || { tail -30 build-fuzz/$$t.log; exit 1; }; \
+	  grep -E "^Done|number_of_executed_units" build-fuzz/$$t.log; \
+	done
+
+fuzz-smoke:
+	$(MAKE) fuzz FUZZ_TIME=5
+
+# The daemon under valgrind memcheck for the foundation and conversation
+# tests: any error or definite leak fails the run (slow; not part of CI).
+valgrind: deps
+	$(MAKE) all
+	LMSFS_BIN=$(CURDIR)/$(BUILD)/lmsfs LMSFS_WRAPPER="valgrind --quiet --leak-check=full \
+	  --errors-for-leak-kinds=definite --error-exitcode=99 --show-leak-kinds=definite" \
+	  LMSFS_SLOW=1 $(PYTHON) -m pytest -q tests/test_foundation.py tests/test_conversations.py $(PYTEST_ARGS)
+
 fmt:
 	clang-format -i fs/*.c fs/*.h tests/unit/*.c
 
 clean:
-	rm -rf build build-san
+	rm -rf build build-san build-fuzz
 
 -include $(DEPS)

@@ -159,7 +159,8 @@ int api_feed_event(struct api_answer *a, const char *data, size_t len,
 		cJSON_Delete(root);
 		a->err = EC_PROTOCOL;
 		snprintf(a->errmsg, sizeof(a->errmsg),
-			 "malformed chunk from the server: %.60s", data);
+			 "malformed chunk from the server: %.*s", (int)(len < 60 ? len : 60),
+			 data);
 		return -EPROTO;
 	}
 	if (take_error(a, root)) {

@@ -58,27 +58,46 @@ static void push(char ***v, size_t *n, const char *s)
 	(*n)++;
 }
 
+/* Splits "a=1,b=x\,y" into items; a backslash escapes the next character
+ * (as in libfuse's option syntax), so values may hold commas. */
 static void split_opts(struct cli *c, const char *list)
 {
-	char *copy = strdup(list), *save = NULL, *tok;
-	if (!copy)
+	size_t n = strlen(list);
+	char *item = malloc(n + 1);
+	size_t k = 0;
+
+	if (!item)
 		fatalx("out of memory");
-	for (tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-		char key[128];
-		const char *eq = strchr(tok, '=');
-		size_t kl = eq ? (size_t)(eq - tok) : strlen(tok);
-		if (kl >= sizeof(key))
-			kl = sizeof(key) - 1;
-		memcpy(key, tok, kl);
-		key[kl] = '\0';
-		if (config_is_key(key))
-			push(&c->kv, &c->nkv, tok);
-		else if (strcmp(key, "defaults") != 0 && strcmp(key, "_netdev") != 0 &&
-			 strcmp(key, "auto") != 0 && strcmp(key, "noauto") != 0 &&
-			 strcmp(key, "nofail") != 0 && strncmp(key, "x-", 2) != 0)
-			push(&c->fuseo, &c->nfuseo, tok);
+	for (size_t i = 0;; i++) {
+		if (list[i] == '\\' && list[i + 1]) {
+			item[k++] = list[++i];
+			continue;
+		}
+		if (list[i] && list[i] != ',') {
+			item[k++] = list[i];
+			continue;
+		}
+		item[k] = '\0';
+		if (k > 0) {
+			char key[128];
+			const char *eq = strchr(item, '=');
+			size_t kl = eq ? (size_t)(eq - item) : strlen(item);
+			if (kl >= sizeof(key))
+				kl = sizeof(key) - 1;
+			memcpy(key, item, kl);
+			key[kl] = '\0';
+			if (config_is_key(key))
+				push(&c->kv, &c->nkv, item);
+			else if (strcmp(key, "defaults") != 0 && strcmp(key, "_netdev") != 0 &&
+				 strcmp(key, "auto") != 0 && strcmp(key, "noauto") != 0 &&
+				 strcmp(key, "nofail") != 0 && strncmp(key, "x-", 2) != 0)
+				push(&c->fuseo, &c->nfuseo, item);
+		}
+		k = 0;
+		if (!list[i])
+			break;
 	}
-	free(copy);
+	free(item);
 }
 
 static void parse_cli(int argc, char **argv, struct cli *c)

@@ -31,6 +31,8 @@ a timeout.
 
 import json
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -249,7 +251,11 @@ def pids_with_arg(arg):
 
 
 def sanitizer_report(text):
-    return any(p in text for p in SANITIZER_PATTERNS)
+    if any(p in text for p in SANITIZER_PATTERNS):
+        return True
+    # valgrind (make valgrind): any error or definite leak counts.
+    m = re.search(r"ERROR SUMMARY: ([1-9][0-9]*) errors", text)
+    return m is not None
 
 
 def clean_env(tmp_path, overrides=None):
@@ -522,6 +528,10 @@ def mount(request, tmp_path, lmsfs_bin):
         if base_url is not False:
             opts.append("base_url=" + _opt_escape(base_url))
         cmd = [str(lmsfs_bin)]
+        wrapper = os.environ.get("LMSFS_WRAPPER")
+        if wrapper and foreground:
+            # make valgrind: run the daemon under a checker.
+            cmd = shlex.split(wrapper) + cmd
         if source:
             cmd.append(str(st))
         cmd.append(str(mnt))

@@ -62,15 +62,36 @@ def q(s):
     return shlex.quote(str(s))
 
 
+def qn(name):
+    """A conversation name as a safe relative shell word ("./-x" too)."""
+    return shlex.quote("./" + str(name))
+
+
+def holds_for(pred, seconds=0.5, interval=0.05, message=None):
+    """Asserts pred() stays truthy for `seconds` (catches effects that
+    land late, e.g. a FUSE release processed after close() returned)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        v = pred()
+        if not v:
+            if callable(message):
+                message = message()
+            raise AssertionError(message or
+                                 "condition stopped holding: %r" % (v,))
+        if time.monotonic() >= deadline:
+            return v
+        time.sleep(interval)
+
+
 def mkconv(m, name):
-    r = sh(m, "mkdir %s" % q(name))
+    r = sh(m, "mkdir %s" % qn(name))
     assert r.returncode == 0, r.stderr
     return cdir(m, name)
 
 
 def prompt(m, name, text, check=True):
     """echo TEXT > NAME/prompt; returns the CompletedProcess."""
-    r = sh(m, "echo %s > %s/prompt" % (q(text), q(name)))
+    r = sh(m, "echo %s > %s/prompt" % (q(text), qn(name)))
     if check:
         assert r.returncode == 0, "prompt %r refused: %s" % (text, r.stderr)
     return r
@@ -78,7 +99,7 @@ def prompt(m, name, text, check=True):
 
 def reply(m, name, timeout=15):
     """cat NAME/.reply (blocks until the pending answer is done)."""
-    r = sh(m, "cat %s/.reply" % q(name), timeout=timeout)
+    r = sh(m, "cat %s/.reply" % qn(name), timeout=timeout)
     assert r.returncode == 0, "cat .reply failed: %s" % r.stderr
     return r.stdout
 
@@ -157,9 +178,14 @@ def raw_write(path, data, flags=os.O_WRONLY | os.O_APPEND, timeout=10,
         err = 0
         try:
             try:
-                n = os.write(fd, data)
-                if n != len(data):
-                    return -1  # short write
+                # Like any real writer, a short write is followed by
+                # another write() of the rest, which reports the error.
+                view = memoryview(data)
+                while len(view):
+                    n = os.write(fd, view)
+                    if n <= 0:
+                        return -1
+                    view = view[n:]
                 if fsync:
                     os.fsync(fd)
             except OSError as e:
