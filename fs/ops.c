@@ -999,6 +999,22 @@ static struct waiter *waiters;   /* waiters_lock */
 static uint64_t next_waiter_id = 1; /* waiters_lock */
 static int shutting_down;        /* waiters_lock */
 
+/* Replies with a copy: the kernel may let the reader close the file (and a
+ * release on another thread free the handle) before fuse_reply_buf has
+ * returned, and sanitizers check the buffer after the write. */
+static void reply_copy(fuse_req_t req, const char *p, size_t n)
+{
+	char *c = n ? malloc(n) : NULL;
+	if (n && !c) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	if (n)
+		memcpy(c, p, n);
+	fuse_reply_buf(req, c, n);
+	free(c);
+}
+
 static void reply_answer(fuse_req_t req, struct fh *f, size_t size, off_t off)
 {
 	if (f->answer_err && (off == 0 || f->answer_len == 0)) {
@@ -1011,7 +1027,7 @@ static void reply_answer(fuse_req_t req, struct fh *f, size_t size, off_t off)
 	}
 	if (size > f->answer_len - (size_t)off)
 		size = f->answer_len - (size_t)off;
-	fuse_reply_buf(req, f->answer + off, size);
+	reply_copy(req, f->answer + off, size);
 }
 
 /* Takes the answer into f when it is there. f->lock held. */
@@ -1209,7 +1225,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		}
 		if (size > f->data.len - (size_t)off)
 			size = f->data.len - (size_t)off;
-		fuse_reply_buf(req, f->data.data + off, size);
+		reply_copy(req, f->data.data + off, size);
 		return;
 	case FH_HIST:
 		pthread_mutex_lock(&f->lock);
@@ -1219,7 +1235,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 				size = 0;
 			else if (size > len - (size_t)off)
 				size = len - (size_t)off;
-			fuse_reply_buf(req, size ? f->data.data + off : NULL, size);
+			reply_copy(req, size ? f->data.data + off : NULL, size);
 			pthread_mutex_unlock(&f->lock);
 			return;
 		}

@@ -434,6 +434,18 @@ static void run_tool(const char *name, const char *args, const cJSON *argobj,
 		else if (!strcmp(keep[i], "PATH"))
 			add_env(&env, &nenv, "PATH", "/usr/local/bin:/usr/bin:/bin");
 	}
+	/* Settings meant for tools: LMSFS_TOOLS_* pass through unchanged. */
+	for (char **e = environ; e && *e; e++)
+		if (strncmp(*e, "LMSFS_TOOLS_", 12) == 0) {
+			char k[128];
+			const char *eq = strchr(*e, '=');
+			size_t kl = eq ? (size_t)(eq - *e) : 0;
+			if (!eq || kl >= sizeof(k))
+				continue;
+			memcpy(k, *e, kl);
+			k[kl] = '\0';
+			add_env(&env, &nenv, k, eq + 1);
+		}
 	add_env(&env, &nenv, "LMSFS_TOOL_CALL_ID", call_id ? call_id : "");
 	add_env(&env, &nenv, "LMSFS_CONVERSATION", conv ? conv : "");
 	add_env(&env, &nenv, "LMSFS_TOOL_NAME", name);

@@ -7,15 +7,12 @@ which nothing listens, which the mock provider never contacts."""
 import json
 import os
 import re
-import shutil
-import subprocess
 import time
 
 import pytest
 
-from conftest import (REPO, clean_env, is_mounted, listdir, read_text, run,
-                      wait_for)
-from conv_helpers import (cdir, history, mkconv, opts, prompt, reply, sh,
+from conftest import REPO, clean_env, is_mounted, listdir, run
+from conv_helpers import (history, mkconv, opts, prompt, reply, sh,
                           status, stream_text)
 
 MOCK = "mock-1b-instruct"

@@ -16,9 +16,8 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, read_text, run, wait_for, write_text
-from conv_helpers import (LLAMA, chat_bodies, cdir, history, history_text,
-                          mkconv, opts, prompt, q, reply, sh, status,
-                          stream_text)
+from conv_helpers import (LLAMA, chat_bodies, cdir, history_text, mkconv,
+                          opts, prompt, reply, sh, status, stream_text)
 from fake_lms import Reply
 
 EXAMPLES = REPO / "examples" / "tools"
@@ -455,7 +454,7 @@ def test_tool_environment_cwd_and_process_group(fake, mount, tmp_path):
     home.mkdir()
     m = tmount(mount, env={"SECRET_TOKEN": "hunter2", "HOME": home,
                            "LANG": "C.UTF-8", "TZ": "Europe/Paris",
-                           "LMSFS_NOTES_DIR": None})
+                           "LMSFS_TOOLS_NOTES_DIR": "/srv/notes"})
     add_tool(m, tmp_path, "envdump", r"""#!/bin/sh
 printf 'stdin=%s\n' "$(cat)"
 printf 'cwd=%s\n' "$(pwd -P)"
@@ -494,8 +493,10 @@ tr '\0' '\n' < /proc/$$/environ | sed 's/^/env:/'
     assert env.get("HOME") == str(home)
     assert env.get("LANG") == "C.UTF-8" and env.get("TZ") == "Europe/Paris"
     assert env.get("PATH")
+    # LMSFS_TOOLS_* is how users hand settings to their tools.
+    assert env.get("LMSFS_TOOLS_NOTES_DIR") == "/srv/notes"
     allowed = {"PATH", "HOME", "LANG", "LC_ALL", "TZ", "LMSFS_TOOL_CALL_ID",
-               "LMSFS_CONVERSATION", "LMSFS_TOOL_NAME"}
+               "LMSFS_CONVERSATION", "LMSFS_TOOL_NAME", "LMSFS_TOOLS_NOTES_DIR"}
     extra = sorted(k for k in env
                    if k not in allowed and not k.startswith("LMSFS_ARG_"))
     assert not extra, "unexpected variables in the tool's environment: %s" \
@@ -768,17 +769,17 @@ def notes(tmp_path):
     ("calc", {"expr": "10/3", "scale": 2}, 0, r"^3\.33\n$"),
     ("calc", {"expr": "1; system(\"id\")"}, 2, r"not an arithmetic"),
     ("calc", {"expr": "a+1"}, 2, r"only sqrt"),
-    ("wordcount", {"path": "todo.txt", "LMSFS_NOTES_DIR": "NOTES"}, 0,
+    ("wordcount", {"path": "todo.txt", "LMSFS_TOOLS_NOTES_DIR": "NOTES"}, 0,
      r"^lines=2 words=4 bytes=18\n$"),
-    ("wordcount", {"path": "../etc/passwd", "LMSFS_NOTES_DIR": "NOTES"}, 2,
+    ("wordcount", {"path": "../etc/passwd", "LMSFS_TOOLS_NOTES_DIR": "NOTES"}, 2,
      r"relative"),
-    ("wordcount", {"path": "missing.txt", "LMSFS_NOTES_DIR": "NOTES"}, 1,
+    ("wordcount", {"path": "missing.txt", "LMSFS_TOOLS_NOTES_DIR": "NOTES"}, 1,
      r"no such file"),
-    ("search_notes", {"query": "milk", "LMSFS_NOTES_DIR": "NOTES"}, 0,
+    ("search_notes", {"query": "milk", "LMSFS_TOOLS_NOTES_DIR": "NOTES"}, 0,
      r"(?m)\A(?=.*^\./todo\.txt:1:buy milk$)(?=.*^\./ideas\.txt:2:More Milk$)"),
-    ("search_notes", {"query": "milk", "max": 1, "LMSFS_NOTES_DIR": "NOTES"},
+    ("search_notes", {"query": "milk", "max": 1, "LMSFS_TOOLS_NOTES_DIR": "NOTES"},
      0, r"^\./\w+\.txt:\d:[^\n]*\n$"),
-    ("search_notes", {"query": "-e .", "LMSFS_NOTES_DIR": "NOTES"}, 0,
+    ("search_notes", {"query": "-e .", "LMSFS_TOOLS_NOTES_DIR": "NOTES"}, 0,
      r"^no match for: -e \.\n$"),
 ], ids=lambda c: "%s-%s" % (c[0], "-".join("%s" % v for k, v in c[1].items()
                                             if not k.isupper())))
