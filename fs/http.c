@@ -1,6 +1,12 @@
-/* http.c - libcurl wrapper: one easy handle per call, shared connections.
+/* http.c - libcurl wrapper with a pool of easy handles.
  *
- * Lock order: the share locks are leaves (held only inside curl).
+ * Connections live in each easy handle's own cache; handles go back to a
+ * pool of max_idle_connections after a request, so the next request (from
+ * any thread) reuses a warm connection. libcurl warns that sharing the
+ * connection cache itself between concurrent threads is unsafe, so only DNS
+ * and TLS sessions are shared.
+ *
+ * Lock order: pool_lock and the share locks are leaves.
  */
 #include "http.h"
 
@@ -18,6 +24,35 @@
 static CURLSH *share;
 static pthread_mutex_t share_locks[CURL_LOCK_DATA_LAST];
 static const struct config *cfg;
+static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
+static CURL **pool;   /* pool_lock */
+static size_t npool;  /* pool_lock */
+
+static CURL *handle_get(void)
+{
+	CURL *h = NULL;
+	pthread_mutex_lock(&pool_lock);
+	if (npool > 0)
+		h = pool[--npool];
+	pthread_mutex_unlock(&pool_lock);
+	if (h)
+		curl_easy_reset(h); /* options go, connections stay */
+	else
+		h = curl_easy_init();
+	return h;
+}
+
+static void handle_put(CURL *h)
+{
+	pthread_mutex_lock(&pool_lock);
+	if (npool < (size_t)cfg->max_idle_connections) {
+		pool[npool++] = h;
+		h = NULL;
+	}
+	pthread_mutex_unlock(&pool_lock);
+	if (h)
+		curl_easy_cleanup(h);
+}
 
 static void share_lock(CURL *h, curl_lock_data data, curl_lock_access a,
 		       void *u)
@@ -38,11 +73,12 @@ int http_init(const struct config *c)
 	for (int i = 0; i < CURL_LOCK_DATA_LAST; i++)
 		pthread_mutex_init(&share_locks[i], NULL);
 	share = curl_share_init();
-	if (!share)
+	pool = calloc((size_t)(c->max_idle_connections > 0 ? c->max_idle_connections : 1),
+		      sizeof(*pool));
+	if (!share || !pool)
 		return -ENOMEM;
 	curl_share_setopt(share, CURLSHOPT_LOCKFUNC, share_lock);
 	curl_share_setopt(share, CURLSHOPT_UNLOCKFUNC, share_unlock);
-	curl_share_setopt(share, CURLSHOPT_SHARE, CURL_LOCK_DATA_CONNECT);
 	curl_share_setopt(share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);
 	curl_share_setopt(share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION);
 	return 0;
@@ -50,6 +86,12 @@ int http_init(const struct config *c)
 
 void http_cleanup(void)
 {
+	pthread_mutex_lock(&pool_lock);
+	while (npool > 0)
+		curl_easy_cleanup(pool[--npool]);
+	free(pool);
+	pool = NULL;
+	pthread_mutex_unlock(&pool_lock);
 	if (share)
 		curl_share_cleanup(share);
 	share = NULL;
@@ -157,7 +199,7 @@ int http_request(const char *method, const char *path, const char *json,
 	CURLcode rc;
 	int ret = 0;
 
-	x.h = curl_easy_init();
+	x.h = handle_get();
 	if (!x.h) {
 		r->transport = EC_PROTOCOL;
 		snprintf(r->err, sizeof(r->err), "out of memory");
@@ -189,7 +231,7 @@ int http_request(const char *method, const char *path, const char *json,
 			 cfg->keep_alive_ms / 1000 > 0 ? cfg->keep_alive_ms / 1000 : 1L);
 	curl_easy_setopt(x.h, CURLOPT_MAXAGE_CONN,
 			 cfg->keep_alive_ms / 1000 > 0 ? cfg->keep_alive_ms / 1000 : 1L);
-	curl_easy_setopt(x.h, CURLOPT_MAXCONNECTS, cfg->max_idle_connections);
+	curl_easy_setopt(x.h, CURLOPT_MAXCONNECTS, 1L); /* the pool bounds the total */
 	curl_easy_setopt(x.h, CURLOPT_TCP_NODELAY, 1L);
 	curl_easy_setopt(x.h, CURLOPT_USERAGENT, "lmsfs/" LMSFS_VERSION);
 	curl_easy_setopt(x.h, CURLOPT_WRITEFUNCTION, on_data);
@@ -243,6 +285,9 @@ int http_request(const char *method, const char *path, const char *json,
 		ret = -errclass_errno(r->transport);
 	}
 	curl_slist_free_all(hdrs);
-	curl_easy_cleanup(x.h);
+	if (rc == CURLE_OK || r->sink_stopped)
+		handle_put(x.h);
+	else
+		curl_easy_cleanup(x.h); /* a failed connection is not worth keeping */
 	return ret;
 }

@@ -575,7 +575,8 @@ def _prompt_and_wait_all(m, names, text, timeout=30):
     t0 = time.monotonic()
     r = sh(m, "\n".join(script), timeout=timeout)
     took = time.monotonic() - t0
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 0, "%s\ndaemon exit status: %s\n--- log ---\n%s" \
+        % (r.stderr[-2000:], m.proc.poll(), m.log()[-4000:])
     return took
 
 
