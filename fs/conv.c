@@ -588,6 +588,21 @@ static void recover(struct conv *c, int dirfd)
 		cJSON_Delete(lm);
 		free(last);
 	}
+	/* After a remount, .reply with nothing pending still gives the last
+	 * answer: take it from the history. */
+	if (!c->last_text) {
+		char *last = last_history_line(dirfd, NULL);
+		cJSON *lm = last ? cJSON_Parse(last) : NULL;
+		cJSON *content = cJSON_GetObjectItemCaseSensitive(lm, "content");
+		if (cJSON_IsObject(lm) && strcmp(role_of(lm), "assistant") == 0 &&
+		    cJSON_IsString(content)) {
+			c->last_text = strdup(content->valuestring);
+			c->last_len = c->last_text ? strlen(c->last_text) : 0;
+			c->last_errno = c->err != EC_NONE ? errclass_errno(c->err) : 0;
+		}
+		cJSON_Delete(lm);
+		free(last);
+	}
 	if (c->qhead)
 		start_worker(c);
 	pthread_mutex_unlock(&c->lock);

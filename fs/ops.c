@@ -542,6 +542,7 @@ struct fh {
 	int dirty;
 	int trunc_pending;
 	size_t checked;      /* bytes of data already validated (whole lines) */
+	int refused;         /* a write was refused: commit nothing from here */
 	/* FH_PROMPT */
 	int prechecked;
 	/* FH_REPLY */
@@ -1281,6 +1282,12 @@ static int prompt_submit(struct fh *f, const struct nodeinfo *ni)
 	char *t;
 	int ret;
 
+	if (f->refused) {
+		/* Part of this prompt was refused: sending the rest would be
+		 * sending something the user did not write. */
+		buf_reset(&f->data);
+		return 0;
+	}
 	if (f->data.len == 0)
 		return 0;
 	t = trim(f->data.data);
@@ -1350,6 +1357,7 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *data,
 			ret = c ? conv_precheck(c, why, sizeof(why)) : -ENOENT;
 			conv_put(c);
 			if (ret) {
+				f->refused = 1;
 				pthread_mutex_unlock(&f->lock);
 				note_reject(ni.conv, "prompt", why);
 				fuse_reply_err(req, -ret);
@@ -1358,6 +1366,8 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *data,
 			f->prechecked = 1;
 		}
 		ret = buf_append(&f->data, data, size);
+		if (ret)
+			f->refused = 1;
 		pthread_mutex_unlock(&f->lock);
 		if (ret) {
 			char msg[100];
@@ -1425,6 +1435,8 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *data,
 			}
 		}
 		if (ret) {
+			/* The whole write-back is abandoned: the old history stays. */
+			f->refused = 1;
 			if (f->data.len > before && (f->mode == HM_APPEND || (size_t)off == before)) {
 				f->data.len = before;
 				f->data.data[before] = '\0';
@@ -1466,6 +1478,8 @@ static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	pthread_mutex_lock(&f->lock);
 	if (f->kind == FH_PROMPT)
 		ret = prompt_submit(f, &ni);
+	else if (f->refused)
+		ret = -EINVAL;
 	else if (f->dirty)
 		ret = hist_commit(f, &ni);
 	pthread_mutex_unlock(&f->lock);
@@ -1481,7 +1495,7 @@ static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 		pthread_mutex_lock(&f->lock);
 		if (f->kind == FH_PROMPT)
 			prompt_submit(f, &ni);
-		else if (f->dirty || f->trunc_pending)
+		else if (!f->refused && (f->dirty || f->trunc_pending))
 			hist_commit(f, &ni);
 		pthread_mutex_unlock(&f->lock);
 	}
@@ -1498,7 +1512,7 @@ static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync,
 
 	if (f->kind == FH_HIST && f->dirty && node_info(ino, &ni) == 0) {
 		pthread_mutex_lock(&f->lock);
-		ret = hist_commit(f, &ni);
+		ret = f->refused ? -EINVAL : hist_commit(f, &ni);
 		pthread_mutex_unlock(&f->lock);
 	} else if (f->fd >= 0 && (f->kind == FH_PASS || f->kind == FH_STREAM)) {
 		if ((datasync ? fdatasync(f->fd) : fsync(f->fd)) < 0)

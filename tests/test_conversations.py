@@ -16,15 +16,15 @@ import time
 
 import pytest
 
-from conftest import (call_with_timeout, listdir, read_bytes, read_json,
-                      read_text, run, stat, wait_for, write_text)
+from conftest import (call_with_timeout, listdir, read_bytes, read_text,
+                      run, stat, wait_for, write_text)
 from conv_helpers import (DEFAULT_SYSTEM, FAST_FAIL, LLAMA, QWEN, Bg, ask,
                           cdir, chat_bodies, cmount, convs, echo_of,
-                          history, history_text, mkconv, opts, prompt, q,
-                          raw_write, renameat2, RENAME_NOREPLACE, reply, sh,
+                          history, history_text, mkconv, prompt, q,
+                          renameat2, RENAME_NOREPLACE, reply, sh,
                           slow_reply, status, stream_text, wait_answered,
                           wait_state)
-from fake_lms import (Disconnect, ErrorEvent, Garbage, Hang, Reply,
+from fake_lms import (Disconnect, ErrorEvent, Garbage, Hang,
                       default_models, server_error)
 
 HIDDEN = (".reply", ".status", ".ctl")
@@ -39,6 +39,9 @@ def test_mkdir_creates_empty_dir_files_appear_with_first_prompt(fake, mount):
     assert listdir(c) == []
     r = sh(m, "ls -A a")
     assert r.returncode == 0 and r.stdout == "", r
+    # Nothing asked yet: .reply is there and has nothing to wait for.
+    assert read_bytes(c / ".reply", timeout=5) == b""
+    assert listdir(c) == []
     assert ask(m, "a", "hello world").rstrip("\n") == echo_of("hello world")
     names = listdir(c)
     assert "messages.jsonl" in names and "stream" in names, names
