@@ -255,6 +255,20 @@ static int append_queue(int dirfd, const struct job *j)
 	return ret;
 }
 
+/* Records that job seq left the queue (its prompt is in the history now).
+ * The queue file is a log: prompts, then "done" records; it is dropped
+ * when the queue empties. */
+static void mark_done(int dirfd, uint64_t seq)
+{
+	char rec[64];
+	int n = snprintf(rec, sizeof(rec), "{\"done\":%llu}\n", (unsigned long long)seq);
+	int fd = openat(dirfd, QUEUE_FILE, O_WRONLY | O_APPEND | O_CLOEXEC);
+	if (fd >= 0) {
+		write_all(fd, rec, (size_t)n);
+		close(fd);
+	}
+}
+
 static void enqueue(struct conv *c, struct job *j)
 {
 	if (c->qtail)
@@ -463,6 +477,87 @@ static void recover(struct conv *c, int dirfd)
 	repair_tail(dirfd);
 	repair_tool_round(c, dirfd);
 
+	/* Prompts that were acknowledged but not yet answered. */
+	if (read_file_at(dirfd, QUEUE_FILE, 256u << 20, &data, &len) == 0) {
+		char *last = last_history_line(dirfd, NULL);
+		cJSON *lm = last ? cJSON_Parse(last) : NULL;
+		char *p = data, *end = data + len;
+		int first = 1;
+		/* First the "done" records: those prompts are in the history. */
+		size_t ndone = 0, cap = 0;
+		double *done = NULL;
+		for (char *q = data; q < end;) {
+			char *nl = memchr(q, '\n', (size_t)(end - q));
+			size_t l = nl ? (size_t)(nl - q) : (size_t)(end - q);
+			cJSON *o = cJSON_ParseWithLength(q, l);
+			cJSON *d = cJSON_GetObjectItemCaseSensitive(o, "done");
+			if (cJSON_IsNumber(d)) {
+				if (ndone == cap) {
+					size_t ncap = cap ? cap * 2 : 16;
+					double *nd = realloc(done, ncap * sizeof(*nd));
+					if (nd) {
+						done = nd;
+						cap = ncap;
+					}
+				}
+				if (ndone < cap)
+					done[ndone++] = d->valuedouble;
+			}
+			cJSON_Delete(o);
+			q += l + 1;
+		}
+		pthread_mutex_lock(&c->lock);
+		while (p < end) {
+			char *nl = memchr(p, '\n', (size_t)(end - p));
+			size_t l = nl ? (size_t)(nl - p) : (size_t)(end - p);
+			cJSON *o = cJSON_ParseWithLength(p, l);
+			cJSON *seq = cJSON_GetObjectItemCaseSensitive(o, "seq");
+			cJSON *txt = cJSON_GetObjectItemCaseSensitive(o, "content");
+			int regen = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "regen"));
+			p += l + 1;
+			if (!cJSON_IsNumber(seq) || (!regen && !cJSON_IsString(txt))) {
+				cJSON_Delete(o);
+				continue;
+			}
+			int is_done = 0;
+			for (size_t k = 0; k < ndone; k++)
+				if (done[k] == seq->valuedouble)
+					is_done = 1;
+			if (is_done) {
+				cJSON_Delete(o);
+				continue;
+			}
+			/* The head may already be in the history: the daemon died
+			 * between appending it and dropping it from the queue. */
+			if (first && !regen && cJSON_IsObject(lm) &&
+			    strcmp(role_of(lm), "user") == 0) {
+				cJSON *lc = cJSON_GetObjectItemCaseSensitive(lm, "content");
+				if (cJSON_IsString(lc) && strcmp(lc->valuestring, txt->valuestring) == 0) {
+					cJSON_Delete(o);
+					first = 0;
+					c->err = EC_NONE;
+					continue;
+				}
+			}
+			first = 0;
+			struct job *j = calloc(1, sizeof(*j));
+			if (j) {
+				j->seq = ++c->submitted;
+				j->regen = regen;
+				j->text = regen ? NULL : strdup(txt->valuestring);
+				enqueue(c, j);
+			}
+			cJSON_Delete(o);
+		}
+		c->finished = c->submitted - (uint64_t)c->qlen;
+		save_queue(c, dirfd);
+		pthread_mutex_unlock(&c->lock);
+		cJSON_Delete(lm);
+		free(last);
+		free(data);
+		free(done);
+	}
+
 	/* An answer was streaming when the daemon died. */
 	if (read_file_at(dirfd, PARTIAL_FILE, 4096, &data, &len) == 0) {
 		cJSON *o = cJSON_Parse(data);
@@ -523,55 +618,6 @@ static void recover(struct conv *c, int dirfd)
 		snprintf(c->errmsg, sizeof(c->errmsg),
 			 "the daemon stopped while answering; write retry to .ctl");
 		pthread_mutex_unlock(&c->lock);
-	}
-
-	/* Prompts that were acknowledged but not yet answered. */
-	if (read_file_at(dirfd, QUEUE_FILE, 256u << 20, &data, &len) == 0) {
-		char *last = last_history_line(dirfd, NULL);
-		cJSON *lm = last ? cJSON_Parse(last) : NULL;
-		char *p = data, *end = data + len;
-		int first = 1;
-		pthread_mutex_lock(&c->lock);
-		while (p < end) {
-			char *nl = memchr(p, '\n', (size_t)(end - p));
-			size_t l = nl ? (size_t)(nl - p) : (size_t)(end - p);
-			cJSON *o = cJSON_ParseWithLength(p, l);
-			cJSON *seq = cJSON_GetObjectItemCaseSensitive(o, "seq");
-			cJSON *txt = cJSON_GetObjectItemCaseSensitive(o, "content");
-			int regen = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "regen"));
-			p += l + 1;
-			if (!cJSON_IsNumber(seq) || (!regen && !cJSON_IsString(txt))) {
-				cJSON_Delete(o);
-				continue;
-			}
-			/* The head may already be in the history: the daemon died
-			 * between appending it and dropping it from the queue. */
-			if (first && !regen && cJSON_IsObject(lm) &&
-			    strcmp(role_of(lm), "user") == 0) {
-				cJSON *lc = cJSON_GetObjectItemCaseSensitive(lm, "content");
-				if (cJSON_IsString(lc) && strcmp(lc->valuestring, txt->valuestring) == 0) {
-					cJSON_Delete(o);
-					first = 0;
-					c->err = EC_NONE;
-					continue;
-				}
-			}
-			first = 0;
-			struct job *j = calloc(1, sizeof(*j));
-			if (j) {
-				j->seq = ++c->submitted;
-				j->regen = regen;
-				j->text = regen ? NULL : strdup(txt->valuestring);
-				enqueue(c, j);
-			}
-			cJSON_Delete(o);
-		}
-		c->finished = c->submitted - (uint64_t)c->qlen;
-		save_queue(c, dirfd);
-		pthread_mutex_unlock(&c->lock);
-		cJSON_Delete(lm);
-		free(last);
-		free(data);
 	}
 
 	/* A prompt in the history that nothing will answer. */
@@ -700,18 +746,24 @@ static void *worker(void *arg)
 				cJSON_AddStringToObject(m, "content", j->text);
 				line = cJSON_PrintUnformatted(m);
 				cJSON_Delete(m);
+				/* No fsync here: the prompt is durable in the queue, and
+				 * the answer's synced append covers this line too. */
 				if (line)
-					gen_append_history(&gj, line);
+					gen_append_history_nosync(&gj, line);
 				free(line);
 			}
 			pthread_mutex_lock(&c->lock);
 			dequeue(c);
-			save_queue(c, dirfd);
+			mark_done(dirfd, j->seq);
 			pthread_mutex_unlock(&c->lock);
 			metrics_active(1);
 			gen_run(&gj, &res);
 			metrics_active(-1);
 			unlinkat(dirfd, PARTIAL_FILE, 0);
+			pthread_mutex_lock(&c->lock);
+			if (!c->qhead)
+				unlinkat(dirfd, QUEUE_FILE, 0);
+			pthread_mutex_unlock(&c->lock);
 			close(dirfd);
 		}
 		if (dirfd < 0) {

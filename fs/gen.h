@@ -55,6 +55,9 @@ void gen_run(const struct gen_job *job, struct gen_result *r);
 /* Appends one line (a JSON message, no newline) to messages.jsonl under the
  * history lock, fsync'd. Repairs a missing final newline first. */
 int gen_append_history(const struct gen_job *job, const char *line);
+/* The same without waiting for the disk (the caller has the data durable
+ * elsewhere, or a later synced append covers it). */
+int gen_append_history_nosync(const struct gen_job *job, const char *line);
 /* Appends text to the stream file. */
 int gen_stream_write(int dirfd, const char *text, size_t len);
 

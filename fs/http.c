@@ -276,6 +276,10 @@ int http_request(const char *method, const char *path, const char *json,
 		ret = -ECANCELED;
 	} else if (rc != CURLE_OK) {
 		r->transport = classify_curl(rc);
+		/* A connection dropped before any reply (a server restarting, a
+		 * stale kept-alive connection) is worth another try. */
+		if (r->status == 0 && (rc == CURLE_RECV_ERROR || rc == CURLE_PARTIAL_FILE))
+			r->transport = EC_UNREACHABLE;
 		if (rc == CURLE_OPERATION_TIMEDOUT && sink && r->status)
 			snprintf(r->err, sizeof(r->err),
 				 "no data from the server for %ld ms", cfg->timeout_ms);

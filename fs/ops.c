@@ -543,6 +543,10 @@ struct fh {
 	int trunc_pending;
 	size_t checked;      /* bytes of data already validated (whole lines) */
 	int refused;         /* a write was refused: commit nothing from here */
+	int times_set;       /* futimens/fchmod on a pending history write: */
+	struct timespec times[2]; /* applied again after the commit replaced */
+	int mode_set;        /* the file */
+	mode_t new_mode;
 	/* FH_PROMPT */
 	int prechecked;
 	/* FH_REPLY */
@@ -730,6 +734,10 @@ static int hist_commit(struct fh *f, const struct nodeinfo *ni)
 		ret = replace_file_at(conv_root_fd(), p, f->data.data ? f->data.data : "",
 				      f->data.len);
 	}
+	if (ret == 0 && f->mode_set)
+		fchmodat(conv_root_fd(), p, f->new_mode, 0);
+	if (ret == 0 && f->times_set)
+		utimensat(conv_root_fd(), p, f->times, 0);
 	conv_hist_unlock(c);
 	conv_put(c);
 	if (ret == 0) {
@@ -1638,6 +1646,31 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 		}
 		if (ret)
 			goto out;
+	}
+	if (ni.kind == K_CFILE && fi && FH(fi)->kind == FH_HIST && FH(fi)->writable &&
+	    (to_set & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME))) {
+		/* cp -a sets times and mode before close; the commit at close
+		 * writes a new file, which must carry them too. */
+		struct fh *f = FH(fi);
+		pthread_mutex_lock(&f->lock);
+		if (to_set & FUSE_SET_ATTR_MODE) {
+			f->mode_set = 1;
+			f->new_mode = attr->st_mode & 07777;
+		}
+		if (to_set & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME)) {
+			f->times_set = 1;
+			f->times[0].tv_sec = f->times[1].tv_sec = 0;
+			f->times[0].tv_nsec = f->times[1].tv_nsec = UTIME_OMIT;
+			if (to_set & FUSE_SET_ATTR_ATIME_NOW)
+				f->times[0].tv_nsec = UTIME_NOW;
+			else if (to_set & FUSE_SET_ATTR_ATIME)
+				f->times[0] = attr->st_atim;
+			if (to_set & FUSE_SET_ATTR_MTIME_NOW)
+				f->times[1].tv_nsec = UTIME_NOW;
+			else if (to_set & FUSE_SET_ATTR_MTIME)
+				f->times[1] = attr->st_mtim;
+		}
+		pthread_mutex_unlock(&f->lock);
 	}
 	if (to_set & FUSE_SET_ATTR_MODE) {
 		if (fchmodat(dfd, rel, attr->st_mode & 07777, 0) < 0) {

@@ -100,9 +100,14 @@ int replace_file_at(int dirfd, const char *path, const void *data, size_t n)
 			 path, slash + 1);
 	else
 		snprintf(tmp, sizeof(tmp), ".lmsfs.tmp.%s", path);
+	struct stat st;
+	mode_t mode = fstatat(dirfd, path, &st, 0) == 0 ? (st.st_mode & 07777) : 0644;
+
 	fd = openat(dirfd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	if (fd < 0)
 		return -errno;
+	/* The replacement keeps the permissions of what it replaces. */
+	fchmod(fd, mode);
 	ret = write_all(fd, data, n);
 	if (ret == 0 && fsync(fd) < 0)
 		ret = -errno;
