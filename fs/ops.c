@@ -373,6 +373,15 @@ static int attr_of(uint64_t ino, const struct nodeinfo *ni, struct stat *st)
 	return 0;
 }
 
+/* Files change behind the kernel's back (answers stream in), so their
+ * attributes are never cached: tail sees a growing size at once. Directory
+ * attributes hardly matter and are cached briefly, which saves a round trip
+ * per directory for find, du and ls -R. */
+static double attr_timeout_for(const struct stat *st)
+{
+	return S_ISDIR(st->st_mode) ? 1.0 : 0.0;
+}
+
 static void reply_entry(fuse_req_t req, uint64_t ino, const struct stat *st)
 {
 	struct fuse_entry_param e;
@@ -380,7 +389,7 @@ static void reply_entry(fuse_req_t req, uint64_t ino, const struct stat *st)
 	e.ino = ino;
 	e.attr = *st;
 	e.attr.st_ino = ino;
-	e.attr_timeout = 0;
+	e.attr_timeout = attr_timeout_for(st);
 	e.entry_timeout = 1.0;
 	fuse_reply_entry(req, &e);
 }
@@ -522,7 +531,7 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	if (ret)
 		fuse_reply_err(req, -ret);
 	else
-		fuse_reply_attr(req, &st, 0);
+		fuse_reply_attr(req, &st, attr_timeout_for(&st));
 }
 
 /* --- file handles ------------------------------------------------------- */
@@ -838,6 +847,13 @@ static int do_open(fuse_ino_t ino, const struct nodeinfo *ni, int flags,
 			f->fd = fd;
 			f->writable = wr;
 			f->data.max = HISTORY_MAX;
+			/* Readers go through the page cache (readahead: cat of a
+			 * large history runs near disk speed). Appends by lmsfs
+			 * change size and mtime, which the kernel notices on its
+			 * next getattr (attributes are never cached) and drops
+			 * the stale pages. */
+			if (!wr)
+				*direct = 0;
 			if (wr) {
 				if (flags & O_TRUNC) {
 					f->mode = HM_REPLACE;
@@ -1008,35 +1024,54 @@ static struct waiter *waiters;   /* waiters_lock */
 static uint64_t next_waiter_id = 1; /* waiters_lock */
 static int shutting_down;        /* waiters_lock */
 
-/* Replies with a copy: the kernel may let the reader close the file (and a
- * release on another thread free the handle) before fuse_reply_buf has
- * returned, and sanitizers check the buffer after the write. */
-static void reply_copy(fuse_req_t req, const char *p, size_t n)
+/* A reply computed under the handle's lock and sent after unlocking it:
+ * once a reply is out, the reader may close the file and a release on
+ * another thread may free the handle, so nothing may touch it after. */
+struct prepared {
+	int err;
+	char *buf;
+	size_t len;
+};
+
+static void prepare_slice(const char *data, size_t total, size_t size, off_t off,
+			  struct prepared *p)
 {
-	char *c = n ? malloc(n) : NULL;
-	if (n && !c) {
-		fuse_reply_err(req, ENOMEM);
+	p->err = 0;
+	p->buf = NULL;
+	p->len = 0;
+	if ((size_t)off >= total)
+		return;
+	if (size > total - (size_t)off)
+		size = total - (size_t)off;
+	p->buf = malloc(size ? size : 1);
+	if (!p->buf) {
+		p->err = ENOMEM;
 		return;
 	}
-	if (n)
-		memcpy(c, p, n);
-	fuse_reply_buf(req, c, n);
-	free(c);
+	memcpy(p->buf, data + off, size);
+	p->len = size;
 }
 
-static void reply_answer(fuse_req_t req, struct fh *f, size_t size, off_t off)
+/* f->lock held. */
+static void prepare_answer(struct fh *f, size_t size, off_t off, struct prepared *p)
 {
 	if (f->answer_err && (off == 0 || f->answer_len == 0)) {
-		fuse_reply_err(req, f->answer_err);
+		p->err = f->answer_err;
+		p->buf = NULL;
+		p->len = 0;
 		return;
 	}
-	if ((size_t)off >= f->answer_len) {
-		fuse_reply_buf(req, NULL, 0);
-		return;
-	}
-	if (size > f->answer_len - (size_t)off)
-		size = f->answer_len - (size_t)off;
-	reply_copy(req, f->answer + off, size);
+	prepare_slice(f->answer, f->answer_len, size, off, p);
+}
+
+static void send_prepared(fuse_req_t req, struct prepared *p)
+{
+	if (p->err)
+		fuse_reply_err(req, p->err);
+	else
+		fuse_reply_buf(req, p->buf, p->len);
+	free(p->buf);
+	p->buf = NULL;
 }
 
 /* Takes the answer into f when it is there. f->lock held. */
@@ -1108,8 +1143,10 @@ void ops_answer_done(const char *conv)
 		done = w->next;
 		pthread_mutex_lock(&w->f->lock);
 		if (try_answer(w->f, conv)) {
-			reply_answer(w->req, w->f, w->size, w->off);
+			struct prepared p;
+			prepare_answer(w->f, w->size, w->off, &p);
 			pthread_mutex_unlock(&w->f->lock);
+			send_prepared(w->req, &p);
 			free(w);
 		} else {
 			/* Not this reader's answer yet: back to waiting. */
@@ -1128,10 +1165,13 @@ static void read_reply(fuse_req_t req, struct fh *f, const char *conv,
 	struct waiter *w;
 	uint64_t id;
 
+	struct prepared p;
+
 	pthread_mutex_lock(&f->lock);
 	if (try_answer(f, conv)) {
-		reply_answer(req, f, size, off);
+		prepare_answer(f, size, off, &p);
 		pthread_mutex_unlock(&f->lock);
+		send_prepared(req, &p);
 		return;
 	}
 	pthread_mutex_unlock(&f->lock);
@@ -1180,8 +1220,9 @@ static void read_reply(fuse_req_t req, struct fh *f, const char *conv,
 		pthread_mutex_unlock(&waiters_lock);
 		if (w) {
 			pthread_mutex_lock(&f->lock);
-			reply_answer(req, f, size, off);
+			prepare_answer(f, size, off, &p);
 			pthread_mutex_unlock(&f->lock);
+			send_prepared(req, &p);
 			free(w);
 		}
 		return;
@@ -1232,20 +1273,19 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 			fuse_reply_buf(req, NULL, 0);
 			return;
 		}
-		if (size > f->data.len - (size_t)off)
-			size = f->data.len - (size_t)off;
-		reply_copy(req, f->data.data + off, size);
+		{
+			struct prepared p;
+			prepare_slice(f->data.data, f->data.len, size, off, &p);
+			send_prepared(req, &p);
+		}
 		return;
 	case FH_HIST:
 		pthread_mutex_lock(&f->lock);
 		if (f->writable && f->mode == HM_REPLACE) {
-			size_t len = f->data.len;
-			if ((size_t)off >= len)
-				size = 0;
-			else if (size > len - (size_t)off)
-				size = len - (size_t)off;
-			reply_copy(req, size ? f->data.data + off : NULL, size);
+			struct prepared p;
+			prepare_slice(f->data.data, f->data.len, size, off, &p);
 			pthread_mutex_unlock(&f->lock);
+			send_prepared(req, &p);
 			return;
 		}
 		pthread_mutex_unlock(&f->lock);
@@ -1832,7 +1872,11 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 		return;
 	}
 	fi->fh = (uintptr_t)d;
-	fi->cache_readdir = 0;
+	/* conversations/ changes only through the mount (mkdir, rmdir, mv),
+	 * which the kernel sees: its listing may be cached. Inside a
+	 * conversation lmsfs itself creates files, so that one is not. */
+	fi->cache_readdir = ni.kind == K_CONVS;
+	fi->keep_cache = ni.kind == K_CONVS;
 	if (fuse_reply_open(req, fi) == -ENOENT)
 		dir_free(d);
 }
@@ -2062,6 +2106,11 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 	conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
 	if (conn->capable & FUSE_CAP_ATOMIC_O_TRUNC)
 		conn->want |= FUSE_CAP_ATOMIC_O_TRUNC;
+	/* Cached pages go when size or mtime change (lmsfs appends). */
+	if (conn->capable & FUSE_CAP_AUTO_INVAL_DATA)
+		conn->want |= FUSE_CAP_AUTO_INVAL_DATA;
+	/* Bigger requests: 1 MiB per read/write instead of 128 KiB. */
+	conn->max_write = 1u << 20;
 }
 
 int ops_init(const struct config *c, int sfd)

@@ -1,0 +1,2 @@
+build-tsan/errclass.o: fs/errclass.c fs/errclass.h
+fs/errclass.h:

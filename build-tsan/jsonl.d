@@ -1,0 +1,2 @@
+build-tsan/jsonl.o: fs/jsonl.c fs/jsonl.h
+fs/jsonl.h:

@@ -1,0 +1,7 @@
+build-tsan/mock.o: fs/mock.c fs/mock.h fs/api.h fs/buf.h fs/errclass.h \
+ fs/config.h
+fs/mock.h:
+fs/api.h:
+fs/buf.h:
+fs/errclass.h:
+fs/config.h:

@@ -1,0 +1,2 @@
+build-tsan/names.o: fs/names.c fs/names.h
+fs/names.h:

@@ -1,0 +1,2 @@
+build-tsan/util.o: fs/util.c fs/util.h
+fs/util.h:
