@@ -721,9 +721,10 @@ static void *worker(void *arg)
 		j = c->qhead;
 		c->generating = 1;
 		c->running_seq = j->seq;
-		c->cancel = c->cancel_seq == j->seq;
-		memset(&c->progress, 0, sizeof(c->progress));
-		c->progress.started = now_s();
+		flag_set(&c->cancel, c->cancel_seq == j->seq);
+		__atomic_store_n(&c->progress.tokens, 0, __ATOMIC_RELAXED);
+		dbl_set(&c->progress.first_token, 0);
+		dbl_set(&c->progress.started, now_s());
 		pthread_mutex_unlock(&c->lock);
 
 		gen_result_init(&res);
@@ -942,7 +943,7 @@ int conv_cancel(struct conv *c, char *why, size_t whylen)
 	pthread_mutex_lock(&c->lock);
 	if (c->generating) {
 		c->cancel_seq = c->running_seq;
-		c->cancel = 1;
+		flag_set(&c->cancel, 1);
 	} else if (c->qhead) {
 		c->cancel_seq = c->qhead->seq;
 	} else {
@@ -1072,12 +1073,14 @@ char *conv_status_json(struct conv *c)
 	cJSON_AddNumberToObject(o, "answered", (double)c->finished);
 	if (c->generating) {
 		cJSON *g = cJSON_AddObjectToObject(o, "generating");
-		double now = now_s(), ft = c->progress.first_token;
-		cJSON_AddNumberToObject(g, "tokens", c->progress.tokens);
-		cJSON_AddNumberToObject(g, "elapsed_ms", (now - c->progress.started) * 1000);
+		double now = now_s(), ft = dbl_get(&c->progress.first_token);
+		long toks = __atomic_load_n(&c->progress.tokens, __ATOMIC_RELAXED);
+		cJSON_AddNumberToObject(g, "tokens", toks);
+		cJSON_AddNumberToObject(g, "elapsed_ms",
+					(now - dbl_get(&c->progress.started)) * 1000);
 		if (ft > 0 && now > ft)
 			cJSON_AddNumberToObject(g, "tokens_per_second",
-						c->progress.tokens / (now - ft));
+						toks / (now - ft));
 	}
 	if (c->err != EC_NONE) {
 		e = cJSON_AddObjectToObject(o, "error");
@@ -1184,7 +1187,7 @@ int conv_rmdir(const char *name)
 		c = find_locked(name);
 		if (c) {
 			pthread_mutex_lock(&c->lock);
-			c->cancel = 1;
+			flag_set(&c->cancel, 1);
 			c->cancel_seq = c->running_seq;
 			pthread_mutex_unlock(&c->lock);
 			unhash(c);
@@ -1292,7 +1295,7 @@ void conv_shutdown(void)
 	stopping = 1;
 	for (int i = 0; i < NBUCKETS; i++)
 		for (struct conv *c = table[i]; c; c = c->hnext)
-			c->cancel = 1;
+			flag_set(&c->cancel, 1);
 	clock_gettime(CLOCK_REALTIME, &ts);
 	ts.tv_sec += 5;
 	while (__atomic_load_n(&n_workers, __ATOMIC_ACQUIRE) > 0)

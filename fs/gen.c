@@ -184,9 +184,9 @@ static int on_text(void *u, const char *text, size_t len)
 {
 	struct stream_ctx *s = u;
 	struct gen_progress *pg = s->job->progress;
-	if (pg->first_token == 0)
-		pg->first_token = now_s();
-	pg->tokens++;
+	if (dbl_get(&pg->first_token) == 0)
+		dbl_set(&pg->first_token, now_s());
+	__atomic_add_fetch(&pg->tokens, 1, __ATOMIC_RELAXED);
 	if (s->batching && buf_append(&s->pending, text, len) == 0)
 		return 0;
 	flush_text(s);
@@ -227,7 +227,7 @@ static int on_bytes(void *u, const char *p, size_t n)
 
 static void sleep_ms_cancellable(long ms, const volatile int *cancel)
 {
-	while (ms > 0 && !(cancel && *cancel)) {
+	while (ms > 0 && !flag_get(cancel)) {
 		long step = ms > 50 ? 50 : ms;
 		struct timespec ts = {0, step * 1000000L};
 		nanosleep(&ts, NULL);
@@ -251,7 +251,7 @@ static enum err_class request(const struct gen_job *job, const char *body,
 
 		api_answer_free(ans);
 		api_answer_init(ans);
-		if (job->cancel && *job->cancel) {
+		if (flag_get(job->cancel)) {
 			cls = EC_CANCELLED;
 			snprintf(res->errmsg, sizeof(res->errmsg), "cancelled");
 			break;
@@ -328,7 +328,7 @@ static enum err_class request(const struct gen_job *job, const char *body,
 		else
 			breaker_success(); /* the server answered: it is alive */
 		if (!errclass_retryable(cls) || ans->chunks > 0 ||
-		    attempt >= max_retries || (job->cancel && *job->cancel))
+		    attempt >= max_retries || flag_get(job->cancel))
 			break;
 		long d = retry_backoff_ms(attempt + 1, retry_after);
 		res->retries++;
@@ -386,7 +386,6 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 	int rounds = 0;
 
 	api_answer_init(&ans);
-	job->progress->started = now_s();
 
 	params_txt = read_setting(job->dirfd, "params.json");
 	if (params_txt) {
@@ -508,7 +507,7 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 				gen_append_history(job, result);
 			free(result);
 		}
-		if (job->cancel && *job->cancel) {
+		if (flag_get(job->cancel)) {
 			cls = EC_CANCELLED;
 			snprintf(res->errmsg, sizeof(res->errmsg), "cancelled");
 			goto fail_quiet_text;
@@ -537,12 +536,13 @@ fail_quiet_text:
 		mark(job->dirfd, "[lmsfs] error %s: %s", errclass_name(cls), res->errmsg);
 done:
 	res->err = cls;
-	if (job->progress->first_token > 0 && res->ttft < 0)
-		res->ttft = job->progress->first_token - job->progress->started;
-	if (res->tps < 0 && job->progress->first_token > 0) {
-		double dt = now_s() - job->progress->first_token;
+	double first = dbl_get(&job->progress->first_token);
+	if (first > 0 && res->ttft < 0)
+		res->ttft = first - dbl_get(&job->progress->started);
+	if (res->tps < 0 && first > 0) {
+		double dt = now_s() - first;
 		long toks = res->completion_tokens > 0 ? res->completion_tokens
-						       : job->progress->tokens;
+						       : __atomic_load_n(&job->progress->tokens, __ATOMIC_RELAXED);
 		if (dt > 0)
 			res->tps = toks / dt;
 	}

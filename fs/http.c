@@ -12,6 +12,7 @@
 
 #include "config.h"
 #include "log.h"
+#include "util.h"
 
 #include <curl/curl.h>
 #include <errno.h>
@@ -127,7 +128,7 @@ static size_t on_data(char *p, size_t sz, size_t n, void *u)
 	long status = 0;
 
 	curl_easy_getinfo(x->h, CURLINFO_RESPONSE_CODE, &status);
-	if (x->cancel && *x->cancel)
+	if (flag_get(x->cancel))
 		return 0;
 	if (x->sink && status >= 200 && status < 300) {
 		if (x->sink(x->ctx, p, len) != 0) {
@@ -168,7 +169,7 @@ static int on_progress(void *u, curl_off_t a, curl_off_t b, curl_off_t c,
 		       curl_off_t d)
 {
 	struct xfer *x = u;
-	return (x->cancel && *x->cancel) ? 1 : 0;
+	return flag_get(x->cancel) ? 1 : 0;
 }
 
 static enum err_class classify_curl(CURLcode rc)
@@ -270,7 +271,7 @@ int http_request(const char *method, const char *path, const char *json,
 			 r->body.max);
 		ret = -EFBIG;
 	} else if ((rc == CURLE_WRITE_ERROR || rc == CURLE_ABORTED_BY_CALLBACK) &&
-		   cancel && *cancel) {
+		   flag_get(cancel)) {
 		r->transport = EC_CANCELLED;
 		snprintf(r->err, sizeof(r->err), "cancelled");
 		ret = -ECANCELED;

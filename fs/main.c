@@ -206,6 +206,8 @@ int main(int argc, char **argv)
 	struct fuse_loop_config *lc;
 	char err[1024], mnt[PATH_MAX], optbuf[PATH_MAX + 64];
 	struct stat st;
+	pthread_t recover_tid;
+	int recover_started = 0;
 	char *conf;
 	int rc, state_fd, ret;
 
@@ -306,9 +308,8 @@ int main(int argc, char **argv)
 	}
 	{
 		/* Resume queued prompts in the background: the mount answers at once. */
-		pthread_t t;
-		if (pthread_create(&t, NULL, recover_thread, NULL) == 0)
-			pthread_detach(t);
+		if (pthread_create(&recover_tid, NULL, recover_thread, NULL) == 0)
+			recover_started = 1;
 		else
 			conv_recover_all();
 	}
@@ -320,6 +321,8 @@ int main(int argc, char **argv)
 	fuse_loop_cfg_destroy(lc);
 
 	log_info("unmounting %s", mnt);
+	if (recover_started)
+		pthread_join(recover_tid, NULL);
 	ops_shutdown();
 	conv_shutdown();
 	fuse_session_unmount(se);

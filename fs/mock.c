@@ -9,6 +9,7 @@
 #include "mock.h"
 
 #include "config.h"
+#include "util.h"
 
 #include <cjson/cJSON.h>
 #include <ctype.h>
@@ -80,7 +81,7 @@ static int emit_words(const struct config *cfg, const char *text, api_text_fn fn
 			q++;
 		while (*q && *q != ' ')
 			q++;
-		if (cancel && *cancel)
+		if (flag_get(cancel))
 			return -1;
 		buf_append(&ans->content, p, (size_t)(q - p));
 		ans->chunks++;

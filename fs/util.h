@@ -22,4 +22,25 @@ int replace_file_at(int dirfd, const char *path, const void *data, size_t n);
 /* Trims ASCII whitespace at both ends in place; returns s. */
 char *trim(char *s);
 
+/* A flag shared between threads (cancel requests): relaxed atomics. */
+static inline int flag_get(const volatile int *f)
+{
+	return f && __atomic_load_n(f, __ATOMIC_RELAXED);
+}
+static inline void flag_set(volatile int *f, int v)
+{
+	__atomic_store_n(f, v, __ATOMIC_RELAXED);
+}
+/* Doubles read by other threads (progress). */
+static inline double dbl_get(const double *d)
+{
+	double v;
+	__atomic_load(d, &v, __ATOMIC_RELAXED);
+	return v;
+}
+static inline void dbl_set(double *d, double v)
+{
+	__atomic_store(d, &v, __ATOMIC_RELAXED);
+}
+
 #endif

@@ -213,6 +213,20 @@ class World:
 
 
 def test_kill9_cycles_lose_no_acknowledged_prompt(fake, mount, tmp_path):
+    box = {}
+    try:
+        _crash_cycles(fake, mount, tmp_path, box)
+    except (AssertionError, OSError) as e:
+        m = box.get("m")
+        if m is None:
+            raise
+        alive = m.pid is not None
+        raise AssertionError("%s\n(daemon %s; seed %d)\n--- lmsfs log tail "
+                             "---\n%s" % (e, "alive" if alive else "DEAD",
+                                           SEED, m.log()[-4000:])) from e
+
+
+def _crash_cycles(fake, mount, tmp_path, box):
     rng = random.Random(SEED)
     print("crash test: seed %d (LMSFS_CRASH_SEED), %d cycles" % (SEED,
                                                                    CYCLES))
@@ -220,6 +234,7 @@ def test_kill9_cycles_lose_no_acknowledged_prompt(fake, mount, tmp_path):
     fake.routes[CHAT] = Script()
     m = mount(args=opts(default_model=LLAMA, initial_backoff="10ms",
                         breaker_threshold=100000, models_ttl="60s"))
+    box["m"] = m
     src = tmp_path / "crashtool"
     src.write_text(TOOL)
     os.chmod(src, 0o755)
