@@ -22,6 +22,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -107,9 +108,17 @@ int conv_root_fd(void)
 	return root_fd;
 }
 
-const char *conv_name(struct conv *c)
+void conv_name(struct conv *c, char *buf, size_t len)
 {
-	return c->name;
+	pthread_mutex_lock(&table_lock);
+	snprintf(buf, len, "%s", c->name);
+	pthread_mutex_unlock(&table_lock);
+}
+
+struct conv *conv_ref(struct conv *c)
+{
+	__atomic_add_fetch(&c->refs, 1, __ATOMIC_ACQ_REL);
+	return c;
 }
 
 static void conv_free(struct conv *c)
@@ -707,6 +716,7 @@ static void *worker(void *arg)
 		struct job *j;
 		struct gen_result res;
 		struct gen_job gj;
+		char name[NAME_MAX + 1];
 		int dirfd, stop;
 
 		pthread_mutex_lock(&table_lock);
@@ -714,8 +724,26 @@ static void *worker(void *arg)
 		pthread_mutex_unlock(&table_lock);
 		pthread_mutex_lock(&c->lock);
 		if (!c->qhead || stop) {
+			int drained = 0;
+			/* A removed conversation answers nothing more: readers
+			 * waiting for its queued prompts get ENOENT. */
+			while (stop && c->qhead) {
+				struct job *d = dequeue(c);
+				free(d->text);
+				free(d);
+				drained = 1;
+			}
+			if (drained) {
+				c->finished = c->submitted;
+				free(c->last_text);
+				c->last_text = NULL;
+				c->last_len = 0;
+				c->last_errno = ENOENT;
+			}
 			c->worker = 0;
 			pthread_mutex_unlock(&c->lock);
+			if (drained && hooks.answer_done)
+				hooks.answer_done(c);
 			break;
 		}
 		j = c->qhead;
@@ -728,13 +756,16 @@ static void *worker(void *arg)
 		pthread_mutex_unlock(&c->lock);
 
 		gen_result_init(&res);
+		/* The name may change (mv) while the answer runs: logs and
+		 * tools use the name it started under. */
+		conv_name(c, name, sizeof(name));
 		dirfd = conv_dirfd(c);
 		if (dirfd < 0) {
 			res.err = EC_INTERRUPTED;
 			snprintf(res.errmsg, sizeof(res.errmsg), "the conversation is gone");
 		} else {
 			gj = (struct gen_job){.dirfd = dirfd,
-					      .conv_name = c->name,
+					      .conv_name = name,
 					      .cancel = &c->cancel,
 					      .progress = &c->progress,
 					      .hist_lock = hist_lock_cb,
@@ -784,7 +815,7 @@ static void *worker(void *arg)
 		metrics_gen_time(now_s() - c->progress.started);
 		log_info("conversation=%s model=%s tokens_in=%ld tokens_out=%ld ttft_ms=%.0f "
 			 "duration_ms=%.0f attempts=%d outcome=%s%s%s",
-			 c->name, res.model[0] ? res.model : "-", res.prompt_tokens,
+			 name, res.model[0] ? res.model : "-", res.prompt_tokens,
 			 res.completion_tokens > 0 ? res.completion_tokens : c->progress.tokens,
 			 res.ttft >= 0 ? res.ttft * 1000 : -1,
 			 (now_s() - c->progress.started) * 1000, res.attempts,
@@ -815,7 +846,7 @@ static void *worker(void *arg)
 		free(j);
 
 		if (hooks.answer_done)
-			hooks.answer_done(c->name);
+			hooks.answer_done(c);
 	}
 	pthread_mutex_lock(&table_lock);
 	__atomic_sub_fetch(&n_workers, 1, __ATOMIC_ACQ_REL);

@@ -21,8 +21,9 @@ struct config;
 struct conv;
 
 struct conv_hooks {
-	/* An answer finished (ok or not): wake readers waiting for it. */
-	void (*answer_done)(const char *name);
+	/* An answer finished (ok or not): wake readers waiting for it.
+	 * Conversations are identified by pointer: a rename keeps waiters. */
+	void (*answer_done)(struct conv *c);
 };
 
 int conv_init(const struct config *cfg, int state_dirfd,
@@ -67,8 +68,10 @@ int conv_answer(struct conv *c, uint64_t seq, char **text, size_t *len,
 		int *err);
 /* .status content (malloc'd JSON text). */
 char *conv_status_json(struct conv *c);
-/* Name of a conversation (for hooks); valid while referenced. */
-const char *conv_name(struct conv *c);
+/* Copies the conversation's current name into buf. */
+void conv_name(struct conv *c, char *buf, size_t len);
+/* Takes another reference. */
+struct conv *conv_ref(struct conv *c);
 
 /* Background recovery scan of every conversation at mount: queued prompts
  * resume, interrupted answers get marked. */

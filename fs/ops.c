@@ -559,6 +559,7 @@ struct fh {
 	/* FH_PROMPT */
 	int prechecked;
 	/* FH_REPLY */
+	struct conv *conv;   /* referenced: survives a rename of the directory */
 	uint64_t target;
 	int have_answer;
 	char *answer;
@@ -587,6 +588,7 @@ static void fh_free(struct fh *f)
 		close(f->fd);
 	buf_free(&f->data);
 	free(f->answer);
+	conv_put(f->conv);
 	pthread_mutex_destroy(&f->lock);
 	free(f);
 }
@@ -797,9 +799,12 @@ static int do_open(fuse_ino_t ino, const struct nodeinfo *ni, int flags,
 			if (!c)
 				return -ENOENT;
 			f = fh_new(FH_REPLY, ino);
-			if (f)
+			if (f) {
 				f->target = conv_wait_target(c);
-			conv_put(c);
+				f->conv = c;
+			} else {
+				conv_put(c);
+			}
 		}
 		break;
 	case K_CTL:
@@ -1012,7 +1017,7 @@ struct waiter {
 	uint64_t id;
 	fuse_req_t req;
 	struct fh *f;
-	char conv[NAME_MAX + 1];
+	struct conv *conv; /* f->conv: compared, not referenced */
 	size_t size;
 	off_t off;
 	int ready; /* may be answered (registration finished) */
@@ -1075,20 +1080,12 @@ static void send_prepared(fuse_req_t req, struct prepared *p)
 }
 
 /* Takes the answer into f when it is there. f->lock held. */
-static int try_answer(struct fh *f, const char *conv)
+static int try_answer(struct fh *f)
 {
-	struct conv *c;
 	if (f->have_answer)
 		return 1;
-	c = conv_get(conv);
-	if (!c) {
+	if (conv_answer(f->conv, f->target, &f->answer, &f->answer_len, &f->answer_err))
 		f->have_answer = 1;
-		f->answer_err = ENOENT;
-		return 1;
-	}
-	if (conv_answer(c, f->target, &f->answer, &f->answer_len, &f->answer_err))
-		f->have_answer = 1;
-	conv_put(c);
 	return f->have_answer;
 }
 
@@ -1124,13 +1121,13 @@ static void on_interrupt(fuse_req_t req, void *data)
 	}
 }
 
-void ops_answer_done(const char *conv)
+void ops_answer_done(struct conv *conv)
 {
 	struct waiter *w, **pp, *done = NULL;
 
 	pthread_mutex_lock(&waiters_lock);
 	for (pp = &waiters; (w = *pp);) {
-		if (w->ready && strcmp(w->conv, conv) == 0) {
+		if (w->ready && w->conv == conv) {
 			*pp = w->next;
 			w->next = done;
 			done = w;
@@ -1142,7 +1139,7 @@ void ops_answer_done(const char *conv)
 	while ((w = done)) {
 		done = w->next;
 		pthread_mutex_lock(&w->f->lock);
-		if (try_answer(w->f, conv)) {
+		if (try_answer(w->f)) {
 			struct prepared p;
 			prepare_answer(w->f, w->size, w->off, &p);
 			pthread_mutex_unlock(&w->f->lock);
@@ -1159,8 +1156,7 @@ void ops_answer_done(const char *conv)
 	}
 }
 
-static void read_reply(fuse_req_t req, struct fh *f, const char *conv,
-		       size_t size, off_t off)
+static void read_reply(fuse_req_t req, struct fh *f, size_t size, off_t off)
 {
 	struct waiter *w;
 	uint64_t id;
@@ -1168,7 +1164,7 @@ static void read_reply(fuse_req_t req, struct fh *f, const char *conv,
 	struct prepared p;
 
 	pthread_mutex_lock(&f->lock);
-	if (try_answer(f, conv)) {
+	if (try_answer(f)) {
 		prepare_answer(f, size, off, &p);
 		pthread_mutex_unlock(&f->lock);
 		send_prepared(req, &p);
@@ -1185,7 +1181,7 @@ static void read_reply(fuse_req_t req, struct fh *f, const char *conv,
 	w->f = f;
 	w->size = size;
 	w->off = off;
-	snprintf(w->conv, sizeof(w->conv), "%s", conv);
+	w->conv = f->conv;
 	pthread_mutex_lock(&waiters_lock);
 	if (shutting_down) {
 		pthread_mutex_unlock(&waiters_lock);
@@ -1213,7 +1209,7 @@ static void read_reply(fuse_req_t req, struct fh *f, const char *conv,
 	pthread_mutex_unlock(&waiters_lock);
 	/* The answer may have finished while we registered. */
 	pthread_mutex_lock(&f->lock);
-	if (try_answer(f, conv)) {
+	if (try_answer(f)) {
 		pthread_mutex_unlock(&f->lock);
 		pthread_mutex_lock(&waiters_lock);
 		w = waiter_take(id);
@@ -1252,17 +1248,10 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		    struct fuse_file_info *fi)
 {
 	struct fh *f = FH(fi);
-	struct nodeinfo ni;
-	char *b;
-	ssize_t n;
 
 	switch (f->kind) {
 	case FH_REPLY:
-		if (node_info(ino, &ni) != 0) {
-			fuse_reply_err(req, ESTALE);
-			return;
-		}
-		read_reply(req, f, ni.conv, size, off);
+		read_reply(req, f, size, off);
 		return;
 	case FH_PROMPT:
 	case FH_CTL:
@@ -1295,8 +1284,6 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	}
 	{
 		struct fuse_bufvec bv = FUSE_BUFVEC_INIT(size);
-		(void)b;
-		(void)n;
 		bv.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
 		bv.buf[0].fd = f->fd;
 		bv.buf[0].pos = off;

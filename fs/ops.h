@@ -13,6 +13,7 @@ void ops_set_session(struct fuse_session *se);
 void ops_shutdown(void);
 extern const struct fuse_lowlevel_ops ops_table;
 /* Hook for conv.c: an answer finished in conversation `name`. */
-void ops_answer_done(const char *name);
+struct conv;
+void ops_answer_done(struct conv *c);
 
 #endif

@@ -533,9 +533,15 @@ class Endless(list):
             yield ev
 
 
-GIANT_EVENT = (b'data: {"choices":[{"index":0,"delta":{"content":"' +
-               b"y" * (17 << 20) + b'"}}]}\n\n')
-BIG_BODY = (b'{"choices":[{"index":0,"finish_reason":"stop","message":'
+def giant_event():
+    """One SSE event over 16 MiB."""
+    return (b'data: {"choices":[{"index":0,"delta":{"content":"' +
+            b"y" * (17 << 20) + b'"}}]}\n\n')
+
+
+def big_body():
+    """A non-streamed answer over 64 MiB."""
+    return (b'{"choices":[{"index":0,"finish_reason":"stop","message":'
             b'{"role":"assistant","content":"' + b"z" * (65 << 20) +
             b'"}}]}')
 
@@ -561,7 +567,7 @@ SERVER_CASES = [
      "protocol", {}, None, None, None),
     ("srv-event-array", lambda: Garbage(sse([1, 2])),
      "protocol", {}, None, None, None),
-    ("srv-giant-chunk", lambda: Garbage(GIANT_EVENT),
+    ("srv-giant-chunk", lambda: Garbage(giant_event()),
      "protocol", {}, None, "16 MiB", None),
     ("srv-invalid-utf8-content", lambda: Garbage(
         b'data: {"choices":[{"index":0,"delta":{"content":"a\xff\xfeb"}}]}'
@@ -599,7 +605,7 @@ SERVER_CASES = [
         b'{"choices": []}', content_type="application/json"), "protocol",
      {}, '{"stream": false}', None, None),
     ("srv-body-over-64mib-plain", lambda: Garbage(
-        BIG_BODY, content_type="application/json"), "protocol", {},
+        big_body(), content_type="application/json"), "protocol", {},
      '{"stream": false}', "67108864", None),
     ("srv-done-only", lambda: Garbage(b"data: [DONE]\n\n"), "protocol", {},
      None, None, None),

@@ -131,12 +131,21 @@ static int stream_reply(int fd, const char *body)
 static void *conn(void *arg)
 {
 	int fd = (int)(long)arg;
-	char *buf = malloc(1 << 20);
-	size_t len = 0;
+	size_t cap = 1 << 20, len = 0;
+	char *buf = malloc(cap);
 
 	while (buf) {
 		char *hdr_end;
-		ssize_t r = recv(fd, buf + len, (1 << 20) - 1 - len, 0);
+		ssize_t r;
+		if (cap - len < 65536) {
+			/* Long histories make big requests. */
+			char *nb = cap < (512u << 20) ? realloc(buf, cap * 2) : NULL;
+			if (!nb)
+				break;
+			buf = nb;
+			cap *= 2;
+		}
+		r = recv(fd, buf + len, cap - 1 - len, 0);
 		if (r <= 0)
 			break;
 		len += (size_t)r;

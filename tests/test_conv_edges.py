@@ -1,0 +1,55 @@
+"""Edge cases of waiting readers: a conversation renamed or removed while
+someone blocks on .reply. The reader must get the answer (rename) or a
+clear error (removal), never hang."""
+
+import subprocess
+import time
+
+from conftest import wait_for
+from conv_helpers import (cdir, cmount, echo_of, history, mkconv, prompt, sh,
+                          slow_reply, status)
+
+
+def _start_reader(path):
+    return subprocess.Popen(["cat", str(path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_reply_survives_rename_while_waiting(fake, mount):
+    m = cmount(mount)
+    mkconv(m, "old")
+    rep, text = slow_reply(words=8, delay=0.1)
+    fake.enqueue(rep)
+    prompt(m, "old", "rename me")
+    reader = _start_reader(cdir(m, "old") / ".reply")
+    wait_for(lambda: status(m, "old")["state"] == "generating")
+    r = sh(m, "mv old new")
+    assert r.returncode == 0, r.stderr
+    out, err = reader.communicate(timeout=15)
+    assert reader.returncode == 0, err
+    assert out == text
+    # The answer landed in the renamed conversation.
+    assert history(m, "new")[-1] == {"role": "assistant", "content": text}
+    assert not (cdir(m, "old")).exists()
+
+
+def test_reader_of_removed_conversation_does_not_hang(fake, mount):
+    m = cmount(mount)
+    mkconv(m, "gone")
+    rep, _ = slow_reply(words=30, delay=0.1)
+    fake.enqueue(rep)
+    prompt(m, "gone", "first")
+    prompt(m, "gone", "second, still queued")
+    reader = _start_reader(cdir(m, "gone") / ".reply")
+    wait_for(lambda: status(m, "gone")["state"] == "generating")
+    t0 = time.monotonic()
+    r = sh(m, "rm -r gone")
+    assert r.returncode == 0, r.stderr
+    out, err = reader.communicate(timeout=15)
+    assert time.monotonic() - t0 < 10
+    assert reader.returncode != 0, "cat succeeded on a removed conversation"
+    assert "No such file" in err or "canceled" in err.lower(), err
+    # The daemon still serves.
+    mkconv(m, "after")
+    prompt(m, "after", "hello")
+    wait_for(lambda: history(m, "after")[-1]["content"] == echo_of("hello"))
