@@ -225,16 +225,16 @@ static void put_number_or_skip(cJSON *req, const char *k, int has, double v)
 }
 
 char *api_build_request(const struct config *cfg, const char *model,
-			cJSON *messages, const cJSON *params, cJSON *tools,
+			const char *messages, const cJSON *params, cJSON *tools,
 			int *stream_out)
 {
 	cJSON *req = cJSON_CreateObject();
 	const cJSON *p, *s;
-	char *out;
+	char *out, *rest;
+	size_t ml = strlen(messages), rl;
 	int stream;
 
 	cJSON_AddStringToObject(req, "model", model);
-	cJSON_AddItemToObject(req, "messages", messages);
 	cJSON_AddNumberToObject(req, "temperature", cfg->temperature);
 	cJSON_AddNumberToObject(req, "max_tokens", (double)cfg->max_tokens);
 	put_number_or_skip(req, "top_p", cfg->has_top_p, cfg->top_p);
@@ -270,7 +270,7 @@ char *api_build_request(const struct config *cfg, const char *model,
 		if (!p->string || strncmp(p->string, "lmsfs", 5) == 0)
 			continue;
 		if (strcmp(p->string, "messages") == 0 || strcmp(p->string, "model") == 0)
-			continue;
+			continue; /* the conversation decides these */
 		cJSON_DeleteItemFromObjectCaseSensitive(req, p->string);
 		cJSON_AddItemToObject(req, p->string, cJSON_Duplicate(p, 1));
 	}
@@ -286,8 +286,26 @@ char *api_build_request(const struct config *cfg, const char *model,
 		cJSON_AddBoolToObject(so, "include_usage", 1);
 	}
 	*stream_out = stream;
-	out = cJSON_PrintUnformatted(req);
+	rest = cJSON_PrintUnformatted(req);
 	cJSON_Delete(req);
+	if (!rest)
+		return NULL;
+	/* {"messages":[...],<the rest>} */
+	rl = strlen(rest);
+	out = malloc(ml + rl + 32);
+	if (out) {
+		size_t n = 0;
+		memcpy(out, "{\"messages\":[", 13);
+		n = 13;
+		memcpy(out + n, messages, ml);
+		n += ml;
+		memcpy(out + n, "],", 2);
+		n += 2;
+		memcpy(out + n, rest + 1, rl - 1); /* rest without its '{' */
+		n += rl - 1;
+		out[n] = '\0';
+	}
+	free(rest);
 	return out;
 }
 

@@ -54,12 +54,13 @@ int api_feed_event(struct api_answer *a, const char *data, size_t len,
 int api_decode_completion(struct api_answer *a, const char *body, size_t len,
 			  api_text_fn fn, void *ctx);
 
-/* The request body. `messages` is taken over. `params` (the conversation's
+/* The request body. `messages` is the text of the messages array's
+ * elements ("{...},{...}", copied verbatim). `params` (the conversation's
  * params.json object, may be NULL) is merged last, verbatim. `tools` (may be
  * NULL) is an array of OpenAI tool objects, taken over. Returns a malloc'd
  * JSON string or NULL. *stream_out says whether the final body streams. */
 char *api_build_request(const struct config *cfg, const char *model,
-			cJSON *messages, const cJSON *params, cJSON *tools,
+			const char *messages, const cJSON *params, cJSON *tools,
 			int *stream_out);
 
 /* The assistant message for the history: content (or null) plus

@@ -126,40 +126,80 @@ static char *read_setting(int dirfd, const char *name)
 	return data;
 }
 
-/* The history as a JSON array, bookkeeping members removed. */
-static cJSON *load_history(int dirfd, char *why, size_t whylen)
+/* The history as the text of a JSON array's elements ("{..},{..}"), ready
+ * to be spliced into the request: lines are validated JSON objects, so they
+ * are copied as they are, which keeps a turn cheap even with a long
+ * history. Only lines with lmsfs bookkeeping ("lmsfs_status") are parsed,
+ * to drop those members. *first_role gets the first message's role. */
+static int load_history(int dirfd, struct buf *out, char *first_role, size_t rolelen,
+			char *why, size_t whylen)
 {
 	char *data = NULL, *p, *end;
 	size_t len;
-	cJSON *arr;
 	int rc = read_file_at(dirfd, "messages.jsonl", HISTORY_MAX, &data, &len);
 
+	first_role[0] = '\0';
 	if (rc == -ENOENT)
-		return cJSON_CreateArray();
+		return 0;
 	if (rc != 0) {
 		snprintf(why, whylen, "cannot read messages.jsonl: %s", strerror(-rc));
-		return NULL;
+		return rc;
 	}
-	arr = cJSON_CreateArray();
 	for (p = data, end = data + len; p < end;) {
 		char *nl = memchr(p, '\n', (size_t)(end - p));
 		size_t l = nl ? (size_t)(nl - p) : (size_t)(end - p);
-		cJSON *m = cJSON_ParseWithLength(p, l);
-		if (cJSON_IsObject(m)) {
-			cJSON *it = m->child, *next;
-			for (; it; it = next) {
-				next = it->next;
-				if (it->string && strncmp(it->string, "lmsfs", 5) == 0)
-					cJSON_DeleteItemFromObjectCaseSensitive(m, it->string);
+		char *b = p, *e = p + l;
+		p += l + 1;
+		while (b < e && (*b == ' ' || *b == '\t' || *b == '\r'))
+			b++;
+		while (e > b && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\r'))
+			e--;
+		if (b == e || *b != '{' || e[-1] != '}')
+			continue; /* blank, or not an object: never sent */
+		if (!first_role[0] || memmem(b, (size_t)(e - b), "\"lmsfs", 6)) {
+			cJSON *m = cJSON_ParseWithLength(b, (size_t)(e - b));
+			const cJSON *r = cJSON_GetObjectItemCaseSensitive(m, "role");
+			char *txt;
+			if (!cJSON_IsObject(m)) {
+				cJSON_Delete(m);
+				continue;
 			}
-			cJSON_AddItemToArray(arr, m);
-		} else {
+			if (!first_role[0])
+				snprintf(first_role, rolelen, "%s",
+					 cJSON_IsString(r) ? r->valuestring : "?");
+			if (memmem(b, (size_t)(e - b), "\"lmsfs", 6)) {
+				cJSON *it = m->child, *next;
+				for (; it; it = next) {
+					next = it->next;
+					if (it->string && strncmp(it->string, "lmsfs", 5) == 0)
+						cJSON_DeleteItemFromObjectCaseSensitive(m, it->string);
+				}
+				txt = cJSON_PrintUnformatted(m);
+				cJSON_Delete(m);
+				if (!txt)
+					continue;
+				if (out->len)
+					buf_putc(out, ',');
+				rc = buf_puts(out, txt);
+				free(txt);
+				if (rc)
+					break;
+				continue;
+			}
 			cJSON_Delete(m);
 		}
-		p += l + 1;
+		if (out->len)
+			buf_putc(out, ',');
+		rc = buf_append(out, b, (size_t)(e - b));
+		if (rc)
+			break;
 	}
 	free(data);
-	return arr;
+	if (rc) {
+		snprintf(why, whylen, "the history is too large to send");
+		return rc;
+	}
+	return 0;
 }
 
 struct stream_ctx {
@@ -408,34 +448,49 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 			   O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
 
 	for (;;) {
-		char why[256] = "";
-		cJSON *msgs;
-		mark_partial(job->dirfd);
-		msgs = load_history(job->dirfd, why, sizeof(why));
-		cJSON *tools = tools_definitions(params);
-		const cJSON *first;
+		char why[256] = "", first_role[32];
+		struct buf msgs;
+		cJSON *tools;
 		char *body;
 		int stream;
 
-		if (!msgs) {
-			cJSON_Delete(tools);
+		mark_partial(job->dirfd);
+		buf_init(&msgs, HISTORY_MAX + (1u << 20));
+		/* The system prompt leads, unless the history starts with one. */
+		if (load_history(job->dirfd, &msgs, first_role, sizeof(first_role), why,
+				 sizeof(why)) != 0) {
+			buf_free(&msgs);
 			cls = EC_BAD_REQUEST;
 			snprintf(res->errmsg, sizeof(res->errmsg), "%s", why);
 			goto fail;
 		}
-		first = cJSON_GetArrayItem(msgs, 0);
-		if (!first || !cJSON_GetObjectItemCaseSensitive(first, "role") ||
-		    strcmp(cJSON_GetObjectItemCaseSensitive(first, "role")->valuestring ?: "",
-			   "system") != 0) {
+		if (strcmp(first_role, "system") != 0) {
 			const char *sp = system ? system : cfg->system_prompt;
 			if (sp && sp[0]) {
 				cJSON *sm = cJSON_CreateObject();
+				char *t;
 				cJSON_AddStringToObject(sm, "role", "system");
 				cJSON_AddStringToObject(sm, "content", sp);
-				cJSON_InsertItemInArray(msgs, 0, sm);
+				t = cJSON_PrintUnformatted(sm);
+				cJSON_Delete(sm);
+				if (t) {
+					struct buf joined;
+					buf_init(&joined, msgs.max);
+					buf_puts(&joined, t);
+					if (msgs.len) {
+						buf_putc(&joined, ',');
+						buf_append(&joined, msgs.data, msgs.len);
+					}
+					buf_free(&msgs);
+					msgs = joined;
+				}
+				free(t);
 			}
 		}
-		body = api_build_request(cfg, model, msgs, params, tools, &stream);
+		tools = tools_definitions(params);
+		body = api_build_request(cfg, model, msgs.data ? msgs.data : "", params, tools,
+					 &stream);
+		buf_free(&msgs);
 		if (!body) {
 			cls = EC_PROTOCOL;
 			snprintf(res->errmsg, sizeof(res->errmsg), "out of memory");

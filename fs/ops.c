@@ -593,6 +593,9 @@ static void fh_free(struct fh *f)
 	free(f);
 }
 
+/* How the kernel may cache a file's data (do_open's *direct). */
+enum { CACHE_PAGES = 0, CACHE_NONE = 1, CACHE_KEEP = 2 };
+
 static struct fh *FH(struct fuse_file_info *fi)
 {
 	return (struct fh *)(uintptr_t)fi->fh;
@@ -602,8 +605,8 @@ static void reply_open(fuse_req_t req, struct fuse_file_info *fi, struct fh *f,
 		       int direct)
 {
 	fi->fh = (uintptr_t)f;
-	fi->direct_io = direct;
-	fi->keep_cache = 0;
+	fi->direct_io = direct == CACHE_NONE;
+	fi->keep_cache = direct == CACHE_KEEP;
 	if (fuse_reply_open(req, fi) == -ENOENT)
 		fh_free(f); /* the opener went away */
 }
@@ -779,7 +782,7 @@ static int do_open(fuse_ino_t ino, const struct nodeinfo *ni, int flags,
 	struct fh *f = NULL;
 	int ret = 0;
 
-	*direct = 1;
+	*direct = CACHE_NONE;
 	switch (ni->kind) {
 	case K_ROOT: case K_MODELS: case K_CONVS: case K_TOOLS: case K_CONV:
 		return -EISDIR;
@@ -822,7 +825,7 @@ static int do_open(fuse_ino_t ino, const struct nodeinfo *ni, int flags,
 			f->fd = fd;
 		else
 			close(fd);
-		*direct = 0;
+		*direct = CACHE_PAGES;
 		break;
 	}
 	case K_CFILE:
@@ -852,13 +855,14 @@ static int do_open(fuse_ino_t ino, const struct nodeinfo *ni, int flags,
 			f->fd = fd;
 			f->writable = wr;
 			f->data.max = HISTORY_MAX;
-			/* Readers go through the page cache (readahead: cat of a
-			 * large history runs near disk speed). Appends by lmsfs
-			 * change size and mtime, which the kernel notices on its
-			 * next getattr (attributes are never cached) and drops
-			 * the stale pages. */
+			/* Readers go through the page cache, kept from one open
+			 * to the next (readahead; a second cat or grep costs no
+			 * FUSE round trips). Appends by lmsfs change size and
+			 * mtime, which the kernel sees on its next getattr
+			 * (attributes are never cached) and then drops the
+			 * stale pages (FUSE_CAP_AUTO_INVAL_DATA). */
 			if (!wr)
-				*direct = 0;
+				*direct = CACHE_KEEP;
 			if (wr) {
 				if (flags & O_TRUNC) {
 					f->mode = HM_REPLACE;
@@ -923,7 +927,7 @@ static int do_open(fuse_ino_t ino, const struct nodeinfo *ni, int flags,
 				f->fd = fd;
 			else
 				close(fd);
-			*direct = 0;
+			*direct = CACHE_PAGES;
 		}
 		break;
 	}
@@ -1005,7 +1009,8 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 	e.attr.st_ino = ino;
 	e.entry_timeout = 1.0;
 	fi->fh = (uintptr_t)f;
-	fi->direct_io = direct;
+	fi->direct_io = direct == CACHE_NONE;
+	fi->keep_cache = direct == CACHE_KEEP;
 	if (fuse_reply_create(req, &e, fi) == -ENOENT)
 		fh_free(f);
 }

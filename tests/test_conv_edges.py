@@ -53,3 +53,25 @@ def test_reader_of_removed_conversation_does_not_hang(fake, mount):
     mkconv(m, "after")
     prompt(m, "after", "hello")
     wait_for(lambda: history(m, "after")[-1]["content"] == echo_of("hello"))
+
+
+def test_history_reads_never_stale(fake, mount):
+    """Readers of messages.jsonl go through the kernel's page cache; what
+    lmsfs appends behind its back must show up at once, for new opens and
+    for a reader that keeps the file open (tail -f, less)."""
+    m = cmount(mount)
+    mkconv(m, "h")
+    prompt(m, "h", "one")
+    wait_for(lambda: len(history(m, "h")) == 2)
+    path = cdir(m, "h") / "messages.jsonl"
+    with open(path, "rb") as keep:
+        first = keep.read()
+        for word in ("two", "three"):
+            prompt(m, "h", word)
+            wait_for(lambda: len(history(m, "h")) == 2 + 2 * ("two", "three").index(word) + 2)
+            fresh = path.read_bytes()
+            assert fresh.startswith(first) and fresh.count(b"\n") > first.count(b"\n")
+            keep.seek(0)
+            assert keep.read() == fresh
+            first = fresh
+    assert [x["content"] for x in history(m, "h")][-1] == echo_of("three")
