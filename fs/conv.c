@@ -793,8 +793,15 @@ static void *worker(void *arg)
 			metrics_active(-1);
 			unlinkat(dirfd, PARTIAL_FILE, 0);
 			pthread_mutex_lock(&c->lock);
-			if (!c->qhead)
-				unlinkat(dirfd, QUEUE_FILE, 0);
+			if (!c->qhead) {
+				/* Emptied, not removed: the next prompt appends to
+				 * an existing file (creating one costs a journal
+				 * commit on its fsync). */
+				int qfd = openat(dirfd, QUEUE_FILE,
+						 O_WRONLY | O_TRUNC | O_CLOEXEC);
+				if (qfd >= 0)
+					close(qfd);
+			}
 			pthread_mutex_unlock(&c->lock);
 			close(dirfd);
 		}
@@ -1309,7 +1316,7 @@ void conv_recover_all(void)
 		if (de->d_name[0] == '.' && (!de->d_name[1] || !strcmp(de->d_name, "..")))
 			continue;
 		snprintf(p, sizeof(p), "%s/" QUEUE_FILE, de->d_name);
-		int pending = fstatat(root_fd, p, &st, 0) == 0;
+		int pending = fstatat(root_fd, p, &st, 0) == 0 && st.st_size > 0;
 		snprintf(p, sizeof(p), "%s/" PARTIAL_FILE, de->d_name);
 		pending = pending || fstatat(root_fd, p, &st, 0) == 0;
 		if (pending)

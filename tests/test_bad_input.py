@@ -109,7 +109,12 @@ def raw_write(path, data, flags=APPEND, timeout=10):
 
 def check_lines(data):
     """Every line of a history: valid UTF-8, one JSON object."""
-    text = data.decode("utf-8")  # raises on invalid UTF-8
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise AssertionError("messages.jsonl holds invalid UTF-8 (%s) "
+                             "around %r" % (e, data[max(e.start - 60, 0):
+                                                     e.end + 20]))
     assert text == "" or text.endswith("\n"), repr(text[-100:])
     for i, ln in enumerate(text.split("\n")[:-1]):
         obj = json.loads(ln)
@@ -725,7 +730,8 @@ STARTUP_CASES = [
      "max_retries_stream"),
     ("cfg-file-bad-line", "FILE:max_backoff = \n[sec\n", None, ":"),
     ("cfg-file-unknown-key", "FILE:breaker = 3\n", None, "breaker"),
-    ("cfg-file-binary", "FILE:\x00\xff\xfe\n", None, ":"),
+    ("cfg-file-nul-byte", "FILE:timeout = 5\x00garbage here\n", None,
+     ":1"),
 ]
 
 

@@ -237,7 +237,8 @@ def test_500_500_200_answer_after_3_attempts_growing_jittered_delays(
         # attempt 1 waits in [100, 200] ms, attempt 2 in [200, 400] ms.
         assert 0.09 <= a <= 0.2 + 0.15, (i, a)
         assert 0.19 <= b <= 0.4 + 0.15, (i, b)
-        assert b > a * 0.9, "the second wait is not longer: %r" % ((a, b),)
+        # b >= 200 ms >= a by construction; 50 ms for scheduling noise.
+        assert b > a - 0.05, "the second wait is not longer: %r" % ((a, b),)
         g1.append(a)
         g2.append(b)
         last = status(m, name)["last"]

@@ -131,7 +131,7 @@ static int stream_reply(int fd, const char *body)
 static void *conn(void *arg)
 {
 	int fd = (int)(long)arg;
-	size_t cap = 1 << 20, len = 0;
+	size_t cap = 1 << 20, len = 0, need = 0, body_off = 0;
 	char *buf = malloc(cap);
 
 	while (buf) {
@@ -150,16 +150,25 @@ static void *conn(void *arg)
 			break;
 		len += (size_t)r;
 		buf[len] = '\0';
-		hdr_end = strstr(buf, "\r\n\r\n");
-		if (!hdr_end)
-			continue;
-		long clen = 0;
-		char *cl = strcasestr(buf, "content-length:");
-		if (cl && cl < hdr_end)
-			clen = strtol(cl + 15, NULL, 10);
-		size_t need = (size_t)(hdr_end + 4 - buf) + (size_t)clen;
+		/* Parse the headers once; then only count body bytes (a long
+		 * history makes a request of many megabytes). */
+		if (!need) {
+			hdr_end = strstr(buf, "\r\n\r\n");
+			if (!hdr_end)
+				continue;
+			long clen = 0;
+			char save = hdr_end[0];
+			hdr_end[0] = '\0';
+			char *cl = strcasestr(buf, "content-length:");
+			hdr_end[0] = save;
+			if (cl)
+				clen = strtol(cl + 15, NULL, 10);
+			need = (size_t)(hdr_end + 4 - buf) + (size_t)clen;
+			body_off = (size_t)(hdr_end + 4 - buf);
+		}
 		if (len < need)
 			continue;
+		hdr_end = buf + body_off - 4;
 		if (!strncmp(buf, "GET /api/v0/models", 18) || !strncmp(buf, "GET /v1/models", 14)) {
 			char h[160];
 			int n = snprintf(h, sizeof(h),
@@ -177,6 +186,7 @@ static void *conn(void *arg)
 		}
 		memmove(buf, buf + need, len - need);
 		len -= need;
+		need = 0;
 	}
 	free(buf);
 	close(fd);
