@@ -2,6 +2,7 @@
 #include "api.h"
 
 #include "config.h"
+#include "util.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -14,7 +15,9 @@
 void api_answer_init(struct api_answer *a)
 {
 	memset(a, 0, sizeof(*a));
-	buf_init(&a->content, 64u << 20);
+	/* An answer must fit in one history line (JSONL_MAX_LINE, 8 MiB) even
+	 * when escaping doubles it. */
+	buf_init(&a->content, 3u << 20);
 	buf_init(&a->reasoning, 16u << 20);
 	for (int i = 0; i < API_MAX_TOOL_CALLS; i++)
 		buf_init(&a->calls[i].args, ARGS_MAX);
@@ -45,6 +48,22 @@ static void set_str(char **dst, const char *s)
 {
 	if (s && *s && !*dst)
 		*dst = strdup(s);
+}
+
+/* A name the model gave, even an empty one (which no tool has). */
+static void set_name(char **dst, const char *s)
+{
+	if (s && (!*dst || !**dst)) {
+		free(*dst);
+		*dst = strdup(s);
+	}
+}
+
+static int bad_shape(struct api_answer *a, const char *what)
+{
+	a->err = EC_PROTOCOL;
+	snprintf(a->errmsg, sizeof(a->errmsg), "malformed chunk from the server: %s", what);
+	return -EPROTO;
 }
 
 static int add_text(struct api_answer *a, const char *s, api_text_fn fn,
@@ -79,7 +98,7 @@ static int add_call_delta(struct api_answer *a, const cJSON *tc, int fallback)
 	if (i >= a->n_calls)
 		a->n_calls = i + 1;
 	set_str(&a->calls[i].id, str(tc, "id"));
-	set_str(&a->calls[i].name, str(fn, "name"));
+	set_name(&a->calls[i].name, str(fn, "name"));
 	args = str(fn, "arguments");
 	if (!args) {
 		/* Some servers send arguments as an object already. */
@@ -154,7 +173,27 @@ int api_feed_event(struct api_answer *a, const char *data, size_t len,
 		a->done = 1;
 		return 0;
 	}
+	/* A NUL inside a JSON string would cut it short for C (a tool name
+	 * "real\u0000../x" would read as "real"): make it U+FFFD first. */
+	char *copy = NULL;
+	if (memmem(data, len, "\\u0000", 6)) {
+		copy = malloc(len);
+		if (copy) {
+			memcpy(copy, data, len);
+			for (size_t i = 0; i + 6 <= len; i++) {
+				size_t bs = 0;
+				if (memcmp(copy + i, "\\u0000", 6) != 0)
+					continue;
+				for (size_t k = i; k > 0 && copy[k - 1] == '\\'; k--)
+					bs++;
+				if (bs % 2 == 0) /* the backslash itself is not escaped */
+					memcpy(copy + i + 2, "FFFD", 4);
+			}
+			data = copy;
+		}
+	}
 	root = cJSON_ParseWithLength(data, len);
+	free(copy);
 	if (!cJSON_IsObject(root)) {
 		cJSON_Delete(root);
 		a->err = EC_PROTOCOL;
@@ -169,15 +208,34 @@ int api_feed_event(struct api_answer *a, const char *data, size_t len,
 	}
 	take_usage(a, root);
 	choices = cJSON_GetObjectItemCaseSensitive(root, "choices");
+	if (choices && !cJSON_IsArray(choices)) {
+		cJSON_Delete(root);
+		return bad_shape(a, "\"choices\" is not an array");
+	}
 	cJSON_ArrayForEach(ch, choices)
 	{
 		const cJSON *d = cJSON_GetObjectItemCaseSensitive(ch, "delta");
+		const cJSON *content;
 		const cJSON *tcs, *tc, *fc;
 		const char *r;
 		int k = 0;
 
-		if (!cJSON_IsObject(d))
+		if (!cJSON_IsObject(ch)) {
+			ret = bad_shape(a, "a choice is not an object");
+			break;
+		}
+		if (!d)
 			d = cJSON_GetObjectItemCaseSensitive(ch, "message");
+		if (d && !cJSON_IsObject(d)) {
+			ret = bad_shape(a, "\"delta\" is not an object");
+			break;
+		}
+		content = cJSON_GetObjectItemCaseSensitive(d, "content");
+		if (content && !cJSON_IsString(content) && !cJSON_IsNull(content)) {
+			ret = bad_shape(a, "\"content\" is not a string");
+			break;
+		}
+		a->choices++;
 		r = str(d, "reasoning");
 		if (!r)
 			r = str(d, "reasoning_content");
@@ -319,8 +377,12 @@ char *api_assistant_line(const struct api_answer *a, const char *status)
 	for (int i = 0; i < a->n_calls; i++)
 		if (a->calls[i].name)
 			real_calls++;
-	if (a->content.len)
-		cJSON_AddStringToObject(m, "content", a->content.data);
+	if (a->content.len) {
+		/* The history must stay valid UTF-8 whatever the server sent. */
+		char *fixed = utf8_repair(a->content.data, a->content.len);
+		cJSON_AddStringToObject(m, "content", fixed ? fixed : "");
+		free(fixed);
+	}
 	else if (real_calls)
 		cJSON_AddNullToObject(m, "content");
 	else

@@ -36,6 +36,7 @@ struct api_answer {
 	double tps, ttft;     /* server's stats, -1 when not sent */
 	int done;             /* [DONE] seen */
 	int chunks;           /* content-bearing chunks seen */
+	int choices;          /* choice objects seen */
 	enum err_class err;   /* an error member arrived */
 	char errmsg[512];
 };

@@ -864,6 +864,25 @@ int config_load_file(struct config *c, const char *path, char *err,
 		goto out;
 	}
 
+	/* A NUL byte would hide the rest of its line from the line reader:
+	 * refuse the file instead of reading half a line. */
+	{
+		int ch, line = 1;
+		while ((ch = getc(x.f)) != EOF) {
+			if (ch == '\n')
+				line++;
+			else if (ch == '\0') {
+				rc = seterr(err, errlen, -EINVAL,
+					    "%s:%d: contains a NUL byte", path, line);
+				goto out;
+			}
+		}
+		if (ferror(x.f) || fseek(x.f, 0, SEEK_SET) != 0) {
+			rc = seterr(err, errlen, -EIO, "%s: %s", path, strerror(EIO));
+			goto out;
+		}
+	}
+
 	/* Debian's libinih reads these at run time. Lines may be long (a
 	 * system prompt), indented lines are plain lines (not continuations),
 	 * and parsing stops at the first error so the line numbers agree.

@@ -1022,7 +1022,11 @@ int conv_retry(struct conv *c, char *why, size_t whylen)
 			ret = -errno;
 		if (fd >= 0)
 			close(fd);
-	} else if (!cJSON_IsObject(lm) || strcmp(role_of(lm), "user") != 0) {
+	} else if (!cJSON_IsObject(lm) ||
+		   (strcmp(role_of(lm), "user") != 0 && strcmp(role_of(lm), "tool") != 0 &&
+		    strcmp(role_of(lm), "function") != 0)) {
+		/* A user prompt or tool results waiting for the model can be
+		 * answered (again); a finished answer cannot. */
 		snprintf(why, whylen, "nothing to retry: the last answer is complete");
 		ret = -EINVAL;
 	}

@@ -353,6 +353,11 @@ static enum err_class request(const struct gen_job *job, const char *body,
 			cls = EC_PROTOCOL;
 			snprintf(res->errmsg, sizeof(res->errmsg),
 				 "the server closed the stream before the answer ended");
+		} else if (!ans->content.len && ans->n_calls == 0 && !ans->finish[0]) {
+			cls = EC_PROTOCOL;
+			snprintf(res->errmsg, sizeof(res->errmsg),
+				 "the server's reply held no answer (no choices, no text, "
+				 "no finish_reason)");
 		} else {
 			cls = EC_NONE;
 		}

@@ -119,6 +119,13 @@ struct xfer {
 	void *ctx;
 	const volatile int *cancel;
 	int overflow;
+	int err_truncated;    /* an error body was cut at the cap */
+	long long last_byte;  /* now_ms() of the last byte (streams) */
+	long silence_ms;      /* > 0: abort after this long without a byte */
+	int silent;           /* aborted for silence */
+	size_t body_bytes;    /* body bytes received */
+	long code;            /* status of this reply (0: none yet); a pooled
+				 handle still reports its previous one */
 };
 
 static size_t on_data(char *p, size_t sz, size_t n, void *u)
@@ -127,7 +134,9 @@ static size_t on_data(char *p, size_t sz, size_t n, void *u)
 	size_t len = sz * n;
 	long status = 0;
 
-	curl_easy_getinfo(x->h, CURLINFO_RESPONSE_CODE, &status);
+	status = x->code;
+	x->last_byte = now_ms();
+	x->body_bytes += len;
 	if (flag_get(x->cancel))
 		return 0;
 	if (x->sink && status >= 200 && status < 300) {
@@ -138,6 +147,13 @@ static size_t on_data(char *p, size_t sz, size_t n, void *u)
 		return len;
 	}
 	if (buf_append(&x->r->body, p, len) != 0) {
+		if (status >= 300 || status < 200) {
+			/* An error page: its start is enough to classify it. */
+			size_t room = x->r->body.max - x->r->body.len;
+			buf_append(&x->r->body, p, room < len ? room : len);
+			x->err_truncated = 1;
+			return 0;
+		}
 		x->overflow = 1;
 		return 0;
 	}
@@ -149,6 +165,13 @@ static size_t on_header(char *p, size_t sz, size_t n, void *u)
 	struct xfer *x = u;
 	size_t len = sz * n;
 	static const char name[] = "retry-after:";
+
+	if (len > 9 && strncmp(p, "HTTP/", 5) == 0) {
+		const char *sp = memchr(p, ' ', len);
+		if (sp)
+			x->code = strtol(sp + 1, NULL, 10);
+		x->r->retry_after_ms = -1; /* headers of a new reply */
+	}
 
 	if (len > sizeof(name) && strncasecmp(p, name, sizeof(name) - 1) == 0) {
 		char tmp[32];
@@ -169,7 +192,13 @@ static int on_progress(void *u, curl_off_t a, curl_off_t b, curl_off_t c,
 		       curl_off_t d)
 {
 	struct xfer *x = u;
-	return flag_get(x->cancel) ? 1 : 0;
+	if (flag_get(x->cancel))
+		return 1;
+	if (x->silence_ms > 0 && now_ms() - x->last_byte > x->silence_ms) {
+		x->silent = 1;
+		return 1;
+	}
+	return 0;
 }
 
 static enum err_class classify_curl(CURLcode rc)
@@ -219,10 +248,10 @@ int http_request(const char *method, const char *path, const char *json,
 	curl_easy_setopt(x.h, CURLOPT_CONNECTTIMEOUT_MS, cfg->connect_timeout_ms);
 	if (sink) {
 		/* A long answer may legitimately stream for minutes: bound the
-		 * silence between bytes instead of the whole transfer. */
-		long secs = (cfg->timeout_ms + 999) / 1000;
-		curl_easy_setopt(x.h, CURLOPT_LOW_SPEED_LIMIT, 1L);
-		curl_easy_setopt(x.h, CURLOPT_LOW_SPEED_TIME, secs > 0 ? secs : 1L);
+		 * silence between bytes (checked in on_progress, which curl
+		 * calls several times a second) instead of the whole transfer. */
+		x.silence_ms = cfg->timeout_ms;
+		x.last_byte = now_ms();
 	} else {
 		curl_easy_setopt(x.h, CURLOPT_TIMEOUT_MS,
 				 r->timeout_ms > 0 ? r->timeout_ms : cfg->timeout_ms);
@@ -261,10 +290,17 @@ int http_request(const char *method, const char *path, const char *json,
 	curl_easy_setopt(x.h, CURLOPT_HTTPHEADER, hdrs);
 
 	rc = curl_easy_perform(x.h);
-	curl_easy_getinfo(x.h, CURLINFO_RESPONSE_CODE, &r->status);
+	r->status = x.code;
 
 	if (rc == CURLE_WRITE_ERROR && r->sink_stopped) {
 		ret = 0; /* the sink had what it needed */
+	} else if (rc == CURLE_WRITE_ERROR && x.err_truncated) {
+		ret = 0; /* an error reply, its body cut at the cap */
+	} else if (rc == CURLE_ABORTED_BY_CALLBACK && x.silent) {
+		r->transport = EC_TIMEOUT;
+		snprintf(r->err, sizeof(r->err), "no data from the server for %ld ms",
+			 cfg->timeout_ms);
+		ret = -ETIMEDOUT;
 	} else if (rc == CURLE_WRITE_ERROR && x.overflow) {
 		r->transport = EC_PROTOCOL;
 		snprintf(r->err, sizeof(r->err), "response larger than %zu bytes",
@@ -277,10 +313,13 @@ int http_request(const char *method, const char *path, const char *json,
 		ret = -ECANCELED;
 	} else if (rc != CURLE_OK) {
 		r->transport = classify_curl(rc);
-		/* A connection dropped before any reply (a server restarting, a
-		 * stale kept-alive connection) is worth another try. */
-		if (r->status == 0 && (rc == CURLE_RECV_ERROR || rc == CURLE_PARTIAL_FILE))
+		/* A connection dropped before any byte of the body (a server
+		 * restarting, a stale kept-alive connection) is worth another
+		 * try: nothing of the answer can have been shown. */
+		if (x.body_bytes == 0 && (rc == CURLE_RECV_ERROR || rc == CURLE_PARTIAL_FILE))
 			r->transport = EC_UNREACHABLE;
+		log_debug("%s %s: curl %d, HTTP %ld: %s", method, path, (int)rc, r->status,
+			  errclass_name(r->transport));
 		if (rc == CURLE_OPERATION_TIMEDOUT && sink && r->status)
 			snprintf(r->err, sizeof(r->err),
 				 "no data from the server for %ld ms", cfg->timeout_ms);

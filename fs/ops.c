@@ -1330,6 +1330,12 @@ static int prompt_submit(struct fh *f, const struct nodeinfo *ni)
 	}
 	if (f->data.len == 0)
 		return 0;
+	if (utf8_valid_prefix(f->data.data, f->data.len, 0) != f->data.len) {
+		/* The text ended inside a character. */
+		note_reject(ni->conv, "prompt", "not valid UTF-8 text");
+		buf_reset(&f->data);
+		return -EINVAL;
+	}
 	t = trim(f->data.data);
 	if (!*t) {
 		buf_reset(&f->data);
@@ -1406,6 +1412,14 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *data,
 			f->prechecked = 1;
 		}
 		ret = buf_append(&f->data, data, size);
+		if (ret == 0 && utf8_valid_prefix(f->data.data, f->data.len, 1) != f->data.len) {
+			/* Refused from write(), so that the shell sees it. */
+			f->refused = 1;
+			pthread_mutex_unlock(&f->lock);
+			note_reject(ni.conv, "prompt", "not valid UTF-8 text (or a NUL byte)");
+			fuse_reply_err(req, EINVAL);
+			return;
+		}
 		if (ret)
 			f->refused = 1;
 		pthread_mutex_unlock(&f->lock);

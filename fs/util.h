@@ -19,6 +19,12 @@ int read_file_at(int dirfd, const char *path, size_t max, char **out,
 /* Writes data to dirfd/path atomically: a temporary beside it, fsync,
  * rename, fsync of the directory. Returns 0 or -errno. */
 int replace_file_at(int dirfd, const char *path, const void *data, size_t n);
+/* Length of the longest prefix of s[0..n) that is valid UTF-8 (no NUL,
+ * no overlong forms or surrogates). When partial_ok, an incomplete
+ * sequence at the very end counts as valid (more bytes may follow). */
+size_t utf8_valid_prefix(const char *s, size_t n, int partial_ok);
+/* A malloc'd copy of s[0..n) with every invalid byte replaced by U+FFFD. */
+char *utf8_repair(const char *s, size_t n);
 /* Trims ASCII whitespace at both ends in place; returns s. */
 char *trim(char *s);
 

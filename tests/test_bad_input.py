@@ -27,10 +27,10 @@ import pytest
 
 from conftest import (DEAD_URL, call_with_timeout, clean_env, listdir,
                       read_bytes, read_text, run, wait_for)
-from conv_helpers import (LLAMA, QWEN, cdir, echo_of, errno_name, opts,
+from conv_helpers import (LLAMA, cdir, echo_of, errno_name, opts,
                           os_errno, sh, status)
 from conv_helpers import raw_write as _raw_write
-from fake_lms import (ErrorEvent, Garbage, Hang, HttpError, Reply,
+from fake_lms import (ErrorEvent, Garbage, Hang, HttpError,
                       SlowLoris)
 
 CHAT = ("POST", "/v1/chat/completions")
@@ -623,8 +623,9 @@ SERVER_CASES = [
      None, None, 4.0),
     ("srv-slowloris-timeout", lambda: SlowLoris(1.5), "timeout",
      {"timeout": "1s"}, None, None, 15.0),
+    # An answer is capped at 3 MiB so that it fits one history line.
     ("srv-endless-stream", lambda: Garbage(Endless()), "protocol", {},
-     None, "67108864", 30.0),
+     None, "3145728", 30.0),
 ]
 
 
