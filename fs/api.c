@@ -165,6 +165,10 @@ int api_feed_event(struct api_answer *a, const char *data, size_t len,
 	const cJSON *choices, *ch;
 	int ret = 0;
 
+	if (!data) {
+		data = ""; /* an empty body */
+		len = 0;
+	}
 	while (len && (*data == ' ' || *data == '\t')) {
 		data++;
 		len--;

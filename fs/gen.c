@@ -237,6 +237,7 @@ static int on_text(void *u, const char *text, size_t len)
 
 static int on_event(void *u, const char *event, const char *data, size_t len)
 {
+	(void)event;
 	struct stream_ctx *s = u;
 	int rc = api_feed_event(s->ans, data, len, on_text, s);
 	if (rc)

@@ -58,11 +58,13 @@ static void handle_put(CURL *h)
 static void share_lock(CURL *h, curl_lock_data data, curl_lock_access a,
 		       void *u)
 {
+	(void)h; (void)a; (void)u;
 	pthread_mutex_lock(&share_locks[data]);
 }
 
 static void share_unlock(CURL *h, curl_lock_data data, void *u)
 {
+	(void)h; (void)u;
 	pthread_mutex_unlock(&share_locks[data]);
 }
 
@@ -191,6 +193,7 @@ static size_t on_header(char *p, size_t sz, size_t n, void *u)
 static int on_progress(void *u, curl_off_t a, curl_off_t b, curl_off_t c,
 		       curl_off_t d)
 {
+	(void)a; (void)b; (void)c; (void)d;
 	struct xfer *x = u;
 	if (flag_get(x->cancel))
 		return 1;

@@ -173,6 +173,7 @@ static int already_mounted(const char *path)
 
 static void *recover_thread(void *arg)
 {
+	(void)arg;
 	conv_recover_all();
 	return NULL;
 }
@@ -296,7 +297,6 @@ int main(int argc, char **argv)
 		fatalx("cannot install signal handlers");
 	if (fuse_session_mount(se, mnt) != 0)
 		fatalx("%s: cannot mount (is /dev/fuse there and fusermount3 installed?)", mnt);
-	ops_set_session(se);
 	log_info("mounted %s on %s (state in %s, provider %s)", cfg.base_url, mnt,
 		 cfg.state_dir,
 		 cfg.provider == PROVIDER_MOCK ? "mock" : cfg.provider == PROVIDER_OPENAI ? "openai" : "lmstudio");

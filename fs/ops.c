@@ -56,7 +56,6 @@ struct node {
 };
 
 static const struct config *cfg;
-static struct fuse_session *session;
 static int state_fd = -1, tools_fd = -1;
 static uid_t my_uid;
 static gid_t my_gid;
@@ -523,6 +522,7 @@ static void op_forget_multi(fuse_req_t req, size_t count,
 
 static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
+	(void)fi;
 	struct nodeinfo ni;
 	struct stat st;
 	int ret = node_info(ino, &ni);
@@ -1107,6 +1107,7 @@ static struct waiter *waiter_take(uint64_t id)
 
 static void on_interrupt(fuse_req_t req, void *data)
 {
+	(void)req;
 	uint64_t id = (uint64_t)(uintptr_t)data;
 	struct waiter *w;
 
@@ -1252,6 +1253,7 @@ void ops_shutdown(void)
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		    struct fuse_file_info *fi)
 {
+	(void)ino;
 	struct fh *f = FH(fi);
 
 	switch (f->kind) {
@@ -1890,6 +1892,7 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		       struct fuse_file_info *fi)
 {
+	(void)ino;
 	struct dirh *d = (struct dirh *)(uintptr_t)fi->fh;
 	char *out = malloc(size);
 	size_t used = 0;
@@ -1916,6 +1919,7 @@ static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 
 static void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
+	(void)ino;
 	dir_free((struct dirh *)(uintptr_t)fi->fh);
 	fuse_reply_err(req, 0);
 }
@@ -2082,23 +2086,27 @@ out:
 static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name,
 		     mode_t mode, dev_t rdev)
 {
+	(void)parent; (void)name; (void)mode; (void)rdev;
 	fuse_reply_err(req, EPERM);
 }
 
 static void op_symlink(fuse_req_t req, const char *link, fuse_ino_t parent,
 		       const char *name)
 {
+	(void)link; (void)parent; (void)name;
 	fuse_reply_err(req, EPERM);
 }
 
 static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent,
 		    const char *newname)
 {
+	(void)ino; (void)newparent; (void)newname;
 	fuse_reply_err(req, EPERM);
 }
 
 static void op_statfs(fuse_req_t req, fuse_ino_t ino)
 {
+	(void)ino;
 	struct statvfs sv;
 	if (fstatvfs(state_fd, &sv) < 0)
 		fuse_reply_err(req, errno);
@@ -2108,6 +2116,7 @@ static void op_statfs(fuse_req_t req, fuse_ino_t ino)
 
 static void op_init(void *userdata, struct fuse_conn_info *conn)
 {
+	(void)userdata;
 	/* Writes must reach us one by one and at once: no writeback cache. */
 	conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
 	if (conn->capable & FUSE_CAP_ATOMIC_O_TRUNC)
@@ -2132,11 +2141,6 @@ int ops_init(const struct config *c, int sfd)
 	if (tools_fd < 0)
 		tools_fd = openat(sfd, "tools", O_DIRECTORY | O_RDONLY | O_CLOEXEC);
 	return tools_fd < 0 ? -errno : 0;
-}
-
-void ops_set_session(struct fuse_session *se)
-{
-	session = se;
 }
 
 const struct fuse_lowlevel_ops ops_table = {

@@ -8,7 +8,6 @@ struct config;
 
 /* Prepares the node table; state_dirfd stays open for the mount's life. */
 int ops_init(const struct config *cfg, int state_dirfd);
-void ops_set_session(struct fuse_session *se);
 /* Wakes and answers every waiting reader with EINTR-free shutdown errors. */
 void ops_shutdown(void);
 extern const struct fuse_lowlevel_ops ops_table;

@@ -367,6 +367,14 @@ def main():
     out = {"when": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": now() - t_start,
            "quick": QUICK, "rows": ROWS}
     (HERE / "results.json").write_text(json.dumps(out, indent=1) + "\n")
+    md = ["| figure | what | lmsfs | baseline | ratio | target | met |",
+          "|---|---|---|---|---|---|---|"]
+    for r in ROWS:
+        md.append("| %s | %s | %.3g %s | %.3g %s | %s | %s | %s |" % (
+            r["figure"], r["what"], r["lmsfs"], r["unit"], r["baseline"],
+            r["unit"], "-" if r["ratio"] != r["ratio"] else "%.2f" % r["ratio"],
+            r["target"], "yes" if r["met"] else "**no**"))
+    (HERE / "results.md").write_text("\n".join(md) + "\n")
     print("wrote %s (%.0f s)" % (HERE / "results.json", out["seconds"]))
 
 
