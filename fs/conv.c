@@ -16,6 +16,7 @@
 #include "models.h"
 #include "names.h"
 #include "retry.h"
+#include "tools.h"
 #include "util.h"
 
 #include <cjson/cJSON.h>
@@ -377,6 +378,8 @@ static void repair_tail(int dirfd)
 }
 
 
+#define UNFINISHED "error: the tool did not finish (lmsfs stopped while it ran)"
+
 /* A tool round cut by a crash leaves an assistant message whose tool calls
  * have no results; the server would refuse that history. Answer the missing
  * calls with an error text so the next request is valid. */
@@ -438,14 +441,7 @@ static void repair_tool_round(struct conv *c, int dirfd)
 					answered = 1;
 			}
 			if (!answered) {
-				cJSON *r = cJSON_CreateObject();
-				char *line;
-				cJSON_AddStringToObject(r, "role", "tool");
-				cJSON_AddStringToObject(r, "tool_call_id", id->valuestring);
-				cJSON_AddStringToObject(r, "content",
-							"error: the tool did not finish (lmsfs stopped while it ran)");
-				line = cJSON_PrintUnformatted(r);
-				cJSON_Delete(r);
+				char *line = tools_result_line(NULL, id->valuestring, UNFINISHED, 0);
 				if (line)
 					gen_append_history(&gj, line);
 				free(line);
@@ -456,14 +452,8 @@ static void repair_tool_round(struct conv *c, int dirfd)
 		   last_main == n - 1) {
 		cJSON *fc = cJSON_GetObjectItemCaseSensitive(m, "function_call");
 		cJSON *nm = cJSON_GetObjectItemCaseSensitive(fc, "name");
-		cJSON *r = cJSON_CreateObject();
-		char *line;
-		cJSON_AddStringToObject(r, "role", "function");
-		cJSON_AddStringToObject(r, "name", cJSON_IsString(nm) ? nm->valuestring : "unknown");
-		cJSON_AddStringToObject(r, "content",
-					"error: the tool did not finish (lmsfs stopped while it ran)");
-		line = cJSON_PrintUnformatted(r);
-		cJSON_Delete(r);
+		char *line = tools_result_line(cJSON_IsString(nm) ? nm->valuestring : "unknown",
+					       NULL, UNFINISHED, 1);
 		if (line)
 			gen_append_history(&gj, line);
 		free(line);
@@ -1151,17 +1141,8 @@ char *conv_status_json(struct conv *c)
 	if (c->rejected[0])
 		cJSON_AddStringToObject(o, "rejected_write", c->rejected);
 	pthread_mutex_unlock(&c->lock);
-	s = cJSON_Print(o);
+	s = json_text_file(o);
 	cJSON_Delete(o);
-	if (s) {
-		size_t n = strlen(s);
-		char *t = realloc(s, n + 2);
-		if (t) {
-			t[n] = '\n';
-			t[n + 1] = '\0';
-			s = t;
-		}
-	}
 	return s;
 }
 

@@ -386,8 +386,7 @@ static enum err_class request(const struct gen_job *job, const char *body,
 	return cls;
 }
 
-static void mark(int dirfd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void mark(int dirfd, const char *fmt, ...)
+void gen_mark(int dirfd, const char *fmt, ...)
 {
 	char line[1200];
 	va_list ap;
@@ -405,6 +404,19 @@ static void mark(int dirfd, const char *fmt, ...)
 			line[i] = ' ';
 	line[n++] = '\n';
 	gen_stream_write(dirfd, line, (size_t)n);
+}
+
+/* Ends the answer's text in stream with a newline and appends the
+ * assistant message (status marks an unfinished one) to the history. */
+static void save_assistant(const struct gen_job *job, const struct api_answer *ans,
+			   const char *status)
+{
+	char *line = api_assistant_line(ans, status);
+	if (ans->content.len)
+		gen_stream_write(job->dirfd, "\n", 1);
+	if (line)
+		gen_append_history(job, line);
+	free(line);
 }
 
 /* Records where this round's text starts in stream, so that a crash
@@ -521,12 +533,7 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 			if (ans.calls[i].name)
 				ncalls++;
 		if (ncalls == 0 || !tools_enabled()) {
-			char *line = api_assistant_line(&ans, NULL);
-			if (ans.content.len)
-				gen_stream_write(job->dirfd, "\n", 1);
-			if (line)
-				gen_append_history(job, line);
-			free(line);
+			save_assistant(job, &ans, NULL);
 			buf_append(&res->text, ans.content.data ? ans.content.data : "",
 				   ans.content.len);
 			break;
@@ -548,15 +555,8 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 				snprintf(id, sizeof(id), "call_%d_%d", rounds, i);
 				ans.calls[i].id = strdup(id);
 			}
-		{
-			char *line = api_assistant_line(&ans, NULL);
-			if (ans.content.len)
-				gen_stream_write(job->dirfd, "\n", 1);
-			if (line)
-				gen_append_history(job, line);
-			free(line);
-			mark_partial(job->dirfd);
-		}
+		save_assistant(job, &ans, NULL);
+		mark_partial(job->dirfd);
 		for (int i = 0; i < ans.n_calls; i++) {
 			struct api_tool_call *c = &ans.calls[i];
 			char *result;
@@ -580,21 +580,16 @@ fail:
 	/* Keep whatever text was shown, marked as unfinished. */
 	if (ans.content.len) {
 		char status[600];
-		char *line;
-		gen_stream_write(job->dirfd, "\n", 1);
 		snprintf(status, sizeof(status), "%s: %s", errclass_name(cls),
 			 res->errmsg);
-		line = api_assistant_line(&ans, cls == EC_CANCELLED ? "cancelled" : status);
-		if (line)
-			gen_append_history(job, line);
-		free(line);
+		save_assistant(job, &ans, cls == EC_CANCELLED ? "cancelled" : status);
 		buf_append(&res->text, ans.content.data, ans.content.len);
 	}
 fail_quiet_text:
 	if (cls == EC_CANCELLED)
-		mark(job->dirfd, "[lmsfs] cancelled");
+		gen_mark(job->dirfd, "[lmsfs] cancelled");
 	else
-		mark(job->dirfd, "[lmsfs] error %s: %s", errclass_name(cls), res->errmsg);
+		gen_mark(job->dirfd, "[lmsfs] error %s: %s", errclass_name(cls), res->errmsg);
 done:
 	res->err = cls;
 	double first = dbl_get(&job->progress->first_token);

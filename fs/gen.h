@@ -58,6 +58,8 @@ int gen_append_history(const struct gen_job *job, const char *line);
 /* The same without waiting for the disk (the caller has the data durable
  * elsewhere, or a later synced append covers it). */
 int gen_append_history_nosync(const struct gen_job *job, const char *line);
+/* Appends one marked line ("[lmsfs] ...", made a single line) to stream. */
+void gen_mark(int dirfd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Appends text to the stream file. */
 int gen_stream_write(int dirfd, const char *text, size_t len);
 

@@ -4,6 +4,7 @@
 #include "config.h"
 #include "models.h"
 #include "retry.h"
+#include "util.h"
 
 #include <cjson/cJSON.h>
 #include <stdlib.h>
@@ -58,15 +59,7 @@ char *health_json(const struct config *cfg)
 	if (cfg->default_model)
 		cJSON_AddStringToObject(o, "default_model", cfg->default_model);
 	cJSON_AddBoolToObject(o, "stream", cfg->stream);
-	s = cJSON_Print(o);
+	s = json_text_file(o);
 	cJSON_Delete(o);
-	if (s) {
-		size_t n = strlen(s);
-		char *t = realloc(s, n + 2);
-		if (t) {
-			memcpy(t + n, "\n", 2);
-			s = t;
-		}
-	}
 	return s;
 }

@@ -607,8 +607,8 @@ out:
 	r->ms = (long)(now_ms() - start);
 }
 
-static char *result_line(const char *name, const char *call_id, const char *content,
-			 int legacy)
+char *tools_result_line(const char *name, const char *call_id, const char *content,
+			int legacy)
 {
 	cJSON *m = cJSON_CreateObject();
 	char *s;
@@ -625,26 +625,6 @@ static char *result_line(const char *name, const char *call_id, const char *cont
 	return s;
 }
 
-static void mark(int dirfd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void mark(int dirfd, const char *fmt, ...)
-{
-	char line[1200];
-	va_list ap;
-	int n;
-	va_start(ap, fmt);
-	n = vsnprintf(line, sizeof(line) - 1, fmt, ap);
-	va_end(ap);
-	if (n < 0)
-		return;
-	if ((size_t)n > sizeof(line) - 2)
-		n = sizeof(line) - 2;
-	for (int i = 0; i < n; i++)
-		if (line[i] == '\n' || line[i] == '\r')
-			line[i] = ' ';
-	line[n++] = '\n';
-	gen_stream_write(dirfd, line, (size_t)n);
-}
-
 char *tools_call(const char *name, const char *args, const char *call_id,
 		 const char *conv, int conv_dirfd, int legacy)
 {
@@ -658,7 +638,7 @@ char *tools_call(const char *name, const char *args, const char *call_id,
 
 	memset(&r, 0, sizeof(r));
 	buf_init(&content, (size_t)cfg->tool_output_max + 1024);
-	mark(conv_dirfd, "[lmsfs] tool %s %.300s", name, *args ? args : "{}");
+	gen_mark(conv_dirfd, "[lmsfs] tool %s %.300s", name, *args ? args : "{}");
 
 	if (!names_tool_ok(name) || fstatat(tools_fd, name, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
 	    !S_ISREG(st.st_mode) || !(st.st_mode & 0111)) {
@@ -705,15 +685,15 @@ char *tools_call(const char *name, const char *args, const char *call_id,
 done:
 	metrics_tool(outcome);
 	if (outcome == TOOL_OK)
-		mark(conv_dirfd, "[lmsfs] tool %s done: exit 0, %zu bytes%s, %ld ms", name,
+		gen_mark(conv_dirfd, "[lmsfs] tool %s done: exit 0, %zu bytes%s, %ld ms", name,
 		     r.out.len, r.truncated ? " (truncated)" : "", r.ms);
 	else
-		mark(conv_dirfd, "[lmsfs] tool %s failed: %.300s", name, text);
+		gen_mark(conv_dirfd, "[lmsfs] tool %s failed: %.300s", name, text);
 	log_info("conversation=%s tool=%s outcome=%s ms=%ld", conv, name,
 		 outcome == TOOL_OK ? "ok" : outcome == TOOL_TIMEOUT ? "timeout"
 					 : outcome == TOOL_UNKNOWN ? "unknown" : "failed",
 		 r.ms);
-	ret = result_line(name, call_id, text, legacy);
+	ret = tools_result_line(name, call_id, text, legacy);
 	buf_free(&r.out);
 	buf_free(&content);
 	cJSON_Delete(argobj);

@@ -26,6 +26,10 @@ cJSON *tools_definitions(const cJSON *params);
  * the model. */
 char *tools_call(const char *name, const char *args, const char *call_id,
 		 const char *conv, int conv_dirfd, int legacy);
+/* The history line answering a call: {"role":"tool","tool_call_id",
+ * "content"} or, legacy, {"role":"function","name","content"}. malloc'd. */
+char *tools_result_line(const char *name, const char *call_id, const char *content,
+			int legacy);
 /* Text for tools/.status: which files count, which are skipped and why. */
 char *tools_status(void);
 

@@ -1,6 +1,7 @@
 /* util.c - clocks and careful file I/O. */
 #include "util.h"
 
+#include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -189,6 +190,22 @@ char *utf8_repair(const char *s, size_t n)
 	}
 	*o = '\0';
 	return out;
+}
+
+char *json_text_file(const cJSON *v)
+{
+	char *s = cJSON_Print(v), *t;
+	size_t n;
+	if (!s)
+		return NULL;
+	n = strlen(s);
+	t = realloc(s, n + 2);
+	if (!t) {
+		free(s);
+		return NULL;
+	}
+	memcpy(t + n, "\n", 2);
+	return t;
 }
 
 char *trim(char *s)

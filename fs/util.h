@@ -25,6 +25,10 @@ int replace_file_at(int dirfd, const char *path, const void *data, size_t n);
 size_t utf8_valid_prefix(const char *s, size_t n, int partial_ok);
 /* A malloc'd copy of s[0..n) with every invalid byte replaced by U+FFFD. */
 char *utf8_repair(const char *s, size_t n);
+/* A JSON value pretty-printed as the content of a file (ends in a newline);
+ * malloc'd, NULL when out of memory. */
+struct cJSON;
+char *json_text_file(const struct cJSON *v);
 /* Trims ASCII whitespace at both ends in place; returns s. */
 char *trim(char *s);
 
