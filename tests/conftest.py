@@ -253,7 +253,10 @@ def pids_with_arg(arg):
 def sanitizer_report(text):
     if any(p in text for p in SANITIZER_PATTERNS):
         return True
-    # valgrind (make valgrind): any error or definite leak counts.
+    # valgrind (make valgrind, --quiet): it prints only errors and
+    # definite leaks, each line as "==PID== ...".
+    if re.search(r"^==[0-9]+== ", text, re.M):
+        return True
     m = re.search(r"ERROR SUMMARY: ([1-9][0-9]*) errors", text)
     return m is not None
 
