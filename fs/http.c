@@ -283,6 +283,9 @@ int http_request(const char *method, const char *path, const char *json,
 	}
 	if (json) {
 		hdrs = curl_slist_append(hdrs, "Content-Type: application/json");
+		/* No "Expect: 100-continue" for large bodies (long histories):
+		 * servers that never answer it would cost a second per turn. */
+		hdrs = curl_slist_append(hdrs, "Expect:");
 		if (sink)
 			hdrs = curl_slist_append(hdrs, "Accept: text/event-stream");
 		curl_easy_setopt(x.h, CURLOPT_POSTFIELDS, json);

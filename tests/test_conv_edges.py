@@ -75,3 +75,21 @@ def test_history_reads_never_stale(fake, mount):
             assert keep.read() == fresh
             first = fresh
     assert [x["content"] for x in history(m, "h")][-1] == echo_of("three")
+
+
+def test_long_history_turn_sends_no_expect_continue(fake, mount):
+    """curl adds "Expect: 100-continue" to large bodies and then waits a
+    second for servers that never answer it: a long history (here 1.5 MB)
+    must go out at once."""
+    m = cmount(mount)
+    mkconv(m, "long")
+    line = '{"role":"user","content":"%s"}\n' % ("x" * 150)
+    with open(cdir(m, "long") / "messages.jsonl", "w") as f:
+        f.write(line * 10000)
+    t0 = time.monotonic()
+    prompt(m, "long", "and now?")
+    wait_for(lambda: history(m, "long")[-1]["role"] == "assistant")
+    req = fake.chat_requests()[-1]
+    assert "expect" not in req["headers"], req["headers"]
+    assert len(req["body"]["messages"]) == 10002
+    assert time.monotonic() - t0 < 0.9
