@@ -29,6 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -421,7 +422,7 @@ static void run_tool(const char *name, const char *args, const cJSON *argobj,
 	long long start = now_ms(), deadline;
 	size_t in_off = 0, in_len = strlen(args);
 	struct buf errbuf;
-	int reaped = 0, killed = 0;
+	int reaped = 0, killed = 0, pidfd = -1;
 	sigset_t none;
 
 	buf_init(&r->out, (size_t)cfg->tool_output_max);
@@ -507,8 +508,10 @@ static void run_tool(const char *name, const char *args, const cJSON *argobj,
 		in[1] = -1;
 	}
 	deadline = start + cfg->tool_timeout_ms;
+	/* A pidfd becomes readable when the tool exits: no polling delay. */
+	pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
 	while (out[0] >= 0 || err[0] >= 0 || !reaped) {
-		struct pollfd p[3];
+		struct pollfd p[4];
 		int np = 0, wait_ms;
 		long long now = now_ms();
 		if (!reaped && waitpid(pid, &r->status, WNOHANG) == pid) {
@@ -525,7 +528,7 @@ static void run_tool(const char *name, const char *args, const cJSON *argobj,
 			kill(-pid, SIGKILL);
 			killed = 2;
 		}
-		if (reaped && (killed || now >= deadline))
+		if (reaped && (killed || now >= deadline || (out[0] < 0 && err[0] < 0)))
 			break;
 		if (in[1] >= 0) {
 			p[np].fd = in[1];
@@ -539,12 +542,16 @@ static void run_tool(const char *name, const char *args, const cJSON *argobj,
 			p[np].fd = err[0];
 			p[np++].events = POLLIN;
 		}
-		wait_ms = reaped ? 50 : 20;
-		if (np == 0) {
-			struct timespec ts = {0, 5 * 1000000L};
-			nanosleep(&ts, NULL);
-			continue;
+		if (!reaped && pidfd >= 0) {
+			p[np].fd = pidfd;
+			p[np++].events = POLLIN;
 		}
+		if (reaped)
+			wait_ms = 50; /* drain what is left in the pipes */
+		else if (pidfd < 0)
+			wait_ms = 1;
+		else
+			wait_ms = deadline - now > 1000 ? 1000 : (int)(deadline - now) + 1;
 		if (poll(p, (nfds_t)np, wait_ms) <= 0) {
 			if (reaped)
 				break; /* exited and quiet: done */
@@ -553,8 +560,8 @@ static void run_tool(const char *name, const char *args, const cJSON *argobj,
 		for (int i = 0; i < np; i++) {
 			char tmp[8192];
 			ssize_t n;
-			if (!p[i].revents)
-				continue;
+			if (!p[i].revents || p[i].fd == pidfd)
+				continue; /* exit: reaped at the top of the loop */
 			if (p[i].fd == in[1]) {
 				n = write(in[1], args + in_off, in_len - in_off);
 				if (n > 0)
@@ -590,6 +597,8 @@ static void run_tool(const char *name, const char *args, const cJSON *argobj,
 		kill(-pid, SIGKILL);
 		waitpid(pid, &r->status, 0);
 	}
+	if (pidfd >= 0)
+		close(pidfd);
 out:
 	if (in[0] >= 0) close(in[0]);
 	if (in[1] >= 0) close(in[1]);

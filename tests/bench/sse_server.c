@@ -62,6 +62,14 @@ static const char models[] =
 	"\"type\":\"llm\",\"publisher\":\"bench\",\"arch\":\"none\",\"compatibility_type\":"
 	"\"gguf\",\"quantization\":\"Q4\",\"state\":\"loaded\",\"max_context_length\":8192}]}";
 
+static long count(const char *hay, const char *needle)
+{
+	long n = 0;
+	for (const char *p = hay; (p = strstr(p, needle)); p += strlen(needle))
+		n++;
+	return n;
+}
+
 static int tool_reply(int fd)
 {
 	static const char msg[] =
@@ -78,8 +86,10 @@ static int tool_reply(int fd)
 
 static int stream_reply(int fd, const char *body)
 {
-	/* "bench_tool": 1 asks for one call of the tool "noop" first. */
-	if (json_long(body, "bench_tool", 0) == 1 && !strstr(body, "\"role\":\"tool\""))
+	/* "bench_tool": 1 asks for one call of the tool "noop" per turn: when
+	 * fewer tool results than user prompts are in the history. */
+	if (json_long(body, "bench_tool", 0) == 1 &&
+	    count(body, "\"role\":\"tool\"") < count(body, "\"role\":\"user\""))
 		return tool_reply(fd);
 	long n = json_long(body, "bench_tokens", 16);
 	long us = json_long(body, "bench_interval_us", 0);
