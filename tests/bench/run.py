@@ -278,7 +278,11 @@ def p5(m, big_lines, cat_mb):
     history(big, big_lines)
     msg = '{"role":"assistant","content":"ok"}\n'
 
-    def append_time(c, reps=20):
+    # Both histories on disk first: a pending writeback of the freshly
+    # written big file would land in the first fdatasync otherwise.
+    os.sync()
+
+    def append_time(c, reps=50):
         ts = []
         for _ in range(reps):
             t = now()
