@@ -142,7 +142,7 @@ valgrind: deps
 	$(MAKE) all
 	LMSFS_BIN=$(CURDIR)/$(BUILD)/lmsfs LMSFS_WRAPPER="valgrind --quiet --leak-check=full \
 	  --errors-for-leak-kinds=definite --error-exitcode=99 --show-leak-kinds=definite" \
-	  LMSFS_SLOW=1 $(PYTHON) -m pytest -q tests/test_foundation.py tests/test_conversations.py $(PYTEST_ARGS)
+	  $(PYTHON) -m pytest -q tests/test_foundation.py tests/test_conversations.py $(PYTEST_ARGS)
 
 fmt:
 	clang-format -i fs/*.c fs/*.h tests/unit/*.c

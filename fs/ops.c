@@ -6,7 +6,9 @@
  *
  * Lock order: nodes_lock and waiters_lock are leaves; a file handle's lock
  * may be held while calling into conv.c (which takes its own locks).
- * No FUSE reply is sent while holding nodes_lock or waiters_lock.
+ * No FUSE reply is sent while holding any of these locks: once a reply is
+ * out, the reader may close the file and a release on another thread may
+ * free the handle (hence the "prepared" replies for reads).
  */
 #include "ops.h"
 
