@@ -140,7 +140,7 @@ fuzz-smoke:
 # tests: any error or definite leak fails the run (slow; not part of CI).
 valgrind: deps
 	$(MAKE) all
-	LMSFS_BIN=$(CURDIR)/$(BUILD)/lmsfs LMSFS_WRAPPER="valgrind --quiet --leak-check=full \
+	LMSFS_BIN=$(CURDIR)/$(BUILD)/lmsfs LMSFS_WRAPPER="valgrind --quiet --vgdb=no --leak-check=full \
 	  --errors-for-leak-kinds=definite --error-exitcode=99 --show-leak-kinds=definite" \
 	  $(PYTHON) -m pytest -q tests/test_foundation.py tests/test_conversations.py $(PYTEST_ARGS)
 
