@@ -1,2 +1,0 @@
-build-tsan/buf.o: fs/buf.c fs/buf.h
-fs/buf.h:

@@ -1,2 +1,0 @@
-build-tsan/errclass.o: fs/errclass.c fs/errclass.h
-fs/errclass.h:

@@ -1,2 +1,0 @@
-build-tsan/jsonl.o: fs/jsonl.c fs/jsonl.h
-fs/jsonl.h:

@@ -1,2 +1,0 @@
-build-tsan/log.o: fs/log.c fs/log.h
-fs/log.h:

@@ -1,2 +1,0 @@
-build-tsan/names.o: fs/names.c fs/names.h
-fs/names.h:

@@ -1,3 +1,0 @@
-build-tsan/sse.o: fs/sse.c fs/sse.h fs/buf.h
-fs/sse.h:
-fs/buf.h:

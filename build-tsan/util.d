@@ -1,2 +1,0 @@
-build-tsan/util.o: fs/util.c fs/util.h
-fs/util.h:
