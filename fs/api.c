@@ -15,9 +15,9 @@
 void api_answer_init(struct api_answer *a)
 {
 	memset(a, 0, sizeof(*a));
-	/* An answer must fit in one history line (JSONL_MAX_LINE, 8 MiB) even
-	 * when escaping doubles it. */
-	buf_init(&a->content, 3u << 20);
+	/* An answer must fit in one history line (JSONL_MAX_LINE, 8 MiB)
+	 * whatever JSON escaping does to it (up to 6 bytes per byte). */
+	buf_init(&a->content, 1u << 20);
 	buf_init(&a->reasoning, 16u << 20);
 	for (int i = 0; i < API_MAX_TOOL_CALLS; i++)
 		buf_init(&a->calls[i].args, ARGS_MAX);
@@ -197,15 +197,16 @@ int api_feed_event(struct api_answer *a, const char *data, size_t len,
 		}
 	}
 	root = cJSON_ParseWithLength(data, len);
-	free(copy);
 	if (!cJSON_IsObject(root)) {
 		cJSON_Delete(root);
 		a->err = EC_PROTOCOL;
 		snprintf(a->errmsg, sizeof(a->errmsg),
 			 "malformed chunk from the server: %.*s", (int)(len < 60 ? len : 60),
 			 data);
+		free(copy);
 		return -EPROTO;
 	}
+	free(copy);
 	if (take_error(a, root)) {
 		cJSON_Delete(root);
 		return 0;

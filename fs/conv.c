@@ -11,6 +11,7 @@
 
 #include "config.h"
 #include "gen.h"
+#include "jsonl.h"
 #include "log.h"
 #include "metrics.h"
 #include "models.h"
@@ -319,7 +320,9 @@ static char *last_history_line(int dirfd, off_t *offset)
 		return NULL;
 	if (fstat(fd, &st) < 0 || st.st_size == 0)
 		goto out;
-	want = st.st_size > (1 << 22) ? (1 << 22) : (size_t)st.st_size;
+	/* Twice the longest valid line: the last line is always whole in it. */
+	want = st.st_size > (off_t)(2 * JSONL_MAX_LINE) ? (2 * JSONL_MAX_LINE)
+							  : (size_t)st.st_size;
 	start = st.st_size - (off_t)want;
 	data = malloc(want + 1);
 	if (!data || pread(fd, data, want, start) != (ssize_t)want)
@@ -363,8 +366,11 @@ static void repair_tail(int dirfd)
 		off_t off = 0;
 		char *l = last_history_line(dirfd, &off);
 		cJSON *m = l ? cJSON_Parse(l) : NULL;
-		if (cJSON_IsObject(m)) {
-			if (write(fd, "", 0) == 0 && pwrite(fd, "\n", 1, st.st_size) == 1)
+		if (!l) {
+			/* The last line could not be looked at (too long, no
+			 * memory): never guess, leave the file as it is. */
+		} else if (cJSON_IsObject(m)) {
+			if (pwrite(fd, "\n", 1, st.st_size) == 1)
 				log_info("messages.jsonl: added a missing final newline");
 		} else {
 			if (ftruncate(fd, off) == 0)
@@ -587,8 +593,10 @@ static void recover(struct conv *c, int dirfd)
 					*w = '\0';
 					n = (size_t)(w - t);
 					cJSON *m = cJSON_CreateObject();
+					char *fixed = utf8_repair(t, n);
 					cJSON_AddStringToObject(m, "role", "assistant");
-					cJSON_AddStringToObject(m, "content", t);
+					cJSON_AddStringToObject(m, "content", fixed ? fixed : "");
+					free(fixed);
 					cJSON_AddStringToObject(m, "lmsfs_status",
 								"interrupted: the daemon stopped while answering");
 					char *line = cJSON_PrintUnformatted(m);
@@ -873,7 +881,7 @@ static void start_worker(struct conv *c)
 		c->worker = 0;
 		__atomic_sub_fetch(&c->refs, 1, __ATOMIC_SEQ_CST);
 		__atomic_sub_fetch(&n_workers, 1, __ATOMIC_SEQ_CST);
-		log_warn("cannot start a worker for %s", c->name);
+		log_warn("cannot start a conversation worker");
 	}
 	pthread_attr_destroy(&a);
 }
@@ -1070,12 +1078,15 @@ int conv_answer(struct conv *c, uint64_t seq, char **text, size_t *len, int *err
 	if (done) {
 		*len = c->last_text ? c->last_len : 0;
 		*text = malloc(*len + 1);
+		*err = c->last_errno;
 		if (*text) {
 			if (*len)
 				memcpy(*text, c->last_text, *len);
 			(*text)[*len] = '\0';
+		} else {
+			*len = 0;
+			*err = ENOMEM;
 		}
-		*err = c->last_errno;
 	}
 	pthread_mutex_unlock(&c->lock);
 	return done;
@@ -1215,9 +1226,29 @@ int conv_rmdir(const char *name)
 			pthread_mutex_unlock(&c->lock);
 			unhash(c);
 		}
-		clear_private(root_fd, name, 0);
-		if (unlinkat(root_fd, name, AT_REMOVEDIR) < 0)
+		/* A cancelled answer may still drop a private file or two
+		 * while it stops: clear again when only those are in the way. */
+		for (int tries = 0;; tries++) {
+			clear_private(root_fd, name, 0);
+			if (unlinkat(root_fd, name, AT_REMOVEDIR) == 0) {
+				ret = 0;
+				break;
+			}
 			ret = -errno;
+			if (ret != -ENOTEMPTY || tries == 5 || clear_private(root_fd, name, 1) != 0)
+				break;
+			usleep(2000);
+		}
+		if (ret != 0) {
+			if (c) {
+				/* Still there: keep the one conversation object for
+				 * it, so that no second writer appears. */
+				c->dead = 0;
+				c->hnext = table[hash(c->name)];
+				table[hash(c->name)] = c;
+				c = NULL;
+			}
+		}
 		if (c && __atomic_sub_fetch(&c->refs, 1, __ATOMIC_ACQ_REL) == 0) {
 			pthread_mutex_unlock(&table_lock);
 			conv_free(c);
@@ -1286,7 +1317,7 @@ out:
 
 void conv_recover_all(void)
 {
-	int fd = dup(root_fd);
+	int fd = openat(root_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
 	struct dirent *de;
 
@@ -1310,9 +1341,10 @@ void conv_recover_all(void)
 	closedir(d);
 }
 
-void conv_shutdown(void)
+int conv_shutdown(void)
 {
 	struct timespec ts;
+	int left;
 
 	pthread_mutex_lock(&table_lock);
 	stopping = 1;
@@ -1324,6 +1356,12 @@ void conv_shutdown(void)
 	while (__atomic_load_n(&n_workers, __ATOMIC_ACQUIRE) > 0)
 		if (pthread_cond_timedwait(&workers_cv, &table_lock, &ts) != 0)
 			break;
+	left = __atomic_load_n(&n_workers, __ATOMIC_ACQUIRE);
+	if (left > 0) {
+		pthread_mutex_unlock(&table_lock);
+		log_warnx("%d answers did not stop in time; exiting without cleanup", left);
+		return left;
+	}
 	for (int i = 0; i < NBUCKETS; i++) {
 		struct conv *c = table[i], *n;
 		for (; c; c = n) {
@@ -1337,4 +1375,5 @@ void conv_shutdown(void)
 	pthread_mutex_unlock(&table_lock);
 	if (root_fd >= 0)
 		close(root_fd);
+	return 0;
 }

@@ -28,8 +28,10 @@ struct conv_hooks {
 
 int conv_init(const struct config *cfg, int state_dirfd,
 	      const struct conv_hooks *hooks);
-/* Stops workers (cancelling running answers) and frees everything. */
-void conv_shutdown(void);
+/* Stops workers (cancelling running answers) and frees everything. Returns
+ * how many workers did not stop in time (a tool that ignores signals, say):
+ * then nothing they might still use is torn down. */
+int conv_shutdown(void);
 /* Directory fd of state_dir/conversations (owned by conv.c). */
 int conv_root_fd(void);
 

@@ -52,8 +52,7 @@ void gen_result_free(struct gen_result *r)
 
 int gen_stream_write(int dirfd, const char *text, size_t len)
 {
-	int fd = openat(dirfd, "stream", O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC,
-			0644);
+	int fd = openat(dirfd, "stream", O_WRONLY | O_APPEND | O_CLOEXEC);
 	int ret;
 	if (fd < 0)
 		return -errno;
@@ -88,7 +87,7 @@ static int append_history(const struct gen_job *job, const char *line, int sync)
 	rec[n + 1] = '\n';
 	job->hist_lock(job->ctx);
 	fd = openat(job->dirfd, "messages.jsonl",
-		    O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+		    O_RDWR | O_APPEND | O_CLOEXEC | (sync ? 0 : O_CREAT), 0644);
 	if (fd < 0) {
 		ret = -errno;
 		goto out;
@@ -444,6 +443,11 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 	int rounds = 0;
 
 	api_answer_init(&ans);
+	/* The one place that creates stream: later writes (marks, newlines)
+	 * only append, so that a conversation being removed (rm -r) is not
+	 * filled again behind the user's back. */
+	stream_fd = openat(job->dirfd, "stream",
+			   O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
 
 	params_txt = read_setting(job->dirfd, "params.json");
 	if (params_txt) {
@@ -461,9 +465,6 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 		goto fail;
 	snprintf(res->model, sizeof(res->model), "%s", model);
 	system = read_setting(job->dirfd, "system");
-
-	stream_fd = openat(job->dirfd, "stream",
-			   O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
 
 	for (;;) {
 		char why[256] = "", first_role[32];

@@ -53,10 +53,12 @@ void gen_result_free(struct gen_result *r);
 void gen_run(const struct gen_job *job, struct gen_result *r);
 
 /* Appends one line (a JSON message, no newline) to messages.jsonl under the
- * history lock, fsync'd. Repairs a missing final newline first. */
+ * history lock, fsync'd. Repairs a missing final newline first. Does not
+ * create the file: a history removed meanwhile (rm -r) stays removed. */
 int gen_append_history(const struct gen_job *job, const char *line);
 /* The same without waiting for the disk (the caller has the data durable
- * elsewhere, or a later synced append covers it). */
+ * elsewhere, or a later synced append covers it); creates the file (the
+ * first prompt of a conversation). */
 int gen_append_history_nosync(const struct gen_job *job, const char *line);
 /* Appends one marked line ("[lmsfs] ...", made a single line) to stream. */
 void gen_mark(int dirfd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -324,7 +324,12 @@ int main(int argc, char **argv)
 	if (recover_started)
 		pthread_join(recover_tid, NULL);
 	ops_shutdown();
-	conv_shutdown();
+	if (conv_shutdown() > 0) {
+		/* A worker is stuck (say, in a tool that ignores signals): leave
+		 * it everything it uses and let the process end. */
+		fuse_session_unmount(se);
+		_exit(0);
+	}
 	fuse_session_unmount(se);
 	fuse_remove_signal_handlers(se);
 	fuse_session_destroy(se);

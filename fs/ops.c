@@ -392,7 +392,8 @@ static void reply_entry(fuse_req_t req, uint64_t ino, const struct stat *st)
 	e.attr.st_ino = ino;
 	e.attr_timeout = attr_timeout_for(st);
 	e.entry_timeout = 1.0;
-	fuse_reply_entry(req, &e);
+	if (fuse_reply_entry(req, &e) != 0)
+		node_forget(ino, 1); /* the kernel never saw it: no FORGET comes */
 }
 
 /* Looks up (parent, name) and, when found, counts the lookup and replies. */
@@ -767,8 +768,10 @@ static int open_backing(const struct nodeinfo *ni, int flags, mode_t mode)
 {
 	char p[PATH_MAX];
 	int ret;
-	if (ni->kind == K_TFILE)
-		return openat(tools_fd, ni->name, flags | O_CLOEXEC | O_NOFOLLOW, mode);
+	if (ni->kind == K_TFILE) {
+		ret = openat(tools_fd, ni->name, flags | O_CLOEXEC | O_NOFOLLOW, mode);
+		return ret < 0 ? -errno : ret;
+	}
 	ret = cpath(p, sizeof(p), ni->conv, ni->name);
 	if (ret)
 		return ret;
@@ -904,7 +907,9 @@ static int do_open(fuse_ino_t ino, const struct nodeinfo *ni, int flags,
 				if (fstatat(conv_root_fd(), p, &st, 0) == 0 && st.st_size > 0)
 					return -EPERM;
 			}
-			fd = open_backing(ni, (acc == O_RDONLY ? O_RDONLY : O_RDWR) |
+			/* Writers append whatever offset they ask for: lmsfs
+			 * appends to the same file at the same time. */
+			fd = open_backing(ni, (acc == O_RDONLY ? O_RDONLY : O_RDWR | O_APPEND) |
 						      (creating ? O_CREAT | O_EXCL : 0),
 					  mode);
 			if (fd < 0)
@@ -1013,8 +1018,10 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 	fi->fh = (uintptr_t)f;
 	fi->direct_io = direct == CACHE_NONE;
 	fi->keep_cache = direct == CACHE_KEEP;
-	if (fuse_reply_create(req, &e, fi) == -ENOENT)
+	if (fuse_reply_create(req, &e, fi) != 0) {
 		fh_free(f);
+		node_forget(ino, 1);
+	}
 }
 
 /* --- waiting readers ------------------------------------------------------ */
@@ -1027,8 +1034,11 @@ struct waiter {
 	struct conv *conv; /* f->conv: compared, not referenced */
 	size_t size;
 	off_t off;
-	int ready; /* may be answered (registration finished) */
-	int interrupted;
+	int ready;       /* may be answered (registration finished) */
+	int busy;        /* a thread is checking it outside waiters_lock; it
+			    stays listed, and that thread replies */
+	int interrupted; /* set by on_interrupt when it could not reply */
+	unsigned stamp;  /* last ops_answer_done pass that looked at it */
 };
 
 static pthread_mutex_t waiters_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -1116,8 +1126,8 @@ static void on_interrupt(fuse_req_t req, void *data)
 	pthread_mutex_lock(&waiters_lock);
 	for (w = waiters; w && w->id != id; w = w->next)
 		;
-	if (w && !w->ready) {
-		w->interrupted = 1; /* the registering thread replies */
+	if (w && (!w->ready || w->busy)) {
+		w->interrupted = 1; /* the thread holding it replies */
 		w = NULL;
 	} else if (w) {
 		w = waiter_take(id);
@@ -1131,35 +1141,51 @@ static void on_interrupt(fuse_req_t req, void *data)
 
 void ops_answer_done(struct conv *conv)
 {
-	struct waiter *w, **pp, *done = NULL;
+	static unsigned passes; /* waiters_lock */
+	unsigned stamp;
+	struct waiter *w;
 
 	pthread_mutex_lock(&waiters_lock);
-	for (pp = &waiters; (w = *pp);) {
-		if (w->ready && w->conv == conv) {
-			*pp = w->next;
-			w->next = done;
-			done = w;
-		} else {
-			pp = &w->next;
-		}
-	}
+	stamp = ++passes;
 	pthread_mutex_unlock(&waiters_lock);
-	while ((w = done)) {
-		done = w->next;
+	/* One waiter at a time, each looked at once in this pass. A waiter
+	 * being looked at stays listed and busy, so that an interrupt
+	 * arriving meanwhile is not lost (on_interrupt marks it instead). */
+	for (;;) {
+		struct prepared p = {0, NULL, 0};
+		int answered, interrupted;
+
+		pthread_mutex_lock(&waiters_lock);
+		for (w = waiters; w; w = w->next)
+			if (w->ready && !w->busy && w->conv == conv && w->stamp != stamp)
+				break;
+		if (w) {
+			w->busy = 1;
+			w->stamp = stamp;
+		}
+		pthread_mutex_unlock(&waiters_lock);
+		if (!w)
+			break;
+
 		pthread_mutex_lock(&w->f->lock);
-		if (try_answer(w->f)) {
-			struct prepared p;
+		answered = try_answer(w->f);
+		if (answered)
 			prepare_answer(w->f, w->size, w->off, &p);
-			pthread_mutex_unlock(&w->f->lock);
+		pthread_mutex_unlock(&w->f->lock);
+
+		pthread_mutex_lock(&waiters_lock);
+		interrupted = w->interrupted;
+		if (answered || interrupted)
+			waiter_take(w->id);
+		else
+			w->busy = 0; /* not this reader's answer yet */
+		pthread_mutex_unlock(&waiters_lock);
+		if (answered) {
 			send_prepared(w->req, &p);
 			free(w);
-		} else {
-			/* Not this reader's answer yet: back to waiting. */
-			pthread_mutex_unlock(&w->f->lock);
-			pthread_mutex_lock(&waiters_lock);
-			w->next = waiters;
-			waiters = w;
-			pthread_mutex_unlock(&waiters_lock);
+		} else if (interrupted) {
+			fuse_reply_err(w->req, EINTR);
+			free(w);
 		}
 	}
 }
@@ -1218,9 +1244,13 @@ static void read_reply(fuse_req_t req, struct fh *f, size_t size, off_t off)
 	/* The answer may have finished while we registered. */
 	pthread_mutex_lock(&f->lock);
 	if (try_answer(f)) {
+		struct waiter *x;
 		pthread_mutex_unlock(&f->lock);
 		pthread_mutex_lock(&waiters_lock);
-		w = waiter_take(id);
+		for (x = waiters; x && x->id != id; x = x->next)
+			;
+		/* A busy waiter is being answered by ops_answer_done. */
+		w = (x && !x->busy) ? waiter_take(id) : NULL;
 		pthread_mutex_unlock(&waiters_lock);
 		if (w) {
 			pthread_mutex_lock(&f->lock);
@@ -1236,17 +1266,24 @@ static void read_reply(fuse_req_t req, struct fh *f, size_t size, off_t off)
 
 void ops_shutdown(void)
 {
-	struct waiter *w;
+	struct waiter *w, **pp, *gone = NULL;
 	pthread_mutex_lock(&waiters_lock);
 	shutting_down = 1;
-	w = waiters;
-	waiters = NULL;
+	for (pp = &waiters; (w = *pp);) {
+		if (w->busy) {
+			w->interrupted = 1; /* its holder replies */
+			pp = &w->next;
+			continue;
+		}
+		*pp = w->next;
+		w->next = gone;
+		gone = w;
+	}
 	pthread_mutex_unlock(&waiters_lock);
-	while (w) {
-		struct waiter *n = w->next;
+	while ((w = gone)) {
+		gone = w->next;
 		fuse_reply_err(w->req, ESHUTDOWN);
 		free(w);
-		w = n;
 	}
 }
 
@@ -1583,7 +1620,7 @@ static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync,
 
 static int truncate_history(const struct nodeinfo *ni, off_t size)
 {
-	char p[PATH_MAX], why[300];
+	char p[PATH_MAX], why[300] = "";
 	char *data = NULL;
 	size_t len = 0;
 	struct conv *c;
@@ -1591,33 +1628,27 @@ static int truncate_history(const struct nodeinfo *ni, off_t size)
 
 	if (ret)
 		return ret;
-	ret = read_file_at(conv_root_fd(), p, HISTORY_MAX, &data, &len);
-	if (ret)
-		return ret;
-	if ((size_t)size > len) {
-		free(data);
-		return -EINVAL;
-	}
-	if ((size_t)size == len) {
-		free(data);
-		return 0;
-	}
-	ret = jsonl_check(data, (size_t)size, why, sizeof(why), NULL);
-	if (ret) {
-		free(data);
-		note_reject(ni->conv, "truncating messages.jsonl", why);
-		return -EINVAL;
-	}
 	c = conv_get(ni->conv);
-	if (!c) {
-		free(data);
+	if (!c)
 		return -ENOENT;
-	}
+	/* Read, check and write back under the history lock: nothing may
+	 * replace the file in between. */
 	conv_hist_lock(c);
-	ret = replace_file_at(conv_root_fd(), p, data, (size_t)size);
+	ret = read_file_at(conv_root_fd(), p, HISTORY_MAX, &data, &len);
+	if (ret == 0 && (size_t)size > len)
+		ret = -EINVAL;
+	if (ret == 0 && (size_t)size < len) {
+		ret = jsonl_check(data, (size_t)size, why, sizeof(why), NULL);
+		if (ret == 0)
+			ret = replace_file_at(conv_root_fd(), p, data, (size_t)size);
+		else
+			ret = -EINVAL;
+	}
 	conv_hist_unlock(c);
 	conv_put(c);
 	free(data);
+	if (ret == -EINVAL && why[0])
+		note_reject(ni->conv, "truncating messages.jsonl", why);
 	return ret;
 }
 

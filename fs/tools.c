@@ -271,7 +271,9 @@ bad:
 /* Builds every definition; issues (may be NULL) collects skipped files. */
 static cJSON *scan(struct buf *report)
 {
-	int fd = dup(tools_fd);
+	/* Its own open file: a dup would share the read position with
+	 * concurrent scans (several conversations asking at once). */
+	int fd = openat(tools_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
 	struct dirent *de;
 	cJSON *arr = cJSON_CreateArray();
@@ -281,7 +283,6 @@ static cJSON *scan(struct buf *report)
 			close(fd);
 		return arr;
 	}
-	rewinddir(d);
 	while ((de = readdir(d))) {
 		struct stat st;
 		char why[300] = "";

@@ -115,9 +115,25 @@ int replace_file_at(int dirfd, const char *path, const void *data, size_t n)
 	close(fd);
 	if (ret == 0 && renameat(dirfd, tmp, dirfd, path) < 0)
 		ret = -errno;
-	if (ret != 0)
+	if (ret != 0) {
 		unlinkat(dirfd, tmp, 0);
-	return ret;
+		return ret;
+	}
+	/* The rename itself must survive a power cut too. */
+	{
+		char parent[4200];
+		int pfd;
+		if (slash)
+			snprintf(parent, sizeof(parent), "%.*s", (int)(slash - path), path);
+		else
+			snprintf(parent, sizeof(parent), ".");
+		pfd = openat(dirfd, parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (pfd >= 0) {
+			fsync(pfd);
+			close(pfd);
+		}
+	}
+	return 0;
 }
 
 /* Length of the UTF-8 sequence at s (n bytes available), 0 if invalid,

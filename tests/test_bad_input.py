@@ -623,9 +623,9 @@ SERVER_CASES = [
      None, None, 4.0),
     ("srv-slowloris-timeout", lambda: SlowLoris(1.5), "timeout",
      {"timeout": "1s"}, None, None, 15.0),
-    # An answer is capped at 3 MiB so that it fits one history line.
+    # An answer is capped at 1 MiB so that it fits one history line.
     ("srv-endless-stream", lambda: Garbage(Endless()), "protocol", {},
-     None, "3145728", 30.0),
+     None, "1048576", 30.0),
 ]
 
 

@@ -93,3 +93,42 @@ def test_long_history_turn_sends_no_expect_continue(fake, mount):
     assert "expect" not in req["headers"], req["headers"]
     assert len(req["body"]["messages"]) == 10002
     assert time.monotonic() - t0 < 0.9
+
+
+def test_long_last_line_without_newline_survives_remount(fake, mount):
+    """A valid history whose last line is long (5 MiB) and lacks its final
+    newline must come back whole after a remount, not be taken for a line
+    torn by a crash."""
+    m = cmount(mount)
+    mkconv(m, "big")
+    first = '{"role":"user","content":"short"}\n'
+    last = '{"role":"assistant","content":"%s"}' % ("y" * (5 << 20))
+    with open(m.state / "conversations" / "big" / "messages.jsonl", "w") as f:
+        f.write(first + last)
+    m.remount()
+    h = history(m, "big")  # loading the conversation runs the repair
+    assert len(h) == 2 and h[1]["content"] == "y" * (5 << 20)
+    prompt(m, "big", "still here?")
+    wait_for(lambda: history(m, "big")[-1]["role"] == "assistant")
+    assert [x["role"] for x in history(m, "big")] == [
+        "user", "assistant", "user", "assistant"]
+
+
+def test_rm_r_while_answering(fake, mount):
+    """rm -r of a conversation in the middle of an answer removes it: the
+    answer is cancelled and nothing is recreated behind rm's back."""
+    m = cmount(mount)
+    mkconv(m, "busy")
+    rep, _ = slow_reply(words=40, delay=0.05)
+    fake.enqueue(rep)
+    prompt(m, "busy", "long answer please")
+    wait_for(lambda: status(m, "busy").get("generating", {}).get("tokens", 0) >= 2)
+    r = sh(m, "rm -r busy")
+    assert r.returncode == 0, r.stderr
+    time.sleep(0.3)  # a late write of the cancelled answer would land here
+    assert not cdir(m, "busy").exists()
+    assert not (m.state / "conversations" / "busy").exists()
+    mkconv(m, "busy")
+    prompt(m, "busy", "fresh")
+    wait_for(lambda: history(m, "busy")[-1]["content"] == echo_of("fresh"))
+    assert [x["content"] for x in history(m, "busy")] == ["fresh", echo_of("fresh")]
