@@ -171,13 +171,6 @@ static int already_mounted(const char *path)
 	return found;
 }
 
-static void *recover_thread(void *arg)
-{
-	(void)arg;
-	conv_recover_all();
-	return NULL;
-}
-
 static int mkdir_p(const char *path, mode_t mode)
 {
 	char tmp[PATH_MAX];
@@ -207,8 +200,6 @@ int main(int argc, char **argv)
 	struct fuse_loop_config *lc;
 	char err[1024], mnt[PATH_MAX], optbuf[PATH_MAX + 64];
 	struct stat st;
-	pthread_t recover_tid;
-	int recover_started = 0;
 	char *conf;
 	int rc, state_fd, ret;
 
@@ -306,13 +297,11 @@ int main(int argc, char **argv)
 			fatalx("cannot daemonize");
 		log_to_syslog();
 	}
-	{
-		/* Resume queued prompts in the background: the mount answers at once. */
-		if (pthread_create(&recover_tid, NULL, recover_thread, NULL) == 0)
-			recover_started = 1;
-		else
-			conv_recover_all();
-	}
+	/* Before serving anything: what a crash left behind is repaired and
+	 * queued prompts resume, so that no reader sees a history before its
+	 * recovery. Only conversations with private files pending are
+	 * loaded; the scan is two stat calls per conversation. */
+	conv_recover_all();
 
 	lc = fuse_loop_cfg_create();
 	fuse_loop_cfg_set_max_threads(lc, 32);
@@ -321,8 +310,6 @@ int main(int argc, char **argv)
 	fuse_loop_cfg_destroy(lc);
 
 	log_info("unmounting %s", mnt);
-	if (recover_started)
-		pthread_join(recover_tid, NULL);
 	ops_shutdown();
 	if (conv_shutdown() > 0) {
 		/* A worker is stuck (say, in a tool that ignores signals): leave
@@ -330,6 +317,7 @@ int main(int argc, char **argv)
 		fuse_session_unmount(se);
 		_exit(0);
 	}
+	ops_cleanup();
 	fuse_session_unmount(se);
 	fuse_remove_signal_handlers(se);
 	fuse_session_destroy(se);

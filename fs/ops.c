@@ -539,10 +539,40 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 
 /* --- file handles ------------------------------------------------------- */
 
+/* Every open file and directory handle is listed, so that the ones the
+ * kernel never released (the mount went away under them) are freed when
+ * lmsfs exits. */
+struct hlink {
+	struct hlink *prev, *next; /* handles_lock */
+	int is_dir;
+};
+static pthread_mutex_t handles_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct hlink handles = {&handles, &handles, 0};
+
+static void hlink_add(struct hlink *l, int is_dir)
+{
+	l->is_dir = is_dir;
+	pthread_mutex_lock(&handles_lock);
+	l->next = handles.next;
+	l->prev = &handles;
+	handles.next->prev = l;
+	handles.next = l;
+	pthread_mutex_unlock(&handles_lock);
+}
+
+static void hlink_del(struct hlink *l)
+{
+	pthread_mutex_lock(&handles_lock);
+	l->prev->next = l->next;
+	l->next->prev = l->prev;
+	pthread_mutex_unlock(&handles_lock);
+}
+
 enum fh_kind { FH_PASS, FH_BUF, FH_PROMPT, FH_HIST, FH_STREAM, FH_REPLY, FH_CTL };
 enum hist_mode { HM_APPEND, HM_REPLACE };
 
 struct fh {
+	struct hlink link;   /* first: a handle is found from its link */
 	enum fh_kind kind;
 	pthread_mutex_t lock;
 	int fd;              /* FH_PASS, FH_STREAM, FH_HIST reads */
@@ -580,6 +610,7 @@ static struct fh *fh_new(enum fh_kind kind, uint64_t ino)
 	f->ino = ino;
 	pthread_mutex_init(&f->lock, NULL);
 	buf_init(&f->data, 0);
+	hlink_add(&f->link, 0);
 	return f;
 }
 
@@ -587,6 +618,7 @@ static void fh_free(struct fh *f)
 {
 	if (!f)
 		return;
+	hlink_del(&f->link);
 	if (f->fd >= 0)
 		close(f->fd);
 	buf_free(&f->data);
@@ -1264,6 +1296,25 @@ static void read_reply(fuse_req_t req, struct fh *f, size_t size, off_t off)
 	pthread_mutex_unlock(&f->lock);
 }
 
+struct dirh;
+static void dir_free(struct dirh *d);
+
+void ops_cleanup(void)
+{
+	for (;;) {
+		struct hlink *l;
+		pthread_mutex_lock(&handles_lock);
+		l = handles.next == &handles ? NULL : handles.next;
+		pthread_mutex_unlock(&handles_lock);
+		if (!l)
+			break;
+		if (l->is_dir)
+			dir_free((struct dirh *)l);
+		else
+			fh_free((struct fh *)l);
+	}
+}
+
 void ops_shutdown(void)
 {
 	struct waiter *w, **pp, *gone = NULL;
@@ -1798,7 +1849,7 @@ out:
 /* --- directories ------------------------------------------------------------ */
 
 struct dirh {
-	struct buf ents; /* packed: name\0 type(1 byte) ... */
+	struct hlink link; /* first, as in struct fh */
 	size_t n;
 	char **names;
 	unsigned char *types;
@@ -1825,6 +1876,7 @@ static int dir_add(struct dirh *d, const char *name, unsigned char type)
 
 static void dir_free(struct dirh *d)
 {
+	hlink_del(&d->link);
 	for (size_t i = 0; i < d->n; i++)
 		free(d->names[i]);
 	free(d->names);
@@ -1875,6 +1927,7 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
+	hlink_add(&d->link, 1);
 	dir_add(d, ".", DT_DIR);
 	dir_add(d, "..", DT_DIR);
 	switch (ni.kind) {

@@ -8,8 +8,11 @@ struct config;
 
 /* Prepares the node table; state_dirfd stays open for the mount's life. */
 int ops_init(const struct config *cfg, int state_dirfd);
-/* Wakes and answers every waiting reader with EINTR-free shutdown errors. */
+/* Answers every waiting reader (ESHUTDOWN): the mount is going away. */
 void ops_shutdown(void);
+/* Frees the handles the kernel never released. After the session loop
+ * and conv_shutdown, when no thread uses them. */
+void ops_cleanup(void);
 extern const struct fuse_lowlevel_ops ops_table;
 /* Hook for conv.c: an answer finished in conversation `name`. */
 struct conv;
