@@ -253,3 +253,22 @@ def elapsed(fn, *a, **kw):
     t0 = time.monotonic()
     v = fn(*a, **kw)
     return time.monotonic() - t0, v
+
+
+def reply_errno(m, name, timeout=15):
+    """Reads NAME/.reply to the end; returns 0 or the errno of the failed
+    read (os.read, not a file object: Python turns EAGAIN into no data)."""
+    def r():
+        try:
+            fd = os.open(cdir(m, name) / ".reply", os.O_RDONLY)
+        except OSError as e:
+            return e.errno
+        try:
+            while os.read(fd, 1 << 20):
+                pass
+        except OSError as e:
+            return e.errno
+        finally:
+            os.close(fd)
+        return 0
+    return call_with_timeout(r, timeout=timeout)

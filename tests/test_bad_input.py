@@ -25,10 +25,10 @@ import time
 
 import pytest
 
-from conftest import (DEAD_URL, call_with_timeout, clean_env, listdir,
+from conftest import (DEAD_URL, clean_env, listdir,
                       read_bytes, read_text, run, wait_for)
 from conv_helpers import (LLAMA, cdir, echo_of, errno_name, opts,
-                          os_errno, sh, status)
+                          os_errno, reply_errno, sh, status)
 from conv_helpers import raw_write as _raw_write
 from fake_lms import (ErrorEvent, Garbage, Hang, HttpError,
                       SlowLoris)
@@ -78,25 +78,6 @@ def ask_ok(m, name, text, timeout=20):
 def _q(s):
     import shlex
     return shlex.quote(str(s))
-
-
-def reply_errno(m, name, timeout=30):
-    path = cdir(m, name) / ".reply"
-
-    def r():
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError as e:
-            return e.errno
-        try:
-            while os.read(fd, 1 << 20):
-                pass
-        except OSError as e:
-            return e.errno
-        finally:
-            os.close(fd)
-        return 0
-    return call_with_timeout(r, timeout=timeout)
 
 
 def raw_write(path, data, flags=APPEND, timeout=10):

@@ -19,7 +19,8 @@ import pytest
 from conftest import (call_with_timeout, listdir, read_json, read_text,
                       wait_for)
 from conv_helpers import (LLAMA, cdir, echo_of, history, mkconv, opts,
-                          prompt, reply, sh, status, stream_text, wait_state)
+                          prompt, reply, reply_errno, sh, status, stream_text,
+                          wait_state)
 from fake_lms import (Disconnect, ErrorEvent, Garbage, Hang, HttpError,
                       Reply, context_too_long, model_not_found, rate_limited,
                       server_error, unauthorized)
@@ -143,25 +144,6 @@ CLASSES = ["unreachable", "timeout", "rate_limited", "auth",
            "model_not_found", "no_model", "model_not_allowed",
            "context_too_long", "bad_request", "server_error", "protocol",
            "circuit_open", "cancelled", "interrupted"]
-
-
-def reply_errno(m, name, timeout=15):
-    """Reads NAME/.reply; returns 0 or the errno of the failed read."""
-    def r():
-        # os.read, not a file object: Python turns EAGAIN into "no data".
-        try:
-            fd = os.open(cdir(m, name) / ".reply", os.O_RDONLY)
-        except OSError as e:
-            return e.errno
-        try:
-            while os.read(fd, 65536):
-                pass
-        except OSError as e:
-            return e.errno
-        finally:
-            os.close(fd)
-        return 0
-    return call_with_timeout(r, timeout=timeout)
 
 
 def timed_prompt_write(m, name, text):
