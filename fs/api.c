@@ -18,7 +18,6 @@ void api_answer_init(struct api_answer *a)
 	/* An answer must fit in one history line (JSONL_MAX_LINE, 8 MiB)
 	 * whatever JSON escaping does to it (up to 6 bytes per byte). */
 	buf_init(&a->content, 1u << 20);
-	buf_init(&a->reasoning, 16u << 20);
 	for (int i = 0; i < API_MAX_TOOL_CALLS; i++)
 		buf_init(&a->calls[i].args, ARGS_MAX);
 	a->prompt_tokens = a->completion_tokens = -1;
@@ -30,7 +29,6 @@ void api_answer_free(struct api_answer *a)
 	if (!a)
 		return;
 	buf_free(&a->content);
-	buf_free(&a->reasoning);
 	for (int i = 0; i < API_MAX_TOOL_CALLS; i++) {
 		free(a->calls[i].id);
 		free(a->calls[i].name);
@@ -222,7 +220,6 @@ int api_feed_event(struct api_answer *a, const char *data, size_t len,
 		const cJSON *d = cJSON_GetObjectItemCaseSensitive(ch, "delta");
 		const cJSON *content;
 		const cJSON *tcs, *tc, *fc;
-		const char *r;
 		int k = 0;
 
 		if (!cJSON_IsObject(ch)) {
@@ -240,12 +237,8 @@ int api_feed_event(struct api_answer *a, const char *data, size_t len,
 			ret = bad_shape(a, "\"content\" is not a string");
 			break;
 		}
-		a->choices++;
-		r = str(d, "reasoning");
-		if (!r)
-			r = str(d, "reasoning_content");
-		if (r)
-			buf_puts(&a->reasoning, r);
+		/* Reasoning deltas ("reasoning", "reasoning_content") are not
+		 * part of the answer: they are passed over. */
 		ret = add_text(a, str(d, "content"), fn, ctx);
 		if (ret)
 			break;

@@ -27,7 +27,6 @@ struct api_tool_call {
 
 struct api_answer {
 	struct buf content;   /* the answer text so far */
-	struct buf reasoning; /* reasoning text, if the model sent any */
 	struct api_tool_call calls[API_MAX_TOOL_CALLS];
 	int n_calls;          /* highest index seen + 1 */
 	int legacy_call;      /* calls[0] came as function_call */
@@ -36,7 +35,6 @@ struct api_answer {
 	double tps, ttft;     /* server's stats, -1 when not sent */
 	int done;             /* [DONE] seen */
 	int chunks;           /* content-bearing chunks seen */
-	int choices;          /* choice objects seen */
 	enum err_class err;   /* an error member arrived */
 	char errmsg[512];
 };

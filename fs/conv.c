@@ -313,33 +313,46 @@ static char *last_history_line(int dirfd, off_t *offset)
 	int fd = openat(dirfd, "messages.jsonl", O_RDONLY | O_CLOEXEC);
 	struct stat st;
 	char *data = NULL, *line = NULL;
-	size_t want;
-	off_t start;
+	size_t want = 64 << 10;
 
 	if (fd < 0)
 		return NULL;
 	if (fstat(fd, &st) < 0 || st.st_size == 0)
 		goto out;
-	/* Twice the longest valid line: the last line is always whole in it. */
-	want = st.st_size > (off_t)(2 * JSONL_MAX_LINE) ? (2 * JSONL_MAX_LINE)
-							  : (size_t)st.st_size;
-	start = st.st_size - (off_t)want;
-	data = malloc(want + 1);
-	if (!data || pread(fd, data, want, start) != (ssize_t)want)
-		goto out;
-	data[want] = '\0';
-	size_t end = want;
-	while (end > 0 && (data[end - 1] == '\n' || data[end - 1] == '\r' ||
-			   data[end - 1] == ' '))
-		end--;
-	size_t b = end;
-	while (b > 0 && data[b - 1] != '\n')
-		b--;
-	if (b == 0 && start > 0)
-		goto out; /* a line too long to look at */
-	line = strndup(data + b, end - b);
-	if (offset)
-		*offset = start + (off_t)b;
+	/* Read the tail, a bigger piece each time, until the last line's
+	 * start is in it; never more than twice the longest valid line. */
+	for (;;) {
+		off_t start;
+		size_t end, b;
+		char *nd;
+
+		if ((off_t)want > st.st_size)
+			want = (size_t)st.st_size;
+		start = st.st_size - (off_t)want;
+		nd = realloc(data, want + 1);
+		if (!nd || pread(fd, nd, want, start) != (ssize_t)want) {
+			data = nd ? nd : data;
+			goto out;
+		}
+		data = nd;
+		data[want] = '\0';
+		end = want;
+		while (end > 0 && (data[end - 1] == '\n' || data[end - 1] == '\r' ||
+				   data[end - 1] == ' '))
+			end--;
+		b = end;
+		while (b > 0 && data[b - 1] != '\n')
+			b--;
+		if (b > 0 || start == 0) {
+			line = strndup(data + b, end - b);
+			if (offset)
+				*offset = start + (off_t)b;
+			goto out;
+		}
+		if (want >= 2 * (size_t)JSONL_MAX_LINE)
+			goto out; /* a line too long to look at */
+		want *= 2;
+	}
 out:
 	free(data);
 	close(fd);
@@ -402,6 +415,21 @@ static void repair_tool_round(struct conv *c, int dirfd)
 
 	if (fd < 0)
 		return;
+	/* Only a history that ends inside a tool round (a call, or results)
+	 * can need it: look at the last line before reading more. */
+	{
+		char *last = last_history_line(dirfd, NULL);
+		cJSON *lm = last ? cJSON_Parse(last) : NULL;
+		const char *r = role_of(lm);
+		int maybe = !strcmp(r, "tool") || !strcmp(r, "function") ||
+			    (!strcmp(r, "assistant") &&
+			     (cJSON_GetObjectItemCaseSensitive(lm, "tool_calls") ||
+			      cJSON_GetObjectItemCaseSensitive(lm, "function_call")));
+		cJSON_Delete(lm);
+		free(last);
+		if (!maybe)
+			goto out;
+	}
 	if (fstat(fd, &st) < 0 || st.st_size == 0)
 		goto out;
 	want = st.st_size > (4 << 20) ? (4 << 20) : (size_t)st.st_size;
@@ -627,35 +655,29 @@ static void recover(struct conv *c, int dirfd)
 		pthread_mutex_unlock(&c->lock);
 	}
 
-	/* A prompt in the history that nothing will answer. */
+	/* The history's last message as it now stands tells the rest. */
+	char *last = last_history_line(dirfd, NULL);
+	cJSON *lm = last ? cJSON_Parse(last) : NULL;
+	cJSON *content = cJSON_GetObjectItemCaseSensitive(lm, "content");
 	pthread_mutex_lock(&c->lock);
-	if (!c->qhead && c->err == EC_NONE) {
-		char *last = last_history_line(dirfd, NULL);
-		cJSON *lm = last ? cJSON_Parse(last) : NULL;
-		if (cJSON_IsObject(lm) && strcmp(role_of(lm), "user") == 0) {
-			c->err = EC_INTERRUPTED;
-			snprintf(c->errmsg, sizeof(c->errmsg),
-				 "the last prompt has no answer (the daemon stopped before "
-				 "answering it); write retry to .ctl");
-		}
-		cJSON_Delete(lm);
-		free(last);
+	/* A prompt in the history that nothing will answer. */
+	if (!c->qhead && c->err == EC_NONE && cJSON_IsObject(lm) &&
+	    strcmp(role_of(lm), "user") == 0) {
+		c->err = EC_INTERRUPTED;
+		snprintf(c->errmsg, sizeof(c->errmsg),
+			 "the last prompt has no answer (the daemon stopped before "
+			 "answering it); write retry to .ctl");
 	}
 	/* After a remount, .reply with nothing pending still gives the last
-	 * answer: take it from the history. */
-	if (!c->last_text) {
-		char *last = last_history_line(dirfd, NULL);
-		cJSON *lm = last ? cJSON_Parse(last) : NULL;
-		cJSON *content = cJSON_GetObjectItemCaseSensitive(lm, "content");
-		if (cJSON_IsObject(lm) && strcmp(role_of(lm), "assistant") == 0 &&
-		    cJSON_IsString(content)) {
-			c->last_text = strdup(content->valuestring);
-			c->last_len = c->last_text ? strlen(c->last_text) : 0;
-			c->last_errno = c->err != EC_NONE ? errclass_errno(c->err) : 0;
-		}
-		cJSON_Delete(lm);
-		free(last);
+	 * answer. */
+	if (!c->last_text && cJSON_IsObject(lm) && strcmp(role_of(lm), "assistant") == 0 &&
+	    cJSON_IsString(content)) {
+		c->last_text = strdup(content->valuestring);
+		c->last_len = c->last_text ? strlen(c->last_text) : 0;
+		c->last_errno = c->err != EC_NONE ? errclass_errno(c->err) : 0;
 	}
+	cJSON_Delete(lm);
+	free(last);
 	if (c->qhead)
 		start_worker(c);
 	pthread_mutex_unlock(&c->lock);

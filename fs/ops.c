@@ -291,6 +291,24 @@ static int cpath(char *out, size_t n, const char *conv, const char *name)
 	return (len < 0 || (size_t)len >= n) ? -ENAMETOOLONG : 0;
 }
 
+/* The JSON of the loaded model whose file name is fname (malloc'd), or
+ * NULL when no such model is loaded. */
+static char *model_json(const char *fname)
+{
+	char *id = names_model_decode(fname), *json = NULL;
+	struct model_list *l;
+
+	if (!id)
+		return NULL;
+	l = models_get(0);
+	for (size_t i = 0; i < l->n && !json; i++)
+		if (strcmp(l->v[i].id, id) == 0)
+			json = strdup(l->v[i].json);
+	models_put(l);
+	free(id);
+	return json;
+}
+
 static void synth_attr(struct stat *st, uint64_t ino, mode_t mode, off_t size)
 {
 	memset(st, 0, sizeof(*st));
@@ -323,17 +341,11 @@ static int attr_of(uint64_t ino, const struct nodeinfo *ni, struct stat *st)
 			return -errno;
 		break;
 	case K_MODEL: {
-		char *id = names_model_decode(ni->name);
-		struct model_list *l = models_get(0);
-		off_t size = -1;
-		for (size_t i = 0; id && i < l->n; i++)
-			if (strcmp(l->v[i].id, id) == 0)
-				size = (off_t)strlen(l->v[i].json);
-		models_put(l);
-		free(id);
-		if (size < 0)
+		char *json = model_json(ni->name);
+		if (!json)
 			return -ENOENT;
-		synth_attr(st, ino, S_IFREG | 0444, size);
+		synth_attr(st, ino, S_IFREG | 0444, (off_t)strlen(json));
+		free(json);
 		return 0;
 	}
 	case K_HEALTH:
@@ -377,11 +389,7 @@ static int attr_of(uint64_t ino, const struct nodeinfo *ni, struct stat *st)
 /* Attributes are never cached: answers grow files behind the kernel's back
  * (tail must see the size at once), and lmsfs's private files change the
  * directories' times (tar compares them before and after reading). */
-static double attr_timeout_for(const struct stat *st)
-{
-	(void)st;
-	return 0.0;
-}
+#define ATTR_TIMEOUT 0.0
 
 static void reply_entry(fuse_req_t req, uint64_t ino, const struct stat *st)
 {
@@ -390,7 +398,7 @@ static void reply_entry(fuse_req_t req, uint64_t ino, const struct stat *st)
 	e.ino = ino;
 	e.attr = *st;
 	e.attr.st_ino = ino;
-	e.attr_timeout = attr_timeout_for(st);
+	e.attr_timeout = ATTR_TIMEOUT;
 	e.entry_timeout = 1.0;
 	if (fuse_reply_entry(req, &e) != 0)
 		node_forget(ino, 1); /* the kernel never saw it: no FORGET comes */
@@ -426,27 +434,10 @@ static void do_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 			}
 		fuse_reply_err(req, ENOENT);
 		return;
-	case K_MODELS: {
-		char *id = names_model_decode(name);
-		struct model_list *l;
-		int found = 0;
-		if (!id) {
-			fuse_reply_err(req, ENOENT);
-			return;
-		}
-		l = models_get(0);
-		for (size_t i = 0; i < l->n; i++)
-			if (strcmp(l->v[i].id, id) == 0)
-				found = 1;
-		models_put(l);
-		free(id);
-		if (!found) {
-			fuse_reply_err(req, ENOENT);
-			return;
-		}
+	case K_MODELS:
+		/* attr_of below answers ENOENT for a model that is not loaded. */
 		kind = K_MODEL;
 		break;
-	}
 	case K_CONVS:
 		if (names_file_ok(name) != 0) {
 			fuse_reply_err(req, ENOENT);
@@ -534,7 +525,7 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	if (ret)
 		fuse_reply_err(req, -ret);
 	else
-		fuse_reply_attr(req, &st, attr_timeout_for(&st));
+		fuse_reply_attr(req, &st, ATTR_TIMEOUT);
 }
 
 /* --- file handles ------------------------------------------------------- */
@@ -657,18 +648,11 @@ static int fill_generated(struct fh *f, const struct nodeinfo *ni)
 		break;
 	case K_METRICS:
 		return metrics_render(&f->data);
-	case K_MODEL: {
-		char *id = names_model_decode(ni->name);
-		struct model_list *l = models_get(0);
-		for (size_t i = 0; id && i < l->n; i++)
-			if (strcmp(l->v[i].id, id) == 0)
-				s = strdup(l->v[i].json);
-		models_put(l);
-		free(id);
+	case K_MODEL:
+		s = model_json(ni->name);
 		if (!s)
 			return -ENOENT;
 		break;
-	}
 	case K_STATUS: {
 		struct conv *c = conv_get(ni->conv);
 		if (!c)
@@ -741,7 +725,8 @@ static int hist_commit(struct fh *f, const struct nodeinfo *ni)
 	struct conv *c;
 	int ret;
 
-	f->checked = f->mode == HM_APPEND ? f->checked : 0;
+	/* An append is checked as it arrives; a replacement may have been
+	 * edited anywhere, so it is checked whole. */
 	if (f->mode == HM_REPLACE)
 		f->checked = 0;
 	ret = hist_check(f, 1, why, sizeof(why));
@@ -811,6 +796,25 @@ static int open_backing(const struct nodeinfo *ni, int flags, mode_t mode)
 	return ret < 0 ? -errno : ret;
 }
 
+/* A plain file of the backing store (tools, editor files, settings): the
+ * caller's flags as they are, O_EXCL when creating. */
+static int open_pass(fuse_ino_t ino, const struct nodeinfo *ni, int flags, mode_t mode,
+		     int creating, struct fh **out)
+{
+	int fd = open_backing(ni, (flags & ~(O_CREAT | O_EXCL)) |
+					  (creating ? O_CREAT | O_EXCL : 0),
+			      mode);
+	if (fd < 0)
+		return fd;
+	*out = fh_new(FH_PASS, ino);
+	if (!*out) {
+		close(fd);
+		return -ENOMEM;
+	}
+	(*out)->fd = fd;
+	return 0;
+}
+
 /* Opens (or creates) a file; shared by open and create. */
 static int do_open(fuse_ino_t ino, const struct nodeinfo *ni, int flags,
 		   mode_t mode, int creating, struct fh **out, int *direct)
@@ -852,19 +856,10 @@ static int do_open(fuse_ino_t ino, const struct nodeinfo *ni, int flags,
 			return -EACCES;
 		f = fh_new(FH_CTL, ino);
 		break;
-	case K_TFILE: {
-		int fd = open_backing(ni, (flags & ~O_CREAT) | (creating ? O_CREAT | O_EXCL : 0),
-				      mode);
-		if (fd < 0)
-			return fd;
-		f = fh_new(FH_PASS, ino);
-		if (f)
-			f->fd = fd;
-		else
-			close(fd);
+	case K_TFILE:
+		ret = open_pass(ino, ni, flags, mode, creating, &f);
 		*direct = CACHE_PAGES;
 		break;
-	}
 	case K_CFILE:
 		if (strcmp(ni->name, "prompt") == 0) {
 			if (creating) {
@@ -955,19 +950,8 @@ static int do_open(fuse_ino_t ino, const struct nodeinfo *ni, int flags,
 			}
 			break;
 		}
-		{
-			int fd = open_backing(ni, (flags & ~(O_CREAT | O_EXCL)) |
-							  (creating ? O_CREAT | O_EXCL : 0),
-					      mode);
-			if (fd < 0)
-				return fd;
-			f = fh_new(FH_PASS, ino);
-			if (f)
-				f->fd = fd;
-			else
-				close(fd);
-			*direct = CACHE_PAGES;
-		}
+		ret = open_pass(ino, ni, flags, mode, creating, &f);
+		*direct = CACHE_PAGES;
 		break;
 	}
 	if (!f)
