@@ -643,10 +643,8 @@ static void recover(struct conv *c, int dirfd)
 				close(fd);
 		}
 		cJSON_Delete(o);
-		gen_stream_write(dirfd, "[lmsfs] error interrupted: the daemon stopped while "
-					"answering; write retry to .ctl to ask again\n",
-				 strlen("[lmsfs] error interrupted: the daemon stopped while "
-					"answering; write retry to .ctl to ask again\n"));
+		gen_mark(dirfd, "[lmsfs] error interrupted: the daemon stopped while answering; "
+				"write retry to .ctl to ask again");
 		unlinkat(dirfd, PARTIAL_FILE, 0);
 		pthread_mutex_lock(&c->lock);
 		c->err = EC_INTERRUPTED;
@@ -912,10 +910,9 @@ static void start_worker(struct conv *c)
 
 int conv_precheck(struct conv *c, char *why, size_t whylen)
 {
-	char *want = NULL, *id;
+	char *want, *id;
 	int dirfd, qlen;
 	enum err_class cls;
-	size_t len;
 
 	pthread_mutex_lock(&c->lock);
 	qlen = c->qlen;
@@ -933,10 +930,9 @@ int conv_precheck(struct conv *c, char *why, size_t whylen)
 		snprintf(why, whylen, "conversation is gone");
 		return -ENOENT;
 	}
-	if (read_file_at(dirfd, "model", 4096, &want, &len) != 0)
-		want = NULL;
+	want = read_setting_at(dirfd, "model");
 	close(dirfd);
-	id = models_resolve(want ? trim(want) : NULL, &cls, why, whylen);
+	id = models_resolve(want, &cls, why, whylen);
 	free(want);
 	if (!id)
 		return -errclass_errno(cls);

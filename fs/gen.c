@@ -26,7 +26,6 @@
 #include <time.h>
 
 #define HISTORY_MAX (1ul << 30)
-#define SMALL_FILE_MAX (1ul << 20)
 #define ERROR_BODY_MAX (64u << 10)
 
 static const struct config *cfg;
@@ -61,69 +60,29 @@ int gen_stream_write(int dirfd, const char *text, size_t len)
 	return ret;
 }
 
-static int append_history(const struct gen_job *job, const char *line, int sync);
+enum { APPEND_SYNC = 1, APPEND_CREATE = 2 };
+static int append_history(const struct gen_job *job, const char *line, int how);
 
 int gen_append_history(const struct gen_job *job, const char *line)
 {
-	return append_history(job, line, 1);
+	return append_history(job, line, APPEND_SYNC);
 }
 
 int gen_append_history_nosync(const struct gen_job *job, const char *line)
 {
-	return append_history(job, line, 0);
+	return append_history(job, line, APPEND_CREATE);
 }
 
-static int append_history(const struct gen_job *job, const char *line, int sync)
+static int append_history(const struct gen_job *job, const char *line, int how)
 {
-	size_t n = strlen(line);
-	char *rec = malloc(n + 2);
-	struct stat st;
-	int fd, ret = 0;
-
-	if (!rec)
-		return -ENOMEM;
-	rec[0] = '\n';
-	memcpy(rec + 1, line, n);
-	rec[n + 1] = '\n';
+	int ret;
 	job->hist_lock(job->ctx);
-	fd = openat(job->dirfd, "messages.jsonl",
-		    O_RDWR | O_APPEND | O_CLOEXEC | (sync ? 0 : O_CREAT), 0644);
-	if (fd < 0) {
-		ret = -errno;
-		goto out;
-	}
-	/* A user may have left the file without a final newline. */
-	int need_nl = 0;
-	if (fstat(fd, &st) == 0 && st.st_size > 0) {
-		char last;
-		if (pread(fd, &last, 1, st.st_size - 1) == 1 && last != '\n')
-			need_nl = 1;
-	}
-	ret = write_all(fd, need_nl ? rec : rec + 1, need_nl ? n + 2 : n + 1);
-	if (ret == 0 && sync && fdatasync(fd) < 0)
-		ret = -errno;
-	close(fd);
-out:
+	ret = append_lines_at(job->dirfd, "messages.jsonl", line, strlen(line),
+			      how & APPEND_CREATE, how & APPEND_SYNC);
 	job->hist_unlock(job->ctx);
-	free(rec);
 	return ret;
 }
 
-/* Reads a small settings file; NULL when absent or empty. */
-static char *read_setting(int dirfd, const char *name)
-{
-	char *data = NULL, *t;
-	size_t len;
-	if (read_file_at(dirfd, name, SMALL_FILE_MAX, &data, &len) != 0)
-		return NULL;
-	t = trim(data);
-	if (!*t) {
-		free(data);
-		return NULL;
-	}
-	memmove(data, t, strlen(t) + 1);
-	return data;
-}
 
 /* The history as the text of a JSON array's elements ("{..},{..}"), ready
  * to be spliced into the request: lines are validated JSON objects, so they
@@ -408,13 +367,13 @@ void gen_mark(int dirfd, const char *fmt, ...)
 /* Ends the answer's text in stream with a newline and appends the
  * assistant message (status marks an unfinished one) to the history. */
 static void save_assistant(const struct gen_job *job, const struct api_answer *ans,
-			   const char *status)
+			   const char *status, int how)
 {
 	char *line = api_assistant_line(ans, status);
 	if (ans->content.len)
 		gen_stream_write(job->dirfd, "\n", 1);
 	if (line)
-		gen_append_history(job, line);
+		append_history(job, line, how);
 	free(line);
 }
 
@@ -449,7 +408,7 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 	stream_fd = openat(job->dirfd, "stream",
 			   O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
 
-	params_txt = read_setting(job->dirfd, "params.json");
+	params_txt = read_setting_at(job->dirfd, "params.json");
 	if (params_txt) {
 		params = cJSON_Parse(params_txt);
 		if (!cJSON_IsObject(params)) {
@@ -459,12 +418,12 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 			goto fail;
 		}
 	}
-	want = read_setting(job->dirfd, "model");
+	want = read_setting_at(job->dirfd, "model");
 	model = models_resolve(want, &cls, res->errmsg, sizeof(res->errmsg));
 	if (!model)
 		goto fail;
 	snprintf(res->model, sizeof(res->model), "%s", model);
-	system = read_setting(job->dirfd, "system");
+	system = read_setting_at(job->dirfd, "system");
 
 	for (;;) {
 		char why[256] = "", first_role[32];
@@ -534,7 +493,7 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 			if (ans.calls[i].name)
 				ncalls++;
 		if (ncalls == 0 || !tools_enabled()) {
-			save_assistant(job, &ans, NULL);
+			save_assistant(job, &ans, NULL, APPEND_SYNC);
 			buf_append(&res->text, ans.content.data ? ans.content.data : "",
 				   ans.content.len);
 			break;
@@ -556,7 +515,9 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 				snprintf(id, sizeof(id), "call_%d_%d", rounds, i);
 				ans.calls[i].id = strdup(id);
 			}
-		save_assistant(job, &ans, NULL);
+		/* The round's lines need no fsync of their own: the answer's
+		 * synced append at the end covers the whole file. */
+		save_assistant(job, &ans, NULL, 0);
 		mark_partial(job->dirfd);
 		for (int i = 0; i < ans.n_calls; i++) {
 			struct api_tool_call *c = &ans.calls[i];
@@ -566,7 +527,7 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 			result = tools_call(c->name, c->args.data ? c->args.data : "",
 					    c->id, job->conv_name, job->dirfd, ans.legacy_call);
 			if (result)
-				gen_append_history(job, result);
+				append_history(job, result, 0);
 			free(result);
 		}
 		if (flag_get(job->cancel)) {
@@ -583,7 +544,8 @@ fail:
 		char status[600];
 		snprintf(status, sizeof(status), "%s: %s", errclass_name(cls),
 			 res->errmsg);
-		save_assistant(job, &ans, cls == EC_CANCELLED ? "cancelled" : status);
+		save_assistant(job, &ans, cls == EC_CANCELLED ? "cancelled" : status,
+			       APPEND_SYNC);
 		buf_append(&res->text, ans.content.data, ans.content.len);
 	}
 fail_quiet_text:

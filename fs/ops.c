@@ -742,24 +742,8 @@ static int hist_commit(struct fh *f, const struct nodeinfo *ni)
 		return -ENOENT;
 	conv_hist_lock(c);
 	if (f->mode == HM_APPEND) {
-		int fd = openat(conv_root_fd(), p, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
-		struct stat st;
-		char last;
-		if (fd < 0) {
-			ret = -errno;
-		} else {
-			if (fstat(fd, &st) == 0 && st.st_size > 0 &&
-			    pread(fd, &last, 1, st.st_size - 1) == 1 && last != '\n' &&
-			    f->data.len && f->data.data[0] != '\n')
-				ret = write_all(fd, "\n", 1);
-			if (ret == 0)
-				ret = write_all(fd, f->data.data, f->data.len);
-			if (ret == 0 && f->data.len && f->data.data[f->data.len - 1] != '\n')
-				ret = write_all(fd, "\n", 1);
-			if (ret == 0 && fdatasync(fd) < 0)
-				ret = -errno;
-			close(fd);
-		}
+		ret = append_lines_at(conv_root_fd(), p, f->data.data ? f->data.data : "",
+				      f->data.len, 1, 1);
 		if (ret == 0) {
 			buf_reset(&f->data);
 			f->checked = 0;

@@ -224,6 +224,45 @@ char *json_text_file(const cJSON *v)
 	return t;
 }
 
+char *read_setting_at(int dirfd, const char *name)
+{
+	char *data = NULL, *t;
+	size_t len;
+	if (read_file_at(dirfd, name, 1u << 20, &data, &len) != 0)
+		return NULL;
+	t = trim(data);
+	if (!*t) {
+		free(data);
+		return NULL;
+	}
+	memmove(data, t, strlen(t) + 1);
+	return data;
+}
+
+int append_lines_at(int dirfd, const char *path, const char *data, size_t n,
+		    int create, int sync)
+{
+	int fd = openat(dirfd, path, O_RDWR | O_APPEND | O_CLOEXEC | (create ? O_CREAT : 0),
+			0644);
+	struct stat st;
+	char last;
+	int ret = 0;
+
+	if (fd < 0)
+		return -errno;
+	if (n && data[0] != '\n' && fstat(fd, &st) == 0 && st.st_size > 0 &&
+	    pread(fd, &last, 1, st.st_size - 1) == 1 && last != '\n')
+		ret = write_all(fd, "\n", 1);
+	if (ret == 0)
+		ret = write_all(fd, data, n);
+	if (ret == 0 && n && data[n - 1] != '\n')
+		ret = write_all(fd, "\n", 1);
+	if (ret == 0 && sync && fdatasync(fd) < 0)
+		ret = -errno;
+	close(fd);
+	return ret;
+}
+
 char *trim(char *s)
 {
 	char *e;

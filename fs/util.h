@@ -29,6 +29,15 @@ char *utf8_repair(const char *s, size_t n);
  * malloc'd, NULL when out of memory. */
 struct cJSON;
 char *json_text_file(const struct cJSON *v);
+/* A small settings file (model, system, params.json) relative to dirfd,
+ * trimmed; malloc'd, NULL when absent, empty or over 1 MiB. */
+char *read_setting_at(int dirfd, const char *name);
+/* Appends whole lines to dirfd/path: a newline first when the file does
+ * not end in one (a user may have left it so), the data, and a final
+ * newline when the data lacks it. create: O_CREAT; sync: fdatasync.
+ * Returns 0 or -errno. */
+int append_lines_at(int dirfd, const char *path, const char *data, size_t n,
+		    int create, int sync);
 /* Trims ASCII whitespace at both ends in place; returns s. */
 char *trim(char *s);
 
