@@ -845,3 +845,24 @@ def test_examples_register_with_expected_schema(fake, mount, tmp_path):
             want_params["required"] = req
         assert fns[name] == {"name": name, "description": desc,
                              "parameters": want_params}, name
+
+
+def test_parallel_conversations_each_offer_every_tool_once(fake, mount, tmp_path):
+    """Every request reads tools/ again; conversations asking at the same
+    moment must each see the whole directory, every tool exactly once."""
+    m = tmount(mount)
+    names = ["t%d" % i for i in range(6)]
+    for n in names:
+        add_tool(m, tmp_path, n, "#!/bin/sh\n# @description tool %s\necho ok\n" % n)
+    convs = ["p%d" % i for i in range(12)]
+    for c in convs:
+        mkconv(m, c)
+    procs = [subprocess.Popen(["bash", "-c", "echo go > %s/prompt" % c],
+                              cwd=str(m.path / "conversations"))
+             for c in convs]
+    for p in procs:
+        assert p.wait(timeout=20) == 0
+    wait_for(lambda: len(fake.chat_requests()) >= len(convs), timeout=20)
+    for body in chat_bodies(fake):
+        offered = sorted(t["function"]["name"] for t in body["tools"])
+        assert offered == names, offered
