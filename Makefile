@@ -48,13 +48,13 @@ OBJS := $(patsubst fs/%.c,$(BUILD)/%.o,$(SRCS))
 DEPS := $(OBJS:.o=.d)
 
 # Pure modules that unit tests link against (no FUSE, no curl).
-PURE := buf sse jsonl config log names
+PURE := buf sse jsonl config log names util fsio store spool recover
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/unit/%,$(UNIT_SRCS))
 
 .PHONY: all deps test unit demo bench install uninstall fmt clean fuzz fuzz-smoke valgrind
 
-all: $(BUILD)/lmsfs unit
+all: $(BUILD)/lmsfs unit $(BUILD)/libfault.so
 
 $(BUILD)/lmsfs: $(OBJS)
 	$(CC) $(LDFLAGS) -o $@ $(OBJS) $(LDLIBS)
@@ -66,6 +66,11 @@ $(BUILD):
 	mkdir -p $(BUILD) $(BUILD)/unit
 
 unit: $(UNIT_BINS)
+
+# Fault injection for the store tests: an LD_PRELOAD shim that fails the Nth
+# write/fsync/rename/ftruncate/openat under the state directory.
+$(BUILD)/libfault.so: tests/fault/fault.c | $(BUILD)
+	$(CC) -O1 -g -std=gnu11 -D_GNU_SOURCE -Wall -Wextra -fPIC -shared -o $@ $< -ldl
 
 $(BUILD)/unit/%: tests/unit/%.c $(foreach m,$(PURE),$(BUILD)/$(m).o) | $(BUILD)
 	$(CC) $(CFLAGS) -Ifs -o $@ $< $(foreach m,$(PURE),$(BUILD)/$(m).o) $(LDFLAGS) $(LDLIBS)
@@ -85,6 +90,7 @@ deps:
 test: deps
 	$(MAKE) all
 	LMSFS_BIN=$(CURDIR)/$(BUILD)/lmsfs LMSFS_UNIT_DIR=$(CURDIR)/$(BUILD)/unit \
+	  LMSFS_FAULT_LIB=$(CURDIR)/$(BUILD)/libfault.so \
 	  $(PYTHON) -m pytest -q tests $(PYTEST_ARGS)
 
 demo: deps

@@ -16,8 +16,10 @@
 #include "metrics.h"
 #include "models.h"
 #include "names.h"
+#include "recover.h"
 #include "retry.h"
-#include "tools.h"
+#include "spool.h"
+#include "store.h"
 #include "util.h"
 
 #include <cjson/cJSON.h>
@@ -33,13 +35,12 @@
 #include <time.h>
 #include <unistd.h>
 
-#define QUEUE_FILE NAMES_PRIVATE_PREFIX "queue"
-#define PARTIAL_FILE GEN_PARTIAL_FILE
 #define NBUCKETS 4096
 
 struct job {
 	struct job *next;
 	uint64_t seq;
+	char id[STORE_ID_LEN]; /* ties the spool entry to its history line */
 	int regen;  /* answer the history as it is (retry) */
 	char *text; /* the prompt; NULL for regen */
 };
@@ -53,11 +54,13 @@ struct conv {
 	int dead;           /* table_lock */
 	pthread_mutex_t lock;
 	pthread_mutex_t hist;
+	uint64_t hist_gen; /* hist: bumped when the history is replaced */
 	/* protected by lock: */
 	struct job *qhead, *qtail;
 	int qlen;
 	int worker;
 	int generating;
+	int stalled; /* the head prompt could not be stored: wait for a retry */
 	uint64_t running_seq;
 	uint64_t cancel_seq;
 	volatile int cancel; /* read by the worker without the lock */
@@ -117,12 +120,6 @@ void conv_name(struct conv *c, char *buf, size_t len)
 	pthread_mutex_unlock(&table_lock);
 }
 
-struct conv *conv_ref(struct conv *c)
-{
-	__atomic_add_fetch(&c->refs, 1, __ATOMIC_ACQ_REL);
-	return c;
-}
-
 static void conv_free(struct conv *c)
 {
 	struct job *j, *n;
@@ -166,7 +163,8 @@ static int conv_dirfd(struct conv *c)
 {
 	int fd;
 	pthread_mutex_lock(&table_lock);
-	fd = c->dead ? -1 : openat(root_fd, c->name, O_DIRECTORY | O_RDONLY | O_CLOEXEC);
+	fd = c->dead ? -1
+		     : openat(root_fd, c->name, O_DIRECTORY | O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
 	if (fd < 0 && !c->dead)
 		fd = -errno;
 	else if (c->dead)
@@ -195,6 +193,16 @@ void conv_hist_unlock(struct conv *c)
 	pthread_mutex_unlock(&c->hist);
 }
 
+uint64_t conv_hist_gen(struct conv *c)
+{
+	return c->hist_gen;
+}
+
+void conv_hist_replaced(struct conv *c)
+{
+	c->hist_gen++;
+}
+
 void conv_note_rejected(struct conv *c, const char *why)
 {
 	pthread_mutex_lock(&c->lock);
@@ -202,83 +210,7 @@ void conv_note_rejected(struct conv *c, const char *why)
 	pthread_mutex_unlock(&c->lock);
 }
 
-/* --- the durable queue ------------------------------------------------ */
-
-static char *job_line(const struct job *j)
-{
-	cJSON *o = cJSON_CreateObject();
-	char *s;
-	cJSON_AddNumberToObject(o, "seq", (double)j->seq);
-	if (j->regen)
-		cJSON_AddBoolToObject(o, "regen", 1);
-	else
-		cJSON_AddStringToObject(o, "content", j->text);
-	s = cJSON_PrintUnformatted(o);
-	cJSON_Delete(o);
-	return s;
-}
-
-/* Rewrites the queue file from the list; c->lock held. */
-static int save_queue(struct conv *c, int dirfd)
-{
-	struct buf b;
-	int ret;
-
-	if (!c->qhead) {
-		if (unlinkat(dirfd, QUEUE_FILE, 0) < 0 && errno != ENOENT)
-			return -errno;
-		return 0;
-	}
-	buf_init(&b, 0);
-	for (struct job *j = c->qhead; j; j = j->next) {
-		char *l = job_line(j);
-		if (l) {
-			buf_puts(&b, l);
-			buf_putc(&b, '\n');
-		}
-		free(l);
-	}
-	ret = replace_file_at(dirfd, QUEUE_FILE, b.data, b.len);
-	buf_free(&b);
-	return ret;
-}
-
-static int append_queue(int dirfd, const struct job *j)
-{
-	char *l = job_line(j);
-	int fd, ret;
-	size_t n;
-
-	if (!l)
-		return -ENOMEM;
-	n = strlen(l);
-	l[n] = '\n'; /* cJSON's buffer has room: it ends in NUL */
-	fd = openat(dirfd, QUEUE_FILE, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
-	if (fd < 0) {
-		ret = -errno;
-	} else {
-		ret = write_all(fd, l, n + 1);
-		if (ret == 0 && fsync(fd) < 0)
-			ret = -errno;
-		close(fd);
-	}
-	free(l);
-	return ret;
-}
-
-/* Records that job seq left the queue (its prompt is in the history now).
- * The queue file is a log: prompts, then "done" records; it is dropped
- * when the queue empties. */
-static void mark_done(int dirfd, uint64_t seq)
-{
-	char rec[64];
-	int n = snprintf(rec, sizeof(rec), "{\"done\":%llu}\n", (unsigned long long)seq);
-	int fd = openat(dirfd, QUEUE_FILE, O_WRONLY | O_APPEND | O_CLOEXEC);
-	if (fd >= 0) {
-		write_all(fd, rec, (size_t)n);
-		close(fd);
-	}
-}
+/* --- the in-memory queue (the spool on disk mirrors it) -------------- */
 
 static void enqueue(struct conv *c, struct job *j)
 {
@@ -305,362 +237,41 @@ static struct job *dequeue(struct conv *c)
 	return j;
 }
 
-/* --- history helpers ------------------------------------------------- */
-
-/* Reads the last line of messages.jsonl (without newline) and its offset. */
-static char *last_history_line(int dirfd, off_t *offset)
-{
-	int fd = openat(dirfd, "messages.jsonl", O_RDONLY | O_CLOEXEC);
-	struct stat st;
-	char *data = NULL, *line = NULL;
-	size_t want = 64 << 10;
-
-	if (fd < 0)
-		return NULL;
-	if (fstat(fd, &st) < 0 || st.st_size == 0)
-		goto out;
-	/* Read the tail, a bigger piece each time, until the last line's
-	 * start is in it; never more than twice the longest valid line. */
-	for (;;) {
-		off_t start;
-		size_t end, b;
-		char *nd;
-
-		if ((off_t)want > st.st_size)
-			want = (size_t)st.st_size;
-		start = st.st_size - (off_t)want;
-		nd = realloc(data, want + 1);
-		if (!nd || pread(fd, nd, want, start) != (ssize_t)want) {
-			data = nd ? nd : data;
-			goto out;
-		}
-		data = nd;
-		data[want] = '\0';
-		end = want;
-		while (end > 0 && (data[end - 1] == '\n' || data[end - 1] == '\r' ||
-				   data[end - 1] == ' '))
-			end--;
-		b = end;
-		while (b > 0 && data[b - 1] != '\n')
-			b--;
-		if (b > 0 || start == 0) {
-			line = strndup(data + b, end - b);
-			if (offset)
-				*offset = start + (off_t)b;
-			goto out;
-		}
-		if (want >= 2 * (size_t)JSONL_MAX_LINE)
-			goto out; /* a line too long to look at */
-		want *= 2;
-	}
-out:
-	free(data);
-	close(fd);
-	return line;
-}
-
 static const char *role_of(cJSON *m)
 {
 	cJSON *r = cJSON_GetObjectItemCaseSensitive(m, "role");
 	return cJSON_IsString(r) ? r->valuestring : "";
 }
 
-/* Drops a torn final line that a crash left behind. */
-static void repair_tail(int dirfd)
-{
-	int fd = openat(dirfd, "messages.jsonl", O_RDWR | O_CLOEXEC);
-	struct stat st;
-	char last;
-
-	if (fd < 0)
-		return;
-	if (fstat(fd, &st) == 0 && st.st_size > 0 &&
-	    pread(fd, &last, 1, st.st_size - 1) == 1 && last != '\n') {
-		off_t off = 0;
-		char *l = last_history_line(dirfd, &off);
-		cJSON *m = l ? cJSON_Parse(l) : NULL;
-		if (!l) {
-			/* The last line could not be looked at (too long, no
-			 * memory): never guess, leave the file as it is. */
-		} else if (cJSON_IsObject(m)) {
-			if (pwrite(fd, "\n", 1, st.st_size) == 1)
-				log_info("messages.jsonl: added a missing final newline");
-		} else {
-			if (ftruncate(fd, off) == 0)
-				log_warnx("messages.jsonl: dropped a torn last line (%lld bytes)",
-					  (long long)(st.st_size - off));
-		}
-		cJSON_Delete(m);
-		free(l);
-	}
-	close(fd);
-}
-
-
-#define UNFINISHED "error: the tool did not finish (lmsfs stopped while it ran)"
-
-/* A tool round cut by a crash leaves an assistant message whose tool calls
- * have no results; the server would refuse that history. Answer the missing
- * calls with an error text so the next request is valid. */
-static void repair_tool_round(struct conv *c, int dirfd)
-{
-	int fd = openat(dirfd, "messages.jsonl", O_RDONLY | O_CLOEXEC);
-	struct stat st;
-	char *data = NULL;
-	size_t want;
-	cJSON *msgs = NULL, *calls, *m;
-	int n, i, last_main = -1;
-	struct gen_job gj = {.dirfd = dirfd, .hist_lock = hist_lock_cb,
-			     .hist_unlock = hist_unlock_cb, .ctx = c};
-
-	if (fd < 0)
-		return;
-	/* Only a history that ends inside a tool round (a call, or results)
-	 * can need it: look at the last line before reading more. */
-	{
-		char *last = last_history_line(dirfd, NULL);
-		cJSON *lm = last ? cJSON_Parse(last) : NULL;
-		const char *r = role_of(lm);
-		int maybe = !strcmp(r, "tool") || !strcmp(r, "function") ||
-			    (!strcmp(r, "assistant") &&
-			     (cJSON_GetObjectItemCaseSensitive(lm, "tool_calls") ||
-			      cJSON_GetObjectItemCaseSensitive(lm, "function_call")));
-		cJSON_Delete(lm);
-		free(last);
-		if (!maybe)
-			goto out;
-	}
-	if (fstat(fd, &st) < 0 || st.st_size == 0)
-		goto out;
-	want = st.st_size > (4 << 20) ? (4 << 20) : (size_t)st.st_size;
-	data = malloc(want + 1);
-	if (!data || pread(fd, data, want, st.st_size - (off_t)want) != (ssize_t)want)
-		goto out;
-	data[want] = '\0';
-	msgs = cJSON_CreateArray();
-	for (char *p = data, *nl; p && *p; p = nl ? nl + 1 : NULL) {
-		nl = strchr(p, '\n');
-		if (nl)
-			*nl = '\0';
-		m = cJSON_Parse(p);
-		if (cJSON_IsObject(m))
-			cJSON_AddItemToArray(msgs, m);
-		else
-			cJSON_Delete(m);
-	}
-	n = cJSON_GetArraySize(msgs);
-	for (i = n - 1; i >= 0; i--) {
-		const char *r = role_of(cJSON_GetArrayItem(msgs, i));
-		if (strcmp(r, "tool") != 0 && strcmp(r, "function") != 0) {
-			last_main = i;
-			break;
-		}
-	}
-	if (last_main < 0 || strcmp(role_of(cJSON_GetArrayItem(msgs, last_main)), "assistant"))
-		goto out;
-	m = cJSON_GetArrayItem(msgs, last_main);
-	calls = cJSON_GetObjectItemCaseSensitive(m, "tool_calls");
-	if (cJSON_IsArray(calls)) {
-		cJSON *call;
-		cJSON_ArrayForEach(call, calls)
-		{
-			cJSON *id = cJSON_GetObjectItemCaseSensitive(call, "id");
-			int answered = 0;
-			if (!cJSON_IsString(id))
-				continue;
-			for (i = last_main + 1; i < n; i++) {
-				cJSON *t = cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(msgs, i),
-									    "tool_call_id");
-				if (cJSON_IsString(t) && !strcmp(t->valuestring, id->valuestring))
-					answered = 1;
-			}
-			if (!answered) {
-				char *line = tools_result_line(NULL, id->valuestring, UNFINISHED, 0);
-				if (line)
-					gen_append_history(&gj, line);
-				free(line);
-				log_warnx("conversation %s: answered an interrupted tool call", c->name);
-			}
-		}
-	} else if (cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(m, "function_call")) &&
-		   last_main == n - 1) {
-		cJSON *fc = cJSON_GetObjectItemCaseSensitive(m, "function_call");
-		cJSON *nm = cJSON_GetObjectItemCaseSensitive(fc, "name");
-		char *line = tools_result_line(cJSON_IsString(nm) ? nm->valuestring : "unknown",
-					       NULL, UNFINISHED, 1);
-		if (line)
-			gen_append_history(&gj, line);
-		free(line);
-	}
-out:
-	cJSON_Delete(msgs);
-	free(data);
-	close(fd);
-}
-
 /* --- loading and recovery --------------------------------------------- */
 
 static void start_worker(struct conv *c);
 
+/* Repairs what a crash left (recover.h) and loads the queue; table_lock
+ * held, nobody else sees c yet. */
 static void recover(struct conv *c, int dirfd)
 {
-	char *data = NULL;
-	size_t len;
+	struct recover_result r;
 
-	repair_tail(dirfd);
-	repair_tool_round(c, dirfd);
-
-	/* Prompts that were acknowledged but not yet answered. */
-	if (read_file_at(dirfd, QUEUE_FILE, 256u << 20, &data, &len) == 0) {
-		char *last = last_history_line(dirfd, NULL);
-		cJSON *lm = last ? cJSON_Parse(last) : NULL;
-		char *p = data, *end = data + len;
-		int first = 1;
-		/* First the "done" records: those prompts are in the history. */
-		size_t ndone = 0, cap = 0;
-		double *done = NULL;
-		for (char *q = data; q < end;) {
-			char *nl = memchr(q, '\n', (size_t)(end - q));
-			size_t l = nl ? (size_t)(nl - q) : (size_t)(end - q);
-			cJSON *o = cJSON_ParseWithLength(q, l);
-			cJSON *d = cJSON_GetObjectItemCaseSensitive(o, "done");
-			if (cJSON_IsNumber(d)) {
-				if (ndone == cap) {
-					size_t ncap = cap ? cap * 2 : 16;
-					double *nd = realloc(done, ncap * sizeof(*nd));
-					if (nd) {
-						done = nd;
-						cap = ncap;
-					}
-				}
-				if (ndone < cap)
-					done[ndone++] = d->valuedouble;
-			}
-			cJSON_Delete(o);
-			q += l + 1;
-		}
-		pthread_mutex_lock(&c->lock);
-		while (p < end) {
-			char *nl = memchr(p, '\n', (size_t)(end - p));
-			size_t l = nl ? (size_t)(nl - p) : (size_t)(end - p);
-			cJSON *o = cJSON_ParseWithLength(p, l);
-			cJSON *seq = cJSON_GetObjectItemCaseSensitive(o, "seq");
-			cJSON *txt = cJSON_GetObjectItemCaseSensitive(o, "content");
-			int regen = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "regen"));
-			p += l + 1;
-			if (!cJSON_IsNumber(seq) || (!regen && !cJSON_IsString(txt))) {
-				cJSON_Delete(o);
-				continue;
-			}
-			int is_done = 0;
-			for (size_t k = 0; k < ndone; k++)
-				if (done[k] == seq->valuedouble)
-					is_done = 1;
-			if (is_done) {
-				cJSON_Delete(o);
-				continue;
-			}
-			/* The head may already be in the history: the daemon died
-			 * between appending it and dropping it from the queue. */
-			if (first && !regen && cJSON_IsObject(lm) &&
-			    strcmp(role_of(lm), "user") == 0) {
-				cJSON *lc = cJSON_GetObjectItemCaseSensitive(lm, "content");
-				if (cJSON_IsString(lc) && strcmp(lc->valuestring, txt->valuestring) == 0) {
-					cJSON_Delete(o);
-					first = 0;
-					c->err = EC_NONE;
-					continue;
-				}
-			}
-			first = 0;
-			struct job *j = calloc(1, sizeof(*j));
-			if (j) {
-				j->seq = ++c->submitted;
-				j->regen = regen;
-				j->text = regen ? NULL : strdup(txt->valuestring);
-				enqueue(c, j);
-			}
-			cJSON_Delete(o);
-		}
-		c->finished = c->submitted - (uint64_t)c->qlen;
-		save_queue(c, dirfd);
-		pthread_mutex_unlock(&c->lock);
-		cJSON_Delete(lm);
-		free(last);
-		free(data);
-		free(done);
+	if (recover_conversation(dirfd, c->name, &r) != 0)
+		return;
+	pthread_mutex_lock(&c->lock);
+	for (size_t i = 0; i < r.npending; i++) {
+		struct job *j = calloc(1, sizeof(*j));
+		if (!j)
+			break;
+		j->seq = ++c->submitted;
+		j->regen = r.pending[i].regen;
+		memcpy(j->id, r.pending[i].id, sizeof(j->id));
+		j->text = r.pending[i].text;
+		r.pending[i].text = NULL;
+		enqueue(c, j);
 	}
-
-	/* An answer was streaming when the daemon died. */
-	if (read_file_at(dirfd, PARTIAL_FILE, 4096, &data, &len) == 0) {
-		cJSON *o = cJSON_Parse(data);
-		cJSON *off = cJSON_GetObjectItemCaseSensitive(o, "stream_offset");
-		free(data);
-		data = NULL;
-		if (cJSON_IsNumber(off)) {
-			int fd = openat(dirfd, "stream", O_RDONLY | O_CLOEXEC);
-			struct stat st;
-			if (fd >= 0 && fstat(fd, &st) == 0 && st.st_size > off->valuedouble) {
-				size_t n = (size_t)(st.st_size - (off_t)off->valuedouble);
-				if (n > (64u << 20))
-					n = 64u << 20;
-				char *t = malloc(n + 1);
-				if (t && pread(fd, t, n, (off_t)off->valuedouble) == (ssize_t)n) {
-					t[n] = '\0';
-					/* Drop marked lines (tool activity) from the text. */
-					char *w = t;
-					for (char *r = t; *r;) {
-						char *nl = strchr(r, '\n');
-						size_t l = nl ? (size_t)(nl - r) + 1 : strlen(r);
-						if (strncmp(r, "[lmsfs] ", 8) != 0) {
-							memmove(w, r, l);
-							w += l;
-						}
-						r += l;
-					}
-					*w = '\0';
-					n = (size_t)(w - t);
-					cJSON *m = cJSON_CreateObject();
-					char *fixed = utf8_repair(t, n);
-					cJSON_AddStringToObject(m, "role", "assistant");
-					cJSON_AddStringToObject(m, "content", fixed ? fixed : "");
-					free(fixed);
-					cJSON_AddStringToObject(m, "lmsfs_status",
-								"interrupted: the daemon stopped while answering");
-					char *line = cJSON_PrintUnformatted(m);
-					struct gen_job gj = {.dirfd = dirfd, .hist_lock = hist_lock_cb,
-							     .hist_unlock = hist_unlock_cb, .ctx = c};
-					if (line && n > 0)
-						gen_append_history(&gj, line);
-					free(line);
-					cJSON_Delete(m);
-					if (n > 0 && t[n - 1] != '\n')
-						gen_stream_write(dirfd, "\n", 1);
-				}
-				free(t);
-			}
-			if (fd >= 0)
-				close(fd);
-		}
-		cJSON_Delete(o);
-		gen_mark(dirfd, "[lmsfs] error interrupted: the daemon stopped while answering; "
-				"write retry to .ctl to ask again");
-		unlinkat(dirfd, PARTIAL_FILE, 0);
-		pthread_mutex_lock(&c->lock);
+	if (r.interrupted) {
 		c->err = EC_INTERRUPTED;
 		snprintf(c->errmsg, sizeof(c->errmsg),
 			 "the daemon stopped while answering; write retry to .ctl");
-		pthread_mutex_unlock(&c->lock);
-	}
-
-	/* The history's last message as it now stands tells the rest. */
-	char *last = last_history_line(dirfd, NULL);
-	cJSON *lm = last ? cJSON_Parse(last) : NULL;
-	cJSON *content = cJSON_GetObjectItemCaseSensitive(lm, "content");
-	pthread_mutex_lock(&c->lock);
-	/* A prompt in the history that nothing will answer. */
-	if (!c->qhead && c->err == EC_NONE && cJSON_IsObject(lm) &&
-	    strcmp(role_of(lm), "user") == 0) {
+	} else if (r.unanswered) {
 		c->err = EC_INTERRUPTED;
 		snprintf(c->errmsg, sizeof(c->errmsg),
 			 "the last prompt has no answer (the daemon stopped before "
@@ -668,17 +279,16 @@ static void recover(struct conv *c, int dirfd)
 	}
 	/* After a remount, .reply with nothing pending still gives the last
 	 * answer. */
-	if (!c->last_text && cJSON_IsObject(lm) && strcmp(role_of(lm), "assistant") == 0 &&
-	    cJSON_IsString(content)) {
-		c->last_text = strdup(content->valuestring);
-		c->last_len = c->last_text ? strlen(c->last_text) : 0;
-		c->last_errno = c->err != EC_NONE ? errclass_errno(c->err) : 0;
+	if (r.last_answer) {
+		c->last_text = r.last_answer;
+		c->last_len = r.last_len;
+		r.last_answer = NULL;
+		c->last_errno = r.last_marked ? errclass_errno(EC_INTERRUPTED) : 0;
 	}
-	cJSON_Delete(lm);
-	free(last);
 	if (c->qhead)
 		start_worker(c);
 	pthread_mutex_unlock(&c->lock);
+	recover_result_free(&r);
 }
 
 struct conv *conv_get(const char *name)
@@ -715,7 +325,7 @@ struct conv *conv_get(const char *name)
 	table[h] = c;
 	/* Recover while holding the table lock, so that nobody sees the
 	 * conversation before its queue is loaded. It touches only c. */
-	dirfd = openat(root_fd, name, O_DIRECTORY | O_RDONLY | O_CLOEXEC);
+	dirfd = openat(root_fd, name, O_DIRECTORY | O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
 	if (dirfd >= 0) {
 		recover(c, dirfd);
 		close(dirfd);
@@ -735,13 +345,13 @@ static void *worker(void *arg)
 		struct gen_result res;
 		struct gen_job gj;
 		char name[NAME_MAX + 1];
-		int dirfd, stop;
+		int dirfd, stop, stalled = 0;
 
 		pthread_mutex_lock(&table_lock);
 		stop = stopping || c->dead;
 		pthread_mutex_unlock(&table_lock);
 		pthread_mutex_lock(&c->lock);
-		if (!c->qhead || stop) {
+		if (!c->qhead || stop || c->stalled) {
 			int drained = 0;
 			/* A removed conversation answers nothing more: readers
 			 * waiting for its queued prompts get ENOENT. */
@@ -789,38 +399,46 @@ static void *worker(void *arg)
 					      .hist_lock = hist_lock_cb,
 					      .hist_unlock = hist_unlock_cb,
 					      .ctx = c};
+			int ret = 0;
 			if (!j->regen) {
-				cJSON *m = cJSON_CreateObject();
-				char *line;
-				cJSON_AddStringToObject(m, "role", "user");
-				cJSON_AddStringToObject(m, "content", j->text);
-				line = cJSON_PrintUnformatted(m);
-				cJSON_Delete(m);
-				/* No fsync here: the prompt is durable in the queue, and
-				 * the answer's synced append covers this line too. */
-				if (line)
-					gen_append_history_nosync(&gj, line);
+				/* The line carries the prompt's id: recovery tells by it
+				 * whether the spooled prompt was taken. No fsync here: the
+				 * prompt is durable in the spool, and the answer's synced
+				 * append covers this line too. */
+				char *line = store_user_line(j->text, j->id);
+				pthread_mutex_lock(&c->hist);
+				ret = line ? store_hist_append(dirfd, line, strlen(line), STORE_CREATE,
+							       NULL)
+					   : -ENOMEM;
+				pthread_mutex_unlock(&c->hist);
 				free(line);
 			}
-			pthread_mutex_lock(&c->lock);
-			dequeue(c);
-			mark_done(dirfd, j->seq);
-			pthread_mutex_unlock(&c->lock);
-			metrics_active(1);
-			gen_run(&gj, &res);
-			metrics_active(-1);
-			unlinkat(dirfd, PARTIAL_FILE, 0);
-			pthread_mutex_lock(&c->lock);
-			if (!c->qhead) {
-				/* Emptied, not removed: the next prompt appends to
-				 * an existing file (creating one costs a journal
-				 * commit on its fsync). */
-				int qfd = openat(dirfd, QUEUE_FILE,
-						 O_WRONLY | O_TRUNC | O_CLOEXEC);
-				if (qfd >= 0)
-					close(qfd);
+			if (ret != 0) {
+				/* The prompt cannot go into the history (a full disk):
+				 * it stays first in the queue, and in the spool, until
+				 * the next prompt or a retry takes it again. */
+				res.err = EC_STORAGE;
+				res.sys_errno = -ret;
+				snprintf(res.errmsg, sizeof(res.errmsg),
+					 "cannot store the prompt in messages.jsonl: %s; it stays "
+					 "queued (send a prompt or write retry to .ctl when there "
+					 "is room)",
+					 strerror(-ret));
+				store_mark(dirfd, "[lmsfs] error storage: %s", res.errmsg);
+				stalled = 1;
+			} else {
+				pthread_mutex_lock(&c->lock);
+				dequeue(c);
+				pthread_mutex_unlock(&c->lock);
+				metrics_active(1);
+				gen_run(&gj, &res);
+				metrics_active(-1);
+				store_partial_clear(dirfd);
+				pthread_mutex_lock(&c->lock);
+				if (!c->qhead)
+					spool_clear(dirfd);
+				pthread_mutex_unlock(&c->lock);
 			}
-			pthread_mutex_unlock(&c->lock);
 			close(dirfd);
 		}
 		if (dirfd < 0) {
@@ -830,7 +448,9 @@ static void *worker(void *arg)
 		}
 
 		metrics_answer(res.err == EC_NONE);
-		if (res.err != EC_NONE)
+		if (res.err == EC_STORAGE)
+			metrics_storage_failure(res.errmsg);
+		else if (res.err != EC_NONE)
 			metrics_failure(res.err);
 		if (res.prompt_tokens > 0 || res.completion_tokens > 0)
 			metrics_tokens(res.prompt_tokens > 0 ? res.prompt_tokens : 0,
@@ -849,13 +469,15 @@ static void *worker(void *arg)
 
 		pthread_mutex_lock(&c->lock);
 		c->generating = 0;
+		c->stalled = stalled;
 		c->finished = j->seq;
 		c->err = res.err;
 		snprintf(c->errmsg, sizeof(c->errmsg), "%s", res.err ? res.errmsg : "");
 		free(c->last_text);
 		c->last_len = res.text.len;
 		c->last_text = buf_take(&res.text);
-		c->last_errno = res.err ? errclass_errno(res.err) : 0;
+		c->last_errno = res.sys_errno ? res.sys_errno
+				: res.err ? errclass_errno(res.err) : 0;
 		snprintf(c->model, sizeof(c->model), "%s", res.model);
 		c->ttft = res.ttft;
 		c->tps = res.tps;
@@ -867,8 +489,10 @@ static void *worker(void *arg)
 		c->finished_at = now_s();
 		pthread_mutex_unlock(&c->lock);
 		gen_result_free(&res);
-		free(j->text);
-		free(j);
+		if (!stalled) {
+			free(j->text);
+			free(j);
+		}
 
 		if (hooks.answer_done)
 			hooks.answer_done(c);
@@ -930,13 +554,36 @@ int conv_precheck(struct conv *c, char *why, size_t whylen)
 		snprintf(why, whylen, "conversation is gone");
 		return -ENOENT;
 	}
-	want = read_setting_at(dirfd, "model");
+	want = store_setting(dirfd, "model");
 	close(dirfd);
 	id = models_resolve(want, &cls, why, whylen);
 	free(want);
 	if (!id)
 		return -errclass_errno(cls);
 	free(id);
+	return 0;
+}
+
+/* Writes j to the spool (durably) and queues it; c->lock held. */
+static int spool_job(struct conv *c, int dirfd, struct job *j)
+{
+	struct spool_entry e = {.regen = j->regen, .text = j->text};
+	int ret;
+
+	store_new_id(j->id);
+	memcpy(e.id, j->id, sizeof(e.id));
+	ret = spool_append(dirfd, &e);
+	if (ret != 0)
+		return ret;
+	j->seq = ++c->submitted;
+	enqueue(c, j);
+	/* A prompt stuck for room goes first, now with this one behind it. */
+	c->stalled = 0;
+	if (!c->generating) {
+		c->err = EC_NONE;
+		c->errmsg[0] = '\0';
+	}
+	start_worker(c);
 	return 0;
 }
 
@@ -969,25 +616,15 @@ int conv_submit(struct conv *c, const char *text, size_t len, char *why,
 			 cfg->max_queue);
 		return -EBUSY;
 	}
-	j->seq = c->submitted + 1;
-	ret = append_queue(dirfd, j);
+	ret = spool_job(c, dirfd, j);
+	pthread_mutex_unlock(&c->lock);
+	close(dirfd);
 	if (ret != 0) {
-		pthread_mutex_unlock(&c->lock);
-		close(dirfd);
 		free(j->text);
 		free(j);
 		snprintf(why, whylen, "cannot save the prompt: %s", strerror(-ret));
 		return ret;
 	}
-	c->submitted = j->seq;
-	enqueue(c, j);
-	if (c->err != EC_NONE && !c->generating) {
-		c->err = EC_NONE;
-		c->errmsg[0] = '\0';
-	}
-	start_worker(c);
-	pthread_mutex_unlock(&c->lock);
-	close(dirfd);
 	return 0;
 }
 
@@ -1022,22 +659,28 @@ int conv_retry(struct conv *c, char *why, size_t whylen)
 		return dirfd;
 	}
 	pthread_mutex_lock(&c->lock);
+	if (c->stalled && !c->generating) {
+		/* A prompt waits for room on the disk: try it again. */
+		c->stalled = 0;
+		c->err = EC_NONE;
+		c->errmsg[0] = '\0';
+		start_worker(c);
+		goto out;
+	}
 	if (c->generating || c->qhead) {
 		snprintf(why, whylen, "an answer is running or queued; retry when it ends");
 		ret = -EBUSY;
 		goto out;
 	}
 	pthread_mutex_lock(&c->hist);
-	last = last_history_line(dirfd, &off);
+	last = store_hist_last_line(dirfd, &off);
 	lm = last ? cJSON_Parse(last) : NULL;
 	if (cJSON_IsObject(lm) && strcmp(role_of(lm), "assistant") == 0 &&
 	    cJSON_GetObjectItemCaseSensitive(lm, "lmsfs_status")) {
 		/* Drop the unfinished answer; the new one replaces it. */
-		int fd = openat(dirfd, "messages.jsonl", O_WRONLY | O_CLOEXEC);
-		if (fd < 0 || ftruncate(fd, off) < 0 || fsync(fd) < 0)
-			ret = -errno;
-		if (fd >= 0)
-			close(fd);
+		ret = store_hist_truncate(dirfd, off);
+		if (ret == 0)
+			c->hist_gen++;
 	} else if (!cJSON_IsObject(lm) ||
 		   (strcmp(role_of(lm), "user") != 0 && strcmp(role_of(lm), "tool") != 0 &&
 		    strcmp(role_of(lm), "function") != 0)) {
@@ -1061,18 +704,11 @@ int conv_retry(struct conv *c, char *why, size_t whylen)
 		goto out;
 	}
 	j->regen = 1;
-	j->seq = c->submitted + 1;
-	ret = append_queue(dirfd, j);
+	ret = spool_job(c, dirfd, j);
 	if (ret != 0) {
 		free(j);
 		snprintf(why, whylen, "cannot save the retry: %s", strerror(-ret));
-		goto out;
 	}
-	c->submitted = j->seq;
-	c->err = EC_NONE;
-	c->errmsg[0] = '\0';
-	enqueue(c, j);
-	start_worker(c);
 out:
 	pthread_mutex_unlock(&c->lock);
 	close(dirfd);
@@ -1083,7 +719,8 @@ uint64_t conv_wait_target(struct conv *c)
 {
 	uint64_t t;
 	pthread_mutex_lock(&c->lock);
-	t = c->submitted;
+	/* A prompt stuck for room has its failure to tell now. */
+	t = c->stalled ? c->finished : c->submitted;
 	pthread_mutex_unlock(&c->lock);
 	return t;
 }
@@ -1122,6 +759,8 @@ char *conv_status_json(struct conv *c)
 	pthread_mutex_lock(&c->lock);
 	if (c->generating)
 		state = "generating";
+	else if (c->stalled)
+		state = "failed";
 	else if (c->qhead)
 		state = "queued";
 	else if (c->err != EC_NONE)
@@ -1217,6 +856,10 @@ int conv_mkdir(const char *name, unsigned mode)
 		return ret;
 	if (mkdirat(root_fd, name, (mode & 0777) | 0700) < 0)
 		return -errno;
+	/* The new directory must outlive a power cut with the prompts the
+	 * user is about to write into it. */
+	if (fsync(root_fd) < 0)
+		log_warn("mkdir %s: syncing conversations/", name);
 	return 0;
 }
 
@@ -1306,6 +949,8 @@ int conv_rename(const char *from, const char *to, unsigned flags)
 		ret = -errno;
 		goto out;
 	}
+	if (fsync(root_fd) < 0)
+		log_warn("mv %s %s: syncing conversations/", from, to);
 	victim = find_locked(to);
 	if (victim) {
 		unhash(victim);
@@ -1349,9 +994,9 @@ void conv_recover_all(void)
 		char p[600];
 		if (de->d_name[0] == '.' && (!de->d_name[1] || !strcmp(de->d_name, "..")))
 			continue;
-		snprintf(p, sizeof(p), "%s/" QUEUE_FILE, de->d_name);
+		snprintf(p, sizeof(p), "%s/" STORE_SPOOL, de->d_name);
 		int pending = fstatat(root_fd, p, &st, 0) == 0 && st.st_size > 0;
-		snprintf(p, sizeof(p), "%s/" PARTIAL_FILE, de->d_name);
+		snprintf(p, sizeof(p), "%s/" STORE_PARTIAL, de->d_name);
 		pending = pending || fstatat(root_fd, p, &st, 0) == 0;
 		if (pending)
 			conv_put(conv_get(de->d_name));

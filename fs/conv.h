@@ -4,7 +4,7 @@
  * On disk, state_dir/conversations/NAME/ holds the user's files
  * (messages.jsonl, stream, prompt, model, system, params.json, anything
  * else) plus private files named NAMES_PRIVATE_PREFIX* that never show
- * through the mount: the durable prompt queue and the in-progress marker.
+ * through the mount; store.h owns that layout and its durability.
  *
  * Lock order: table lock (conv.c) -> conv->lock -> conv->hist_lock.
  * Hooks are called with no lock held.
@@ -48,6 +48,13 @@ int conv_rename(const char *from, const char *to, unsigned flags);
 /* messages.jsonl must change under this lock (the worker appends under it). */
 void conv_hist_lock(struct conv *c);
 void conv_hist_unlock(struct conv *c);
+/* How many times the history was replaced or cut (not appended to) since
+ * the conversation was loaded; with the history lock held. A writer that
+ * saw generation g and size s at open knows that, while the generation is
+ * still g, everything past s was appended meanwhile. */
+uint64_t conv_hist_gen(struct conv *c);
+/* Records a replacement or cut; with the history lock held. */
+void conv_hist_replaced(struct conv *c);
 /* A user's history write was refused; remember why for .status. */
 void conv_note_rejected(struct conv *c, const char *why);
 
@@ -72,11 +79,9 @@ int conv_answer(struct conv *c, uint64_t seq, char **text, size_t *len,
 char *conv_status_json(struct conv *c);
 /* Copies the conversation's current name into buf. */
 void conv_name(struct conv *c, char *buf, size_t len);
-/* Takes another reference. */
-struct conv *conv_ref(struct conv *c);
-
-/* Background recovery scan of every conversation at mount: queued prompts
- * resume, interrupted answers get marked. */
+/* Recovery of every conversation with a queue or a running answer, at
+ * mount, before the first request is served: queued prompts resume,
+ * interrupted answers get marked (recover.h). */
 void conv_recover_all(void);
 
 #endif

@@ -27,6 +27,7 @@ static const struct {
 	[EC_BREAKER] = {"circuit_open", EBUSY, 0},
 	[EC_CANCELLED] = {"cancelled", ECANCELED, 0},
 	[EC_INTERRUPTED] = {"interrupted", EIO, 0},
+	[EC_STORAGE] = {"storage", EIO, 0},
 };
 
 const char *errclass_name(enum err_class c)

@@ -26,6 +26,7 @@ enum err_class {
 	EC_BREAKER,       /* circuit open: failed without trying */
 	EC_CANCELLED,     /* user cancelled */
 	EC_INTERRUPTED,   /* daemon stopped mid-answer */
+	EC_STORAGE,       /* the answer could not be written to disk */
 	EC__COUNT
 };
 

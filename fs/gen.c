@@ -5,6 +5,7 @@
 
 #include "api.h"
 #include "config.h"
+#include "fsio.h"
 #include "http.h"
 #include "log.h"
 #include "metrics.h"
@@ -12,6 +13,7 @@
 #include "models.h"
 #include "retry.h"
 #include "sse.h"
+#include "store.h"
 #include "tools.h"
 #include "util.h"
 
@@ -25,7 +27,6 @@
 #include <sys/stat.h>
 #include <time.h>
 
-#define HISTORY_MAX (1ul << 30)
 #define ERROR_BODY_MAX (64u << 10)
 
 static const struct config *cfg;
@@ -49,115 +50,41 @@ void gen_result_free(struct gen_result *r)
 		buf_free(&r->text);
 }
 
-int gen_stream_write(int dirfd, const char *text, size_t len)
-{
-	int fd = openat(dirfd, "stream", O_WRONLY | O_APPEND | O_CLOEXEC);
-	int ret;
-	if (fd < 0)
-		return -errno;
-	ret = write_all(fd, text, len);
-	close(fd);
-	return ret;
-}
-
-enum { APPEND_SYNC = 1, APPEND_CREATE = 2 };
-static int append_history(const struct gen_job *job, const char *line, int how);
-
-int gen_append_history(const struct gen_job *job, const char *line)
-{
-	return append_history(job, line, APPEND_SYNC);
-}
-
-int gen_append_history_nosync(const struct gen_job *job, const char *line)
-{
-	return append_history(job, line, APPEND_CREATE);
-}
-
-static int append_history(const struct gen_job *job, const char *line, int how)
+/* Appends history lines under the history lock; 0 or -errno (the file is
+ * as before on failure). */
+static int append_history(const struct gen_job *job, const char *line, int how, off_t *at)
 {
 	int ret;
 	job->hist_lock(job->ctx);
-	ret = append_lines_at(job->dirfd, "messages.jsonl", line, strlen(line),
-			      how & APPEND_CREATE, how & APPEND_SYNC);
+	ret = store_hist_append(job->dirfd, line, strlen(line), how, at);
 	job->hist_unlock(job->ctx);
 	return ret;
 }
 
-
-/* The history as the text of a JSON array's elements ("{..},{..}"), ready
- * to be spliced into the request: lines are validated JSON objects, so they
- * are copied as they are, which keeps a turn cheap even with a long
- * history. Only lines with lmsfs bookkeeping ("lmsfs_status") are parsed,
- * to drop those members. *first_role gets the first message's role. */
-static int load_history(int dirfd, struct buf *out, char *first_role, size_t rolelen,
-			char *why, size_t whylen)
+/* Takes back lines appended at `at` (a tool round that cannot be
+ * completed), if the history still holds `line` there. */
+static void undo_history(const struct gen_job *job, off_t at, const char *line)
 {
-	char *data = NULL, *p, *end;
-	size_t len;
-	int rc = read_file_at(dirfd, "messages.jsonl", HISTORY_MAX, &data, &len);
+	size_t n = strlen(line);
+	char *got = NULL;
+	size_t len = 0;
 
-	first_role[0] = '\0';
-	if (rc == -ENOENT)
-		return 0;
-	if (rc != 0) {
-		snprintf(why, whylen, "cannot read messages.jsonl: %s", strerror(-rc));
-		return rc;
-	}
-	for (p = data, end = data + len; p < end;) {
-		char *nl = memchr(p, '\n', (size_t)(end - p));
-		size_t l = nl ? (size_t)(nl - p) : (size_t)(end - p);
-		char *b = p, *e = p + l;
-		p += l + 1;
-		while (b < e && (*b == ' ' || *b == '\t' || *b == '\r'))
-			b++;
-		while (e > b && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\r'))
-			e--;
-		if (b == e || *b != '{' || e[-1] != '}')
-			continue; /* blank, or not an object: never sent */
-		if (!first_role[0] || memmem(b, (size_t)(e - b), "\"lmsfs", 6)) {
-			cJSON *m = cJSON_ParseWithLength(b, (size_t)(e - b));
-			const cJSON *r = cJSON_GetObjectItemCaseSensitive(m, "role");
-			char *txt;
-			if (!cJSON_IsObject(m)) {
-				cJSON_Delete(m);
-				continue;
-			}
-			if (!first_role[0])
-				snprintf(first_role, rolelen, "%s",
-					 cJSON_IsString(r) ? r->valuestring : "?");
-			if (memmem(b, (size_t)(e - b), "\"lmsfs", 6)) {
-				cJSON *it = m->child, *next;
-				for (; it; it = next) {
-					next = it->next;
-					if (it->string && strncmp(it->string, "lmsfs", 5) == 0)
-						cJSON_DeleteItemFromObjectCaseSensitive(m, it->string);
-				}
-				txt = cJSON_PrintUnformatted(m);
-				cJSON_Delete(m);
-				if (!txt)
-					continue;
-				if (out->len)
-					buf_putc(out, ',');
-				rc = buf_puts(out, txt);
-				free(txt);
-				if (rc)
-					break;
-				continue;
-			}
-			cJSON_Delete(m);
-		}
-		if (out->len)
-			buf_putc(out, ',');
-		rc = buf_append(out, b, (size_t)(e - b));
-		if (rc)
-			break;
-	}
-	free(data);
-	if (rc) {
-		snprintf(why, whylen, "the history is too large to send");
-		return rc;
-	}
-	return 0;
+	job->hist_lock(job->ctx);
+	if (store_hist_read_from(job->dirfd, at, &got, &len) == 0 && len >= n &&
+	    memcmp(got, line, n) == 0)
+		store_hist_truncate(job->dirfd, at);
+	job->hist_unlock(job->ctx);
+	free(got);
+}
+
+/* An answer (or part of one) could not be stored: the class, the errno and
+ * a reason. */
+static enum err_class storage_failed(struct gen_result *res, int err, const char *what)
+{
+	res->sys_errno = -err;
+	snprintf(res->errmsg, sizeof(res->errmsg), "cannot store %s in messages.jsonl: %s",
+		 what, strerror(-err));
+	return EC_STORAGE;
 }
 
 struct stream_ctx {
@@ -173,7 +100,7 @@ struct stream_ctx {
 static void flush_text(struct stream_ctx *s)
 {
 	if (s->pending.len && s->stream_fd >= 0 &&
-	    write_all(s->stream_fd, s->pending.data, s->pending.len) != 0)
+	    fsio_write_all(s->stream_fd, s->pending.data, s->pending.len) != 0)
 		s->write_err = 1;
 	buf_reset(&s->pending);
 }
@@ -188,7 +115,7 @@ static int on_text(void *u, const char *text, size_t len)
 	if (s->batching && buf_append(&s->pending, text, len) == 0)
 		return 0;
 	flush_text(s);
-	if (s->stream_fd >= 0 && write_all(s->stream_fd, text, len) != 0)
+	if (s->stream_fd >= 0 && fsio_write_all(s->stream_fd, text, len) != 0)
 		s->write_err = 1;
 	return 0;
 }
@@ -344,52 +271,21 @@ static enum err_class request(const struct gen_job *job, const char *body,
 	return cls;
 }
 
-void gen_mark(int dirfd, const char *fmt, ...)
-{
-	char line[1200];
-	va_list ap;
-	int n;
-	va_start(ap, fmt);
-	n = vsnprintf(line, sizeof(line) - 1, fmt, ap);
-	va_end(ap);
-	if (n < 0)
-		return;
-	if ((size_t)n > sizeof(line) - 2)
-		n = sizeof(line) - 2;
-	/* Marked lines are single lines, whatever the message held. */
-	for (int i = 0; i < n; i++)
-		if (line[i] == '\n' || line[i] == '\r')
-			line[i] = ' ';
-	line[n++] = '\n';
-	gen_stream_write(dirfd, line, (size_t)n);
-}
-
 /* Ends the answer's text in stream with a newline and appends the
  * assistant message (status marks an unfinished one) to the history. */
-static void save_assistant(const struct gen_job *job, const struct api_answer *ans,
-			   const char *status, int how)
+static int save_assistant(const struct gen_job *job, const struct api_answer *ans,
+			  const char *status, int how, char **saved, off_t *at)
 {
 	char *line = api_assistant_line(ans, status);
+	int ret;
 	if (ans->content.len)
-		gen_stream_write(job->dirfd, "\n", 1);
-	if (line)
-		append_history(job, line, how);
-	free(line);
-}
-
-/* Records where this round's text starts in stream, so that a crash
- * recovery keeps only the unfinished text (see conv.c). */
-static void mark_partial(int dirfd)
-{
-	struct stat st;
-	char txt[96];
-	off_t size = fstatat(dirfd, "stream", &st, 0) == 0 ? st.st_size : 0;
-	int n = snprintf(txt, sizeof(txt), "{\"stream_offset\":%lld}\n", (long long)size);
-	int fd = openat(dirfd, GEN_PARTIAL_FILE, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	if (fd >= 0) {
-		write_all(fd, txt, (size_t)n);
-		close(fd);
-	}
+		store_stream_write(job->dirfd, "\n", 1);
+	ret = line ? append_history(job, line, how, at) : -ENOMEM;
+	if (saved && ret == 0)
+		*saved = line;
+	else
+		free(line);
+	return ret;
 }
 
 void gen_run(const struct gen_job *job, struct gen_result *res)
@@ -405,10 +301,9 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 	/* The one place that creates stream: later writes (marks, newlines)
 	 * only append, so that a conversation being removed (rm -r) is not
 	 * filled again behind the user's back. */
-	stream_fd = openat(job->dirfd, "stream",
-			   O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+	stream_fd = store_stream_open(job->dirfd);
 
-	params_txt = read_setting_at(job->dirfd, "params.json");
+	params_txt = store_setting(job->dirfd, "params.json");
 	if (params_txt) {
 		params = cJSON_Parse(params_txt);
 		if (!cJSON_IsObject(params)) {
@@ -418,12 +313,12 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 			goto fail;
 		}
 	}
-	want = read_setting_at(job->dirfd, "model");
+	want = store_setting(job->dirfd, "model");
 	model = models_resolve(want, &cls, res->errmsg, sizeof(res->errmsg));
 	if (!model)
 		goto fail;
 	snprintf(res->model, sizeof(res->model), "%s", model);
-	system = read_setting_at(job->dirfd, "system");
+	system = store_setting(job->dirfd, "system");
 
 	for (;;) {
 		char why[256] = "", first_role[32];
@@ -432,11 +327,11 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 		char *body;
 		int stream;
 
-		mark_partial(job->dirfd);
-		buf_init(&msgs, HISTORY_MAX + (1u << 20));
+		store_partial_set(job->dirfd);
+		buf_init(&msgs, STORE_HISTORY_MAX + (1u << 20));
 		/* The system prompt leads, unless the history starts with one. */
-		if (load_history(job->dirfd, &msgs, first_role, sizeof(first_role), why,
-				 sizeof(why)) != 0) {
+		if (store_hist_for_request(job->dirfd, &msgs, first_role, sizeof(first_role),
+					   why, sizeof(why)) != 0) {
 			buf_free(&msgs);
 			cls = EC_BAD_REQUEST;
 			snprintf(res->errmsg, sizeof(res->errmsg), "%s", why);
@@ -492,8 +387,14 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 		for (int i = 0; i < ans.n_calls; i++)
 			if (ans.calls[i].name)
 				ncalls++;
-		if (ncalls == 0 || !tools_enabled()) {
-			save_assistant(job, &ans, NULL, APPEND_SYNC);
+		if (ncalls == 0) {
+			int rc = save_assistant(job, &ans, NULL, STORE_SYNC, NULL, NULL);
+			if (rc != 0) {
+				/* Never "ok" for an answer that is not on disk; its
+				 * text stays in stream. */
+				cls = storage_failed(res, rc, "the answer");
+				goto fail_quiet_text;
+			}
 			buf_append(&res->text, ans.content.data ? ans.content.data : "",
 				   ans.content.len);
 			break;
@@ -505,7 +406,7 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 				 "(max_tool_rounds)",
 				 cfg->max_tool_rounds);
 			if (ans.content.len)
-				gen_stream_write(job->dirfd, "\n", 1);
+				store_stream_write(job->dirfd, "\n", 1);
 			goto fail_quiet_text;
 		}
 		/* A tool round: the calls go to the history, then the results. */
@@ -517,18 +418,35 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 			}
 		/* The round's lines need no fsync of their own: the answer's
 		 * synced append at the end covers the whole file. */
-		save_assistant(job, &ans, NULL, 0);
-		mark_partial(job->dirfd);
-		for (int i = 0; i < ans.n_calls; i++) {
-			struct api_tool_call *c = &ans.calls[i];
-			char *result;
-			if (!c->name)
-				continue;
-			result = tools_call(c->name, c->args.data ? c->args.data : "",
-					    c->id, job->conv_name, job->dirfd, ans.legacy_call);
-			if (result)
-				append_history(job, result, 0);
-			free(result);
+		{
+			char *round_line = NULL;
+			off_t round_at = -1;
+			int rc = save_assistant(job, &ans, NULL, 0, &round_line, &round_at);
+			if (rc != 0) {
+				cls = storage_failed(res, rc, "a tool call");
+				goto fail_quiet_text;
+			}
+			store_partial_set(job->dirfd);
+			for (int i = 0; i < ans.n_calls && rc == 0; i++) {
+				struct api_tool_call *c = &ans.calls[i];
+				char *result;
+				if (!c->name)
+					continue;
+				result = tools_call(c->name, c->args.data ? c->args.data : "",
+						    c->id, job->conv_name, job->dirfd,
+						    ans.legacy_call);
+				rc = result ? append_history(job, result, 0, NULL) : -ENOMEM;
+				free(result);
+			}
+			if (rc != 0) {
+				/* A round without all its results is a history the
+				 * server refuses: take the round back. */
+				undo_history(job, round_at, round_line);
+				free(round_line);
+				cls = storage_failed(res, rc, "a tool result");
+				goto fail_quiet_text;
+			}
+			free(round_line);
 		}
 		if (flag_get(job->cancel)) {
 			cls = EC_CANCELLED;
@@ -544,15 +462,18 @@ fail:
 		char status[600];
 		snprintf(status, sizeof(status), "%s: %s", errclass_name(cls),
 			 res->errmsg);
-		save_assistant(job, &ans, cls == EC_CANCELLED ? "cancelled" : status,
-			       APPEND_SYNC);
+		int rc = save_assistant(job, &ans, cls == EC_CANCELLED ? "cancelled" : status,
+					STORE_SYNC, NULL, NULL);
+		if (rc != 0)
+			log_warnx("%s: cannot store the unfinished answer: %s", job->conv_name,
+				  strerror(-rc));
 		buf_append(&res->text, ans.content.data, ans.content.len);
 	}
 fail_quiet_text:
 	if (cls == EC_CANCELLED)
-		gen_mark(job->dirfd, "[lmsfs] cancelled");
+		store_mark(job->dirfd, "[lmsfs] cancelled");
 	else
-		gen_mark(job->dirfd, "[lmsfs] error %s: %s", errclass_name(cls), res->errmsg);
+		store_mark(job->dirfd, "[lmsfs] error %s: %s", errclass_name(cls), res->errmsg);
 done:
 	res->err = cls;
 	double first = dbl_get(&job->progress->first_token);

@@ -2,7 +2,9 @@
  *
  * Runs in a conversation's worker thread. Everything it needs from the
  * conversation comes through struct gen_job; it never touches conv.c's
- * locks except through the callbacks.
+ * locks except through the callbacks. Files are read and written through
+ * store.h only. An answer that cannot be stored fails with EC_STORAGE and
+ * the errno of the failed write; it is never reported as finished.
  */
 #ifndef LMSFS_GEN_H
 #define LMSFS_GEN_H
@@ -13,9 +15,6 @@
 #include "errclass.h"
 
 struct config;
-
-/* Private marker: where the running answer's text starts in stream. */
-#define GEN_PARTIAL_FILE ".lmsfs.partial"
 
 struct gen_progress {
 	long tokens;        /* content chunks so far */
@@ -35,6 +34,7 @@ struct gen_job {
 
 struct gen_result {
 	enum err_class err;  /* EC_NONE on success */
+	int sys_errno;       /* EC_STORAGE: the errno of the failed write */
 	char errmsg[512];
 	struct buf text;     /* final answer text */
 	char model[256];
@@ -51,18 +51,5 @@ void gen_result_init(struct gen_result *r);
 void gen_result_free(struct gen_result *r);
 /* Generates the answer to the history in job->dirfd/messages.jsonl. */
 void gen_run(const struct gen_job *job, struct gen_result *r);
-
-/* Appends one line (a JSON message, no newline) to messages.jsonl under the
- * history lock, fsync'd. Repairs a missing final newline first. Does not
- * create the file: a history removed meanwhile (rm -r) stays removed. */
-int gen_append_history(const struct gen_job *job, const char *line);
-/* The same without waiting for the disk (the caller has the data durable
- * elsewhere, or a later synced append covers it); creates the file (the
- * first prompt of a conversation). */
-int gen_append_history_nosync(const struct gen_job *job, const char *line);
-/* Appends one marked line ("[lmsfs] ...", made a single line) to stream. */
-void gen_mark(int dirfd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-/* Appends text to the stream file. */
-int gen_stream_write(int dirfd, const char *text, size_t len);
 
 #endif

@@ -2,6 +2,7 @@
 #include "health.h"
 
 #include "config.h"
+#include "metrics.h"
 #include "models.h"
 #include "retry.h"
 #include "util.h"
@@ -43,6 +44,16 @@ char *health_json(const struct config *cfg)
 	for (size_t i = 0; i < l->n; i++)
 		cJSON_AddItemToArray(ids, cJSON_CreateString(l->v[i].id));
 	models_put(l);
+	{
+		char why[512];
+		long n = metrics_storage_last(why, sizeof(why));
+		cJSON *sto = cJSON_AddObjectToObject(o, "storage");
+		cJSON_AddNumberToObject(sto, "failures", (double)n);
+		if (n > 0)
+			cJSON_AddStringToObject(sto, "last_error", why);
+		else
+			cJSON_AddNullToObject(sto, "last_error");
+	}
 	h = cJSON_AddObjectToObject(o, "http");
 	cJSON_AddNumberToObject(h, "timeout_ms", cfg->timeout_ms);
 	cJSON_AddNumberToObject(h, "connect_timeout_ms", cfg->connect_timeout_ms);

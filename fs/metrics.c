@@ -4,7 +4,9 @@
 #include "retry.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 
 static atomic_long requests, retries, tokens_in, tokens_out, answers_ok,
 	answers_failed;
@@ -40,6 +42,25 @@ void metrics_failure(enum err_class c)
 	if (c > 0 && c < EC__COUNT)
 		atomic_fetch_add(&failures[c], 1);
 }
+static pthread_mutex_t storage_lock = PTHREAD_MUTEX_INITIALIZER;
+static char storage_last[512]; /* storage_lock */
+
+void metrics_storage_failure(const char *why)
+{
+	atomic_fetch_add(&failures[EC_STORAGE], 1);
+	pthread_mutex_lock(&storage_lock);
+	snprintf(storage_last, sizeof(storage_last), "%s", why);
+	pthread_mutex_unlock(&storage_lock);
+}
+
+long metrics_storage_last(char *why, size_t len)
+{
+	pthread_mutex_lock(&storage_lock);
+	snprintf(why, len, "%s", storage_last);
+	pthread_mutex_unlock(&storage_lock);
+	return atomic_load(&failures[EC_STORAGE]);
+}
+
 void metrics_tokens(long in, long out)
 {
 	atomic_fetch_add(&tokens_in, in);

@@ -6,6 +6,8 @@
 #ifndef LMSFS_METRICS_H
 #define LMSFS_METRICS_H
 
+#include <stddef.h>
+
 #include "buf.h"
 #include "errclass.h"
 
@@ -13,6 +15,11 @@ enum tool_outcome { TOOL_OK, TOOL_FAILED, TOOL_TIMEOUT, TOOL_UNKNOWN, TOOL__COUN
 
 void metrics_request(void);
 void metrics_failure(enum err_class c);
+/* A write to disk failed (an answer or a user's history write): counted as
+ * class "storage", the reason kept for health. */
+void metrics_storage_failure(const char *why);
+/* Storage failures so far; the last reason into why. */
+long metrics_storage_last(char *why, size_t len);
 void metrics_retry(void);
 void metrics_tokens(long in, long out);
 void metrics_ttft(double seconds);

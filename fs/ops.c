@@ -15,12 +15,14 @@
 #include "buf.h"
 #include "config.h"
 #include "conv.h"
+#include "fsio.h"
 #include "health.h"
 #include "jsonl.h"
 #include "log.h"
 #include "metrics.h"
 #include "models.h"
 #include "names.h"
+#include "store.h"
 #include "tools.h"
 #include "util.h"
 
@@ -44,7 +46,6 @@ enum kind {
 #define INO_ROOT 1
 #define INO_FIRST_DYNAMIC 100
 #define NB 16384
-#define HISTORY_MAX (1ul << 30)
 
 struct node {
 	uint64_t ino;
@@ -56,6 +57,8 @@ struct node {
 	struct node *next_ino;  /* nodes_lock */
 	struct node *next_name; /* nodes_lock */
 };
+
+static void temp_remember(const char *conv, const char *name);
 
 static const struct config *cfg;
 static int state_fd = -1, tools_fd = -1;
@@ -580,6 +583,9 @@ struct fh {
 	struct timespec times[2]; /* applied again after the commit replaced */
 	int mode_set;        /* the file */
 	mode_t new_mode;
+	off_t base_size;     /* HM_REPLACE: the history's size and generation */
+	uint64_t base_gen;   /* when opened: what lies past base_size since was
+				appended meanwhile and is kept (hist_commit) */
 	/* FH_PROMPT */
 	int prechecked;
 	/* FH_REPLY */
@@ -718,12 +724,70 @@ static void note_reject(const char *conv, const char *what, const char *why)
 	}
 }
 
+/* A conversation's directory, opened without following symlinks. */
+static int conv_dir(const char *conv)
+{
+	return fsio_open(conv_root_fd(), conv, O_RDONLY | O_DIRECTORY, 0);
+}
+
+/* A write to disk failed: counted, logged, kept for health. */
+static void note_storage(const char *conv, const char *what, int err)
+{
+	char msg[600];
+	if (err != -ENOSPC && err != -EDQUOT && err != -EIO && err != -EROFS)
+		return;
+	snprintf(msg, sizeof(msg), "conversation %s: %s: %s", conv, what, strerror(-err));
+	log_warnx("storage: %s", msg);
+	metrics_storage_failure(msg);
+}
+
+/* data + what was appended to the history since base_size (the lines
+ * lmsfs, or a user's >>, appended while this writer had the file open),
+ * unless data already ends with them. History lock held. *out is data
+ * itself or a malloc'd merge. */
+static int merge_appended(int dfd, const char *data, size_t n, off_t base_size,
+			  char **merged, size_t *mlen)
+{
+	off_t size = store_hist_size(dfd);
+	char *tail = NULL, *m;
+	size_t tlen = 0;
+	int ret, nl;
+
+	*merged = NULL;
+	*mlen = 0;
+	if (size <= base_size)
+		return 0;
+	ret = store_hist_read_from(dfd, base_size, &tail, &tlen);
+	if (ret)
+		return ret;
+	if (tlen == 0 || (n >= tlen && memcmp(data + n - tlen, tail, tlen) == 0)) {
+		free(tail);
+		return 0;
+	}
+	nl = n > 0 && data[n - 1] != '\n';
+	m = malloc(n + (size_t)nl + tlen + 1);
+	if (!m) {
+		free(tail);
+		return -ENOMEM;
+	}
+	memcpy(m, data, n);
+	if (nl)
+		m[n] = '\n';
+	memcpy(m + n + nl, tail, tlen);
+	m[n + nl + tlen] = '\0';
+	free(tail);
+	*merged = m;
+	*mlen = n + (size_t)nl + tlen;
+	return 0;
+}
+
 /* Writes a validated history back. Returns 0 or -errno. */
 static int hist_commit(struct fh *f, const struct nodeinfo *ni)
 {
-	char p[PATH_MAX], why[300] = "";
+	char why[300] = "";
+	const char *data = f->data.data ? f->data.data : "";
 	struct conv *c;
-	int ret;
+	int ret, dfd;
 
 	/* An append is checked as it arrives; a replacement may have been
 	 * edited anywhere, so it is checked whole. */
@@ -734,33 +798,55 @@ static int hist_commit(struct fh *f, const struct nodeinfo *ni)
 		note_reject(ni->conv, "messages.jsonl", why);
 		return ret == -EFBIG ? -EFBIG : -EINVAL;
 	}
-	ret = cpath(p, sizeof(p), ni->conv, "messages.jsonl");
-	if (ret)
-		return ret;
 	c = conv_get(ni->conv);
 	if (!c)
 		return -ENOENT;
+	dfd = conv_dir(ni->conv);
+	if (dfd < 0) {
+		conv_put(c);
+		return dfd;
+	}
 	conv_hist_lock(c);
 	if (f->mode == HM_APPEND) {
-		ret = append_lines_at(conv_root_fd(), p, f->data.data ? f->data.data : "",
-				      f->data.len, 1, 1);
+		ret = store_hist_append(dfd, data, f->data.len, STORE_SYNC | STORE_CREATE, NULL);
 		if (ret == 0) {
 			buf_reset(&f->data);
 			f->checked = 0;
 		}
+	} else if (conv_hist_gen(c) != f->base_gen) {
+		/* Someone else replaced the history since this writer opened
+		 * it: which lines to keep cannot be known. */
+		ret = -EBUSY;
+		snprintf(why, sizeof(why), "messages.jsonl was replaced by another writer "
+					   "while this one had it open; nothing written");
 	} else {
-		ret = replace_file_at(conv_root_fd(), p, f->data.data ? f->data.data : "",
-				      f->data.len);
+		char *merged = NULL;
+		size_t mlen = 0;
+		ret = merge_appended(dfd, data, f->data.len, f->base_size, &merged, &mlen);
+		if (ret == 0)
+			ret = merged ? store_hist_replace(dfd, merged, mlen)
+				     : store_hist_replace(dfd, data, f->data.len);
+		free(merged);
+		if (ret == 0) {
+			conv_hist_replaced(c);
+			f->base_gen = conv_hist_gen(c);
+			f->base_size = store_hist_size(dfd);
+		}
 	}
 	if (ret == 0 && f->mode_set)
-		fchmodat(conv_root_fd(), p, f->new_mode, 0);
+		fchmodat(dfd, STORE_HISTORY, f->new_mode, 0);
 	if (ret == 0 && f->times_set)
-		utimensat(conv_root_fd(), p, f->times, 0);
+		utimensat(dfd, STORE_HISTORY, f->times, AT_SYMLINK_NOFOLLOW);
 	conv_hist_unlock(c);
 	conv_put(c);
+	close(dfd);
 	if (ret == 0) {
 		f->dirty = 0;
 		f->trunc_pending = 0;
+	} else if (why[0]) {
+		note_reject(ni->conv, "messages.jsonl", why);
+	} else {
+		note_storage(ni->conv, "writing messages.jsonl", ret);
 	}
 	return ret;
 }
@@ -769,15 +855,51 @@ static int open_backing(const struct nodeinfo *ni, int flags, mode_t mode)
 {
 	char p[PATH_MAX];
 	int ret;
-	if (ni->kind == K_TFILE) {
-		ret = openat(tools_fd, ni->name, flags | O_CLOEXEC | O_NOFOLLOW, mode);
-		return ret < 0 ? -errno : ret;
-	}
+	if (ni->kind == K_TFILE)
+		return fsio_open(tools_fd, ni->name, flags, mode);
 	ret = cpath(p, sizeof(p), ni->conv, ni->name);
 	if (ret)
 		return ret;
-	ret = openat(conv_root_fd(), p, flags | O_CLOEXEC | O_NOFOLLOW, mode);
-	return ret < 0 ? -errno : ret;
+	return fsio_open(conv_root_fd(), p, flags, mode);
+}
+
+/* A writer that replaces the history: remember its size and generation
+ * now (hist_commit keeps what is appended past them meanwhile) and, for an
+ * in-place edit, take the copy it edits, all under the history lock. */
+static int hist_open_replace(struct fh *f, const struct nodeinfo *ni, int flags,
+			     int creating)
+{
+	struct conv *c = conv_get(ni->conv);
+	struct stat st;
+	int ret = 0;
+
+	if (!c)
+		return -ENOENT;
+	f->mode = HM_REPLACE;
+	f->trunc_pending = (flags & O_TRUNC) != 0;
+	conv_hist_lock(c);
+	f->base_gen = conv_hist_gen(c);
+	if (fstat(f->fd, &st) < 0)
+		ret = -errno;
+	else
+		f->base_size = st.st_size;
+	/* In-place edits (no O_TRUNC) work on a copy, checked at close. */
+	if (ret == 0 && !(flags & O_TRUNC) && !creating && st.st_size > 0) {
+		size_t n = (size_t)st.st_size;
+		char *all = n <= STORE_HISTORY_MAX ? malloc(n) : NULL;
+		if (n > STORE_HISTORY_MAX)
+			ret = -EFBIG;
+		else if (!all)
+			ret = -ENOMEM;
+		else if (pread(f->fd, all, n, 0) != st.st_size)
+			ret = -EIO;
+		else
+			ret = buf_append(&f->data, all, n);
+		free(all);
+	}
+	conv_hist_unlock(c);
+	conv_put(c);
+	return ret;
 }
 
 /* A plain file of the backing store (tools, editor files, settings): the
@@ -870,7 +992,7 @@ static int do_open(fuse_ino_t ino, const struct nodeinfo *ni, int flags,
 			}
 			f->fd = fd;
 			f->writable = wr;
-			f->data.max = HISTORY_MAX;
+			f->data.max = STORE_HISTORY_MAX;
 			/* Readers go through the page cache, kept from one open
 			 * to the next (readahead; a second cat or grep costs no
 			 * FUSE round trips). Appends by lmsfs change size and
@@ -879,34 +1001,10 @@ static int do_open(fuse_ino_t ino, const struct nodeinfo *ni, int flags,
 			 * stale pages (FUSE_CAP_AUTO_INVAL_DATA). */
 			if (!wr)
 				*direct = CACHE_KEEP;
-			if (wr) {
-				if (flags & O_TRUNC) {
-					f->mode = HM_REPLACE;
-					f->trunc_pending = 1;
-				} else if (flags & O_APPEND) {
-					f->mode = HM_APPEND;
-				} else if (creating) {
-					f->mode = HM_REPLACE;
-				} else {
-					/* In-place edits work on a copy, checked at close. */
-					struct stat st;
-					f->mode = HM_REPLACE;
-					if (fstat(fd, &st) < 0)
-						ret = -errno;
-					else if ((size_t)st.st_size > HISTORY_MAX)
-						ret = -EFBIG;
-					else if (st.st_size > 0) {
-						char *all = malloc((size_t)st.st_size);
-						if (!all)
-							ret = -ENOMEM;
-						else if (pread(fd, all, (size_t)st.st_size, 0) != st.st_size)
-							ret = -EIO;
-						else
-							ret = buf_append(&f->data, all, (size_t)st.st_size);
-						free(all);
-					}
-				}
-			}
+			if (wr && (flags & O_APPEND) && !(flags & O_TRUNC))
+				f->mode = HM_APPEND;
+			else if (wr)
+				ret = hist_open_replace(f, ni, flags, creating);
 			break;
 		}
 		if (strcmp(ni->name, "stream") == 0) {
@@ -996,6 +1094,8 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 	ni.parent = parent;
 	snprintf(ni.name, sizeof(ni.name), "%s", name);
 	snprintf(ni.conv, sizeof(ni.conv), "%s", pi.conv);
+	if (ni.kind == K_CFILE)
+		temp_remember(ni.conv, name);
 	ret = do_open(0, &ni, fi->flags, mode & 07777, 1, &f, &direct);
 	if (ret == 0)
 		ret = attr_of(0, &ni, &st);
@@ -1342,6 +1442,18 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 			send_prepared(req, &p);
 			return;
 		}
+		if (f->writable && f->mode == HM_APPEND && f->data.len) {
+			/* An a+ reader sees its own appends before they are
+			 * committed at close: they follow the file. */
+			struct stat st;
+			if (fstat(f->fd, &st) == 0 && off >= st.st_size) {
+				struct prepared p;
+				prepare_slice(f->data.data, f->data.len, size, off - st.st_size, &p);
+				pthread_mutex_unlock(&f->lock);
+				send_prepared(req, &p);
+				return;
+			}
+		}
 		pthread_mutex_unlock(&f->lock);
 		break;
 	default:
@@ -1639,35 +1751,92 @@ static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync,
 
 static int truncate_history(const struct nodeinfo *ni, off_t size)
 {
-	char p[PATH_MAX], why[300] = "";
+	char why[300] = "";
 	char *data = NULL;
 	size_t len = 0;
 	struct conv *c;
-	int ret = cpath(p, sizeof(p), ni->conv, "messages.jsonl");
+	int ret, dfd;
 
-	if (ret)
-		return ret;
 	c = conv_get(ni->conv);
 	if (!c)
 		return -ENOENT;
+	dfd = conv_dir(ni->conv);
+	if (dfd < 0) {
+		conv_put(c);
+		return dfd;
+	}
 	/* Read, check and write back under the history lock: nothing may
 	 * replace the file in between. */
 	conv_hist_lock(c);
-	ret = read_file_at(conv_root_fd(), p, HISTORY_MAX, &data, &len);
-	if (ret == 0 && (size_t)size > len)
+	ret = store_hist_read(dfd, &data, &len);
+	if (ret == 0 && (size_t)size > len) {
+		/* Zeros are not JSON lines: growing is refused, not padded. */
+		snprintf(why, sizeof(why), "cannot grow the history (%zu bytes) to %lld: "
+					   "only whole JSON lines can be added",
+			 len, (long long)size);
 		ret = -EINVAL;
+	}
 	if (ret == 0 && (size_t)size < len) {
 		ret = jsonl_check(data, (size_t)size, why, sizeof(why), NULL);
 		if (ret == 0)
-			ret = replace_file_at(conv_root_fd(), p, data, (size_t)size);
+			ret = store_hist_replace(dfd, data, (size_t)size);
 		else
 			ret = -EINVAL;
+		if (ret == 0)
+			conv_hist_replaced(c);
 	}
 	conv_hist_unlock(c);
 	conv_put(c);
+	close(dfd);
 	free(data);
 	if (ret == -EINVAL && why[0])
 		note_reject(ni->conv, "truncating messages.jsonl", why);
+	else if (ret)
+		note_storage(ni->conv, "truncating messages.jsonl", ret);
+	return ret;
+}
+
+/* Times set on messages.jsonl while a writer holds it open (cp -a, tar:
+ * futimens before close, which FUSE sends without the handle): the commit
+ * at close writes a new file, which must carry them too. */
+static void hist_note_times(uint64_t ino, int to_set, const struct stat *attr)
+{
+	pthread_mutex_lock(&handles_lock);
+	for (struct hlink *l = handles.next; l != &handles; l = l->next) {
+		struct fh *f = (struct fh *)l;
+		if (l->is_dir || f->kind != FH_HIST || !f->writable || f->ino != ino)
+			continue;
+		pthread_mutex_lock(&f->lock);
+		if (to_set & FUSE_SET_ATTR_MODE) {
+			f->mode_set = 1;
+			f->new_mode = attr->st_mode & 07777;
+		}
+		if (to_set & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME)) {
+			f->times_set = 1;
+			f->times[0].tv_sec = f->times[1].tv_sec = 0;
+			f->times[0].tv_nsec = f->times[1].tv_nsec = UTIME_OMIT;
+			if (to_set & FUSE_SET_ATTR_ATIME_NOW)
+				f->times[0].tv_nsec = UTIME_NOW;
+			else if (to_set & FUSE_SET_ATTR_ATIME)
+				f->times[0] = attr->st_atim;
+			if (to_set & FUSE_SET_ATTR_MTIME_NOW)
+				f->times[1].tv_nsec = UTIME_NOW;
+			else if (to_set & FUSE_SET_ATTR_MTIME)
+				f->times[1] = attr->st_mtim;
+		}
+		pthread_mutex_unlock(&f->lock);
+	}
+	pthread_mutex_unlock(&handles_lock);
+}
+
+static int truncate_plain(int dfd, const char *rel, off_t size)
+{
+	int fd = fsio_open(dfd, rel, O_WRONLY, 0), ret = 0;
+	if (fd < 0)
+		return fd;
+	if (ftruncate(fd, size) < 0)
+		ret = -errno;
+	close(fd);
 	return ret;
 }
 
@@ -1725,52 +1894,44 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 					f->data.len = (size_t)attr->st_size;
 					if (f->data.data)
 						f->data.data[f->data.len] = '\0';
+					f->checked = 0;
+					f->dirty = 1;
+				} else {
+					/* Zeros are not JSON lines. */
+					ret = -EINVAL;
 				}
-				f->checked = 0;
-				f->dirty = 1;
 				pthread_mutex_unlock(&f->lock);
+				if (ret)
+					note_reject(ni.conv, "truncating messages.jsonl",
+						    "cannot grow the history: only whole JSON "
+						    "lines can be added");
 			} else {
 				ret = truncate_history(&ni, attr->st_size);
 			}
 		} else if (ni.kind == K_CFILE && strcmp(ni.name, "stream") == 0) {
-			if (fstatat(dfd, rel, &st, 0) == 0 && st.st_size != attr->st_size)
+			/* Append-only: it may grow (zeros, like a disk), never
+			 * shrink. */
+			if (fstatat(dfd, rel, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+			    attr->st_size < st.st_size)
 				ret = -EPERM;
+			else
+				ret = truncate_plain(dfd, rel, attr->st_size);
 		} else if (ni.kind == K_CFILE && strcmp(ni.name, "prompt") == 0) {
 			ret = 0; /* always empty */
 		} else {
-			int fd = openat(dfd, rel, O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
-			if (fd < 0 || ftruncate(fd, attr->st_size) < 0)
-				ret = -errno;
-			if (fd >= 0)
-				close(fd);
+			ret = truncate_plain(dfd, rel, attr->st_size);
 		}
 		if (ret)
 			goto out;
 	}
-	if (ni.kind == K_CFILE && fi && FH(fi)->kind == FH_HIST && FH(fi)->writable &&
-	    (to_set & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME))) {
-		/* cp -a sets times and mode before close; the commit at close
-		 * writes a new file, which must carry them too. */
-		struct fh *f = FH(fi);
-		pthread_mutex_lock(&f->lock);
-		if (to_set & FUSE_SET_ATTR_MODE) {
-			f->mode_set = 1;
-			f->new_mode = attr->st_mode & 07777;
-		}
-		if (to_set & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME)) {
-			f->times_set = 1;
-			f->times[0].tv_sec = f->times[1].tv_sec = 0;
-			f->times[0].tv_nsec = f->times[1].tv_nsec = UTIME_OMIT;
-			if (to_set & FUSE_SET_ATTR_ATIME_NOW)
-				f->times[0].tv_nsec = UTIME_NOW;
-			else if (to_set & FUSE_SET_ATTR_ATIME)
-				f->times[0] = attr->st_atim;
-			if (to_set & FUSE_SET_ATTR_MTIME_NOW)
-				f->times[1].tv_nsec = UTIME_NOW;
-			else if (to_set & FUSE_SET_ATTR_MTIME)
-				f->times[1] = attr->st_mtim;
-		}
-		pthread_mutex_unlock(&f->lock);
+	if (ni.kind == K_CFILE && strcmp(ni.name, STORE_HISTORY) == 0 &&
+	    (to_set & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME)))
+		hist_note_times(ino, to_set, attr);
+	if ((ni.kind == K_CFILE || ni.kind == K_TFILE) &&
+	    fstatat(dfd, rel, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode)) {
+		log_warnx("refused to change a symlink: %s", rel);
+		ret = -ELOOP;
+		goto out;
 	}
 	if (to_set & FUSE_SET_ATTR_MODE) {
 		if (fchmodat(dfd, rel, attr->st_mode & 07777, 0) < 0) {
@@ -2049,21 +2210,114 @@ out:
 	fuse_reply_err(req, -ret);
 }
 
-/* Checks a file that is about to become messages.jsonl. */
-static int check_new_history(int dfd, const char *rel, const char *conv)
+/* Files created in a conversation (an editor's or sed's temporary) remember
+ * the history's size and generation at that moment: renamed over
+ * messages.jsonl, they keep what lmsfs appended meanwhile. A small table;
+ * the oldest entry goes first. temps_lock is a leaf. */
+#define NTEMPS 32
+static struct tempbase {
+	char conv[NAME_MAX + 1];
+	char name[NAME_MAX + 1];
+	off_t size;
+	uint64_t gen;
+	unsigned long stamp; /* 0: free */
+} temps[NTEMPS];           /* temps_lock */
+static unsigned long temps_clock; /* temps_lock */
+static pthread_mutex_t temps_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int is_special_file(const char *name)
 {
-	char *data = NULL, why[300];
-	size_t len;
-	int ret = read_file_at(dfd, rel, HISTORY_MAX, &data, &len);
+	return !strcmp(name, STORE_HISTORY) || !strcmp(name, STORE_STREAM) ||
+	       !strcmp(name, STORE_PROMPT) || !strcmp(name, "model") ||
+	       !strcmp(name, "system") || !strcmp(name, "params.json");
+}
+
+static void temp_remember(const char *conv, const char *name)
+{
+	struct conv *c;
+	struct tempbase t = {.stamp = 1};
+	int dfd, slot = 0;
+	off_t size;
+
+	if (is_special_file(name) || !(c = conv_get(conv)))
+		return;
+	dfd = conv_dir(conv);
+	if (dfd >= 0) {
+		conv_hist_lock(c);
+		size = store_hist_size(dfd);
+		t.size = size > 0 ? size : 0;
+		t.gen = conv_hist_gen(c);
+		conv_hist_unlock(c);
+		close(dfd);
+	}
+	conv_put(c);
+	if (dfd < 0)
+		return;
+	snprintf(t.conv, sizeof(t.conv), "%s", conv);
+	snprintf(t.name, sizeof(t.name), "%s", name);
+	pthread_mutex_lock(&temps_lock);
+	for (int i = 1; i < NTEMPS; i++)
+		if (temps[i].stamp < temps[slot].stamp)
+			slot = i;
+	t.stamp = ++temps_clock;
+	temps[slot] = t;
+	pthread_mutex_unlock(&temps_lock);
+}
+
+/* Takes the entry for conv/name; 0 when found. */
+static int temp_take(const char *conv, const char *name, off_t *size, uint64_t *gen)
+{
+	int ret = -ENOENT;
+	pthread_mutex_lock(&temps_lock);
+	for (int i = 0; i < NTEMPS; i++)
+		if (temps[i].stamp && !strcmp(temps[i].conv, conv) &&
+		    !strcmp(temps[i].name, name)) {
+			*size = temps[i].size;
+			*gen = temps[i].gen;
+			temps[i].stamp = 0;
+			ret = 0;
+			break;
+		}
+	pthread_mutex_unlock(&temps_lock);
+	return ret;
+}
+
+/* Renames conversation file `name` over messages.jsonl: checked whole,
+ * with the lines appended since the file was created kept after its own
+ * (see temp_remember). History lock held. */
+static int rename_over_history(struct conv *c, const char *conv, const char *name,
+			       const char *from, const char *to, unsigned flags)
+{
+	char *data = NULL, *merged = NULL, why[300];
+	size_t len, mlen;
+	off_t base;
+	uint64_t gen;
+	int ret, dfd;
+
+	ret = fsio_read(conv_root_fd(), from, STORE_HISTORY_MAX, &data, &len);
 	if (ret)
 		return ret;
-	ret = jsonl_check(data, len, why, sizeof(why), NULL);
-	free(data);
-	if (ret) {
+	if (jsonl_check(data, len, why, sizeof(why), NULL) != 0) {
+		free(data);
 		note_reject(conv, "renaming over messages.jsonl", why);
 		return -EINVAL;
 	}
-	return 0;
+	if (c && temp_take(conv, name, &base, &gen) == 0 && gen == conv_hist_gen(c) &&
+	    (dfd = conv_dir(conv)) >= 0) {
+		ret = merge_appended(dfd, data, len, base, &merged, &mlen);
+		close(dfd);
+		if (ret == 0 && merged)
+			ret = fsio_replace(conv_root_fd(), from, merged, mlen);
+	}
+	free(merged);
+	free(data);
+	if (ret == 0 && renameat2(conv_root_fd(), from, conv_root_fd(), to, flags) < 0)
+		ret = -errno;
+	if (ret == 0 && c)
+		conv_hist_replaced(c);
+	if (ret == 0)
+		fsio_sync_parent(conv_root_fd(), to);
+	return ret;
 }
 
 static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
@@ -2099,16 +2353,12 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 			ret = cpath(to, sizeof(to), npi.conv, newname);
 		if (ret)
 			goto out;
-		if (strcmp(newname, "messages.jsonl") == 0) {
-			ret = check_new_history(conv_root_fd(), from, npi.conv);
-			if (ret)
-				goto out;
-		}
 		if (strcmp(newname, "stream") == 0 || strcmp(name, "stream") == 0) {
 			/* The transcript is append-only: it may not be replaced. */
 			struct stat st;
 			if (strcmp(newname, "stream") == 0 &&
-			    fstatat(conv_root_fd(), to, &st, 0) == 0 && st.st_size > 0) {
+			    fstatat(conv_root_fd(), to, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+			    st.st_size > 0) {
 				ret = -EPERM;
 				goto out;
 			}
@@ -2116,8 +2366,12 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 		c = conv_get(npi.conv);
 		if (c)
 			conv_hist_lock(c);
-		if (renameat2(conv_root_fd(), from, conv_root_fd(), to, flags) < 0)
+		if (strcmp(newname, STORE_HISTORY) == 0)
+			ret = rename_over_history(c, npi.conv, name, from, to, flags);
+		else if (renameat2(conv_root_fd(), from, conv_root_fd(), to, flags) < 0)
 			ret = -errno;
+		else if (c && strcmp(name, STORE_HISTORY) == 0)
+			conv_hist_replaced(c); /* moved away (vim's backup) */
 		if (c) {
 			conv_hist_unlock(c);
 			conv_put(c);

@@ -11,10 +11,11 @@
 #include "tools.h"
 
 #include "config.h"
-#include "gen.h"
 #include "log.h"
 #include "metrics.h"
+#include "fsio.h"
 #include "names.h"
+#include "store.h"
 #include "util.h"
 
 #include <cjson/cJSON.h>
@@ -55,11 +56,6 @@ int tools_init(const struct config *c, int state_dirfd)
 int tools_root_fd(void)
 {
 	return tools_fd;
-}
-
-int tools_enabled(void)
-{
-	return 1;
 }
 
 /* Makes text valid UTF-8 in place (invalid bytes become '?'). */
@@ -222,7 +218,7 @@ static cJSON *from_json_file(const char *name, char *why, size_t whylen, int *pr
 
 	*present = 0;
 	snprintf(file, sizeof(file), "%s.json", name);
-	if (read_file_at(tools_fd, file, 1u << 20, &data, &len) != 0)
+	if (fsio_read(tools_fd, file, 1u << 20, &data, &len) != 0)
 		return NULL;
 	*present = 1;
 	root = cJSON_Parse(data);
@@ -617,24 +613,6 @@ out:
 	r->ms = (long)(now_ms() - start);
 }
 
-char *tools_result_line(const char *name, const char *call_id, const char *content,
-			int legacy)
-{
-	cJSON *m = cJSON_CreateObject();
-	char *s;
-	if (legacy) {
-		cJSON_AddStringToObject(m, "role", "function");
-		cJSON_AddStringToObject(m, "name", name);
-	} else {
-		cJSON_AddStringToObject(m, "role", "tool");
-		cJSON_AddStringToObject(m, "tool_call_id", call_id ? call_id : "");
-	}
-	cJSON_AddStringToObject(m, "content", content);
-	s = cJSON_PrintUnformatted(m);
-	cJSON_Delete(m);
-	return s;
-}
-
 char *tools_call(const char *name, const char *args, const char *call_id,
 		 const char *conv, int conv_dirfd, int legacy)
 {
@@ -648,7 +626,7 @@ char *tools_call(const char *name, const char *args, const char *call_id,
 
 	memset(&r, 0, sizeof(r));
 	buf_init(&content, (size_t)cfg->tool_output_max + 1024);
-	gen_mark(conv_dirfd, "[lmsfs] tool %s %.300s", name, *args ? args : "{}");
+	store_mark(conv_dirfd, "[lmsfs] tool %s %.300s", name, *args ? args : "{}");
 
 	if (!names_tool_ok(name) || fstatat(tools_fd, name, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
 	    !S_ISREG(st.st_mode) || !(st.st_mode & 0111)) {
@@ -695,15 +673,15 @@ char *tools_call(const char *name, const char *args, const char *call_id,
 done:
 	metrics_tool(outcome);
 	if (outcome == TOOL_OK)
-		gen_mark(conv_dirfd, "[lmsfs] tool %s done: exit 0, %zu bytes%s, %ld ms", name,
+		store_mark(conv_dirfd, "[lmsfs] tool %s done: exit 0, %zu bytes%s, %ld ms", name,
 		     r.out.len, r.truncated ? " (truncated)" : "", r.ms);
 	else
-		gen_mark(conv_dirfd, "[lmsfs] tool %s failed: %.300s", name, text);
+		store_mark(conv_dirfd, "[lmsfs] tool %s failed: %.300s", name, text);
 	log_info("conversation=%s tool=%s outcome=%s ms=%ld", conv, name,
 		 outcome == TOOL_OK ? "ok" : outcome == TOOL_TIMEOUT ? "timeout"
 					 : outcome == TOOL_UNKNOWN ? "unknown" : "failed",
 		 r.ms);
-	ret = tools_result_line(name, call_id, text, legacy);
+	ret = store_tool_result_line(name, call_id, text, legacy);
 	buf_free(&r.out);
 	buf_free(&content);
 	cJSON_Delete(argobj);

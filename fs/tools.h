@@ -14,8 +14,6 @@ typedef struct cJSON cJSON;
 
 int tools_init(const struct config *cfg, int state_dirfd);
 int tools_root_fd(void);
-/* Whether tool calls are acted upon at all. */
-int tools_enabled(void);
 /* The tool definitions for a request (array of {"type":"function",
  * "function":{...}}), narrowed by the conversation's params (may be NULL):
  * "lmsfs_tools": [names] allow-list, or false for none. NULL: no tools. */
@@ -26,10 +24,6 @@ cJSON *tools_definitions(const cJSON *params);
  * the model. */
 char *tools_call(const char *name, const char *args, const char *call_id,
 		 const char *conv, int conv_dirfd, int legacy);
-/* The history line answering a call: {"role":"tool","tool_call_id",
- * "content"} or, legacy, {"role":"function","name","content"}. malloc'd. */
-char *tools_result_line(const char *name, const char *call_id, const char *content,
-			int legacy);
 /* Text for tools/.status: which files count, which are skipped and why. */
 char *tools_status(void);
 

@@ -1,4 +1,4 @@
-/* util.c - clocks and careful file I/O. */
+/* util.c - clocks, UTF-8 checks and repair, small text helpers. */
 #include "util.h"
 
 #include <cjson/cJSON.h>
@@ -22,118 +22,6 @@ double now_s(void)
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-int write_all(int fd, const void *p, size_t n)
-{
-	const char *c = p;
-	while (n > 0) {
-		ssize_t w = write(fd, c, n);
-		if (w < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		c += w;
-		n -= (size_t)w;
-	}
-	return 0;
-}
-
-int read_file_at(int dirfd, const char *path, size_t max, char **out,
-		 size_t *len)
-{
-	struct stat st;
-	int fd = openat(dirfd, path, O_RDONLY | O_CLOEXEC);
-	int ret = 0;
-	char *data = NULL;
-	size_t got = 0;
-
-	*out = NULL;
-	if (len)
-		*len = 0;
-	if (fd < 0)
-		return -errno;
-	if (fstat(fd, &st) < 0) {
-		ret = -errno;
-		goto out;
-	}
-	if ((size_t)st.st_size > max) {
-		ret = -EFBIG;
-		goto out;
-	}
-	data = malloc((size_t)st.st_size + 1);
-	if (!data) {
-		ret = -ENOMEM;
-		goto out;
-	}
-	while (got < (size_t)st.st_size) {
-		ssize_t r = read(fd, data + got, (size_t)st.st_size - got);
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0) {
-			ret = -errno;
-			goto out;
-		}
-		if (r == 0)
-			break;
-		got += (size_t)r;
-	}
-	data[got] = '\0';
-	*out = data;
-	data = NULL;
-	if (len)
-		*len = got;
-out:
-	free(data);
-	close(fd);
-	return ret;
-}
-
-int replace_file_at(int dirfd, const char *path, const void *data, size_t n)
-{
-	char tmp[4200];
-	const char *slash = strrchr(path, '/');
-	int fd, ret;
-
-	if (slash)
-		snprintf(tmp, sizeof(tmp), "%.*s/.lmsfs.tmp.%s", (int)(slash - path),
-			 path, slash + 1);
-	else
-		snprintf(tmp, sizeof(tmp), ".lmsfs.tmp.%s", path);
-	struct stat st;
-	mode_t mode = fstatat(dirfd, path, &st, 0) == 0 ? (st.st_mode & 07777) : 0644;
-
-	fd = openat(dirfd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	if (fd < 0)
-		return -errno;
-	/* The replacement keeps the permissions of what it replaces. */
-	fchmod(fd, mode);
-	ret = write_all(fd, data, n);
-	if (ret == 0 && fsync(fd) < 0)
-		ret = -errno;
-	close(fd);
-	if (ret == 0 && renameat(dirfd, tmp, dirfd, path) < 0)
-		ret = -errno;
-	if (ret != 0) {
-		unlinkat(dirfd, tmp, 0);
-		return ret;
-	}
-	/* The rename itself must survive a power cut too. */
-	{
-		char parent[4200];
-		int pfd;
-		if (slash)
-			snprintf(parent, sizeof(parent), "%.*s", (int)(slash - path), path);
-		else
-			snprintf(parent, sizeof(parent), ".");
-		pfd = openat(dirfd, parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-		if (pfd >= 0) {
-			fsync(pfd);
-			close(pfd);
-		}
-	}
-	return 0;
 }
 
 /* Length of the UTF-8 sequence at s (n bytes available), 0 if invalid,
@@ -222,45 +110,6 @@ char *json_text_file(const cJSON *v)
 	}
 	memcpy(t + n, "\n", 2);
 	return t;
-}
-
-char *read_setting_at(int dirfd, const char *name)
-{
-	char *data = NULL, *t;
-	size_t len;
-	if (read_file_at(dirfd, name, 1u << 20, &data, &len) != 0)
-		return NULL;
-	t = trim(data);
-	if (!*t) {
-		free(data);
-		return NULL;
-	}
-	memmove(data, t, strlen(t) + 1);
-	return data;
-}
-
-int append_lines_at(int dirfd, const char *path, const char *data, size_t n,
-		    int create, int sync)
-{
-	int fd = openat(dirfd, path, O_RDWR | O_APPEND | O_CLOEXEC | (create ? O_CREAT : 0),
-			0644);
-	struct stat st;
-	char last;
-	int ret = 0;
-
-	if (fd < 0)
-		return -errno;
-	if (n && data[0] != '\n' && fstat(fd, &st) == 0 && st.st_size > 0 &&
-	    pread(fd, &last, 1, st.st_size - 1) == 1 && last != '\n')
-		ret = write_all(fd, "\n", 1);
-	if (ret == 0)
-		ret = write_all(fd, data, n);
-	if (ret == 0 && n && data[n - 1] != '\n')
-		ret = write_all(fd, "\n", 1);
-	if (ret == 0 && sync && fdatasync(fd) < 0)
-		ret = -errno;
-	close(fd);
-	return ret;
 }
 
 char *trim(char *s)

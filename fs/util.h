@@ -1,5 +1,5 @@
-/* util.h - small helpers with no dependencies: clocks, file I/O that
- * retries short writes, durable appends. */
+/* util.h - small helpers with no dependencies: clocks, UTF-8, trimming,
+ * flags shared between threads. (File I/O is in fsio.h.) */
 #ifndef LMSFS_UTIL_H
 #define LMSFS_UTIL_H
 
@@ -10,15 +10,6 @@
 long long now_ms(void);
 double now_s(void); /* monotonic, seconds */
 
-/* write()/pwrite() everything or fail: 0 or -errno. */
-int write_all(int fd, const void *p, size_t n);
-/* Reads a whole file relative to dirfd into a malloc'd NUL-terminated
- * buffer of at most max bytes. Returns 0 or -errno (-EFBIG when larger). */
-int read_file_at(int dirfd, const char *path, size_t max, char **out,
-		 size_t *len);
-/* Writes data to dirfd/path atomically: a temporary beside it, fsync,
- * rename, fsync of the directory. Returns 0 or -errno. */
-int replace_file_at(int dirfd, const char *path, const void *data, size_t n);
 /* Length of the longest prefix of s[0..n) that is valid UTF-8 (no NUL,
  * no overlong forms or surrogates). When partial_ok, an incomplete
  * sequence at the very end counts as valid (more bytes may follow). */
@@ -29,15 +20,6 @@ char *utf8_repair(const char *s, size_t n);
  * malloc'd, NULL when out of memory. */
 struct cJSON;
 char *json_text_file(const struct cJSON *v);
-/* A small settings file (model, system, params.json) relative to dirfd,
- * trimmed; malloc'd, NULL when absent, empty or over 1 MiB. */
-char *read_setting_at(int dirfd, const char *name);
-/* Appends whole lines to dirfd/path: a newline first when the file does
- * not end in one (a user may have left it so), the data, and a final
- * newline when the data lacks it. create: O_CREAT; sync: fdatasync.
- * Returns 0 or -errno. */
-int append_lines_at(int dirfd, const char *path, const char *data, size_t n,
-		    int create, int sync);
 /* Trims ASCII whitespace at both ends in place; returns s. */
 char *trim(char *s);
 

@@ -122,9 +122,18 @@ def history_text(m, name):
     return read_text(cdir(m, name) / "messages.jsonl")
 
 
+def without_id(msg):
+    """A history message without the prompt id lmsfs adds to the user lines
+    it writes ("lmsfs_id": bookkeeping that ties a spooled prompt to its
+    line)."""
+    return {k: v for k, v in msg.items() if k != "lmsfs_id"}
+
+
 def history(m, name):
+    """The history's messages, prompt ids dropped (see without_id)."""
     text = history_text(m, name)
-    return [json.loads(ln) for ln in text.splitlines() if ln.strip()]
+    return [without_id(json.loads(ln)) for ln in text.splitlines()
+            if ln.strip()]
 
 
 def stream_text(m, name):

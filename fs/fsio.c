@@ -1,0 +1,294 @@
+/* fsio.c - careful file I/O below the state directory (see fsio.h). */
+#include "fsio.h"
+
+#include "log.h"
+#include "names.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/openat2.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+static int openat2_missing; /* set once when the kernel lacks openat2 */
+
+int fsio_open(int dirfd, const char *path, int flags, mode_t mode)
+{
+	int fd = -1;
+
+	flags |= O_CLOEXEC;
+	if (!__atomic_load_n(&openat2_missing, __ATOMIC_RELAXED)) {
+		struct open_how how;
+		memset(&how, 0, sizeof(how));
+		how.flags = (unsigned long long)flags;
+		how.mode = (flags & (O_CREAT | O_TMPFILE)) ? mode : 0;
+		how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
+		fd = (int)syscall(SYS_openat2, dirfd, path, &how, sizeof(how));
+		if (fd < 0 && errno == ENOSYS)
+			__atomic_store_n(&openat2_missing, 1, __ATOMIC_RELAXED);
+	}
+	if (__atomic_load_n(&openat2_missing, __ATOMIC_RELAXED))
+		fd = openat(dirfd, path, flags | O_NOFOLLOW, mode);
+	if (fd >= 0)
+		return fd;
+	if (errno == ELOOP || errno == EXDEV) {
+		log_warnx("refused to follow a symlink (or a path leaving the state "
+			  "directory): %s",
+			  path);
+		return -ELOOP;
+	}
+	return -errno;
+}
+
+int fsio_write_all(int fd, const void *p, size_t n)
+{
+	const char *c = p;
+	while (n > 0) {
+		ssize_t w = write(fd, c, n);
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (w == 0)
+			return -EIO;
+		c += w;
+		n -= (size_t)w;
+	}
+	return 0;
+}
+
+int fsio_read(int dirfd, const char *path, size_t max, char **out, size_t *len)
+{
+	struct stat st;
+	int fd = fsio_open(dirfd, path, O_RDONLY, 0);
+	int ret = 0;
+	char *data = NULL;
+	size_t got = 0;
+
+	*out = NULL;
+	if (len)
+		*len = 0;
+	if (fd < 0)
+		return fd;
+	if (fstat(fd, &st) < 0) {
+		ret = -errno;
+		goto out;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		ret = -EINVAL;
+		goto out;
+	}
+	if ((size_t)st.st_size > max) {
+		ret = -EFBIG;
+		goto out;
+	}
+	data = malloc((size_t)st.st_size + 1);
+	if (!data) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	while (got < (size_t)st.st_size) {
+		ssize_t r = read(fd, data + got, (size_t)st.st_size - got);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0) {
+			ret = -errno;
+			goto out;
+		}
+		if (r == 0)
+			break;
+		got += (size_t)r;
+	}
+	data[got] = '\0';
+	*out = data;
+	data = NULL;
+	if (len)
+		*len = got;
+out:
+	free(data);
+	close(fd);
+	return ret;
+}
+
+char *fsio_read_setting(int dirfd, const char *path)
+{
+	char *data = NULL, *b, *e;
+	size_t len;
+
+	if (fsio_read(dirfd, path, 1u << 20, &data, &len) != 0)
+		return NULL;
+	b = data;
+	e = data + len;
+	while (b < e && (*b == ' ' || *b == '\t' || *b == '\n' || *b == '\r'))
+		b++;
+	while (e > b && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\n' || e[-1] == '\r'))
+		e--;
+	if (b == e) {
+		free(data);
+		return NULL;
+	}
+	memmove(data, b, (size_t)(e - b));
+	data[e - b] = '\0';
+	return data;
+}
+
+/* Cuts fd back to size after a failed write; logs when even that fails. */
+static void roll_back(int fd, off_t size)
+{
+	while (ftruncate(fd, size) < 0) {
+		if (errno == EINTR)
+			continue;
+		log_warn("cannot undo a failed write (the file keeps %s)",
+			 "its partial data");
+		return;
+	}
+}
+
+static int append_at(int fd, const void *data, size_t n, int flags, off_t *at)
+{
+	struct stat st;
+	char last;
+	int ret = 0;
+	off_t old;
+
+	if (fstat(fd, &st) < 0)
+		return -errno;
+	old = st.st_size;
+	if ((flags & FSIO_LINES) && n && ((const char *)data)[0] != '\n' && old > 0 &&
+	    pread(fd, &last, 1, old - 1) == 1 && last != '\n')
+		ret = fsio_write_all(fd, "\n", 1);
+	if (at)
+		*at = old + (ret == 0 && (flags & FSIO_LINES) && n &&
+			     ((const char *)data)[0] != '\n' && old > 0 && last != '\n');
+	if (ret == 0)
+		ret = fsio_write_all(fd, data, n);
+	if (ret == 0 && (flags & FSIO_LINES) && n && ((const char *)data)[n - 1] != '\n')
+		ret = fsio_write_all(fd, "\n", 1);
+	if (ret == 0 && (flags & FSIO_SYNC) && fdatasync(fd) < 0)
+		ret = -errno;
+	if (ret != 0)
+		roll_back(fd, old);
+	return ret;
+}
+
+int fsio_append_fd(int fd, const void *data, size_t n)
+{
+	return append_at(fd, data, n, 0, NULL);
+}
+
+int fsio_append(int dirfd, const char *path, const void *data, size_t n, int flags,
+		off_t *at)
+{
+	int fd = fsio_open(dirfd, path, O_RDWR | O_APPEND, 0), created = 0, ret;
+
+	if (fd == -ENOENT && (flags & FSIO_CREATE)) {
+		fd = fsio_open(dirfd, path, O_RDWR | O_APPEND | O_CREAT | O_EXCL, 0644);
+		if (fd >= 0)
+			created = 1;
+		else if (fd == -EEXIST)
+			fd = fsio_open(dirfd, path, O_RDWR | O_APPEND, 0);
+	}
+	if (fd < 0)
+		return fd;
+	ret = append_at(fd, data, n, flags, at);
+	close(fd);
+	if (created && ret != 0) {
+		unlinkat(dirfd, path, 0);
+		return ret;
+	}
+	/* A new file is durable only once its directory entry is. */
+	if (created && (ret = fsio_sync_parent(dirfd, path)) != 0)
+		unlinkat(dirfd, path, 0);
+	return ret;
+}
+
+/* dirfd/path's directory part ("." when none) into buf. */
+static void parent_of(const char *path, char *buf, size_t len)
+{
+	const char *slash = strrchr(path, '/');
+	if (slash)
+		snprintf(buf, len, "%.*s", (int)(slash - path), path);
+	else
+		snprintf(buf, len, ".");
+}
+
+int fsio_sync_parent(int dirfd, const char *path)
+{
+	char parent[4200];
+	int pfd, ret = 0;
+
+	parent_of(path, parent, sizeof(parent));
+	pfd = fsio_open(dirfd, parent, O_RDONLY | O_DIRECTORY, 0);
+	if (pfd < 0)
+		return pfd;
+	if (fsync(pfd) < 0)
+		ret = -errno;
+	close(pfd);
+	return ret;
+}
+
+int fsio_replace(int dirfd, const char *path, const void *data, size_t n)
+{
+	char tmp[4200];
+	const char *slash = strrchr(path, '/');
+	struct stat st;
+	mode_t mode;
+	int fd, ret;
+
+	if (slash)
+		snprintf(tmp, sizeof(tmp), "%.*s/%stmp.%s", (int)(slash - path), path,
+			 NAMES_PRIVATE_PREFIX, slash + 1);
+	else
+		snprintf(tmp, sizeof(tmp), "%stmp.%s", NAMES_PRIVATE_PREFIX, path);
+	if (fstatat(dirfd, path, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+		if (S_ISLNK(st.st_mode)) {
+			log_warnx("refused to replace a symlink: %s", path);
+			return -ELOOP;
+		}
+		mode = st.st_mode & 07777;
+	} else {
+		mode = 0644;
+	}
+	unlinkat(dirfd, tmp, 0);
+	fd = fsio_open(dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL, 0600);
+	if (fd < 0)
+		return fd;
+	/* The replacement keeps the permissions of what it replaces. */
+	if (fchmod(fd, mode) < 0)
+		log_warn("replacing %s: cannot keep its mode", path);
+	ret = fsio_write_all(fd, data, n);
+	if (ret == 0 && fsync(fd) < 0)
+		ret = -errno;
+	close(fd);
+	if (ret == 0 && renameat(dirfd, tmp, dirfd, path) < 0)
+		ret = -errno;
+	if (ret != 0) {
+		unlinkat(dirfd, tmp, 0);
+		return ret;
+	}
+	/* The rename itself must survive a power cut too. When that sync
+	 * fails the new content is in place all the same (the next journal
+	 * commit carries it): reporting a failure for a change that took
+	 * effect would be the worse lie. */
+	ret = fsio_sync_parent(dirfd, path);
+	if (ret != 0)
+		log_warnx("replaced %s, but syncing its directory failed: %s", path,
+			  strerror(-ret));
+	return 0;
+}
+
+int fsio_truncate(int dirfd, const char *path, off_t size)
+{
+	int fd = fsio_open(dirfd, path, O_WRONLY, 0), ret = 0;
+	if (fd < 0)
+		return fd;
+	if (ftruncate(fd, size) < 0 || fsync(fd) < 0)
+		ret = -errno;
+	close(fd);
+	return ret;
+}

@@ -1,0 +1,314 @@
+/* recover.c - crash repair of a conversation directory (see recover.h). */
+#include "recover.h"
+
+#include "fsio.h"
+#include "jsonl.h"
+#include "log.h"
+#include "store.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define UNFINISHED_TOOL "error: the tool did not finish (lmsfs stopped while it ran)"
+#define STREAM_TEXT_MAX (64u << 20)
+
+static const char *role_of(const cJSON *m)
+{
+	const cJSON *r = cJSON_GetObjectItemCaseSensitive(m, "role");
+	return cJSON_IsString(r) ? r->valuestring : "";
+}
+
+static int has_calls(const cJSON *m)
+{
+	return cJSON_GetObjectItemCaseSensitive(m, "tool_calls") ||
+	       cJSON_GetObjectItemCaseSensitive(m, "function_call");
+}
+
+/* The last history line, parsed (NULL when none or not an object). */
+static cJSON *last_message(int dirfd)
+{
+	char *l = store_hist_last_line(dirfd, NULL);
+	cJSON *m = l ? cJSON_Parse(l) : NULL;
+	free(l);
+	if (!cJSON_IsObject(m)) {
+		cJSON_Delete(m);
+		return NULL;
+	}
+	return m;
+}
+
+/* Drops a torn final line that a crash left behind, or adds the newline a
+ * complete last line lacks. */
+static void repair_tail(int dirfd, const char *name)
+{
+	int fd = fsio_open(dirfd, STORE_HISTORY, O_RDWR, 0);
+	struct stat st;
+	char last;
+
+	if (fd < 0)
+		return;
+	if (fstat(fd, &st) == 0 && st.st_size > 0 &&
+	    pread(fd, &last, 1, st.st_size - 1) == 1 && last != '\n') {
+		off_t off = 0;
+		char *l = store_hist_last_line(dirfd, &off);
+		cJSON *m = l ? cJSON_Parse(l) : NULL;
+		if (!l) {
+			/* The last line could not be looked at (too long, no
+			 * memory): never guess, leave the file as it is. */
+		} else if (cJSON_IsObject(m)) {
+			if (pwrite(fd, "\n", 1, st.st_size) == 1)
+				log_info("conversation %s: added a missing final newline", name);
+		} else if (ftruncate(fd, off) == 0) {
+			log_warnx("conversation %s: dropped a torn last history line (%lld bytes)",
+				  name, (long long)(st.st_size - off));
+		}
+		cJSON_Delete(m);
+		free(l);
+	}
+	close(fd);
+}
+
+/* A tool round cut by a crash leaves an assistant message whose tool calls
+ * have no results; the server would refuse that history. Answer the missing
+ * calls with an error text so the next request is valid. */
+static void repair_tool_round(int dirfd, const char *name)
+{
+	cJSON *lm = last_message(dirfd), *msgs = NULL, *m, *calls;
+	const char *r = role_of(lm);
+	int maybe = !strcmp(r, "tool") || !strcmp(r, "function") ||
+		    (!strcmp(r, "assistant") && has_calls(lm));
+	char *data = NULL;
+	size_t len;
+	off_t size;
+	int n, i, last_main = -1;
+
+	cJSON_Delete(lm);
+	if (!maybe)
+		return;
+	/* The round is at the end: its last 4 MiB hold it. */
+	size = store_hist_size(dirfd);
+	if (size <= 0 ||
+	    store_hist_read_from(dirfd, size > (4 << 20) ? size - (4 << 20) : 0, &data, &len))
+		return;
+	msgs = cJSON_CreateArray();
+	for (char *p = data, *nl; p && *p; p = nl ? nl + 1 : NULL) {
+		nl = strchr(p, '\n');
+		if (nl)
+			*nl = '\0';
+		m = cJSON_Parse(p);
+		if (cJSON_IsObject(m))
+			cJSON_AddItemToArray(msgs, m);
+		else
+			cJSON_Delete(m);
+	}
+	n = cJSON_GetArraySize(msgs);
+	for (i = n - 1; i >= 0; i--) {
+		r = role_of(cJSON_GetArrayItem(msgs, i));
+		if (strcmp(r, "tool") != 0 && strcmp(r, "function") != 0) {
+			last_main = i;
+			break;
+		}
+	}
+	if (last_main < 0 || strcmp(role_of(cJSON_GetArrayItem(msgs, last_main)), "assistant"))
+		goto out;
+	m = cJSON_GetArrayItem(msgs, last_main);
+	calls = cJSON_GetObjectItemCaseSensitive(m, "tool_calls");
+	if (cJSON_IsArray(calls)) {
+		cJSON *call;
+		cJSON_ArrayForEach(call, calls)
+		{
+			cJSON *id = cJSON_GetObjectItemCaseSensitive(call, "id");
+			int answered = 0;
+			if (!cJSON_IsString(id))
+				continue;
+			for (i = last_main + 1; i < n; i++) {
+				cJSON *t = cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(msgs, i),
+									    "tool_call_id");
+				if (cJSON_IsString(t) && !strcmp(t->valuestring, id->valuestring))
+					answered = 1;
+			}
+			if (!answered) {
+				char *line = store_tool_result_line(NULL, id->valuestring,
+								    UNFINISHED_TOOL, 0);
+				if (line)
+					store_hist_append(dirfd, line, strlen(line), 0, NULL);
+				free(line);
+				log_warnx("conversation %s: answered an interrupted tool call", name);
+			}
+		}
+	} else if (cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(m, "function_call")) &&
+		   last_main == n - 1) {
+		cJSON *fc = cJSON_GetObjectItemCaseSensitive(m, "function_call");
+		cJSON *nm = cJSON_GetObjectItemCaseSensitive(fc, "name");
+		char *line = store_tool_result_line(cJSON_IsString(nm) ? nm->valuestring : NULL,
+						    NULL, UNFINISHED_TOOL, 1);
+		if (line)
+			store_hist_append(dirfd, line, strlen(line), 0, NULL);
+		free(line);
+	}
+out:
+	cJSON_Delete(msgs);
+	free(data);
+}
+
+/* Marks in found[i] which of the entries' ids occur in the history. One
+ * pass over the file in pieces that overlap by an id's length. */
+static void find_ids(int dirfd, const struct spool_entry *v, size_t n, int *found)
+{
+	enum { PIECE = 1 << 20, OVERLAP = STORE_ID_LEN };
+	int fd = store_hist_open(dirfd), left = 0;
+	char *piece;
+	off_t pos = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		found[i] = 0;
+		left += v[i].id[0] != '\0';
+	}
+	if (fd < 0 || left == 0 || !(piece = malloc(PIECE + OVERLAP))) {
+		if (fd >= 0)
+			close(fd);
+		return;
+	}
+	for (size_t keep = 0; left > 0;) {
+		ssize_t got = pread(fd, piece + keep, PIECE, pos);
+		size_t have;
+		if (got <= 0)
+			break;
+		pos += got;
+		have = keep + (size_t)got;
+		for (size_t i = 0; i < n; i++)
+			if (!found[i] && v[i].id[0] &&
+			    memmem(piece, have, v[i].id, strlen(v[i].id))) {
+				found[i] = 1;
+				left--;
+			}
+		keep = have < OVERLAP ? have : OVERLAP;
+		memmove(piece, piece + have - keep, keep);
+	}
+	free(piece);
+	close(fd);
+}
+
+/* Appends the marked line for an answer the crash cut, with whatever text
+ * stream shows of it. */
+static void mark_interrupted(int dirfd, const char *name, int have_partial, off_t offset)
+{
+	size_t len = 0;
+	char *text = have_partial && offset >= 0
+			     ? store_stream_text_from(dirfd, offset, STREAM_TEXT_MAX, &len)
+			     : NULL;
+	char *line = store_marked_answer_line(text, len, RECOVER_INTERRUPTED);
+	int ret = line ? store_hist_append(dirfd, line, strlen(line), STORE_SYNC, NULL)
+		       : -ENOMEM;
+
+	if (ret)
+		log_warnx("conversation %s: cannot mark the interrupted answer: %s", name,
+			  strerror(-ret));
+	else
+		log_warnx("conversation %s: marked an answer the daemon did not finish "
+			  "(%zu bytes of text kept)",
+			  name, len);
+	if (len > 0 && text[len - 1] != '\n')
+		store_stream_write(dirfd, "\n", 1);
+	store_mark(dirfd, "[lmsfs] error interrupted: the daemon stopped while answering; "
+			  "write retry to .ctl to ask again");
+	free(line);
+	free(text);
+}
+
+int recover_conversation(int dirfd, const char *name, struct recover_result *r)
+{
+	struct spool_entry *v = NULL;
+	size_t n = 0, np = 0;
+	int *taken = NULL, any_taken = 0, have_partial, in_flight, ret;
+	off_t offset = -1;
+	cJSON *lm;
+
+	memset(r, 0, sizeof(*r));
+	repair_tail(dirfd, name);
+	repair_tool_round(dirfd, name);
+
+	ret = spool_load(dirfd, &v, &n);
+	if (ret) {
+		log_warnx("conversation %s: cannot read the prompt queue: %s", name,
+			  strerror(-ret));
+		return ret;
+	}
+	taken = calloc(n ? n : 1, sizeof(*taken));
+	if (!taken) {
+		spool_free(v, n);
+		return -ENOMEM;
+	}
+	find_ids(dirfd, v, n, taken);
+	for (size_t i = 0; i < n; i++)
+		any_taken |= taken[i];
+
+	/* An answer was running when the daemon died: the marker says so,
+	 * or (the marker is never synced) a taken prompt whose history does
+	 * not end in a finished answer. */
+	have_partial = store_partial_get(dirfd, &offset);
+	lm = last_message(dirfd);
+	in_flight = (have_partial || any_taken) &&
+		    !(lm && !strcmp(role_of(lm), "assistant") && !has_calls(lm));
+	if (in_flight) {
+		mark_interrupted(dirfd, name, have_partial, offset);
+		r->interrupted = 1;
+	}
+	store_partial_clear(dirfd);
+
+	/* The rest of the queue, in order. A retry at its head was the answer
+	 * just marked, or finished if the history ends in an answer. */
+	for (size_t i = 0; i < n; i++) {
+		if (taken[i]) {
+			free(v[i].text);
+			continue;
+		}
+		if (np == 0 && v[i].regen &&
+		    (in_flight || (lm && !strcmp(role_of(lm), "assistant") && !has_calls(lm)))) {
+			continue;
+		}
+		v[np++] = v[i];
+	}
+	free(taken);
+	if (n != np || n == 0) {
+		ret = spool_rewrite(dirfd, v, np);
+		if (ret)
+			log_warnx("conversation %s: cannot rewrite the prompt queue: %s", name,
+				  strerror(-ret));
+	}
+	if (np)
+		log_info("conversation %s: %zu prompt(s) queued before the restart resume",
+			 name, np);
+	r->pending = v;
+	r->npending = np;
+
+	cJSON_Delete(lm);
+	lm = last_message(dirfd);
+	if (lm && !strcmp(role_of(lm), "user") && np == 0 && !r->interrupted)
+		r->unanswered = 1;
+	if (lm && !strcmp(role_of(lm), "assistant")) {
+		cJSON *c = cJSON_GetObjectItemCaseSensitive(lm, "content");
+		if (cJSON_IsString(c)) {
+			r->last_answer = strdup(c->valuestring);
+			r->last_len = r->last_answer ? strlen(r->last_answer) : 0;
+		}
+		r->last_marked = cJSON_GetObjectItemCaseSensitive(lm, "lmsfs_status") != NULL;
+	}
+	cJSON_Delete(lm);
+	return 0;
+}
+
+void recover_result_free(struct recover_result *r)
+{
+	if (!r)
+		return;
+	spool_free(r->pending, r->npending);
+	free(r->last_answer);
+	memset(r, 0, sizeof(*r));
+}

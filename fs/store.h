@@ -1,0 +1,130 @@
+/* store.h - how a conversation lies on disk; the only code that reads or
+ * writes the files of state_dir/conversations/NAME/.
+ *
+ * Files of a conversation directory (dirfd below is that directory):
+ *   messages.jsonl   the history, one JSON message per line
+ *   stream           the append-only transcript, with "[lmsfs] ..." lines
+ *   prompt           always empty on disk (prompts go to the spool)
+ *   model, system, params.json   settings, read when an answer starts
+ *   .lmsfs.queue     the prompt spool (spool.h)
+ *   .lmsfs.partial   {"stream_offset": N} while an answer runs
+ *   anything else    the user's (editor swap files, sed temporaries)
+ * No symlink below the state directory is ever followed (fsio_open).
+ *
+ * Durability contract (what survives kill -9 and power loss):
+ *   - a prompt is in the spool, fsync'd (and its directory fsync'd when
+ *     the spool was created), before the write that submitted it returns;
+ *   - the user line that takes a prompt from the spool carries the
+ *     prompt's id ("lmsfs_id"); it is appended without a sync of its own,
+ *     and the spool entry stays until the queue empties: recovery finds
+ *     the id in the history or queues the prompt again, whatever order the
+ *     disk kept (no "done" record has to be ordered after the line);
+ *   - an answer's last line is appended with fdatasync, which also covers
+ *     the user and tool-round lines before it; .reply reports success only
+ *     for an answer on disk;
+ *   - a history the user writes is replaced atomically (temporary, fsync,
+ *     rename, directory fsync) or appended with fdatasync;
+ *   - a new messages.jsonl or spool gets a directory fsync when created;
+ *   - a failed or short write is rolled back to the old length and its
+ *     errno returned; nothing is ever left half written.
+ *   - stream and .lmsfs.partial are never synced: stream is a transcript,
+ *     and recovery does not trust the partial marker alone.
+ *
+ * Locks: the history is guarded by the conversation's history lock
+ * (conv.h: conv_hist_lock), which every caller of store_hist_* that
+ * changes the file holds; the spool by the conversation's lock (conv.c);
+ * stream and the partial marker are written by the conversation's one
+ * worker only (users may append to stream through the mount, O_APPEND).
+ */
+#ifndef LMSFS_STORE_H
+#define LMSFS_STORE_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+#include "buf.h"
+#include "names.h"
+
+#define STORE_HISTORY "messages.jsonl"
+#define STORE_STREAM "stream"
+#define STORE_PROMPT "prompt"
+#define STORE_SPOOL NAMES_PRIVATE_PREFIX "queue"
+#define STORE_PARTIAL NAMES_PRIVATE_PREFIX "partial"
+/* Largest history lmsfs reads whole (bytes). */
+#define STORE_HISTORY_MAX (1ul << 30)
+/* A prompt's id: 16 hex digits and a NUL. */
+#define STORE_ID_LEN 17
+
+/* Flags for store_hist_append. */
+enum { STORE_SYNC = 1, STORE_CREATE = 2 };
+
+/* --- history ------------------------------------------------------------ */
+
+/* Appends whole lines (data may hold several; a missing newline before or
+ * after is added). STORE_CREATE creates the file; without it a history
+ * removed meanwhile (rm -r) stays removed (-ENOENT). *at (may be NULL)
+ * gets the offset of the first appended byte. 0 or -errno; on failure
+ * the file is as before. */
+int store_hist_append(int dirfd, const char *data, size_t n, int flags, off_t *at);
+/* Replaces the history with data, atomically and durably. */
+int store_hist_replace(int dirfd, const char *data, size_t n);
+/* Cuts the history to size (fsync'd). */
+int store_hist_truncate(int dirfd, off_t size);
+/* The history's size, or -errno. */
+off_t store_hist_size(int dirfd);
+/* Reads the history whole (at most STORE_HISTORY_MAX). */
+int store_hist_read(int dirfd, char **out, size_t *len);
+/* Reads the history from offset `from` to its end. */
+int store_hist_read_from(int dirfd, off_t from, char **out, size_t *len);
+/* The last non-blank line (malloc'd, no newline) and its offset; NULL when
+ * the history is empty, absent, or its last line is too long to look at. */
+char *store_hist_last_line(int dirfd, off_t *offset);
+/* Opens the history for reading (fd or -errno). */
+int store_hist_open(int dirfd);
+/* The history as the text of a JSON array's elements ("{..},{..}"), ready
+ * to be spliced into a request: lmsfs* members dropped, blank lines and
+ * non-objects skipped. first_role gets the first message's role. */
+int store_hist_for_request(int dirfd, struct buf *out, char *first_role, size_t rolelen,
+			   char *why, size_t whylen);
+
+/* History lines (malloc'd JSON text, no newline). */
+char *store_user_line(const char *text, const char *id);
+/* The answer to a tool call: {"role":"tool","tool_call_id","content"} or,
+ * legacy, {"role":"function","name","content"}. */
+char *store_tool_result_line(const char *name, const char *call_id, const char *content,
+			     int legacy);
+/* An assistant line for an answer that did not finish ("lmsfs_status"). */
+char *store_marked_answer_line(const char *text, size_t len, const char *status);
+
+/* --- stream ------------------------------------------------------------- */
+
+/* Opens stream for the worker's appends, creating it (fd or -errno). */
+int store_stream_open(int dirfd);
+/* Appends text to an existing stream; never creates it. */
+int store_stream_write(int dirfd, const char *text, size_t len);
+/* Appends one marked line ("[lmsfs] ...", made a single line). */
+void store_mark(int dirfd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* stream's current size (0 when absent). */
+off_t store_stream_size(int dirfd);
+/* The answer text stream holds from offset on, "[lmsfs] " lines dropped,
+ * at most max bytes (malloc'd). */
+char *store_stream_text_from(int dirfd, off_t offset, size_t max, size_t *len);
+
+/* --- the running answer's marker ---------------------------------------- */
+
+/* Records where the running answer's text starts in stream. */
+int store_partial_set(int dirfd);
+/* 1 and *offset when an answer was running, 0 when not. */
+int store_partial_get(int dirfd, off_t *offset);
+void store_partial_clear(int dirfd);
+
+/* --- settings and ids ----------------------------------------------------- */
+
+/* A settings file (model, system, params.json), trimmed; malloc'd, NULL
+ * when absent, empty, over 1 MiB or a symlink. */
+char *store_setting(int dirfd, const char *name);
+/* A fresh random prompt id. */
+void store_new_id(char id[STORE_ID_LEN]);
+
+#endif
