@@ -61,6 +61,7 @@ struct conv {
 	int worker;
 	int generating;
 	int stalled; /* the head prompt could not be stored: wait for a retry */
+	int owed_mark; /* a failed answer's marked line could not be stored */
 	uint64_t running_seq;
 	uint64_t cancel_seq;
 	volatile int cancel; /* read by the worker without the lock */
@@ -336,6 +337,39 @@ struct conv *conv_get(const char *name)
 
 /* --- the worker -------------------------------------------------------- */
 
+/* A failed answer whose marked line could not be stored (a full disk) gets
+ * it before the next prompt goes in, so that no prompt is left without an
+ * answer or a mark. Worker only. 0 or -errno. */
+static int pay_owed_mark(struct conv *c, int dirfd)
+{
+	char *last, *line;
+	cJSON *lm;
+	int ret = 0, owed;
+
+	pthread_mutex_lock(&c->hist);
+	last = store_hist_last_line(dirfd, NULL);
+	lm = last ? cJSON_Parse(last) : NULL;
+	owed = cJSON_IsObject(lm) && (!strcmp(role_of(lm), "user") ||
+				      !strcmp(role_of(lm), "tool") ||
+				      !strcmp(role_of(lm), "function"));
+	if (owed) {
+		line = store_marked_answer_line(NULL, 0, "storage: the answer could not be "
+							 "stored (no room on the disk)");
+		ret = line ? store_hist_append(dirfd, line, strlen(line), STORE_SYNC, NULL)
+			   : -ENOMEM;
+		free(line);
+	}
+	pthread_mutex_unlock(&c->hist);
+	cJSON_Delete(lm);
+	free(last);
+	if (ret == 0) {
+		pthread_mutex_lock(&c->lock);
+		c->owed_mark = 0;
+		pthread_mutex_unlock(&c->lock);
+	}
+	return ret;
+}
+
 static void *worker(void *arg)
 {
 	struct conv *c = arg;
@@ -388,9 +422,19 @@ static void *worker(void *arg)
 		 * tools use the name it started under. */
 		conv_name(c, name, sizeof(name));
 		dirfd = conv_dirfd(c);
-		if (dirfd < 0) {
+		if (dirfd == -ENOENT) {
 			res.err = EC_INTERRUPTED;
 			snprintf(res.errmsg, sizeof(res.errmsg), "the conversation is gone");
+		} else if (dirfd < 0) {
+			/* The directory is there but cannot be opened now: the
+			 * prompt stays queued, like one that cannot be stored. */
+			res.err = EC_STORAGE;
+			res.sys_errno = -dirfd;
+			snprintf(res.errmsg, sizeof(res.errmsg),
+				 "cannot open the conversation directory: %s; the prompt "
+				 "stays queued (write retry to .ctl)",
+				 strerror(-dirfd));
+			stalled = 1;
 		} else {
 			gj = (struct gen_job){.dirfd = dirfd,
 					      .conv_name = name,
@@ -400,7 +444,9 @@ static void *worker(void *arg)
 					      .hist_unlock = hist_unlock_cb,
 					      .ctx = c};
 			int ret = 0;
-			if (!j->regen) {
+			if (c->owed_mark)
+				ret = pay_owed_mark(c, dirfd);
+			if (ret == 0 && !j->regen) {
 				/* The line carries the prompt's id: recovery tells by it
 				 * whether the spooled prompt was taken. No fsync here: the
 				 * prompt is durable in the spool, and the answer's synced
@@ -441,7 +487,7 @@ static void *worker(void *arg)
 			}
 			close(dirfd);
 		}
-		if (dirfd < 0) {
+		if (dirfd == -ENOENT) {
 			pthread_mutex_lock(&c->lock);
 			dequeue(c);
 			pthread_mutex_unlock(&c->lock);
@@ -470,6 +516,8 @@ static void *worker(void *arg)
 		pthread_mutex_lock(&c->lock);
 		c->generating = 0;
 		c->stalled = stalled;
+		if (res.unmarked)
+			c->owed_mark = 1;
 		c->finished = j->seq;
 		c->err = res.err;
 		snprintf(c->errmsg, sizeof(c->errmsg), "%s", res.err ? res.errmsg : "");
@@ -857,9 +905,14 @@ int conv_mkdir(const char *name, unsigned mode)
 	if (mkdirat(root_fd, name, (mode & 0777) | 0700) < 0)
 		return -errno;
 	/* The new directory must outlive a power cut with the prompts the
-	 * user is about to write into it. */
-	if (fsync(root_fd) < 0)
+	 * user is about to write into it; if that cannot be promised, it is
+	 * not made. */
+	if (fsync(root_fd) < 0) {
+		int err = -errno;
 		log_warn("mkdir %s: syncing conversations/", name);
+		unlinkat(root_fd, name, AT_REMOVEDIR);
+		return err;
+	}
 	return 0;
 }
 

@@ -232,27 +232,32 @@ int fsio_sync_parent(int dirfd, const char *path)
 	return ret;
 }
 
+/* path with its last component prefixed (".lmsfs.tmp.NAME"). */
+static void private_name(char *buf, size_t len, const char *path, const char *what)
+{
+	const char *slash = strrchr(path, '/');
+	if (slash)
+		snprintf(buf, len, "%.*s/%s%s.%s", (int)(slash - path), path,
+			 NAMES_PRIVATE_PREFIX, what, slash + 1);
+	else
+		snprintf(buf, len, "%s%s.%s", NAMES_PRIVATE_PREFIX, what, path);
+}
+
 int fsio_replace(int dirfd, const char *path, const void *data, size_t n)
 {
-	char tmp[4200];
-	const char *slash = strrchr(path, '/');
+	char tmp[4200], old[4200];
 	struct stat st;
-	mode_t mode;
-	int fd, ret;
+	mode_t mode = 0644;
+	int fd, ret, have_old = 0;
 
-	if (slash)
-		snprintf(tmp, sizeof(tmp), "%.*s/%stmp.%s", (int)(slash - path), path,
-			 NAMES_PRIVATE_PREFIX, slash + 1);
-	else
-		snprintf(tmp, sizeof(tmp), "%stmp.%s", NAMES_PRIVATE_PREFIX, path);
+	private_name(tmp, sizeof(tmp), path, "tmp");
+	private_name(old, sizeof(old), path, "old");
 	if (fstatat(dirfd, path, &st, AT_SYMLINK_NOFOLLOW) == 0) {
 		if (S_ISLNK(st.st_mode)) {
 			log_warnx("refused to replace a symlink: %s", path);
 			return -ELOOP;
 		}
 		mode = st.st_mode & 07777;
-	} else {
-		mode = 0644;
 	}
 	unlinkat(dirfd, tmp, 0);
 	fd = fsio_open(dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL, 0600);
@@ -265,21 +270,29 @@ int fsio_replace(int dirfd, const char *path, const void *data, size_t n)
 	if (ret == 0 && fsync(fd) < 0)
 		ret = -errno;
 	close(fd);
+	/* The old file stays reachable until the new one is durable, so that
+	 * a failure can put it back. */
+	if (ret == 0) {
+		unlinkat(dirfd, old, 0);
+		have_old = linkat(dirfd, path, dirfd, old, 0) == 0;
+	}
 	if (ret == 0 && renameat(dirfd, tmp, dirfd, path) < 0)
 		ret = -errno;
-	if (ret != 0) {
-		unlinkat(dirfd, tmp, 0);
-		return ret;
+	if (ret == 0) {
+		/* The rename itself must survive a power cut too. */
+		ret = fsio_sync_parent(dirfd, path);
+		if (ret != 0 && have_old && renameat(dirfd, old, dirfd, path) == 0)
+			have_old = 0;
+		else if (ret != 0)
+			log_warnx("replaced %s, but syncing its directory failed and the old "
+				  "file could not be put back",
+				  path);
 	}
-	/* The rename itself must survive a power cut too. When that sync
-	 * fails the new content is in place all the same (the next journal
-	 * commit carries it): reporting a failure for a change that took
-	 * effect would be the worse lie. */
-	ret = fsio_sync_parent(dirfd, path);
 	if (ret != 0)
-		log_warnx("replaced %s, but syncing its directory failed: %s", path,
-			  strerror(-ret));
-	return 0;
+		unlinkat(dirfd, tmp, 0);
+	if (have_old)
+		unlinkat(dirfd, old, 0);
+	return ret;
 }
 
 int fsio_truncate(int dirfd, const char *path, off_t size)

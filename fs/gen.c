@@ -296,6 +296,7 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 	enum err_class cls = EC_NONE;
 	int stream_fd = -1;
 	int rounds = 0;
+	int keep_text = 1; /* the marked line of a failure holds the text */
 
 	api_answer_init(&ans);
 	/* The one place that creates stream: later writes (marks, newlines)
@@ -393,7 +394,7 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 				/* Never "ok" for an answer that is not on disk; its
 				 * text stays in stream. */
 				cls = storage_failed(res, rc, "the answer");
-				goto fail_quiet_text;
+				goto fail;
 			}
 			buf_append(&res->text, ans.content.data ? ans.content.data : "",
 				   ans.content.len);
@@ -405,9 +406,7 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 				 "the model kept calling tools: stopped after %d rounds "
 				 "(max_tool_rounds)",
 				 cfg->max_tool_rounds);
-			if (ans.content.len)
-				store_stream_write(job->dirfd, "\n", 1);
-			goto fail_quiet_text;
+			goto fail;
 		}
 		/* A tool round: the calls go to the history, then the results. */
 		for (int i = 0; i < ans.n_calls; i++)
@@ -424,7 +423,7 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 			int rc = save_assistant(job, &ans, NULL, 0, &round_line, &round_at);
 			if (rc != 0) {
 				cls = storage_failed(res, rc, "a tool call");
-				goto fail_quiet_text;
+				goto fail;
 			}
 			store_partial_set(job->dirfd);
 			for (int i = 0; i < ans.n_calls && rc == 0; i++) {
@@ -444,32 +443,48 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 				undo_history(job, round_at, round_line);
 				free(round_line);
 				cls = storage_failed(res, rc, "a tool result");
-				goto fail_quiet_text;
+				goto fail;
 			}
 			free(round_line);
 		}
 		if (flag_get(job->cancel)) {
 			cls = EC_CANCELLED;
 			snprintf(res->errmsg, sizeof(res->errmsg), "cancelled");
-			goto fail_quiet_text;
+			keep_text = 0; /* the round's line holds it */
+			goto fail;
 		}
 	}
 	goto done;
 
 fail:
-	/* Keep whatever text was shown, marked as unfinished. */
-	if (ans.content.len) {
+	/* A failed answer always leaves a marked assistant line with the text
+	 * shown so far (maybe none): the prompt is never silently skipped, and
+	 * a retry knows what to drop. If even that cannot be stored, the
+	 * conversation owes the mark (res->unmarked, see conv.c). */
+	{
 		char status[600];
-		snprintf(status, sizeof(status), "%s: %s", errclass_name(cls),
-			 res->errmsg);
-		int rc = save_assistant(job, &ans, cls == EC_CANCELLED ? "cancelled" : status,
-					STORE_SYNC, NULL, NULL);
-		if (rc != 0)
+		size_t tl = keep_text ? ans.content.len : 0;
+		char *line;
+		int rc;
+
+		if (cls == EC_CANCELLED)
+			snprintf(status, sizeof(status), "cancelled");
+		else
+			snprintf(status, sizeof(status), "%s: %s", errclass_name(cls),
+				 res->errmsg);
+		if (tl)
+			store_stream_write(job->dirfd, "\n", 1);
+		line = store_marked_answer_line(ans.content.data, tl, status);
+		rc = line ? append_history(job, line, STORE_SYNC, NULL) : -ENOMEM;
+		free(line);
+		if (rc != 0) {
+			res->unmarked = 1;
 			log_warnx("%s: cannot store the unfinished answer: %s", job->conv_name,
 				  strerror(-rc));
-		buf_append(&res->text, ans.content.data, ans.content.len);
+		}
+		if (tl)
+			buf_append(&res->text, ans.content.data, tl);
 	}
-fail_quiet_text:
 	if (cls == EC_CANCELLED)
 		store_mark(job->dirfd, "[lmsfs] cancelled");
 	else

@@ -35,6 +35,7 @@ struct gen_job {
 struct gen_result {
 	enum err_class err;  /* EC_NONE on success */
 	int sys_errno;       /* EC_STORAGE: the errno of the failed write */
+	int unmarked;        /* failed, and its marked line could not be stored */
 	char errmsg[512];
 	struct buf text;     /* final answer text */
 	char model[256];

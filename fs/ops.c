@@ -799,11 +799,15 @@ static int hist_commit(struct fh *f, const struct nodeinfo *ni)
 		return ret == -EFBIG ? -EFBIG : -EINVAL;
 	}
 	c = conv_get(ni->conv);
-	if (!c)
+	if (!c) {
+		f->refused = 1;
 		return -ENOENT;
+	}
 	dfd = conv_dir(ni->conv);
 	if (dfd < 0) {
+		f->refused = 1;
 		conv_put(c);
+		note_storage(ni->conv, "opening the conversation directory", dfd);
 		return dfd;
 	}
 	conv_hist_lock(c);
@@ -843,11 +847,15 @@ static int hist_commit(struct fh *f, const struct nodeinfo *ni)
 	if (ret == 0) {
 		f->dirty = 0;
 		f->trunc_pending = 0;
-	} else if (why[0]) {
-		note_reject(ni->conv, "messages.jsonl", why);
-	} else {
-		note_storage(ni->conv, "writing messages.jsonl", ret);
+		return 0;
 	}
+	/* Refused once, refused for good: a later flush or the release must
+	 * not write what close() reported as not written. */
+	f->refused = 1;
+	if (why[0])
+		note_reject(ni->conv, "messages.jsonl", why);
+	else
+		note_storage(ni->conv, "writing messages.jsonl", ret);
 	return ret;
 }
 

@@ -67,7 +67,7 @@ Reply(text=None, chunks=None, delay=None, usage=True, finish_reason=DEFAULT,
       done=True, content_type=True, chunk_id_per_chunk=False,
       interleave=False, model=None, finish_chunk=True,
       reasoning_key="reasoning", head_delay=0.0, write_size=None,
-      eol="\\n", status=200, headers=None)
+      eol="\\n", status=200, headers=None, first_delay=0.0)
     A successful answer. For a request with "stream": true it sends SSE as
     LM Studio does: a role chunk {role: assistant, content: ""} (unless
     role_chunk=False), `reasoning` chunks as delta[reasoning_key] (reasoning
@@ -103,7 +103,10 @@ Reply(text=None, chunks=None, delay=None, usage=True, finish_reason=DEFAULT,
     (default: the request's model, else the first loaded one). head_delay:
     seconds before the status line. write_size: each SSE event is written
     in pieces of that many bytes, 2 ms apart (splits UTF-8 sequences and
-    lines across reads). eol: "\\r\\n" for CRLF framing.
+    lines across reads). eol: "\\r\\n" for CRLF framing. first_delay:
+    streamed, seconds between the role chunk and the first delta (the
+    headers are out, no token yet); not streamed, added to the delay
+    before the body.
 
 HttpError(status, body, headers=None, delay=0.0)
     body str -> {"error": "..."}; dict -> sent as is; bytes -> sent raw.
@@ -282,7 +285,7 @@ class Reply:
                  chunk_id_per_chunk=False, interleave=False, model=None,
                  finish_chunk=True, reasoning_key="reasoning",
                  head_delay=0.0, write_size=None, eol="\n", status=200,
-                 headers=None):
+                 headers=None, first_delay=0.0):
         self.text = text
         self.chunks = chunks
         self.delay = delay
@@ -304,6 +307,7 @@ class Reply:
         self.eol = eol
         self.status = status
         self.headers = headers or {}
+        self.first_delay = first_delay
 
     def __repr__(self):
         return "Reply(text=%r, tool_calls=%r)" % (self.text, self.tool_calls)
@@ -795,7 +799,7 @@ class _Handler(BaseHTTPRequestHandler):
         api_v0 = urlsplit(req["path"]).path.startswith("/api/v0/")
 
         if not stream:
-            self._sleep(delay * max(n_tokens, 1))
+            self._sleep(r.first_delay + delay * max(n_tokens, 1))
             msg = {"role": "assistant"}
             if calls and legacy:
                 msg["content"] = text or None
@@ -896,6 +900,8 @@ class _Handler(BaseHTTPRequestHandler):
                         r.write_size)
             first = False
         for i, d in enumerate(deltas):
+            if i == 0:
+                self._sleep(r.first_delay)
             if not first:
                 self._sleep(delay)
             first = False
