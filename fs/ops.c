@@ -4,8 +4,10 @@
  * through to state_dir below conversations/ and tools/, with the special
  * rules for prompt, messages.jsonl, stream and the hidden control files.
  *
- * Lock order: nodes_lock and waiters_lock are leaves; a file handle's lock
- * may be held while calling into conv.c (which takes its own locks).
+ * Lock order: nodes_lock, waiters_lock and temps_lock are leaves;
+ * handles_lock -> a file handle's lock (hist_note_times); a file handle's
+ * lock may be held while calling into conv.c (which takes its own locks:
+ * table lock -> conversation lock -> history lock, see conv.h).
  * No FUSE reply is sent while holding any of these locks: once a reply is
  * out, the reader may close the file and a release on another thread may
  * free the handle (hence the "prepared" replies for reads).
