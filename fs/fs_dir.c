@@ -1,0 +1,179 @@
+/* fs_dir.c - directory listings: the root, models/, conversations/, a
+ * conversation (hidden and private files left out) and tools/. */
+#include "fs_int.h"
+
+#include "conv.h"
+#include "models.h"
+#include "names.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* --- directories ------------------------------------------------------------ */
+
+struct dirh {
+	struct hlink link; /* first, as in struct fh */
+	size_t n;
+	char **names;
+	unsigned char *types;
+};
+
+static int dir_add(struct dirh *d, const char *name, unsigned char type)
+{
+	char **nn = realloc(d->names, (d->n + 1) * sizeof(*nn));
+	unsigned char *nt;
+	if (!nn)
+		return -ENOMEM;
+	d->names = nn;
+	nt = realloc(d->types, d->n + 1);
+	if (!nt)
+		return -ENOMEM;
+	d->types = nt;
+	d->names[d->n] = strdup(name);
+	if (!d->names[d->n])
+		return -ENOMEM;
+	d->types[d->n] = type;
+	d->n++;
+	return 0;
+}
+
+void dir_free(struct dirh *d)
+{
+	hlink_del(&d->link);
+	for (size_t i = 0; i < d->n; i++)
+		free(d->names[i]);
+	free(d->names);
+	free(d->types);
+	free(d);
+}
+
+static int list_backing(struct dirh *d, int dfd, const char *rel, int dirs_only)
+{
+	int fd = openat(dfd, rel, O_DIRECTORY | O_RDONLY | O_CLOEXEC);
+	DIR *dp;
+	struct dirent *de;
+	int ret = 0;
+
+	if (fd < 0)
+		return -errno;
+	dp = fdopendir(fd);
+	if (!dp) {
+		close(fd);
+		return -errno;
+	}
+	while ((de = readdir(dp)) && ret == 0) {
+		if (de->d_name[0] == '.' &&
+		    (!de->d_name[1] || (de->d_name[1] == '.' && !de->d_name[2])))
+			continue;
+		if (!strncmp(de->d_name, NAMES_PRIVATE_PREFIX, strlen(NAMES_PRIVATE_PREFIX)))
+			continue;
+		if (dirs_only && de->d_type != DT_DIR && de->d_type != DT_UNKNOWN)
+			continue;
+		ret = dir_add(d, de->d_name, de->d_type);
+	}
+	closedir(dp);
+	return ret;
+}
+
+void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct nodeinfo ni;
+	struct dirh *d;
+	int ret = node_info(ino, &ni);
+
+	if (ret) {
+		fuse_reply_err(req, -ret);
+		return;
+	}
+	d = calloc(1, sizeof(*d));
+	if (!d) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	hlink_add(&d->link, 1);
+	dir_add(d, ".", DT_DIR);
+	dir_add(d, "..", DT_DIR);
+	switch (ni.kind) {
+	case K_ROOT:
+		for (size_t i = 0; i < fs_n_root_entries; i++)
+			dir_add(d, fs_root_entries[i].name,
+				fs_root_entries[i].kind == K_HEALTH || fs_root_entries[i].kind == K_METRICS ? DT_REG
+											: DT_DIR);
+		break;
+	case K_MODELS: {
+		struct model_list *l = models_get(0);
+		for (size_t i = 0; i < l->n; i++) {
+			char *e = names_model_encode(l->v[i].id);
+			if (e)
+				dir_add(d, e, DT_REG);
+			free(e);
+		}
+		models_put(l);
+		break;
+	}
+	case K_CONVS:
+		ret = list_backing(d, conv_root_fd(), ".", 1);
+		break;
+	case K_CONV:
+		ret = list_backing(d, conv_root_fd(), ni.name, 0);
+		break;
+	case K_TOOLS:
+		ret = list_backing(d, fs_tools_fd, ".", 0);
+		break;
+	default:
+		ret = -ENOTDIR;
+	}
+	if (ret) {
+		dir_free(d);
+		fuse_reply_err(req, -ret);
+		return;
+	}
+	fi->fh = (uintptr_t)d;
+	/* conversations/ changes only through the mount (mkdir, rmdir, mv),
+	 * which the kernel sees: its listing may be cached. Inside a
+	 * conversation lmsfs itself creates files, so that one is not. */
+	fi->cache_readdir = ni.kind == K_CONVS;
+	fi->keep_cache = ni.kind == K_CONVS;
+	if (fuse_reply_open(req, fi) == -ENOENT)
+		dir_free(d);
+}
+
+void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		       struct fuse_file_info *fi)
+{
+	(void)ino;
+	struct dirh *d = (struct dirh *)(uintptr_t)fi->fh;
+	char *out = malloc(size);
+	size_t used = 0;
+
+	if (!out) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	for (size_t i = (size_t)off; i < d->n; i++) {
+		struct stat st;
+		size_t need;
+		memset(&st, 0, sizeof(st));
+		st.st_ino = 0x7fffffff00000000ull + i;
+		st.st_mode = (mode_t)(d->types[i] == DT_DIR ? S_IFDIR : S_IFREG);
+		need = fuse_add_direntry(req, out + used, size - used, d->names[i], &st,
+					 (off_t)(i + 1));
+		if (need > size - used)
+			break;
+		used += need;
+	}
+	fuse_reply_buf(req, out, used);
+	free(out);
+}
+
+void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	(void)ino;
+	dir_free((struct dirh *)(uintptr_t)fi->fh);
+	fuse_reply_err(req, 0);
+}

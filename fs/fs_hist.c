@@ -1,0 +1,419 @@
+/* fs_hist.c - messages.jsonl as users write it: every line checked,
+ * written back whole (atomically) or appended at close, with the lines
+ * lmsfs appended meanwhile kept; truncation, times set by cp -a and tar,
+ * and temporaries renamed over it. */
+#include "fs_int.h"
+
+#include "conv.h"
+#include "fsio.h"
+#include "jsonl.h"
+#include "log.h"
+#include "metrics.h"
+#include "store.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* Files created in a conversation (an editor's or sed's temporary) remember
+ * the history's size and generation at that moment: renamed over
+ * messages.jsonl, they keep what lmsfs appended meanwhile. A small table;
+ * the oldest entry goes first. temps_lock is a leaf. */
+#define NTEMPS 32
+
+static struct tempbase {
+	char conv[NAME_MAX + 1];
+	char name[NAME_MAX + 1];
+	off_t size;
+	uint64_t gen;
+	unsigned long stamp; /* 0: free */
+} temps[NTEMPS];           /* temps_lock */
+static unsigned long temps_clock; /* temps_lock */
+static pthread_mutex_t temps_lock = PTHREAD_MUTEX_INITIALIZER;
+
+void temp_remember(const char *conv, const char *name)
+{
+	struct conv *c;
+	struct tempbase t = {.stamp = 1};
+	int dfd, slot = 0;
+	off_t size;
+
+	if (is_special_file(name) || !(c = conv_get(conv)))
+		return;
+	dfd = conv_dir(conv);
+	if (dfd >= 0) {
+		conv_hist_lock(c);
+		size = store_hist_size(dfd);
+		t.size = size > 0 ? size : 0;
+		t.gen = conv_hist_gen(c);
+		conv_hist_unlock(c);
+		close(dfd);
+	}
+	conv_put(c);
+	if (dfd < 0)
+		return;
+	snprintf(t.conv, sizeof(t.conv), "%s", conv);
+	snprintf(t.name, sizeof(t.name), "%s", name);
+	pthread_mutex_lock(&temps_lock);
+	for (int i = 1; i < NTEMPS; i++)
+		if (temps[i].stamp < temps[slot].stamp)
+			slot = i;
+	t.stamp = ++temps_clock;
+	temps[slot] = t;
+	pthread_mutex_unlock(&temps_lock);
+}
+
+/* Whole-history check of f->data from f->checked on; final says the last
+ * line is complete even without a newline. */
+int hist_check(struct fh *f, int final, char *why, size_t whylen)
+{
+	const char *d = f->data.data ? f->data.data : "";
+	size_t end = f->data.len, pos = f->checked;
+
+	while (pos < end) {
+		const char *nl = memchr(d + pos, '\n', end - pos);
+		size_t l;
+		if (!nl && !final) {
+			if (end - pos > JSONL_MAX_LINE) {
+				snprintf(why, whylen, "a line is longer than %u bytes",
+					 JSONL_MAX_LINE);
+				return -EFBIG;
+			}
+			break;
+		}
+		l = nl ? (size_t)(nl - (d + pos)) : end - pos;
+		if (l > JSONL_MAX_LINE) {
+			snprintf(why, whylen, "a line is longer than %u bytes", JSONL_MAX_LINE);
+			return -EFBIG;
+		}
+		int ret = jsonl_check_line(d + pos, l, why, whylen);
+		if (ret)
+			return ret;
+		pos += l + (nl ? 1 : 0);
+		f->checked = pos;
+	}
+	return 0;
+}
+
+/* A conversation's directory, opened without following symlinks. */
+int conv_dir(const char *conv)
+{
+	return fsio_open(conv_root_fd(), conv, O_RDONLY | O_DIRECTORY, 0);
+}
+
+/* A write to disk failed: counted, logged, kept for health. */
+static void note_storage(const char *conv, const char *what, int err)
+{
+	char msg[600];
+	if (err != -ENOSPC && err != -EDQUOT && err != -EIO && err != -EROFS)
+		return;
+	snprintf(msg, sizeof(msg), "conversation %s: %s: %s", conv, what, strerror(-err));
+	log_warnx("storage: %s", msg);
+	metrics_storage_failure(msg);
+}
+
+/* data + what was appended to the history since base_size (the lines
+ * lmsfs, or a user's >>, appended while this writer had the file open),
+ * unless data already ends with them. History lock held. *out is data
+ * itself or a malloc'd merge. */
+static int merge_appended(int dfd, const char *data, size_t n, off_t base_size,
+			  char **merged, size_t *mlen)
+{
+	off_t size = store_hist_size(dfd);
+	char *tail = NULL, *m;
+	size_t tlen = 0;
+	int ret, nl;
+
+	*merged = NULL;
+	*mlen = 0;
+	if (size <= base_size)
+		return 0;
+	ret = store_hist_read_from(dfd, base_size, &tail, &tlen);
+	if (ret)
+		return ret;
+	if (tlen == 0 || (n >= tlen && memcmp(data + n - tlen, tail, tlen) == 0)) {
+		free(tail);
+		return 0;
+	}
+	nl = n > 0 && data[n - 1] != '\n';
+	m = malloc(n + (size_t)nl + tlen + 1);
+	if (!m) {
+		free(tail);
+		return -ENOMEM;
+	}
+	memcpy(m, data, n);
+	if (nl)
+		m[n] = '\n';
+	memcpy(m + n + nl, tail, tlen);
+	m[n + nl + tlen] = '\0';
+	free(tail);
+	*merged = m;
+	*mlen = n + (size_t)nl + tlen;
+	return 0;
+}
+
+/* Writes a validated history back. Returns 0 or -errno. */
+int hist_commit(struct fh *f, const struct nodeinfo *ni)
+{
+	char why[300] = "";
+	const char *data = f->data.data ? f->data.data : "";
+	struct conv *c;
+	int ret, dfd;
+
+	/* An append is checked as it arrives; a replacement may have been
+	 * edited anywhere, so it is checked whole. */
+	if (f->mode == HM_REPLACE)
+		f->checked = 0;
+	ret = hist_check(f, 1, why, sizeof(why));
+	if (ret) {
+		note_reject(ni->conv, "messages.jsonl", why);
+		return ret == -EFBIG ? -EFBIG : -EINVAL;
+	}
+	c = conv_get(ni->conv);
+	if (!c) {
+		f->refused = 1;
+		return -ENOENT;
+	}
+	dfd = conv_dir(ni->conv);
+	if (dfd < 0) {
+		f->refused = 1;
+		conv_put(c);
+		note_storage(ni->conv, "opening the conversation directory", dfd);
+		return dfd;
+	}
+	conv_hist_lock(c);
+	if (f->mode == HM_APPEND) {
+		ret = store_hist_append(dfd, data, f->data.len, STORE_SYNC | STORE_CREATE, NULL);
+		if (ret == 0) {
+			buf_reset(&f->data);
+			f->checked = 0;
+		}
+	} else if (conv_hist_gen(c) != f->base_gen) {
+		/* Someone else replaced the history since this writer opened
+		 * it: which lines to keep cannot be known. */
+		ret = -EBUSY;
+		snprintf(why, sizeof(why), "messages.jsonl was replaced by another writer "
+					   "while this one had it open; nothing written");
+	} else {
+		char *merged = NULL;
+		size_t mlen = 0;
+		ret = merge_appended(dfd, data, f->data.len, f->base_size, &merged, &mlen);
+		if (ret == 0)
+			ret = merged ? store_hist_replace(dfd, merged, mlen)
+				     : store_hist_replace(dfd, data, f->data.len);
+		free(merged);
+		if (ret == 0) {
+			conv_hist_replaced(c);
+			f->base_gen = conv_hist_gen(c);
+			f->base_size = store_hist_size(dfd);
+		}
+	}
+	if (ret == 0 && f->mode_set)
+		fchmodat(dfd, STORE_HISTORY, f->new_mode, 0);
+	if (ret == 0 && f->times_set)
+		utimensat(dfd, STORE_HISTORY, f->times, AT_SYMLINK_NOFOLLOW);
+	conv_hist_unlock(c);
+	conv_put(c);
+	close(dfd);
+	if (ret == 0) {
+		f->dirty = 0;
+		f->trunc_pending = 0;
+		return 0;
+	}
+	/* Refused once, refused for good: a later flush or the release must
+	 * not write what close() reported as not written. */
+	f->refused = 1;
+	if (why[0])
+		note_reject(ni->conv, "messages.jsonl", why);
+	else
+		note_storage(ni->conv, "writing messages.jsonl", ret);
+	return ret;
+}
+
+/* A writer that replaces the history: remember its size and generation
+ * now (hist_commit keeps what is appended past them meanwhile) and, for an
+ * in-place edit, take the copy it edits, all under the history lock. */
+int hist_open_replace(struct fh *f, const struct nodeinfo *ni, int flags,
+			     int creating)
+{
+	struct conv *c = conv_get(ni->conv);
+	struct stat st;
+	int ret = 0;
+
+	if (!c)
+		return -ENOENT;
+	f->mode = HM_REPLACE;
+	f->trunc_pending = (flags & O_TRUNC) != 0;
+	conv_hist_lock(c);
+	f->base_gen = conv_hist_gen(c);
+	if (fstat(f->fd, &st) < 0)
+		ret = -errno;
+	else
+		f->base_size = st.st_size;
+	/* In-place edits (no O_TRUNC) work on a copy, checked at close. */
+	if (ret == 0 && !(flags & O_TRUNC) && !creating && st.st_size > 0) {
+		size_t n = (size_t)st.st_size;
+		char *all = n <= STORE_HISTORY_MAX ? malloc(n) : NULL;
+		if (n > STORE_HISTORY_MAX)
+			ret = -EFBIG;
+		else if (!all)
+			ret = -ENOMEM;
+		else if (pread(f->fd, all, n, 0) != st.st_size)
+			ret = -EIO;
+		else
+			ret = buf_append(&f->data, all, n);
+		free(all);
+	}
+	conv_hist_unlock(c);
+	conv_put(c);
+	return ret;
+}
+
+/* --- attributes -------------------------------------------------------------- */
+
+int truncate_history(const struct nodeinfo *ni, off_t size)
+{
+	char why[300] = "";
+	char *data = NULL;
+	size_t len = 0;
+	struct conv *c;
+	int ret, dfd;
+
+	c = conv_get(ni->conv);
+	if (!c)
+		return -ENOENT;
+	dfd = conv_dir(ni->conv);
+	if (dfd < 0) {
+		conv_put(c);
+		return dfd;
+	}
+	/* Read, check and write back under the history lock: nothing may
+	 * replace the file in between. */
+	conv_hist_lock(c);
+	ret = store_hist_read(dfd, &data, &len);
+	if (ret == 0 && (size_t)size > len) {
+		/* Zeros are not JSON lines: growing is refused, not padded. */
+		snprintf(why, sizeof(why), "cannot grow the history (%zu bytes) to %lld: "
+					   "only whole JSON lines can be added",
+			 len, (long long)size);
+		ret = -EINVAL;
+	}
+	if (ret == 0 && (size_t)size < len) {
+		ret = jsonl_check(data, (size_t)size, why, sizeof(why), NULL);
+		if (ret == 0)
+			ret = store_hist_replace(dfd, data, (size_t)size);
+		else
+			ret = -EINVAL;
+		if (ret == 0)
+			conv_hist_replaced(c);
+	}
+	conv_hist_unlock(c);
+	conv_put(c);
+	close(dfd);
+	free(data);
+	if (ret == -EINVAL && why[0])
+		note_reject(ni->conv, "truncating messages.jsonl", why);
+	else if (ret)
+		note_storage(ni->conv, "truncating messages.jsonl", ret);
+	return ret;
+}
+
+/* Times set on messages.jsonl while a writer holds it open (cp -a, tar:
+ * futimens before close, which FUSE sends without the handle): the commit
+ * at close writes a new file, which must carry them too. */
+struct times_arg {
+	uint64_t ino;
+	int to_set;
+	const struct stat *attr;
+};
+
+static void note_times(struct fh *f, void *arg)
+{
+	const struct times_arg *t = arg;
+	if (f->kind != FH_HIST || !f->writable || f->ino != t->ino)
+		return;
+	pthread_mutex_lock(&f->lock);
+	if (t->to_set & FUSE_SET_ATTR_MODE) {
+		f->mode_set = 1;
+		f->new_mode = t->attr->st_mode & 07777;
+	}
+	if (t->to_set & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME)) {
+		f->times_set = 1;
+		f->times[0].tv_sec = f->times[1].tv_sec = 0;
+		f->times[0].tv_nsec = f->times[1].tv_nsec = UTIME_OMIT;
+		if (t->to_set & FUSE_SET_ATTR_ATIME_NOW)
+			f->times[0].tv_nsec = UTIME_NOW;
+		else if (t->to_set & FUSE_SET_ATTR_ATIME)
+			f->times[0] = t->attr->st_atim;
+		if (t->to_set & FUSE_SET_ATTR_MTIME_NOW)
+			f->times[1].tv_nsec = UTIME_NOW;
+		else if (t->to_set & FUSE_SET_ATTR_MTIME)
+			f->times[1] = t->attr->st_mtim;
+	}
+	pthread_mutex_unlock(&f->lock);
+}
+
+void hist_note_times(uint64_t ino, int to_set, const struct stat *attr)
+{
+	struct times_arg t = {ino, to_set, attr};
+	fh_each(note_times, &t);
+}
+
+/* Takes the entry for conv/name; 0 when found. */
+static int temp_take(const char *conv, const char *name, off_t *size, uint64_t *gen)
+{
+	int ret = -ENOENT;
+	pthread_mutex_lock(&temps_lock);
+	for (int i = 0; i < NTEMPS; i++)
+		if (temps[i].stamp && !strcmp(temps[i].conv, conv) &&
+		    !strcmp(temps[i].name, name)) {
+			*size = temps[i].size;
+			*gen = temps[i].gen;
+			temps[i].stamp = 0;
+			ret = 0;
+			break;
+		}
+	pthread_mutex_unlock(&temps_lock);
+	return ret;
+}
+
+/* Renames conversation file `name` over messages.jsonl: checked whole,
+ * with the lines appended since the file was created kept after its own
+ * (see temp_remember). History lock held. */
+int rename_over_history(struct conv *c, const char *conv, const char *name,
+			       const char *from, const char *to, unsigned flags)
+{
+	char *data = NULL, *merged = NULL, why[300];
+	size_t len, mlen;
+	off_t base;
+	uint64_t gen;
+	int ret, dfd;
+
+	ret = fsio_read(conv_root_fd(), from, STORE_HISTORY_MAX, &data, &len);
+	if (ret)
+		return ret;
+	if (jsonl_check(data, len, why, sizeof(why), NULL) != 0) {
+		free(data);
+		note_reject(conv, "renaming over messages.jsonl", why);
+		return -EINVAL;
+	}
+	if (c && temp_take(conv, name, &base, &gen) == 0 && gen == conv_hist_gen(c) &&
+	    (dfd = conv_dir(conv)) >= 0) {
+		ret = merge_appended(dfd, data, len, base, &merged, &mlen);
+		close(dfd);
+		if (ret == 0 && merged)
+			ret = fsio_replace(conv_root_fd(), from, merged, mlen);
+	}
+	free(merged);
+	free(data);
+	if (ret == 0 && renameat2(conv_root_fd(), from, conv_root_fd(), to, flags) < 0)
+		ret = -errno;
+	if (ret == 0 && c)
+		conv_hist_replaced(c);
+	if (ret == 0)
+		fsio_sync_parent(conv_root_fd(), to);
+	return ret;
+}

@@ -1,0 +1,226 @@
+/* fs_int.h - what the files of the FUSE layer share: node kinds, node
+ * information, file handles, prepared replies, and the functions each
+ * file offers the others. Only fs_*.c and ops.c include it.
+ *
+ * The FUSE layer, by file:
+ *   fs_node.c     the inode table (numbers, names, lookup counts)
+ *   fs_special.c  which names are special and their attributes
+ *   fs_tree.c     lookup, getattr, setattr and the namespace operations
+ *   fs_dir.c      directory listings
+ *   fs_file.c     file handles: open, read, write, flush, release
+ *   fs_hist.c     messages.jsonl written by users: checks, commits, merges
+ *   fs_wait.c     .reply readers that wait without holding a thread
+ *   ops.c         the operations table, init and shutdown
+ *
+ * Lock order: a handle's lock -> conv.c's locks (table -> conversation ->
+ * history) and the model list's; handles_lock -> a handle's lock
+ * (fh_each); nodes_lock, waiters_lock and temps_lock are leaves. No FUSE
+ * reply is sent while holding any of them: once a reply is out, the reader
+ * may close the file and a release on another thread may free the handle
+ * (hence the "prepared" replies).
+ */
+#ifndef LMSFS_FS_INT_H
+#define LMSFS_FS_INT_H
+
+#include <fuse_lowlevel.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <time.h>
+
+#include "buf.h"
+
+struct config;
+struct conv;
+
+enum kind {
+	K_ROOT = 1, K_MODELS, K_CONVS, K_TOOLS, K_HEALTH, K_METRICS,
+	K_MODEL, K_CONV, K_CFILE, K_REPLY, K_STATUS, K_CTL, K_TFILE, K_TSTATUS
+};
+
+#define INO_ROOT 1
+
+struct nodeinfo {
+	enum kind kind;
+	uint64_t parent;
+	char name[NAME_MAX + 1];
+	char conv[NAME_MAX + 1]; /* for files under a conversation */
+};
+
+/* Set once by ops_init, read-only afterwards. */
+extern const struct config *fs_cfg;
+extern int fs_state_fd, fs_tools_fd;
+extern uid_t fs_uid;
+extern gid_t fs_gid;
+extern time_t fs_start_time;
+
+/* --- fs_node.c ----------------------------------------------------------- */
+
+/* The node for (parent, name), created when new; counts one lookup. NULL
+ * when out of memory. */
+struct node;
+struct node *node_get(uint64_t parent, const char *name, enum kind kind, uint64_t *ino);
+/* Copies what is known of ino (no lock held after). 0 or -ESTALE. */
+int node_info(uint64_t ino, struct nodeinfo *ni);
+void node_forget(uint64_t ino, uint64_t nlookup);
+/* The name (parent, name) no longer exists. */
+void node_drop_name(uint64_t parent, const char *name);
+void node_move(uint64_t parent, const char *name, uint64_t newparent, const char *newname);
+
+/* --- fs_special.c -------------------------------------------------------- */
+
+/* The root's entries: fixed names and inode numbers. */
+struct root_entry {
+	const char *name;
+	enum kind kind;
+	uint64_t ino;
+};
+extern const struct root_entry fs_root_entries[];
+extern const size_t fs_n_root_entries;
+
+/* .reply, .status, .ctl: hidden control files of a conversation. */
+int is_hidden_ctl(const char *name, enum kind *k);
+/* Names lmsfs gives a meaning to in a conversation (prompt, stream, ...). */
+int is_special_file(const char *name);
+/* "conv/name" relative to the conversations directory. */
+int cpath(char *out, size_t n, const char *conv, const char *name);
+/* The JSON of the loaded model whose file name is fname (malloc'd). */
+char *model_json(const char *fname);
+/* Attributes of a node (ino 0: not yet numbered). */
+int attr_of(uint64_t ino, const struct nodeinfo *ni, struct stat *st);
+
+/* --- fs_file.c ----------------------------------------------------------- */
+
+struct hlink {
+	struct hlink *prev, *next; /* handles_lock */
+	int is_dir;
+};
+
+void hlink_add(struct hlink *l, int is_dir);
+void hlink_del(struct hlink *l);
+
+/* How the kernel may cache a file's data (set when opening). */
+enum { CACHE_PAGES = 0, CACHE_NONE = 1, CACHE_KEEP = 2 };
+
+enum fh_kind { FH_PASS, FH_BUF, FH_PROMPT, FH_HIST, FH_STREAM, FH_REPLY, FH_CTL };
+enum hist_mode { HM_APPEND, HM_REPLACE };
+
+struct fh {
+	struct hlink link;   /* first: a handle is found from its link */
+	enum fh_kind kind;
+	pthread_mutex_t lock;
+	int fd;              /* FH_PASS, FH_STREAM, FH_HIST reads */
+	uint64_t ino;
+	struct buf data;     /* generated content, prompt text, written history */
+	int writable;
+	/* FH_HIST */
+	enum hist_mode mode;
+	int dirty;
+	int trunc_pending;
+	size_t checked;      /* bytes of data already validated (whole lines) */
+	int refused;         /* a write was refused: commit nothing from here */
+	int times_set;       /* futimens/fchmod on a pending history write: */
+	struct timespec times[2]; /* applied again after the commit replaced */
+	int mode_set;        /* the file */
+	mode_t new_mode;
+	off_t base_size;     /* HM_REPLACE: the history's size and generation */
+	uint64_t base_gen;   /* when opened: what lies past base_size since was
+				appended meanwhile and is kept (hist_commit) */
+	/* FH_PROMPT */
+	int prechecked;
+	/* FH_REPLY */
+	struct conv *conv;   /* referenced: survives a rename of the directory */
+	uint64_t target;
+	int have_answer;
+	char *answer;
+	size_t answer_len;
+	int answer_err;
+};
+
+struct fh *fh_new(enum fh_kind kind, uint64_t ino);
+void fh_free(struct fh *f);
+struct fh *FH(struct fuse_file_info *fi);
+/* Calls fn on every open file handle (handles_lock held). */
+void fh_each(void (*fn)(struct fh *f, void *arg), void *arg);
+
+/* A reply computed under the handle's lock and sent after unlocking it:
+ * once a reply is out, the reader may close the file and a release on
+ * another thread may free the handle, so nothing may touch it after. */
+struct prepared {
+	int err;
+	char *buf;
+	size_t len;
+};
+
+void prepare_slice(const char *data, size_t total, size_t size, off_t off,
+		   struct prepared *p);
+void send_prepared(fuse_req_t req, struct prepared *p);
+/* A user's write was refused: logged and kept for .status. */
+void note_reject(const char *conv, const char *what, const char *why);
+
+void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
+void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+	       struct fuse_file_info *fi);
+void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+	     struct fuse_file_info *fi);
+void op_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t size, off_t off,
+	      struct fuse_file_info *fi);
+void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
+void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
+void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi);
+
+/* --- fs_hist.c ----------------------------------------------------------- */
+
+/* A conversation's directory, opened without following symlinks. */
+int conv_dir(const char *conv);
+/* Checks f->data from f->checked on (final: the last line is complete). */
+int hist_check(struct fh *f, int final, char *why, size_t whylen);
+/* Writes a validated history back. 0 or -errno. */
+int hist_commit(struct fh *f, const struct nodeinfo *ni);
+/* Prepares a handle that replaces messages.jsonl. */
+int hist_open_replace(struct fh *f, const struct nodeinfo *ni, int flags, int creating);
+/* truncate(2) of messages.jsonl without a handle. */
+int truncate_history(const struct nodeinfo *ni, off_t size);
+/* Times or mode set on messages.jsonl while a writer holds it open. */
+void hist_note_times(uint64_t ino, int to_set, const struct stat *attr);
+/* A file created in a conversation (a temporary to rename over). */
+void temp_remember(const char *conv, const char *name);
+/* Renames conversation file name over messages.jsonl (history lock held). */
+int rename_over_history(struct conv *c, const char *conv, const char *name,
+			const char *from, const char *to, unsigned flags);
+
+/* --- fs_wait.c ----------------------------------------------------------- */
+
+/* A read of .reply: answered now, or later from ops_answer_done. */
+void read_reply(fuse_req_t req, struct fh *f, size_t size, off_t off);
+
+/* --- fs_dir.c ------------------------------------------------------------ */
+
+struct dirh;
+void dir_free(struct dirh *d);
+void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
+void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		struct fuse_file_info *fi);
+void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
+
+/* --- fs_tree.c ----------------------------------------------------------- */
+
+void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name);
+void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup);
+void op_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *f);
+void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
+void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
+		struct fuse_file_info *fi);
+void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode);
+void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name);
+void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name);
+void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
+	       const char *newname, unsigned int flags);
+void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev);
+void op_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name);
+void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname);
+void op_statfs(fuse_req_t req, fuse_ino_t ino);
+
+#endif

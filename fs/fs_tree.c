@@ -1,0 +1,478 @@
+/* fs_tree.c - lookup, attributes and the namespace operations: mkdir,
+ * rmdir, unlink, rename, setattr (truncate, chmod, utimens), statfs. */
+#include "fs_int.h"
+
+#include "conv.h"
+#include "fsio.h"
+#include "log.h"
+#include "names.h"
+#include "store.h"
+
+#include <sys/statvfs.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* Attributes are never cached: answers grow files behind the kernel's back
+ * (tail must see the size at once), and lmsfs's private files change the
+ * directories' times (tar compares them before and after reading). */
+#define ATTR_TIMEOUT 0.0
+
+static void reply_entry(fuse_req_t req, uint64_t ino, const struct stat *st)
+{
+	struct fuse_entry_param e;
+	memset(&e, 0, sizeof(e));
+	e.ino = ino;
+	e.attr = *st;
+	e.attr.st_ino = ino;
+	e.attr_timeout = ATTR_TIMEOUT;
+	e.entry_timeout = 1.0;
+	if (fuse_reply_entry(req, &e) != 0)
+		node_forget(ino, 1); /* the kernel never saw it: no FORGET comes */
+}
+
+/* Looks up (parent, name) and, when found, counts the lookup and replies. */
+static void do_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct nodeinfo pi, ni;
+	struct stat st;
+	enum kind kind;
+	uint64_t ino;
+	int ret;
+
+	ret = node_info(parent, &pi);
+	if (ret) {
+		fuse_reply_err(req, -ret);
+		return;
+	}
+	memset(&ni, 0, sizeof(ni));
+	snprintf(ni.name, sizeof(ni.name), "%s", name);
+	switch (pi.kind) {
+	case K_ROOT:
+		for (size_t i = 0; i < fs_n_root_entries; i++)
+			if (strcmp(fs_root_entries[i].name, name) == 0) {
+				ni.kind = fs_root_entries[i].kind;
+				ret = attr_of(fs_root_entries[i].ino, &ni, &st);
+				if (ret)
+					fuse_reply_err(req, -ret);
+				else
+					reply_entry(req, fs_root_entries[i].ino, &st);
+				return;
+			}
+		fuse_reply_err(req, ENOENT);
+		return;
+	case K_MODELS:
+		/* attr_of below answers ENOENT for a model that is not loaded. */
+		kind = K_MODEL;
+		break;
+	case K_CONVS:
+		if (names_file_ok(name) != 0) {
+			fuse_reply_err(req, ENOENT);
+			return;
+		}
+		kind = K_CONV;
+		break;
+	case K_CONV:
+		if (is_hidden_ctl(name, &kind)) {
+			struct stat dst;
+			if (fstatat(conv_root_fd(), pi.conv, &dst, 0) < 0) {
+				fuse_reply_err(req, ENOENT);
+				return;
+			}
+			snprintf(ni.conv, sizeof(ni.conv), "%s", pi.conv);
+			break;
+		}
+		if (names_file_ok(name) != 0) {
+			fuse_reply_err(req, ENOENT);
+			return;
+		}
+		snprintf(ni.conv, sizeof(ni.conv), "%s", pi.conv);
+		kind = K_CFILE;
+		break;
+	case K_TOOLS:
+		if (strcmp(name, ".status") == 0) {
+			kind = K_TSTATUS;
+			break;
+		}
+		if (names_file_ok(name) != 0) {
+			fuse_reply_err(req, ENOENT);
+			return;
+		}
+		kind = K_TFILE;
+		break;
+	default:
+		fuse_reply_err(req, ENOTDIR);
+		return;
+	}
+	ni.kind = kind;
+	ni.parent = parent;
+	ret = attr_of(0, &ni, &st);
+	if (ret) {
+		fuse_reply_err(req, -ret);
+		return;
+	}
+	if (kind == K_CONV && !S_ISDIR(st.st_mode)) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	if (!node_get(parent, name, kind, &ino)) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	reply_entry(req, ino, &st);
+}
+
+void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	do_lookup(req, parent, name);
+}
+
+void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
+{
+	node_forget(ino, nlookup);
+	fuse_reply_none(req);
+}
+
+void op_forget_multi(fuse_req_t req, size_t count,
+			    struct fuse_forget_data *f)
+{
+	for (size_t i = 0; i < count; i++)
+		node_forget(f[i].ino, f[i].nlookup);
+	fuse_reply_none(req);
+}
+
+void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	(void)fi;
+	struct nodeinfo ni;
+	struct stat st;
+	int ret = node_info(ino, &ni);
+	if (ret == 0)
+		ret = attr_of(ino, &ni, &st);
+	if (ret)
+		fuse_reply_err(req, -ret);
+	else
+		fuse_reply_attr(req, &st, ATTR_TIMEOUT);
+}
+
+static int truncate_plain(int dfd, const char *rel, off_t size)
+{
+	int fd = fsio_open(dfd, rel, O_WRONLY, 0), ret = 0;
+	if (fd < 0)
+		return fd;
+	if (ftruncate(fd, size) < 0)
+		ret = -errno;
+	close(fd);
+	return ret;
+}
+
+void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
+		       int to_set, struct fuse_file_info *fi)
+{
+	struct nodeinfo ni;
+	struct stat st;
+	char p[PATH_MAX];
+	int dfd, ret = node_info(ino, &ni);
+	const char *rel;
+
+	if (ret)
+		goto out;
+	if (ni.kind == K_CFILE) {
+		ret = cpath(p, sizeof(p), ni.conv, ni.name);
+		dfd = conv_root_fd();
+		rel = p;
+	} else if (ni.kind == K_TFILE) {
+		dfd = fs_tools_fd;
+		rel = ni.name;
+	} else if (ni.kind == K_CONV) {
+		dfd = conv_root_fd();
+		rel = ni.name;
+	} else if (ni.kind == K_CONVS || ni.kind == K_TOOLS) {
+		dfd = ni.kind == K_CONVS ? conv_root_fd() : fs_tools_fd;
+		rel = ".";
+	} else {
+		/* Synthesised files: only harmless time updates (touch). */
+		ret = (to_set & ~(FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME |
+				  FUSE_SET_ATTR_ATIME_NOW | FUSE_SET_ATTR_MTIME_NOW))
+			      ? -EACCES
+			      : 0;
+		if (ret == 0) {
+			ret = attr_of(ino, &ni, &st);
+			if (ret == 0) {
+				fuse_reply_attr(req, &st, 0);
+				return;
+			}
+		}
+		goto out;
+	}
+	if (ret)
+		goto out;
+	if (to_set & FUSE_SET_ATTR_SIZE) {
+		if (ni.kind != K_CFILE && ni.kind != K_TFILE) {
+			ret = -EISDIR;
+			goto out;
+		}
+		if (ni.kind == K_CFILE && strcmp(ni.name, "messages.jsonl") == 0) {
+			struct fh *f = fi ? FH(fi) : NULL;
+			if (f && f->kind == FH_HIST && f->writable && f->mode == HM_REPLACE) {
+				pthread_mutex_lock(&f->lock);
+				if ((size_t)attr->st_size <= f->data.len) {
+					f->data.len = (size_t)attr->st_size;
+					if (f->data.data)
+						f->data.data[f->data.len] = '\0';
+					f->checked = 0;
+					f->dirty = 1;
+				} else {
+					/* Zeros are not JSON lines. */
+					ret = -EINVAL;
+				}
+				pthread_mutex_unlock(&f->lock);
+				if (ret)
+					note_reject(ni.conv, "truncating messages.jsonl",
+						    "cannot grow the history: only whole JSON "
+						    "lines can be added");
+			} else {
+				ret = truncate_history(&ni, attr->st_size);
+			}
+		} else if (ni.kind == K_CFILE && strcmp(ni.name, "stream") == 0) {
+			/* Append-only: it may grow (zeros, like a disk), never
+			 * shrink. */
+			if (fstatat(dfd, rel, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+			    attr->st_size < st.st_size)
+				ret = -EPERM;
+			else
+				ret = truncate_plain(dfd, rel, attr->st_size);
+		} else if (ni.kind == K_CFILE && strcmp(ni.name, "prompt") == 0) {
+			ret = 0; /* always empty */
+		} else {
+			ret = truncate_plain(dfd, rel, attr->st_size);
+		}
+		if (ret)
+			goto out;
+	}
+	if (ni.kind == K_CFILE && strcmp(ni.name, STORE_HISTORY) == 0 &&
+	    (to_set & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME)))
+		hist_note_times(ino, to_set, attr);
+	if ((ni.kind == K_CFILE || ni.kind == K_TFILE) &&
+	    fstatat(dfd, rel, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode)) {
+		log_warnx("refused to change a symlink: %s", rel);
+		ret = -ELOOP;
+		goto out;
+	}
+	if (to_set & FUSE_SET_ATTR_MODE) {
+		if (fchmodat(dfd, rel, attr->st_mode & 07777, 0) < 0) {
+			ret = -errno;
+			goto out;
+		}
+	}
+	if (to_set & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) {
+		uid_t u = (to_set & FUSE_SET_ATTR_UID) ? attr->st_uid : (uid_t)-1;
+		gid_t g = (to_set & FUSE_SET_ATTR_GID) ? attr->st_gid : (gid_t)-1;
+		if (fchownat(dfd, rel, u, g, AT_SYMLINK_NOFOLLOW) < 0) {
+			ret = -errno;
+			goto out;
+		}
+	}
+	if (to_set & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME)) {
+		struct timespec tv[2];
+		tv[0].tv_sec = 0;
+		tv[1].tv_sec = 0;
+		tv[0].tv_nsec = UTIME_OMIT;
+		tv[1].tv_nsec = UTIME_OMIT;
+		if (to_set & FUSE_SET_ATTR_ATIME_NOW)
+			tv[0].tv_nsec = UTIME_NOW;
+		else if (to_set & FUSE_SET_ATTR_ATIME)
+			tv[0] = attr->st_atim;
+		if (to_set & FUSE_SET_ATTR_MTIME_NOW)
+			tv[1].tv_nsec = UTIME_NOW;
+		else if (to_set & FUSE_SET_ATTR_MTIME)
+			tv[1] = attr->st_mtim;
+		if (utimensat(dfd, rel, tv, AT_SYMLINK_NOFOLLOW) < 0) {
+			ret = -errno;
+			goto out;
+		}
+	}
+	ret = attr_of(ino, &ni, &st);
+	if (ret == 0) {
+		fuse_reply_attr(req, &st, 0);
+		return;
+	}
+out:
+	fuse_reply_err(req, -ret);
+}
+
+void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
+{
+	struct nodeinfo pi, ni;
+	struct stat st;
+	uint64_t ino;
+	int ret = node_info(parent, &pi);
+
+	if (ret == 0 && pi.kind != K_CONVS)
+		ret = pi.kind == K_CONV ? -EPERM : -EACCES;
+	if (ret == 0)
+		ret = conv_mkdir(name, mode);
+	if (ret) {
+		fuse_reply_err(req, -ret);
+		return;
+	}
+	memset(&ni, 0, sizeof(ni));
+	ni.kind = K_CONV;
+	snprintf(ni.name, sizeof(ni.name), "%s", name);
+	ret = attr_of(0, &ni, &st);
+	if (ret || !node_get(parent, name, K_CONV, &ino)) {
+		fuse_reply_err(req, ret ? -ret : ENOMEM);
+		return;
+	}
+	reply_entry(req, ino, &st);
+}
+
+void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct nodeinfo pi;
+	int ret = node_info(parent, &pi);
+	if (ret == 0 && pi.kind != K_CONVS)
+		ret = pi.kind == K_ROOT ? -EBUSY : -ENOTDIR;
+	if (ret == 0)
+		ret = conv_rmdir(name);
+	if (ret == 0)
+		node_drop_name(parent, name);
+	fuse_reply_err(req, -ret);
+}
+
+void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct nodeinfo pi;
+	char p[PATH_MAX];
+	enum kind k;
+	int ret = node_info(parent, &pi);
+
+	if (ret)
+		goto out;
+	if (pi.kind == K_CONV) {
+		if (is_hidden_ctl(name, &k)) {
+			ret = -EPERM;
+			goto out;
+		}
+		ret = names_file_ok(name);
+		if (ret == 0)
+			ret = cpath(p, sizeof(p), pi.conv, name);
+		if (ret == 0 && unlinkat(conv_root_fd(), p, 0) < 0)
+			ret = -errno;
+	} else if (pi.kind == K_TOOLS) {
+		ret = names_file_ok(name);
+		if (ret == 0 && unlinkat(fs_tools_fd, name, 0) < 0)
+			ret = -errno;
+	} else {
+		ret = -EACCES;
+	}
+	if (ret == 0)
+		node_drop_name(parent, name);
+out:
+	fuse_reply_err(req, -ret);
+}
+
+void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
+		      fuse_ino_t newparent, const char *newname, unsigned int flags)
+{
+	struct nodeinfo pi, npi;
+	char from[PATH_MAX], to[PATH_MAX];
+	enum kind k;
+	int ret = node_info(parent, &pi);
+
+	if (ret == 0)
+		ret = node_info(newparent, &npi);
+	if (ret)
+		goto out;
+	if (flags & ~RENAME_NOREPLACE) {
+		ret = -EINVAL;
+		goto out;
+	}
+	if (pi.kind == K_CONVS && npi.kind == K_CONVS) {
+		ret = conv_rename(name, newname, flags);
+	} else if (pi.kind == K_CONV && npi.kind == K_CONV) {
+		struct conv *c;
+		if (is_hidden_ctl(name, &k) || is_hidden_ctl(newname, &k)) {
+			ret = -EPERM;
+			goto out;
+		}
+		ret = names_file_ok(newname);
+		if (ret == 0)
+			ret = names_file_ok(name);
+		if (ret == 0)
+			ret = cpath(from, sizeof(from), pi.conv, name);
+		if (ret == 0)
+			ret = cpath(to, sizeof(to), npi.conv, newname);
+		if (ret)
+			goto out;
+		if (strcmp(newname, "stream") == 0 || strcmp(name, "stream") == 0) {
+			/* The transcript is append-only: it may not be replaced. */
+			struct stat st;
+			if (strcmp(newname, "stream") == 0 &&
+			    fstatat(conv_root_fd(), to, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+			    st.st_size > 0) {
+				ret = -EPERM;
+				goto out;
+			}
+		}
+		c = conv_get(npi.conv);
+		if (c)
+			conv_hist_lock(c);
+		if (strcmp(newname, STORE_HISTORY) == 0)
+			ret = rename_over_history(c, npi.conv, name, from, to, flags);
+		else if (renameat2(conv_root_fd(), from, conv_root_fd(), to, flags) < 0)
+			ret = -errno;
+		else if (c && strcmp(name, STORE_HISTORY) == 0)
+			conv_hist_replaced(c); /* moved away (vim's backup) */
+		if (c) {
+			conv_hist_unlock(c);
+			conv_put(c);
+		}
+	} else if (pi.kind == K_TOOLS && npi.kind == K_TOOLS) {
+		ret = names_file_ok(newname);
+		if (ret == 0 && renameat2(fs_tools_fd, name, fs_tools_fd, newname, flags) < 0)
+			ret = -errno;
+	} else if (pi.kind == K_CONVS || npi.kind == K_CONVS) {
+		ret = -EPERM; /* conversations do not nest */
+	} else {
+		ret = -EXDEV;
+	}
+	if (ret == 0)
+		node_move(parent, name, newparent, newname);
+out:
+	fuse_reply_err(req, -ret);
+}
+
+void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name,
+		     mode_t mode, dev_t rdev)
+{
+	(void)parent; (void)name; (void)mode; (void)rdev;
+	fuse_reply_err(req, EPERM);
+}
+
+void op_symlink(fuse_req_t req, const char *link, fuse_ino_t parent,
+		       const char *name)
+{
+	(void)link; (void)parent; (void)name;
+	fuse_reply_err(req, EPERM);
+}
+
+void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent,
+		    const char *newname)
+{
+	(void)ino; (void)newparent; (void)newname;
+	fuse_reply_err(req, EPERM);
+}
+
+void op_statfs(fuse_req_t req, fuse_ino_t ino)
+{
+	(void)ino;
+	struct statvfs sv;
+	if (fstatvfs(fs_state_fd, &sv) < 0)
+		fuse_reply_err(req, errno);
+	else
+		fuse_reply_statfs(req, &sv);
+}
