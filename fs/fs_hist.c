@@ -68,7 +68,7 @@ void temp_remember(const char *conv, const char *name)
 
 /* Whole-history check of f->data from f->checked on; final says the last
  * line is complete even without a newline. */
-int hist_check(struct fh *f, int final, char *why, size_t whylen)
+static int hist_check(struct fh *f, int final, char *why, size_t whylen)
 {
 	const char *d = f->data.data ? f->data.data : "";
 	size_t end = f->data.len, pos = f->checked;
@@ -156,7 +156,7 @@ static int merge_appended(int dfd, const char *data, size_t n, off_t base_size,
 }
 
 /* Writes a validated history back. Returns 0 or -errno. */
-int hist_commit(struct fh *f, const struct nodeinfo *ni)
+static int hist_commit(struct fh *f, const struct nodeinfo *ni)
 {
 	char why[300] = "";
 	const char *data = f->data.data ? f->data.data : "";
@@ -236,7 +236,7 @@ int hist_commit(struct fh *f, const struct nodeinfo *ni)
 /* A writer that replaces the history: remember its size and generation
  * now (hist_commit keeps what is appended past them meanwhile) and, for an
  * in-place edit, take the copy it edits, all under the history lock. */
-int hist_open_replace(struct fh *f, const struct nodeinfo *ni, int flags,
+static int hist_open_replace(struct fh *f, const struct nodeinfo *ni, int flags,
 			     int creating)
 {
 	struct conv *c = conv_get(ni->conv);
@@ -274,7 +274,7 @@ int hist_open_replace(struct fh *f, const struct nodeinfo *ni, int flags,
 
 /* --- attributes -------------------------------------------------------------- */
 
-int truncate_history(const struct nodeinfo *ni, off_t size)
+static int truncate_history(const struct nodeinfo *ni, off_t size)
 {
 	char why[300] = "";
 	char *data = NULL;
@@ -417,3 +417,182 @@ int rename_over_history(struct conv *c, const char *conv, const char *name,
 		fsio_sync_parent(conv_root_fd(), to);
 	return ret;
 }
+
+/* --- the handle -------------------------------------------------------------- */
+
+static int hist_open(fuse_ino_t ino, const struct nodeinfo *ni, int flags, mode_t mode,
+		     int creating, struct fh **out, int *cache)
+{
+	int wr = (flags & O_ACCMODE) != O_RDONLY, ret = 0;
+	int fd = open_backing(ni, O_RDONLY | (creating ? O_CREAT : 0), mode);
+	struct fh *f;
+
+	if (fd < 0)
+		return fd;
+	f = fh_new(&hist_ops, ino);
+	if (!f) {
+		close(fd);
+		return -ENOMEM;
+	}
+	f->fd = fd;
+	f->writable = wr;
+	f->data.max = STORE_HISTORY_MAX;
+	/* Readers go through the page cache, kept from one open to the next
+	 * (readahead; a second cat or grep costs no FUSE round trips).
+	 * Appends by lmsfs change size and mtime, which the kernel sees on
+	 * its next getattr (attributes are never cached) and then drops the
+	 * stale pages (FUSE_CAP_AUTO_INVAL_DATA). */
+	*cache = wr ? CACHE_NONE : CACHE_KEEP;
+	if (wr && (flags & O_APPEND) && !(flags & O_TRUNC))
+		f->mode = HM_APPEND;
+	else if (wr)
+		ret = hist_open_replace(f, ni, flags, creating);
+	if (ret) {
+		fh_free(f);
+		return ret;
+	}
+	*out = f;
+	return 0;
+}
+
+static void hist_read(fuse_req_t req, struct fh *f, size_t size, off_t off)
+{
+	pthread_mutex_lock(&f->lock);
+	if (f->writable && f->mode == HM_REPLACE) {
+		/* A writer reads the copy it edits. */
+		pthread_mutex_unlock(&f->lock);
+		read_data(req, f, size, off);
+		return;
+	}
+	if (f->writable && f->mode == HM_APPEND && f->data.len) {
+		/* An a+ reader sees its own appends before they are committed
+		 * at close: they follow the file. */
+		struct stat st;
+		if (fstat(f->fd, &st) == 0 && off >= st.st_size) {
+			struct prepared p;
+			prepare_slice(f->data.data, f->data.len, size, off - st.st_size, &p);
+			pthread_mutex_unlock(&f->lock);
+			send_prepared(req, &p);
+			return;
+		}
+	}
+	pthread_mutex_unlock(&f->lock);
+	{
+		struct fuse_bufvec bv = FUSE_BUFVEC_INIT(size);
+		bv.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
+		bv.buf[0].fd = f->fd;
+		bv.buf[0].pos = off;
+		fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
+	}
+}
+
+/* Appends are checked line by line as they arrive; a write inside the text
+ * is spliced into the copy and the whole is checked at close. */
+static ssize_t hist_write(struct fh *f, const struct nodeinfo *ni, const char *data,
+			  size_t size, off_t off, int append)
+{
+	char why[700] = "";
+	size_t before;
+	int ret = 0;
+	(void)append;
+
+	pthread_mutex_lock(&f->lock);
+	before = f->data.len;
+	if (f->mode == HM_APPEND || (size_t)off == f->data.len) {
+		ret = buf_append(&f->data, data, size);
+		if (ret == 0)
+			ret = hist_check(f, 0, why, sizeof(why));
+	} else {
+		size_t end = (size_t)off + size;
+		if (end > f->data.max) {
+			ret = -EFBIG;
+		} else {
+			if (end > f->data.len) {
+				size_t grow = end - f->data.len;
+				char *z = calloc(1, grow);
+				ret = z ? buf_append(&f->data, z, grow) : -ENOMEM;
+				free(z);
+			}
+			if (ret == 0)
+				memcpy(f->data.data + off, data, size);
+			if ((size_t)off < f->checked)
+				f->checked = 0;
+		}
+	}
+	if (ret) {
+		/* The whole write-back is abandoned: the old history stays. */
+		f->refused = 1;
+		if (f->data.len > before && (f->mode == HM_APPEND || (size_t)off == before)) {
+			f->data.len = before;
+			f->data.data[before] = '\0';
+			if (f->checked > before)
+				f->checked = 0;
+		}
+		pthread_mutex_unlock(&f->lock);
+		if (!why[0])
+			snprintf(why, sizeof(why), "%s", strerror(-ret));
+		note_reject(ni->conv, "messages.jsonl", why);
+		return ret == -EFBIG ? -EFBIG : -EINVAL;
+	}
+	f->dirty = 1;
+	pthread_mutex_unlock(&f->lock);
+	return (ssize_t)size;
+}
+
+static int hist_flush(struct fh *f, const struct nodeinfo *ni)
+{
+	if (f->refused)
+		return -EINVAL;
+	return f->dirty ? hist_commit(f, ni) : 0;
+}
+
+/* What no flush committed (": >" takes effect here, see README). */
+static void hist_release(struct fh *f, const struct nodeinfo *ni)
+{
+	if (!f->refused && (f->dirty || f->trunc_pending))
+		hist_commit(f, ni);
+}
+
+static int hist_fsync(struct fh *f, const struct nodeinfo *ni, int datasync)
+{
+	(void)datasync;
+	if (!f->dirty)
+		return 0;
+	return f->refused ? -EINVAL : hist_commit(f, ni);
+}
+
+/* With the writer's handle, its copy is cut; without, the file itself.
+ * Never grown: zeros are not JSON lines. */
+static int hist_truncate(const struct nodeinfo *ni, struct fh *f, off_t size)
+{
+	int ret = 0;
+
+	if (!f || f->kind != FH_HIST || !f->writable || f->mode != HM_REPLACE)
+		return truncate_history(ni, size);
+	pthread_mutex_lock(&f->lock);
+	if ((size_t)size <= f->data.len) {
+		f->data.len = (size_t)size;
+		if (f->data.data)
+			f->data.data[f->data.len] = '\0';
+		f->checked = 0;
+		f->dirty = 1;
+	} else {
+		ret = -EINVAL;
+	}
+	pthread_mutex_unlock(&f->lock);
+	if (ret)
+		note_reject(ni->conv, "truncating messages.jsonl",
+			    "cannot grow the history: only whole JSON lines can be added");
+	return ret;
+}
+
+const struct file_ops hist_ops = {
+	.kind = FH_HIST,
+	.open = hist_open,
+	.read = hist_read,
+	.write = hist_write,
+	.flush = hist_flush,
+	.release = hist_release,
+	.fsync = hist_fsync,
+	.truncate = hist_truncate,
+};

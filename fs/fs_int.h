@@ -7,7 +7,9 @@
  *   fs_special.c  which names are special and their attributes
  *   fs_tree.c     lookup, getattr, setattr and the namespace operations
  *   fs_dir.c      directory listings
- *   fs_file.c     file handles: open, read, write, flush, release
+ *   fs_file.c     file handles and their dispatch; plain files, stream,
+ *                 generated files
+ *   fs_prompt.c   prompt and .ctl
  *   fs_hist.c     messages.jsonl written by users: checks, commits, merges
  *   fs_wait.c     .reply readers that wait without holding a thread
  *   ops.c         the operations table, init and shutdown
@@ -88,6 +90,8 @@ int is_special_file(const char *name);
 int cpath(char *out, size_t n, const char *conv, const char *name);
 /* The JSON of the loaded model whose file name is fname (malloc'd). */
 char *model_json(const char *fname);
+/* The kind of file a node is (NULL: a directory). */
+const struct file_ops *special_ops(const struct nodeinfo *ni);
 /* Attributes of a node (ino 0: not yet numbered). */
 int attr_of(uint64_t ino, const struct nodeinfo *ni, struct stat *st);
 
@@ -109,6 +113,7 @@ enum hist_mode { HM_APPEND, HM_REPLACE };
 
 struct fh {
 	struct hlink link;   /* first: a handle is found from its link */
+	const struct file_ops *ops;
 	enum fh_kind kind;
 	pthread_mutex_t lock;
 	int fd;              /* FH_PASS, FH_STREAM, FH_HIST reads */
@@ -139,7 +144,30 @@ struct fh {
 	int answer_err;
 };
 
-struct fh *fh_new(enum fh_kind kind, uint64_t ino);
+/* What a kind of file does; fs_special.c picks the kind for a node. A
+ * NULL member means: read the backing fd (read), nothing to do (flush,
+ * release, fsync), refused (write: EBADF). flush, release and fsync are
+ * called with the handle's lock held; the others take it if they need it.
+ * write returns the bytes taken or -errno (the reason already noted). */
+struct file_ops {
+	enum fh_kind kind;
+	int (*open)(fuse_ino_t ino, const struct nodeinfo *ni, int flags, mode_t mode,
+		    int creating, struct fh **out, int *cache);
+	void (*read)(fuse_req_t req, struct fh *f, size_t size, off_t off);
+	ssize_t (*write)(struct fh *f, const struct nodeinfo *ni, const char *data,
+			 size_t size, off_t off, int append);
+	int (*flush)(struct fh *f, const struct nodeinfo *ni);
+	void (*release)(struct fh *f, const struct nodeinfo *ni);
+	int (*fsync)(struct fh *f, const struct nodeinfo *ni, int datasync);
+	/* truncate(2), or ftruncate(2) with f. */
+	int (*truncate)(const struct nodeinfo *ni, struct fh *f, off_t size);
+};
+extern const struct file_ops plain_ops, stream_ops, generated_ops; /* fs_file.c */
+extern const struct file_ops prompt_ops, ctl_ops;                   /* fs_prompt.c */
+extern const struct file_ops hist_ops;                              /* fs_hist.c */
+extern const struct file_ops reply_ops;                             /* fs_wait.c */
+
+struct fh *fh_new(const struct file_ops *ops, uint64_t ino);
 void fh_free(struct fh *f);
 struct fh *FH(struct fuse_file_info *fi);
 /* Calls fn on every open file handle (handles_lock held). */
@@ -159,6 +187,12 @@ void prepare_slice(const char *data, size_t total, size_t size, off_t off,
 void send_prepared(fuse_req_t req, struct prepared *p);
 /* A user's write was refused: logged and kept for .status. */
 void note_reject(const char *conv, const char *what, const char *why);
+/* Opens the backing file of a conversation or tools/ node (fd or -errno). */
+int open_backing(const struct nodeinfo *ni, int flags, mode_t mode);
+/* Replies with a slice of f->data. */
+void read_data(fuse_req_t req, struct fh *f, size_t size, off_t off);
+/* ftruncate of a plain backing file. */
+int truncate_plain(const struct nodeinfo *ni, struct fh *f, off_t size);
 
 void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
 void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
@@ -175,14 +209,6 @@ void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_inf
 
 /* A conversation's directory, opened without following symlinks. */
 int conv_dir(const char *conv);
-/* Checks f->data from f->checked on (final: the last line is complete). */
-int hist_check(struct fh *f, int final, char *why, size_t whylen);
-/* Writes a validated history back. 0 or -errno. */
-int hist_commit(struct fh *f, const struct nodeinfo *ni);
-/* Prepares a handle that replaces messages.jsonl. */
-int hist_open_replace(struct fh *f, const struct nodeinfo *ni, int flags, int creating);
-/* truncate(2) of messages.jsonl without a handle. */
-int truncate_history(const struct nodeinfo *ni, off_t size);
 /* Times or mode set on messages.jsonl while a writer holds it open. */
 void hist_note_times(uint64_t ino, int to_set, const struct stat *attr);
 /* A file created in a conversation (a temporary to rename over). */
@@ -190,11 +216,6 @@ void temp_remember(const char *conv, const char *name);
 /* Renames conversation file name over messages.jsonl (history lock held). */
 int rename_over_history(struct conv *c, const char *conv, const char *name,
 			const char *from, const char *to, unsigned flags);
-
-/* --- fs_wait.c ----------------------------------------------------------- */
-
-/* A read of .reply: answered now, or later from ops_answer_done. */
-void read_reply(fuse_req_t req, struct fh *f, size_t size, off_t off);
 
 /* --- fs_dir.c ------------------------------------------------------------ */
 

@@ -23,26 +23,82 @@ const struct root_entry fs_root_entries[] = {
 };
 const size_t fs_n_root_entries = sizeof(fs_root_entries) / sizeof(fs_root_entries[0]);
 
-/* --- helpers --------------------------------------------------------------- */
+/* --- the special files of a conversation ---------------------------------
+ *
+ * One entry per name that means something in conversations/NAME/. Adding a
+ * special file is adding an entry here (and its file_ops). Every other
+ * name is a plain file kept as written (editor swap files, sed temps). */
+enum {
+	SP_HIDDEN = 1, /* not listed by readdir; cannot be created or removed */
+	SP_EMPTY = 2,  /* always shows size 0 */
+};
+
+static const struct special {
+	const char *name;
+	enum kind kind;
+	const struct file_ops *ops;
+	unsigned flags;
+} conv_files[] = {
+	{STORE_PROMPT, K_CFILE, &prompt_ops, SP_EMPTY},
+	{STORE_HISTORY, K_CFILE, &hist_ops, 0},
+	{STORE_STREAM, K_CFILE, &stream_ops, 0},
+	{"model", K_CFILE, &plain_ops, 0},
+	{"system", K_CFILE, &plain_ops, 0},
+	{"params.json", K_CFILE, &plain_ops, 0},
+	{".reply", K_REPLY, &reply_ops, SP_HIDDEN},
+	{".status", K_STATUS, &generated_ops, SP_HIDDEN},
+	{".ctl", K_CTL, &ctl_ops, SP_HIDDEN},
+};
+#define NCONV_FILES (sizeof(conv_files) / sizeof(conv_files[0]))
+
+static const struct special *conv_file(const char *name)
+{
+	for (size_t i = 0; i < NCONV_FILES; i++)
+		if (strcmp(conv_files[i].name, name) == 0)
+			return &conv_files[i];
+	return NULL;
+}
 
 int is_hidden_ctl(const char *name, enum kind *k)
 {
-	if (strcmp(name, ".reply") == 0)
-		*k = K_REPLY;
-	else if (strcmp(name, ".status") == 0)
-		*k = K_STATUS;
-	else if (strcmp(name, ".ctl") == 0)
-		*k = K_CTL;
-	else
+	const struct special *sp = conv_file(name);
+	if (!sp || !(sp->flags & SP_HIDDEN))
 		return 0;
+	*k = sp->kind;
 	return 1;
 }
 
 int is_special_file(const char *name)
 {
-	return !strcmp(name, STORE_HISTORY) || !strcmp(name, STORE_STREAM) ||
-	       !strcmp(name, STORE_PROMPT) || !strcmp(name, "model") ||
-	       !strcmp(name, "system") || !strcmp(name, "params.json");
+	return conv_file(name) != NULL;
+}
+
+const struct file_ops *special_ops(const struct nodeinfo *ni)
+{
+	const struct special *sp;
+
+	switch (ni->kind) {
+	case K_ROOT:
+	case K_MODELS:
+	case K_CONVS:
+	case K_TOOLS:
+	case K_CONV:
+		return NULL;
+	case K_HEALTH:
+	case K_METRICS:
+	case K_MODEL:
+	case K_TSTATUS:
+		return &generated_ops;
+	case K_TFILE:
+		return &plain_ops;
+	case K_REPLY:
+	case K_STATUS:
+	case K_CTL:
+	case K_CFILE:
+		sp = conv_file(ni->name);
+		return sp ? sp->ops : &plain_ops;
+	}
+	return NULL;
 }
 
 /* "conv/name" relative to the conversations directory. */
@@ -135,7 +191,7 @@ int attr_of(uint64_t ino, const struct nodeinfo *ni, struct stat *st)
 			return ret;
 		if (fstatat(conv_root_fd(), p, st, AT_SYMLINK_NOFOLLOW) < 0)
 			return -errno;
-		if (strcmp(ni->name, "prompt") == 0)
+		if (conv_file(ni->name) && (conv_file(ni->name)->flags & SP_EMPTY))
 			st->st_size = 0;
 		break;
 	case K_TFILE:

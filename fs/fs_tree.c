@@ -158,17 +158,6 @@ void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		fuse_reply_attr(req, &st, ATTR_TIMEOUT);
 }
 
-static int truncate_plain(int dfd, const char *rel, off_t size)
-{
-	int fd = fsio_open(dfd, rel, O_WRONLY, 0), ret = 0;
-	if (fd < 0)
-		return fd;
-	if (ftruncate(fd, size) < 0)
-		ret = -errno;
-	close(fd);
-	return ret;
-}
-
 void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 		       int to_set, struct fuse_file_info *fi)
 {
@@ -211,49 +200,16 @@ void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 	if (ret)
 		goto out;
 	if (to_set & FUSE_SET_ATTR_SIZE) {
+		const struct file_ops *ops = special_ops(&ni);
 		if (ni.kind != K_CFILE && ni.kind != K_TFILE) {
 			ret = -EISDIR;
 			goto out;
 		}
-		if (ni.kind == K_CFILE && strcmp(ni.name, "messages.jsonl") == 0) {
-			struct fh *f = fi ? FH(fi) : NULL;
-			if (f && f->kind == FH_HIST && f->writable && f->mode == HM_REPLACE) {
-				pthread_mutex_lock(&f->lock);
-				if ((size_t)attr->st_size <= f->data.len) {
-					f->data.len = (size_t)attr->st_size;
-					if (f->data.data)
-						f->data.data[f->data.len] = '\0';
-					f->checked = 0;
-					f->dirty = 1;
-				} else {
-					/* Zeros are not JSON lines. */
-					ret = -EINVAL;
-				}
-				pthread_mutex_unlock(&f->lock);
-				if (ret)
-					note_reject(ni.conv, "truncating messages.jsonl",
-						    "cannot grow the history: only whole JSON "
-						    "lines can be added");
-			} else {
-				ret = truncate_history(&ni, attr->st_size);
-			}
-		} else if (ni.kind == K_CFILE && strcmp(ni.name, "stream") == 0) {
-			/* Append-only: it may grow (zeros, like a disk), never
-			 * shrink. */
-			if (fstatat(dfd, rel, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
-			    attr->st_size < st.st_size)
-				ret = -EPERM;
-			else
-				ret = truncate_plain(dfd, rel, attr->st_size);
-		} else if (ni.kind == K_CFILE && strcmp(ni.name, "prompt") == 0) {
-			ret = 0; /* always empty */
-		} else {
-			ret = truncate_plain(dfd, rel, attr->st_size);
-		}
+		ret = ops->truncate(&ni, fi ? FH(fi) : NULL, attr->st_size);
 		if (ret)
 			goto out;
 	}
-	if (ni.kind == K_CFILE && strcmp(ni.name, STORE_HISTORY) == 0 &&
+	if (ni.kind == K_CFILE && special_ops(&ni) == &hist_ops &&
 	    (to_set & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME)))
 		hist_note_times(ino, to_set, attr);
 	if ((ni.kind == K_CFILE || ni.kind == K_TFILE) &&

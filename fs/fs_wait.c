@@ -143,7 +143,7 @@ void ops_answer_done(struct conv *conv)
 	}
 }
 
-void read_reply(fuse_req_t req, struct fh *f, size_t size, off_t off)
+static void read_reply(fuse_req_t req, struct fh *f, size_t size, off_t off)
 {
 	struct waiter *w;
 	uint64_t id;
@@ -239,3 +239,44 @@ void ops_shutdown(void)
 		free(w);
 	}
 }
+
+/* Takes the sequence number to wait for: the latest prompt as of now. */
+static int reply_open(fuse_ino_t ino, const struct nodeinfo *ni, int flags, mode_t mode,
+		      int creating, struct fh **out, int *cache)
+{
+	struct conv *c;
+	struct fh *f;
+	(void)mode;
+	(void)creating;
+
+	if ((flags & O_ACCMODE) != O_RDONLY)
+		return -EACCES;
+	c = conv_get(ni->conv);
+	if (!c)
+		return -ENOENT;
+	f = fh_new(&reply_ops, ino);
+	if (!f) {
+		conv_put(c);
+		return -ENOMEM;
+	}
+	f->target = conv_wait_target(c);
+	f->conv = c;
+	*cache = CACHE_NONE;
+	*out = f;
+	return 0;
+}
+
+static int reply_truncate(const struct nodeinfo *ni, struct fh *f, off_t size)
+{
+	(void)ni;
+	(void)f;
+	(void)size;
+	return -EACCES;
+}
+
+const struct file_ops reply_ops = {
+	.kind = FH_REPLY,
+	.open = reply_open,
+	.read = read_reply,
+	.truncate = reply_truncate,
+};
