@@ -25,7 +25,7 @@
 #include "models.h"
 #include "names.h"
 #include "store.h"
-#include "tools.h"
+#include "tooldef.h"
 #include "util.h"
 
 #include <dirent.h>
@@ -670,7 +670,7 @@ static int fill_generated(struct fh *f, const struct nodeinfo *ni)
 		break;
 	}
 	case K_TSTATUS:
-		s = tools_status();
+		s = tooldef_status();
 		break;
 	default:
 		return -EINVAL;
@@ -2455,7 +2455,7 @@ int ops_init(const struct config *c, int sfd)
 	start_time = time(NULL);
 	if (mkdirat(sfd, "tools", 0700) < 0 && errno != EEXIST)
 		return -errno;
-	tools_fd = tools_root_fd();
+	tools_fd = tooldef_dir_fd();
 	if (tools_fd < 0)
 		tools_fd = openat(sfd, "tools", O_DIRECTORY | O_RDONLY | O_CLOEXEC);
 	return tools_fd < 0 ? -errno : 0;
