@@ -12,7 +12,7 @@
 #include "metrics.h"
 #include "ops.h"
 #include "store.h"
-#include "tools.h"
+#include "tooldef.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -317,7 +317,7 @@ static int fill_generated(struct fh *f, const struct nodeinfo *ni)
 		break;
 	}
 	case K_TSTATUS:
-		s = tools_status();
+		s = tooldef_status();
 		break;
 	default:
 		return -EINVAL;

@@ -14,7 +14,8 @@
 #include "retry.h"
 #include "sse.h"
 #include "store.h"
-#include "tools.h"
+#include "tooldef.h"
+#include "toolrun.h"
 #include "util.h"
 
 #include <cjson/cJSON.h>
@@ -361,7 +362,7 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 				free(t);
 			}
 		}
-		tools = tools_definitions(params);
+		tools = tooldef_definitions(params);
 		body = api_build_request(cfg, model, msgs.data ? msgs.data : "", params, tools,
 					 &stream);
 		buf_free(&msgs);
@@ -431,9 +432,9 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 				char *result;
 				if (!c->name)
 					continue;
-				result = tools_call(c->name, c->args.data ? c->args.data : "",
-						    c->id, job->conv_name, job->dirfd,
-						    ans.legacy_call);
+				result = toolrun_call(c->name, c->args.data ? c->args.data : "",
+						      c->id, job->conv_name, job->dirfd,
+						      ans.legacy_call);
 				rc = result ? append_history(job, result, 0, NULL) : -ENOMEM;
 				free(result);
 			}

@@ -7,7 +7,8 @@
 #include "models.h"
 #include "ops.h"
 #include "retry.h"
-#include "tools.h"
+#include "tooldef.h"
+#include "toolrun.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -263,8 +264,9 @@ int main(int argc, char **argv)
 	retry_init(&cfg);
 	models_init(&cfg);
 	gen_init(&cfg);
-	if (tools_init(&cfg, state_fd) != 0)
+	if (tooldef_init(&cfg, state_fd) != 0)
 		fatal("state_dir %s/tools", cfg.state_dir);
+	toolrun_init(&cfg);
 	if (conv_init(&cfg, state_fd, &hooks) != 0)
 		fatal("state_dir %s/conversations", cfg.state_dir);
 	if (ops_init(&cfg, state_fd) != 0)

@@ -3,7 +3,7 @@
 #include "ops.h"
 
 #include "fs_int.h"
-#include "tools.h"
+#include "tooldef.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -39,7 +39,7 @@ int ops_init(const struct config *c, int sfd)
 	fs_start_time = time(NULL);
 	if (mkdirat(sfd, "tools", 0700) < 0 && errno != EEXIST)
 		return -errno;
-	fs_tools_fd = tools_root_fd();
+	fs_tools_fd = tooldef_dir_fd();
 	if (fs_tools_fd < 0)
 		fs_tools_fd = openat(sfd, "tools", O_DIRECTORY | O_RDONLY | O_CLOEXEC);
 	return fs_tools_fd < 0 ? -errno : 0;
