@@ -866,3 +866,20 @@ def test_parallel_conversations_each_offer_every_tool_once(fake, mount, tmp_path
     for body in chat_bodies(fake):
         offered = sorted(t["function"]["name"] for t in body["tools"])
         assert offered == names, offered
+
+
+@pytest.mark.parametrize("raw", [b"c\xc0\xafd", b"c\xed\xa0\x80d", b"c\xffd"],
+                         ids=["overlong", "surrogate", "invalid byte"])
+def test_tool_output_that_is_not_utf8_is_repaired(fake, mount, tmp_path, raw):
+    """A tool printing bytes that are not UTF-8 (an overlong form, a
+    surrogate, a stray byte) must not put invalid UTF-8 into the history:
+    the turn completes, with U+FFFD in their place."""
+    m = tmount(mount)
+    octal = "".join("\\%03o" % b for b in raw)
+    add_tool(m, tmp_path, "badbytes", "#!/bin/sh\nprintf '%s'\n" % octal)
+    content = one_call(m, fake, "badbytes")
+    assert content.startswith("c") and content.endswith("d"), content
+    assert "\ufffd" in content, content
+    raw_hist = (cdir(m, "c") / "messages.jsonl").read_bytes()
+    raw_hist.decode("utf-8")  # strict: raises on invalid UTF-8
+    assert_still_serving(m, fake)
