@@ -48,7 +48,7 @@ OBJS := $(patsubst fs/%.c,$(BUILD)/%.o,$(SRCS))
 DEPS := $(OBJS:.o=.d)
 
 # Pure modules that unit tests link against (no FUSE, no curl).
-PURE := buf sse jsonl config log names util fsio store spool recover
+PURE := buf utf8 sse jsonl config log names util fsio store spool recover
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/unit/%,$(UNIT_SRCS))
 
@@ -121,8 +121,8 @@ FUZZ_CFLAGS := -g -O1 -fsanitize=fuzzer,address,undefined -std=gnu11 -D_GNU_SOUR
                -DLMSFS_VERSION=\"$(VERSION)\" -Ifs $(shell pkg-config --cflags libcjson inih 2>/dev/null)
 FUZZ_LIBS := $(shell pkg-config --libs libcjson inih 2>/dev/null)
 FUZZ_SRC_sse := fs/sse.c fs/buf.c
-FUZZ_SRC_chunk := fs/api.c fs/buf.c fs/errclass.c fs/util.c
-FUZZ_SRC_jsonl := fs/jsonl.c fs/buf.c
+FUZZ_SRC_chunk := fs/api.c fs/buf.c fs/errclass.c fs/util.c fs/utf8.c
+FUZZ_SRC_jsonl := fs/jsonl.c fs/buf.c fs/utf8.c
 FUZZ_SRC_config := fs/config.c fs/log.c fs/buf.c
 
 build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c fs/*.h fs/*.c

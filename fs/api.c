@@ -2,6 +2,7 @@
 #include "api.h"
 
 #include "config.h"
+#include "utf8.h"
 #include "util.h"
 
 #include <cjson/cJSON.h>

@@ -3,6 +3,8 @@
  * them. nodes_lock is a leaf. */
 #include "fs_int.h"
 
+#include "util.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -36,10 +38,7 @@ struct node {
 
 static unsigned name_hash(uint64_t parent, const char *name)
 {
-	unsigned h = 2166136261u ^ (unsigned)parent;
-	while (*name)
-		h = (h ^ (unsigned char)*name++) * 16777619u;
-	return h % NB;
+	return util_strhash((unsigned)parent, name) % NB;
 }
 
 static struct node *ino_find(uint64_t ino)

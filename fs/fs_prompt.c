@@ -6,6 +6,7 @@
 #include "config.h"
 #include "conv.h"
 #include "log.h"
+#include "utf8.h"
 #include "util.h"
 
 #include <errno.h>

@@ -7,6 +7,8 @@
  */
 #include "jsonl.h"
 
+#include "utf8.h"
+
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <stdarg.h>
@@ -46,46 +48,6 @@ static const char *shown(const char *s, char *out, size_t outlen)
 	if (strlen(s) > n && n >= 3)
 		memcpy(out + n - 3, "...", 3);
 	return out;
-}
-
-/* Returns the offset of the first byte that is not valid UTF-8 (overlong
- * forms, surrogates and code points above U+10FFFF included), or len. */
-static size_t utf8_bad(const unsigned char *s, size_t len)
-{
-	size_t i = 0, k, n;
-	unsigned long cp;
-
-	while (i < len) {
-		unsigned char c = s[i];
-		if (c < 0x80) {
-			i++;
-			continue;
-		}
-		if (c >= 0xc2 && c <= 0xdf) {
-			n = 1;
-			cp = c & 0x1f;
-		} else if (c >= 0xe0 && c <= 0xef) {
-			n = 2;
-			cp = c & 0x0f;
-		} else if (c >= 0xf0 && c <= 0xf4) {
-			n = 3;
-			cp = c & 0x07;
-		} else {
-			return i;
-		}
-		if (len - i <= n)
-			return i;
-		for (k = 1; k <= n; k++) {
-			if ((s[i + k] & 0xc0) != 0x80)
-				return i;
-			cp = (cp << 6) | (s[i + k] & 0x3f);
-		}
-		if ((n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) ||
-		    cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-			return i;
-		i += n + 1;
-	}
-	return len;
 }
 
 static const char *type_name(const cJSON *v)
@@ -315,7 +277,7 @@ int jsonl_check_line(const char *line, size_t len, char *why, size_t whylen)
 	if (nul)
 		return why_set(why, whylen, "contains a NUL byte at byte %zu",
 			       (size_t)(nul - line) + 1);
-	bad = utf8_bad((const unsigned char *)line, len);
+	bad = utf8_valid_prefix(line, len, 0);
 	if (bad < len)
 		return why_set(why, whylen, "not valid UTF-8 at byte %zu",
 			       bad + 1);

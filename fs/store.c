@@ -4,6 +4,7 @@
 #include "fsio.h"
 #include "jsonl.h"
 #include "log.h"
+#include "utf8.h"
 #include "util.h"
 
 #include <cjson/cJSON.h>

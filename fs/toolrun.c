@@ -7,6 +7,7 @@
 #include "metrics.h"
 #include "store.h"
 #include "tooldef.h"
+#include "utf8.h"
 #include "util.h"
 
 #include <cjson/cJSON.h>

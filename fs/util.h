@@ -1,5 +1,6 @@
-/* util.h - small helpers with no dependencies: clocks, UTF-8, trimming,
- * flags shared between threads. (File I/O is in fsio.h.) */
+/* util.h - small helpers with no dependencies: clocks, a string hash,
+ * trimming, flags shared between threads. (File I/O is in fsio.h, UTF-8
+ * in utf8.h.) */
 #ifndef LMSFS_UTIL_H
 #define LMSFS_UTIL_H
 
@@ -10,16 +11,12 @@
 long long now_ms(void);
 double now_s(void); /* monotonic, seconds */
 
-/* Length of the longest prefix of s[0..n) that is valid UTF-8 (no NUL,
- * no overlong forms or surrogates). When partial_ok, an incomplete
- * sequence at the very end counts as valid (more bytes may follow). */
-size_t utf8_valid_prefix(const char *s, size_t n, int partial_ok);
-/* A malloc'd copy of s[0..n) with every invalid byte replaced by U+FFFD. */
-char *utf8_repair(const char *s, size_t n);
 /* A JSON value pretty-printed as the content of a file (ends in a newline);
  * malloc'd, NULL when out of memory. */
 struct cJSON;
 char *json_text_file(const struct cJSON *v);
+/* FNV-1a of s, started from seed (for hash tables). */
+unsigned util_strhash(unsigned seed, const char *s);
 /* Trims ASCII whitespace at both ends in place; returns s. */
 char *trim(char *s);
 

@@ -1,0 +1,85 @@
+/* conv_int.h - what conv.c (the registry) and conv_run.c (the queue and
+ * the worker) share: the conversation object and its locks.
+ *
+ * Lock order: conv_table_lock -> conv->lock -> conv->hist (callers from
+ * the FUSE layer may hold a file handle's lock first; see fs_int.h).
+ * conv_table_lock protects the table, every conv's name and dead flag,
+ * conv_n_workers and conv_stopping; refs is atomic (the table holds one
+ * reference while the conv is in it, each worker one). conv->lock
+ * protects the queue and the state fields below it; conv->hist
+ * serialises changes to messages.jsonl.
+ */
+#ifndef LMSFS_CONV_INT_H
+#define LMSFS_CONV_INT_H
+
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "conv.h"
+#include "gen.h"
+#include "store.h"
+
+typedef struct cJSON cJSON;
+
+struct job {
+	struct job *next;
+	uint64_t seq;
+	char id[STORE_ID_LEN]; /* ties the spool entry to its history line */
+	int regen;  /* answer the history as it is (retry) */
+	char *text; /* the prompt; NULL for regen */
+};
+
+struct conv {
+	struct conv *hnext; /* conv_table_lock */
+	char *name;         /* conv_table_lock */
+	int refs;           /* atomic */
+	int dead;           /* conv_table_lock */
+	pthread_mutex_t lock;
+	pthread_mutex_t hist;
+	uint64_t hist_gen; /* hist: bumped when the history is replaced */
+	/* protected by lock: */
+	struct job *qhead, *qtail;
+	int qlen;
+	int worker;
+	int generating;
+	int stalled; /* the head prompt could not be stored: wait for a retry */
+	int owed_mark; /* a failed answer's marked line could not be stored */
+	uint64_t running_seq;
+	uint64_t cancel_seq;
+	volatile int cancel; /* read by the worker without the lock */
+	uint64_t submitted, finished;
+	struct gen_progress progress;
+	enum err_class err;
+	char errmsg[512];
+	char *last_text;
+	size_t last_len;
+	int last_errno;
+	char model[256];
+	double ttft, tps;
+	long prompt_tokens, completion_tokens;
+	char finish[32];
+	int attempts, retries;
+	char rejected[512];
+	double finished_at;
+};
+
+extern const struct config *conv_cfg;
+extern struct conv_hooks conv_hook;
+extern pthread_mutex_t conv_table_lock;
+extern pthread_cond_t conv_workers_cv;
+extern int conv_n_workers; /* conv_table_lock */
+extern int conv_stopping;  /* conv_table_lock */
+
+/* conv.c: the conversation's directory by its current name (fd or -errno;
+ * -ENOENT once removed). */
+int conv_dirfd(struct conv *c);
+
+/* conv_run.c, with c->lock held: the in-memory queue (the spool on disk
+ * mirrors it) and the worker thread. */
+void conv_enqueue(struct conv *c, struct job *j);
+struct job *conv_dequeue(struct conv *c);
+void conv_start_worker(struct conv *c);
+const char *conv_role_of(cJSON *m);
+
+#endif

@@ -1,0 +1,592 @@
+/* conv_run.c - a conversation at work: the queue of prompts, the worker
+ * thread that answers them in order, submit, cancel, retry, the answers
+ * readers wait for, and .status. */
+#include "conv.h"
+#include "conv_int.h"
+
+#include "config.h"
+#include "log.h"
+#include "metrics.h"
+#include "models.h"
+#include "retry.h"
+#include "spool.h"
+#include "util.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static void hist_unlock_cb(void *ctx)
+{
+	pthread_mutex_unlock(&((struct conv *)ctx)->hist);
+}
+
+static void hist_lock_cb(void *ctx)
+{
+	pthread_mutex_lock(&((struct conv *)ctx)->hist);
+}
+
+/* --- the in-memory queue (the spool on disk mirrors it) -------------- */
+
+void conv_enqueue(struct conv *c, struct job *j)
+{
+	if (c->qtail)
+		c->qtail->next = j;
+	else
+		c->qhead = j;
+	c->qtail = j;
+	c->qlen++;
+	metrics_queued(1);
+}
+
+struct job *conv_dequeue(struct conv *c)
+{
+	struct job *j = c->qhead;
+	if (!j)
+		return NULL;
+	c->qhead = j->next;
+	if (!c->qhead)
+		c->qtail = NULL;
+	c->qlen--;
+	metrics_queued(-1);
+	j->next = NULL;
+	return j;
+}
+
+const char *conv_role_of(cJSON *m)
+{
+	cJSON *r = cJSON_GetObjectItemCaseSensitive(m, "role");
+	return cJSON_IsString(r) ? r->valuestring : "";
+}
+
+/* --- the worker -------------------------------------------------------- */
+
+/* A failed answer whose marked line could not be stored (a full disk) gets
+ * it before the next prompt goes in, so that no prompt is left without an
+ * answer or a mark. Worker only. 0 or -errno. */
+static int pay_owed_mark(struct conv *c, int dirfd)
+{
+	char *last, *line;
+	cJSON *lm;
+	int ret = 0, owed;
+
+	pthread_mutex_lock(&c->hist);
+	last = store_hist_last_line(dirfd, NULL);
+	lm = last ? cJSON_Parse(last) : NULL;
+	owed = cJSON_IsObject(lm) && (!strcmp(conv_role_of(lm), "user") ||
+				      !strcmp(conv_role_of(lm), "tool") ||
+				      !strcmp(conv_role_of(lm), "function"));
+	if (owed) {
+		line = store_marked_answer_line(NULL, 0, "storage: the answer could not be "
+							 "stored (no room on the disk)");
+		ret = line ? store_hist_append(dirfd, line, strlen(line), STORE_SYNC, NULL)
+			   : -ENOMEM;
+		free(line);
+	}
+	pthread_mutex_unlock(&c->hist);
+	cJSON_Delete(lm);
+	free(last);
+	if (ret == 0) {
+		pthread_mutex_lock(&c->lock);
+		c->owed_mark = 0;
+		pthread_mutex_unlock(&c->lock);
+	}
+	return ret;
+}
+
+static void *worker(void *arg)
+{
+	struct conv *c = arg;
+
+	for (;;) {
+		struct job *j;
+		struct gen_result res;
+		struct gen_job gj;
+		char name[NAME_MAX + 1];
+		int dirfd, stop, stalled = 0;
+
+		pthread_mutex_lock(&conv_table_lock);
+		stop = conv_stopping || c->dead;
+		pthread_mutex_unlock(&conv_table_lock);
+		pthread_mutex_lock(&c->lock);
+		if (!c->qhead || stop || c->stalled) {
+			int drained = 0;
+			/* A removed conversation answers nothing more: readers
+			 * waiting for its queued prompts get ENOENT. */
+			while (stop && c->qhead) {
+				struct job *d = conv_dequeue(c);
+				free(d->text);
+				free(d);
+				drained = 1;
+			}
+			if (drained) {
+				c->finished = c->submitted;
+				free(c->last_text);
+				c->last_text = NULL;
+				c->last_len = 0;
+				c->last_errno = ENOENT;
+			}
+			c->worker = 0;
+			pthread_mutex_unlock(&c->lock);
+			if (drained && conv_hook.answer_done)
+				conv_hook.answer_done(c);
+			break;
+		}
+		j = c->qhead;
+		c->generating = 1;
+		c->running_seq = j->seq;
+		flag_set(&c->cancel, c->cancel_seq == j->seq);
+		__atomic_store_n(&c->progress.tokens, 0, __ATOMIC_RELAXED);
+		dbl_set(&c->progress.first_token, 0);
+		dbl_set(&c->progress.started, now_s());
+		pthread_mutex_unlock(&c->lock);
+
+		gen_result_init(&res);
+		/* The name may change (mv) while the answer runs: logs and
+		 * tools use the name it started under. */
+		conv_name(c, name, sizeof(name));
+		dirfd = conv_dirfd(c);
+		if (dirfd == -ENOENT) {
+			res.err = EC_INTERRUPTED;
+			snprintf(res.errmsg, sizeof(res.errmsg), "the conversation is gone");
+		} else if (dirfd < 0) {
+			/* The directory is there but cannot be opened now: the
+			 * prompt stays queued, like one that cannot be stored. */
+			res.err = EC_STORAGE;
+			res.sys_errno = -dirfd;
+			snprintf(res.errmsg, sizeof(res.errmsg),
+				 "cannot open the conversation directory: %s; the prompt "
+				 "stays queued (write retry to .ctl)",
+				 strerror(-dirfd));
+			stalled = 1;
+		} else {
+			gj = (struct gen_job){.dirfd = dirfd,
+					      .conv_name = name,
+					      .cancel = &c->cancel,
+					      .progress = &c->progress,
+					      .hist_lock = hist_lock_cb,
+					      .hist_unlock = hist_unlock_cb,
+					      .ctx = c};
+			int ret = 0;
+			if (c->owed_mark)
+				ret = pay_owed_mark(c, dirfd);
+			if (ret == 0 && !j->regen) {
+				/* The line carries the prompt's id: recovery tells by it
+				 * whether the spooled prompt was taken. No fsync here: the
+				 * prompt is durable in the spool, and the answer's synced
+				 * append covers this line too. */
+				char *line = store_user_line(j->text, j->id);
+				pthread_mutex_lock(&c->hist);
+				ret = line ? store_hist_append(dirfd, line, strlen(line), STORE_CREATE,
+							       NULL)
+					   : -ENOMEM;
+				pthread_mutex_unlock(&c->hist);
+				free(line);
+			}
+			if (ret != 0) {
+				/* The prompt cannot go into the history (a full disk):
+				 * it stays first in the queue, and in the spool, until
+				 * the next prompt or a retry takes it again. */
+				res.err = EC_STORAGE;
+				res.sys_errno = -ret;
+				snprintf(res.errmsg, sizeof(res.errmsg),
+					 "cannot store the prompt in messages.jsonl: %s; it stays "
+					 "queued (send a prompt or write retry to .ctl when there "
+					 "is room)",
+					 strerror(-ret));
+				store_mark(dirfd, "[lmsfs] error storage: %s", res.errmsg);
+				stalled = 1;
+			} else {
+				pthread_mutex_lock(&c->lock);
+				conv_dequeue(c);
+				pthread_mutex_unlock(&c->lock);
+				metrics_active(1);
+				gen_run(&gj, &res);
+				metrics_active(-1);
+				store_partial_clear(dirfd);
+				pthread_mutex_lock(&c->lock);
+				if (!c->qhead)
+					spool_clear(dirfd);
+				pthread_mutex_unlock(&c->lock);
+			}
+			close(dirfd);
+		}
+		if (dirfd == -ENOENT) {
+			pthread_mutex_lock(&c->lock);
+			conv_dequeue(c);
+			pthread_mutex_unlock(&c->lock);
+		}
+
+		metrics_answer(res.err == EC_NONE);
+		if (res.err == EC_STORAGE)
+			metrics_storage_failure(res.errmsg);
+		else if (res.err != EC_NONE)
+			metrics_failure(res.err);
+		if (res.prompt_tokens > 0 || res.completion_tokens > 0)
+			metrics_tokens(res.prompt_tokens > 0 ? res.prompt_tokens : 0,
+				       res.completion_tokens > 0 ? res.completion_tokens : 0);
+		if (res.ttft >= 0)
+			metrics_ttft(res.ttft);
+		metrics_gen_time(now_s() - c->progress.started);
+		log_info("conversation=%s model=%s tokens_in=%ld tokens_out=%ld ttft_ms=%.0f "
+			 "duration_ms=%.0f attempts=%d outcome=%s%s%s",
+			 name, res.model[0] ? res.model : "-", res.prompt_tokens,
+			 res.completion_tokens > 0 ? res.completion_tokens : c->progress.tokens,
+			 res.ttft >= 0 ? res.ttft * 1000 : -1,
+			 (now_s() - c->progress.started) * 1000, res.attempts,
+			 res.err ? errclass_name(res.err) : "ok", res.err ? ": " : "",
+			 res.err ? res.errmsg : "");
+
+		pthread_mutex_lock(&c->lock);
+		c->generating = 0;
+		c->stalled = stalled;
+		if (res.unmarked)
+			c->owed_mark = 1;
+		c->finished = j->seq;
+		c->err = res.err;
+		snprintf(c->errmsg, sizeof(c->errmsg), "%s", res.err ? res.errmsg : "");
+		free(c->last_text);
+		c->last_len = res.text.len;
+		c->last_text = buf_take(&res.text);
+		c->last_errno = res.sys_errno ? res.sys_errno
+				: res.err ? errclass_errno(res.err) : 0;
+		snprintf(c->model, sizeof(c->model), "%s", res.model);
+		c->ttft = res.ttft;
+		c->tps = res.tps;
+		c->prompt_tokens = res.prompt_tokens;
+		c->completion_tokens = res.completion_tokens;
+		snprintf(c->finish, sizeof(c->finish), "%s", res.finish);
+		c->attempts = res.attempts;
+		c->retries = res.retries;
+		c->finished_at = now_s();
+		pthread_mutex_unlock(&c->lock);
+		gen_result_free(&res);
+		if (!stalled) {
+			free(j->text);
+			free(j);
+		}
+
+		if (conv_hook.answer_done)
+			conv_hook.answer_done(c);
+	}
+	pthread_mutex_lock(&conv_table_lock);
+	__atomic_sub_fetch(&conv_n_workers, 1, __ATOMIC_ACQ_REL);
+	pthread_cond_broadcast(&conv_workers_cv);
+	pthread_mutex_unlock(&conv_table_lock);
+	conv_put(c);
+	return NULL;
+}
+
+/* c->lock held; conv_table_lock may be held (conv_get) or not. */
+void conv_start_worker(struct conv *c)
+{
+	pthread_t t;
+	pthread_attr_t a;
+
+	if (c->worker)
+		return;
+	c->worker = 1;
+	/* The worker's reference; refs is protected by conv_table_lock, which our
+	 * callers hold or take here. */
+	__atomic_add_fetch(&c->refs, 1, __ATOMIC_SEQ_CST);
+	__atomic_add_fetch(&conv_n_workers, 1, __ATOMIC_SEQ_CST);
+	pthread_attr_init(&a);
+	pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+	pthread_attr_setstacksize(&a, 256 * 1024);
+	if (pthread_create(&t, &a, worker, c) != 0) {
+		c->worker = 0;
+		__atomic_sub_fetch(&c->refs, 1, __ATOMIC_SEQ_CST);
+		__atomic_sub_fetch(&conv_n_workers, 1, __ATOMIC_SEQ_CST);
+		log_warn("cannot start a conversation worker");
+	}
+	pthread_attr_destroy(&a);
+}
+
+/* --- prompts and control ---------------------------------------------- */
+
+int conv_precheck(struct conv *c, char *why, size_t whylen)
+{
+	char *want, *id;
+	int dirfd, qlen;
+	enum err_class cls;
+
+	pthread_mutex_lock(&c->lock);
+	qlen = c->qlen;
+	pthread_mutex_unlock(&c->lock);
+	if (qlen >= conv_cfg->max_queue) {
+		snprintf(why, whylen, "queue full: %d prompts are waiting (max_queue)", qlen);
+		return -EBUSY;
+	}
+	if (conv_cfg->provider != PROVIDER_MOCK && breaker_is_open()) {
+		snprintf(why, whylen, "circuit open: the server keeps failing; try again later");
+		return -EBUSY;
+	}
+	dirfd = conv_dirfd(c);
+	if (dirfd < 0) {
+		snprintf(why, whylen, "conversation is gone");
+		return -ENOENT;
+	}
+	want = store_setting(dirfd, "model");
+	close(dirfd);
+	id = models_resolve(want, &cls, why, whylen);
+	free(want);
+	if (!id)
+		return -errclass_errno(cls);
+	free(id);
+	return 0;
+}
+
+/* Writes j to the spool (durably) and queues it; c->lock held. */
+static int spool_job(struct conv *c, int dirfd, struct job *j)
+{
+	struct spool_entry e = {.regen = j->regen, .text = j->text};
+	int ret;
+
+	store_new_id(j->id);
+	memcpy(e.id, j->id, sizeof(e.id));
+	ret = spool_append(dirfd, &e);
+	if (ret != 0)
+		return ret;
+	j->seq = ++c->submitted;
+	conv_enqueue(c, j);
+	/* A prompt stuck for room goes first, now with this one behind it. */
+	c->stalled = 0;
+	if (!c->generating) {
+		c->err = EC_NONE;
+		c->errmsg[0] = '\0';
+	}
+	conv_start_worker(c);
+	return 0;
+}
+
+int conv_submit(struct conv *c, const char *text, size_t len, char *why,
+		size_t whylen)
+{
+	struct job *j;
+	int dirfd, ret;
+
+	j = calloc(1, sizeof(*j));
+	if (!j || !(j->text = strndup(text, len))) {
+		free(j);
+		snprintf(why, whylen, "out of memory");
+		return -ENOMEM;
+	}
+	dirfd = conv_dirfd(c);
+	if (dirfd < 0) {
+		free(j->text);
+		free(j);
+		snprintf(why, whylen, "conversation is gone");
+		return dirfd;
+	}
+	pthread_mutex_lock(&c->lock);
+	if (c->qlen >= conv_cfg->max_queue) {
+		pthread_mutex_unlock(&c->lock);
+		close(dirfd);
+		free(j->text);
+		free(j);
+		snprintf(why, whylen, "queue full: %d prompts are waiting (max_queue)",
+			 conv_cfg->max_queue);
+		return -EBUSY;
+	}
+	ret = spool_job(c, dirfd, j);
+	pthread_mutex_unlock(&c->lock);
+	close(dirfd);
+	if (ret != 0) {
+		free(j->text);
+		free(j);
+		snprintf(why, whylen, "cannot save the prompt: %s", strerror(-ret));
+		return ret;
+	}
+	return 0;
+}
+
+int conv_cancel(struct conv *c, char *why, size_t whylen)
+{
+	int ret = 0;
+	pthread_mutex_lock(&c->lock);
+	if (c->generating) {
+		c->cancel_seq = c->running_seq;
+		flag_set(&c->cancel, 1);
+	} else if (c->qhead) {
+		c->cancel_seq = c->qhead->seq;
+	} else {
+		snprintf(why, whylen, "nothing to cancel: no answer is running");
+		ret = -EINVAL;
+	}
+	pthread_mutex_unlock(&c->lock);
+	return ret;
+}
+
+int conv_retry(struct conv *c, char *why, size_t whylen)
+{
+	struct job *j;
+	char *last;
+	cJSON *lm;
+	off_t off = 0;
+	int dirfd, ret = 0;
+
+	dirfd = conv_dirfd(c);
+	if (dirfd < 0) {
+		snprintf(why, whylen, "conversation is gone");
+		return dirfd;
+	}
+	pthread_mutex_lock(&c->lock);
+	if (c->stalled && !c->generating) {
+		/* A prompt waits for room on the disk: try it again. */
+		c->stalled = 0;
+		c->err = EC_NONE;
+		c->errmsg[0] = '\0';
+		conv_start_worker(c);
+		goto out;
+	}
+	if (c->generating || c->qhead) {
+		snprintf(why, whylen, "an answer is running or queued; retry when it ends");
+		ret = -EBUSY;
+		goto out;
+	}
+	pthread_mutex_lock(&c->hist);
+	last = store_hist_last_line(dirfd, &off);
+	lm = last ? cJSON_Parse(last) : NULL;
+	if (cJSON_IsObject(lm) && strcmp(conv_role_of(lm), "assistant") == 0 &&
+	    cJSON_GetObjectItemCaseSensitive(lm, "lmsfs_status")) {
+		/* Drop the unfinished answer; the new one replaces it. */
+		ret = store_hist_truncate(dirfd, off);
+		if (ret == 0)
+			c->hist_gen++;
+	} else if (!cJSON_IsObject(lm) ||
+		   (strcmp(conv_role_of(lm), "user") != 0 && strcmp(conv_role_of(lm), "tool") != 0 &&
+		    strcmp(conv_role_of(lm), "function") != 0)) {
+		/* A user prompt or tool results waiting for the model can be
+		 * answered (again); a finished answer cannot. */
+		snprintf(why, whylen, "nothing to retry: the last answer is complete");
+		ret = -EINVAL;
+	}
+	pthread_mutex_unlock(&c->hist);
+	cJSON_Delete(lm);
+	free(last);
+	if (ret != 0) {
+		if (!why[0])
+			snprintf(why, whylen, "cannot drop the unfinished answer: %s",
+				 strerror(-ret));
+		goto out;
+	}
+	j = calloc(1, sizeof(*j));
+	if (!j) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	j->regen = 1;
+	ret = spool_job(c, dirfd, j);
+	if (ret != 0) {
+		free(j);
+		snprintf(why, whylen, "cannot save the retry: %s", strerror(-ret));
+	}
+out:
+	pthread_mutex_unlock(&c->lock);
+	close(dirfd);
+	return ret;
+}
+
+uint64_t conv_wait_target(struct conv *c)
+{
+	uint64_t t;
+	pthread_mutex_lock(&c->lock);
+	/* A prompt stuck for room has its failure to tell now. */
+	t = c->stalled ? c->finished : c->submitted;
+	pthread_mutex_unlock(&c->lock);
+	return t;
+}
+
+int conv_answer(struct conv *c, uint64_t seq, char **text, size_t *len, int *err)
+{
+	int done;
+	pthread_mutex_lock(&c->lock);
+	done = c->finished >= seq;
+	if (done) {
+		*len = c->last_text ? c->last_len : 0;
+		*text = malloc(*len + 1);
+		*err = c->last_errno;
+		if (*text) {
+			if (*len)
+				memcpy(*text, c->last_text, *len);
+			(*text)[*len] = '\0';
+		} else {
+			*len = 0;
+			*err = ENOMEM;
+		}
+	}
+	pthread_mutex_unlock(&c->lock);
+	return done;
+}
+
+char *conv_status_json(struct conv *c)
+{
+	cJSON *o = cJSON_CreateObject(), *e, *l;
+	char *s;
+	const char *state;
+
+	pthread_mutex_lock(&conv_table_lock);
+	cJSON_AddStringToObject(o, "name", c->name);
+	pthread_mutex_unlock(&conv_table_lock);
+	pthread_mutex_lock(&c->lock);
+	if (c->generating)
+		state = "generating";
+	else if (c->stalled)
+		state = "failed";
+	else if (c->qhead)
+		state = "queued";
+	else if (c->err != EC_NONE)
+		state = "failed";
+	else
+		state = "idle";
+	cJSON_AddStringToObject(o, "state", state);
+	cJSON_AddNumberToObject(o, "queued", c->qlen);
+	cJSON_AddNumberToObject(o, "submitted", (double)c->submitted);
+	cJSON_AddNumberToObject(o, "answered", (double)c->finished);
+	if (c->generating) {
+		cJSON *g = cJSON_AddObjectToObject(o, "generating");
+		double now = now_s(), ft = dbl_get(&c->progress.first_token);
+		long toks = __atomic_load_n(&c->progress.tokens, __ATOMIC_RELAXED);
+		cJSON_AddNumberToObject(g, "tokens", toks);
+		cJSON_AddNumberToObject(g, "elapsed_ms",
+					(now - dbl_get(&c->progress.started)) * 1000);
+		if (ft > 0 && now > ft)
+			cJSON_AddNumberToObject(g, "tokens_per_second",
+						toks / (now - ft));
+	}
+	if (c->err != EC_NONE) {
+		e = cJSON_AddObjectToObject(o, "error");
+		cJSON_AddStringToObject(e, "class", errclass_name(c->err));
+		cJSON_AddStringToObject(e, "message", c->errmsg);
+	} else {
+		cJSON_AddNullToObject(o, "error");
+	}
+	if (c->finished_at > 0) {
+		l = cJSON_AddObjectToObject(o, "last");
+		cJSON_AddStringToObject(l, "model", c->model);
+		if (c->ttft >= 0)
+			cJSON_AddNumberToObject(l, "ttft_ms", c->ttft * 1000);
+		if (c->tps >= 0)
+			cJSON_AddNumberToObject(l, "tokens_per_second", c->tps);
+		if (c->prompt_tokens >= 0 || c->completion_tokens >= 0) {
+			cJSON *u = cJSON_AddObjectToObject(l, "usage");
+			cJSON_AddNumberToObject(u, "prompt_tokens", (double)c->prompt_tokens);
+			cJSON_AddNumberToObject(u, "completion_tokens",
+						(double)c->completion_tokens);
+		}
+		cJSON_AddStringToObject(l, "finish_reason", c->finish);
+		cJSON_AddNumberToObject(l, "attempts", c->attempts);
+		cJSON_AddNumberToObject(l, "retries", c->retries);
+	}
+	if (c->rejected[0])
+		cJSON_AddStringToObject(o, "rejected_write", c->rejected);
+	pthread_mutex_unlock(&c->lock);
+	s = json_text_file(o);
+	cJSON_Delete(o);
+	return s;
+}
