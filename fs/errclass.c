@@ -1,4 +1,5 @@
-/* errclass.c - failure classification: curl/HTTP/body to a class. */
+/* errclass.c - failure classification: curl result, HTTP status, error
+ * body, in-stream error and finished attempt to a class; class to errno. */
 #include "errclass.h"
 
 #include <cjson/cJSON.h>
@@ -7,42 +8,81 @@
 #include <string.h>
 #include <strings.h>
 
+/* The few libcurl codes that decide a class. CURLcode values are part of
+ * libcurl's ABI and never change; test_errclass.c checks these against
+ * <curl/curl.h>, which this pure module does not include. */
+enum {
+	CURL_OK = 0,
+	CURL_COULDNT_RESOLVE_PROXY = 5,
+	CURL_COULDNT_RESOLVE_HOST = 6,
+	CURL_COULDNT_CONNECT = 7,
+	CURL_PARTIAL_FILE = 18,
+	CURL_WRITE_ERROR = 23,
+	CURL_OPERATION_TIMEDOUT = 28,
+	CURL_ABORTED_BY_CALLBACK = 42,
+	CURL_GOT_NOTHING = 52,
+	CURL_SEND_ERROR = 55,
+	CURL_RECV_ERROR = 56,
+};
+
+/* retry: worth another try. fault: the server's failure, counted by the
+ * breaker. noreply: the server did not answer at all. */
 static const struct {
 	const char *name;
 	int err;
-	int retry;
+	int retry, fault, noreply;
 } table[EC__COUNT] = {
-	[EC_NONE] = {"none", 0, 0},
-	[EC_UNREACHABLE] = {"unreachable", EHOSTDOWN, 1},
-	[EC_TIMEOUT] = {"timeout", ETIMEDOUT, 1},
-	[EC_RATE_LIMITED] = {"rate_limited", EAGAIN, 1},
-	[EC_AUTH] = {"auth", EACCES, 0},
-	[EC_MODEL_NOT_FOUND] = {"model_not_found", ENOENT, 0},
-	[EC_NO_MODEL] = {"no_model", ENOENT, 0},
-	[EC_MODEL_NOT_ALLOWED] = {"model_not_allowed", EACCES, 0},
-	[EC_CONTEXT] = {"context_too_long", E2BIG, 0},
-	[EC_BAD_REQUEST] = {"bad_request", EINVAL, 0},
-	[EC_SERVER] = {"server_error", EIO, 1},
-	[EC_PROTOCOL] = {"protocol", EPROTO, 0},
-	[EC_BREAKER] = {"circuit_open", EBUSY, 0},
-	[EC_CANCELLED] = {"cancelled", ECANCELED, 0},
-	[EC_INTERRUPTED] = {"interrupted", EIO, 0},
-	[EC_STORAGE] = {"storage", EIO, 0},
+	[EC_NONE] = {"none", 0, 0, 0, 0},
+	[EC_UNREACHABLE] = {"unreachable", EHOSTDOWN, 1, 1, 1},
+	[EC_TIMEOUT] = {"timeout", ETIMEDOUT, 1, 1, 1},
+	[EC_RATE_LIMITED] = {"rate_limited", EAGAIN, 1, 1, 0},
+	[EC_AUTH] = {"auth", EACCES, 0, 0, 0},
+	[EC_MODEL_NOT_FOUND] = {"model_not_found", ENOENT, 0, 0, 0},
+	[EC_NO_MODEL] = {"no_model", ENOENT, 0, 0, 0},
+	[EC_MODEL_NOT_ALLOWED] = {"model_not_allowed", EACCES, 0, 0, 0},
+	[EC_CONTEXT] = {"context_too_long", E2BIG, 0, 0, 0},
+	[EC_BAD_REQUEST] = {"bad_request", EINVAL, 0, 0, 0},
+	[EC_SERVER] = {"server_error", EIO, 1, 1, 0},
+	[EC_PROTOCOL] = {"protocol", EPROTO, 0, 1, 1},
+	[EC_BREAKER] = {"circuit_open", EBUSY, 0, 0, 0},
+	[EC_CANCELLED] = {"cancelled", ECANCELED, 0, 0, 0},
+	[EC_INTERRUPTED] = {"interrupted", EIO, 0, 0, 0},
+	[EC_STORAGE] = {"storage", EIO, 0, 0, 0},
 };
+
+static int valid(enum err_class c)
+{
+	return c > 0 && c < EC__COUNT;
+}
 
 const char *errclass_name(enum err_class c)
 {
-	return (c >= 0 && c < EC__COUNT) ? table[c].name : "unknown";
+	return (c == EC_NONE || valid(c)) ? table[c].name : "unknown";
 }
 
 int errclass_errno(enum err_class c)
 {
-	return (c > 0 && c < EC__COUNT) ? table[c].err : EIO;
+	return valid(c) ? table[c].err : EIO;
 }
 
 int errclass_retryable(enum err_class c)
 {
-	return (c > 0 && c < EC__COUNT) ? table[c].retry : 0;
+	return valid(c) ? table[c].retry : 0;
+}
+
+int errclass_server_failed(enum err_class c)
+{
+	return valid(c) ? table[c].fault : 0;
+}
+
+int errclass_server_answered(enum err_class c)
+{
+	return valid(c) ? !table[c].noreply : 1;
+}
+
+enum err_class errclass_of_model_listing(enum err_class list_class)
+{
+	return list_class == EC_AUTH ? EC_AUTH : EC_UNREACHABLE;
 }
 
 static int contains(const char *hay, const char *needle)
@@ -133,4 +173,109 @@ enum err_class errclass_from_http(long status, const char *body, size_t len,
 	}
 	cJSON_Delete(root);
 	return c;
+}
+
+enum err_class errclass_from_curl(int rc, const struct errclass_transfer *t,
+				  char *msg, size_t msglen)
+{
+	enum err_class c;
+
+	msg[0] = '\0';
+	if (rc == CURL_OK)
+		return EC_NONE;
+	if (rc == CURL_WRITE_ERROR && t->sink_stopped)
+		return EC_NONE; /* the sink had what it needed */
+	if (rc == CURL_WRITE_ERROR && t->error_body_cut)
+		return EC_NONE; /* an error reply, its body cut at the cap */
+	if (rc == CURL_ABORTED_BY_CALLBACK && t->silent) {
+		snprintf(msg, msglen, "no data from the server for %ld ms",
+			 t->silence_ms);
+		return EC_TIMEOUT;
+	}
+	if (rc == CURL_WRITE_ERROR && t->overflow) {
+		snprintf(msg, msglen, "response larger than %zu bytes",
+			 t->body_cap);
+		return EC_PROTOCOL;
+	}
+	if ((rc == CURL_WRITE_ERROR || rc == CURL_ABORTED_BY_CALLBACK) &&
+	    t->cancelled) {
+		snprintf(msg, msglen, "cancelled");
+		return EC_CANCELLED;
+	}
+	switch (rc) {
+	case CURL_COULDNT_CONNECT:
+	case CURL_COULDNT_RESOLVE_HOST:
+	case CURL_COULDNT_RESOLVE_PROXY:
+	case CURL_SEND_ERROR:
+	case CURL_GOT_NOTHING:
+		c = EC_UNREACHABLE;
+		break;
+	case CURL_OPERATION_TIMEDOUT:
+		c = EC_TIMEOUT;
+		break;
+	case CURL_ABORTED_BY_CALLBACK:
+		c = EC_CANCELLED;
+		break;
+	case CURL_RECV_ERROR:
+	case CURL_PARTIAL_FILE:
+		/* A connection dropped before any byte of the body (a server
+		 * restarting, a stale kept-alive connection) is worth another
+		 * try: nothing of the answer can have been shown. */
+		c = t->body_bytes == 0 ? EC_UNREACHABLE : EC_PROTOCOL;
+		break;
+	default:
+		c = EC_PROTOCOL;
+		break;
+	}
+	if (rc == CURL_OPERATION_TIMEDOUT && t->streamed && t->status)
+		snprintf(msg, msglen, "no data from the server for %ld ms",
+			 t->silence_ms);
+	else
+		snprintf(msg, msglen, "%s",
+			 t->curl_msg ? t->curl_msg : "transfer failed");
+	return c;
+}
+
+enum err_class errclass_of_attempt(const struct errclass_attempt *a, char *msg,
+				   size_t msglen)
+{
+	enum err_class c;
+
+	if (a->transport != EC_NONE) {
+		/* A transfer that failed as garbage after the payload said
+		 * why (an error event, a chunk that did not decode): the
+		 * payload's reason is the better one. */
+		if (a->transport == EC_PROTOCOL && a->answer_err != EC_NONE) {
+			c = a->answer_err;
+			snprintf(msg, msglen, "%s",
+				 a->answer_msg ? a->answer_msg : "");
+		} else {
+			c = a->transport;
+			snprintf(msg, msglen, "%s",
+				 a->transport_msg ? a->transport_msg : "");
+		}
+		/* A connection cut after text arrived is a truncated answer. */
+		if (c == EC_UNREACHABLE && a->chunks > 0)
+			c = EC_PROTOCOL;
+		return c;
+	}
+	if (a->status < 200 || a->status >= 300)
+		return errclass_from_http(a->status, a->body, a->body_len, msg,
+					  msglen);
+	if (a->answer_err != EC_NONE) {
+		snprintf(msg, msglen, "%s", a->answer_msg ? a->answer_msg : "");
+		return a->answer_err;
+	}
+	if (a->streamed && !a->done && !a->finished) {
+		snprintf(msg, msglen, "the server closed the stream before "
+				      "the answer ended");
+		return EC_PROTOCOL;
+	}
+	if (!a->has_content && a->n_calls == 0 && !a->finished) {
+		snprintf(msg, msglen,
+			 "the server's reply held no answer (no choices, "
+			 "no text, no finish_reason)");
+		return EC_PROTOCOL;
+	}
+	return EC_NONE;
 }

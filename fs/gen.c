@@ -174,7 +174,7 @@ static enum err_class request(const struct gen_job *job, const char *body,
 		struct http_reply r;
 		struct stream_ctx s = {job, ans, NULL, stream_fd, 0, 0, {0}};
 		long retry_after = -1;
-		int probe, rc;
+		int rc;
 
 		api_answer_free(ans);
 		api_answer_init(ans);
@@ -190,7 +190,7 @@ static enum err_class request(const struct gen_job *job, const char *body,
 					    res->errmsg, sizeof(res->errmsg));
 			break;
 		}
-		if (breaker_allow(&probe) != 0) {
+		if (breaker_allow() != 0) {
 			cls = EC_BREAKER;
 			snprintf(res->errmsg, sizeof(res->errmsg),
 				 "circuit open: the server failed %d times in a row; "
@@ -219,35 +219,22 @@ static enum err_class request(const struct gen_job *job, const char *body,
 		flush_text(&s);
 		buf_free(&s.pending);
 		retry_after = r.retry_after_ms;
-		if (rc != 0 && !(r.sink_stopped)) {
-			cls = r.transport;
-			if (cls == EC_PROTOCOL && ans->err) {
-				cls = ans->err;
-				snprintf(res->errmsg, sizeof(res->errmsg), "%s", ans->errmsg);
-			} else {
-				snprintf(res->errmsg, sizeof(res->errmsg), "%s", r.err);
-			}
-			/* A connection cut after text arrived is a truncated answer. */
-			if (cls == EC_UNREACHABLE && ans->chunks)
-				cls = EC_PROTOCOL;
-		} else if (r.status < 200 || r.status >= 300) {
-			cls = errclass_from_http(r.status, r.body.data, r.body.len,
-						 res->errmsg, sizeof(res->errmsg));
-		} else if (ans->err) {
-			cls = ans->err;
-			snprintf(res->errmsg, sizeof(res->errmsg), "%s", ans->errmsg);
-		} else if (stream && !ans->done && !ans->finish[0]) {
-			cls = EC_PROTOCOL;
-			snprintf(res->errmsg, sizeof(res->errmsg),
-				 "the server closed the stream before the answer ended");
-		} else if (!ans->content.len && ans->n_calls == 0 && !ans->finish[0]) {
-			cls = EC_PROTOCOL;
-			snprintf(res->errmsg, sizeof(res->errmsg),
-				 "the server's reply held no answer (no choices, no text, "
-				 "no finish_reason)");
-		} else {
-			cls = EC_NONE;
-		}
+		struct errclass_attempt at = {
+			.transport = r.transport,
+			.transport_msg = r.err,
+			.status = r.status,
+			.body = r.body.data,
+			.body_len = r.body.len,
+			.answer_err = ans->err,
+			.answer_msg = ans->errmsg,
+			.streamed = stream,
+			.chunks = ans->chunks,
+			.done = ans->done,
+			.finished = ans->finish[0] != '\0',
+			.has_content = ans->content.len > 0,
+			.n_calls = ans->n_calls,
+		};
+		cls = errclass_of_attempt(&at, res->errmsg, sizeof(res->errmsg));
 		http_reply_free(&r);
 		if (cls == EC_NONE) {
 			breaker_success();
@@ -255,7 +242,7 @@ static enum err_class request(const struct gen_job *job, const char *body,
 		}
 		if (cls == EC_CANCELLED)
 			break;
-		if (errclass_retryable(cls) || cls == EC_PROTOCOL)
+		if (errclass_server_failed(cls))
 			breaker_failure();
 		else
 			breaker_success(); /* the server answered: it is alive */

@@ -204,29 +204,12 @@ static int on_progress(void *u, curl_off_t a, curl_off_t b, curl_off_t c,
 	return 0;
 }
 
-static enum err_class classify_curl(CURLcode rc)
-{
-	switch (rc) {
-	case CURLE_COULDNT_CONNECT:
-	case CURLE_COULDNT_RESOLVE_HOST:
-	case CURLE_COULDNT_RESOLVE_PROXY:
-	case CURLE_SEND_ERROR:
-	case CURLE_GOT_NOTHING:
-		return EC_UNREACHABLE;
-	case CURLE_OPERATION_TIMEDOUT:
-		return EC_TIMEOUT;
-	case CURLE_ABORTED_BY_CALLBACK:
-		return EC_CANCELLED;
-	default:
-		return EC_PROTOCOL;
-	}
-}
-
 int http_request(const char *method, const char *path, const char *json,
 		 http_sink_fn sink, void *ctx, const volatile int *cancel,
 		 struct http_reply *r)
 {
 	struct xfer x = {0};
+	struct errclass_transfer t = {0};
 	struct curl_slist *hdrs = NULL;
 	char url[2048], auth[1024], errbuf[CURL_ERROR_SIZE] = "";
 	CURLcode rc;
@@ -234,8 +217,9 @@ int http_request(const char *method, const char *path, const char *json,
 
 	x.h = handle_get();
 	if (!x.h) {
-		r->transport = EC_PROTOCOL;
-		snprintf(r->err, sizeof(r->err), "out of memory");
+		t.curl_msg = "out of memory";
+		r->transport = errclass_from_curl(CURLE_OUT_OF_MEMORY, &t, r->err,
+						  sizeof(r->err));
 		return -ENOMEM;
 	}
 	x.r = r;
@@ -298,40 +282,21 @@ int http_request(const char *method, const char *path, const char *json,
 	rc = curl_easy_perform(x.h);
 	r->status = x.code;
 
-	if (rc == CURLE_WRITE_ERROR && r->sink_stopped) {
-		ret = 0; /* the sink had what it needed */
-	} else if (rc == CURLE_WRITE_ERROR && x.err_truncated) {
-		ret = 0; /* an error reply, its body cut at the cap */
-	} else if (rc == CURLE_ABORTED_BY_CALLBACK && x.silent) {
-		r->transport = EC_TIMEOUT;
-		snprintf(r->err, sizeof(r->err), "no data from the server for %ld ms",
-			 cfg->timeout_ms);
-		ret = -ETIMEDOUT;
-	} else if (rc == CURLE_WRITE_ERROR && x.overflow) {
-		r->transport = EC_PROTOCOL;
-		snprintf(r->err, sizeof(r->err), "response larger than %zu bytes",
-			 r->body.max);
-		ret = -EFBIG;
-	} else if ((rc == CURLE_WRITE_ERROR || rc == CURLE_ABORTED_BY_CALLBACK) &&
-		   flag_get(cancel)) {
-		r->transport = EC_CANCELLED;
-		snprintf(r->err, sizeof(r->err), "cancelled");
-		ret = -ECANCELED;
-	} else if (rc != CURLE_OK) {
-		r->transport = classify_curl(rc);
-		/* A connection dropped before any byte of the body (a server
-		 * restarting, a stale kept-alive connection) is worth another
-		 * try: nothing of the answer can have been shown. */
-		if (x.body_bytes == 0 && (rc == CURLE_RECV_ERROR || rc == CURLE_PARTIAL_FILE))
-			r->transport = EC_UNREACHABLE;
+	t.status = r->status;
+	t.streamed = sink != NULL;
+	t.body_bytes = x.body_bytes;
+	t.sink_stopped = r->sink_stopped;
+	t.error_body_cut = x.err_truncated;
+	t.silent = x.silent;
+	t.overflow = x.overflow;
+	t.cancelled = flag_get(cancel);
+	t.silence_ms = x.silence_ms;
+	t.body_cap = r->body.max;
+	t.curl_msg = errbuf[0] ? errbuf : curl_easy_strerror(rc);
+	r->transport = errclass_from_curl((int)rc, &t, r->err, sizeof(r->err));
+	if (r->transport != EC_NONE) {
 		log_debug("%s %s: curl %d, HTTP %ld: %s", method, path, (int)rc, r->status,
 			  errclass_name(r->transport));
-		if (rc == CURLE_OPERATION_TIMEDOUT && sink && r->status)
-			snprintf(r->err, sizeof(r->err),
-				 "no data from the server for %ld ms", cfg->timeout_ms);
-		else
-			snprintf(r->err, sizeof(r->err), "%s",
-				 errbuf[0] ? errbuf : curl_easy_strerror(rc));
 		ret = -errclass_errno(r->transport);
 	}
 	curl_slist_free_all(hdrs);

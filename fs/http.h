@@ -38,7 +38,8 @@ void http_reply_free(struct http_reply *r);
  * an oversize body fails with EC_PROTOCOL). Non-2xx bodies always land in
  * r->body. *cancel (may be NULL) aborts the transfer when it becomes
  * non-zero. Returns 0 when a reply arrived (look at r->status), or -errno
- * with r->transport and r->err set. */
+ * with r->transport and r->err set: errclass_from_curl decides the class,
+ * and r->transport is EC_NONE exactly when 0 is returned. */
 int http_request(const char *method, const char *path, const char *json,
 		 http_sink_fn sink, void *ctx, const volatile int *cancel,
 		 struct http_reply *r);

@@ -107,8 +107,6 @@ void log_warnx(const char *fmt, ...)
 	LOG_BODY(LOG_LVL_WARN, LOG_WARNING, -1);
 }
 
-void log_errx(const char *fmt, ...) { LOG_BODY(LOG_LVL_ERROR, LOG_ERR, -1); }
-
 void fatal(const char *fmt, ...)
 {
 	int saved = errno;

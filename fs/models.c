@@ -143,22 +143,48 @@ static void mock_list(struct model_list *l)
 }
 
 /* One GET with a bounded wait: a listing never blocks a reader for long. */
-static int fetch(const char *path, struct http_reply *r)
+static void fetch(const char *path, struct http_reply *r)
 {
 	http_reply_init(r, 16u << 20);
 	r->timeout_ms = cfg->connect_timeout_ms < cfg->timeout_ms
 				? cfg->connect_timeout_ms
 				: cfg->timeout_ms;
-	return http_request("GET", path, NULL, NULL, NULL, NULL, r);
+	http_request("GET", path, NULL, NULL, NULL, NULL, r);
+}
+
+/* Lists the models at path into l. Returns EC_NONE, or the class of the
+ * failure with a reason in msg; *status gets the status of a reply that
+ * arrived (0 when the transfer failed). */
+static enum err_class list_from(const char *path, int need_loaded,
+				struct model_list *l, long *status, char *msg,
+				size_t msglen)
+{
+	struct http_reply r;
+	enum err_class cls = EC_NONE;
+
+	fetch(path, &r);
+	*status = r.transport == EC_NONE ? r.status : 0;
+	if (r.transport != EC_NONE) {
+		cls = r.transport;
+		snprintf(msg, msglen, "%s", r.err);
+	} else if (r.status != 200) {
+		cls = errclass_from_http(r.status, r.body.data, r.body.len, msg,
+					 msglen);
+	} else if (parse_list(r.body.data, r.body.len, need_loaded, l, msg,
+			      msglen) != 0) {
+		cls = EC_PROTOCOL;
+	}
+	http_reply_free(&r);
+	return cls;
 }
 
 static void refresh(void)
 {
 	struct model_list *l = list_new(), *old;
-	struct http_reply r;
 	enum err_class cls = EC_NONE;
 	char msg[512] = "";
-	int ok = 0;
+	long status = 0;
+	int ok = 0, fallback = 1;
 
 	if (!l)
 		return;
@@ -168,51 +194,21 @@ static void refresh(void)
 		goto publish;
 	}
 	if (cfg->provider == PROVIDER_LMSTUDIO) {
-		int rc = fetch("/api/v0/models", &r);
-		if (rc == 0 && r.status == 200) {
-			ok = parse_list(r.body.data, r.body.len, 1, l, msg, sizeof(msg)) == 0;
-			if (!ok)
-				cls = EC_PROTOCOL;
-			http_reply_free(&r);
-			goto publish;
-		}
-		if (rc != 0) {
-			cls = r.transport;
-			snprintf(msg, sizeof(msg), "%s", r.err);
-			http_reply_free(&r);
-			goto publish;
-		}
-		if (r.status != 404 && r.status != 405) {
-			cls = errclass_from_http(r.status, r.body.data, r.body.len, msg,
-						 sizeof(msg));
-			http_reply_free(&r);
-			goto publish;
-		}
-		http_reply_free(&r); /* no /api/v0: fall back */
+		cls = list_from("/api/v0/models", 1, l, &status, msg,
+				sizeof(msg));
+		/* A server without /api/v0 answers 404 or 405: fall back. */
+		fallback = cls != EC_NONE && (status == 404 || status == 405);
 	}
-	if (fetch("/v1/models", &r) == 0) {
-		if (r.status == 200) {
-			ok = parse_list(r.body.data, r.body.len, 0, l, msg, sizeof(msg)) == 0;
-			if (!ok)
-				cls = EC_PROTOCOL;
-		} else {
-			cls = errclass_from_http(r.status, r.body.data, r.body.len, msg,
-						 sizeof(msg));
-		}
-	} else {
-		cls = r.transport;
-		snprintf(msg, sizeof(msg), "%s", r.err);
-	}
-	http_reply_free(&r);
+	if (fallback)
+		cls = list_from("/v1/models", 0, l, &status, msg, sizeof(msg));
+	ok = cls == EC_NONE;
 
 publish:
 	pthread_mutex_lock(&lock);
 	old = current;
 	current = l;
 	fetched_at = now_ms();
-	/* Any HTTP answer means the server is there, even a refusal. */
-	reachable = ok || (cls != EC_UNREACHABLE && cls != EC_TIMEOUT &&
-			   cls != EC_PROTOCOL);
+	reachable = ok || errclass_server_answered(cls);
 	last_cls = ok ? EC_NONE : cls;
 	snprintf(last_msg, sizeof(last_msg), "%s", ok ? "" : msg);
 	pthread_mutex_unlock(&lock);
@@ -310,7 +306,7 @@ char *models_resolve(const char *want, enum err_class *cls, char *msg,
 	l = models_get(0);
 	models_status(&reach, &lc, why, sizeof(why));
 	if (l->n == 0 && lc != EC_NONE) {
-		*cls = (lc == EC_AUTH) ? EC_AUTH : EC_UNREACHABLE;
+		*cls = errclass_of_model_listing(lc);
 		snprintf(msg, msglen, "cannot list models: %s: %s",
 			 errclass_name(lc), why);
 		goto out;

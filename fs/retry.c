@@ -43,11 +43,10 @@ long retry_backoff_ms(int attempt, long retry_after_ms)
 	return d;
 }
 
-int breaker_allow(int *probe)
+int breaker_allow(void)
 {
 	int ret = 0;
 
-	*probe = 0;
 	pthread_mutex_lock(&lock);
 	if (state == BREAKER_OPEN &&
 	    now_ms() - opened_at_ms >= cfg->breaker_reset_ms) {
@@ -57,12 +56,10 @@ int breaker_allow(int *probe)
 	if (state == BREAKER_OPEN) {
 		ret = -EBUSY;
 	} else if (state == BREAKER_HALF_OPEN) {
-		if (probe_out) {
+		if (probe_out)
 			ret = -EBUSY;
-		} else {
+		else
 			probe_out = 1;
-			*probe = 1;
-		}
 	}
 	pthread_mutex_unlock(&lock);
 	return ret;

@@ -18,9 +18,11 @@ void retry_init(const struct config *cfg);
  * (>= 0) is a floor the server asked for. */
 long retry_backoff_ms(int attempt, long retry_after_ms);
 
-/* 0 when a request may go out (it may be the half-open probe: then
- * *probe is set and the caller must report its result); -EBUSY when open. */
-int breaker_allow(int *probe);
+/* 0 when a request may go out, -EBUSY when open. In the half-open state
+ * only the first caller gets 0: its request is the probe, and the caller
+ * must report every allowed request's result with breaker_success() or
+ * breaker_failure(). */
+int breaker_allow(void);
 /* Whether a request would be refused right now (no side effects). */
 int breaker_is_open(void);
 void breaker_success(void);
