@@ -154,29 +154,25 @@ void conv_note_rejected(struct conv *c, const char *why)
 
 /* Repairs what a crash left (recover.h) and loads the queue; conv_table_lock
  * held, nobody else sees c yet. */
-static void recover(struct conv *c, int dirfd)
+/* Takes what recovery found into c; c->lock held. */
+static void apply_recovery(struct conv *c, struct recover_result *r)
 {
-	struct recover_result r;
-
-	if (recover_conversation(dirfd, c->name, &r) != 0)
-		return;
-	pthread_mutex_lock(&c->lock);
-	for (size_t i = 0; i < r.npending; i++) {
+	for (size_t i = 0; i < r->npending; i++) {
 		struct job *j = calloc(1, sizeof(*j));
 		if (!j)
 			break;
 		j->seq = ++c->submitted;
-		j->regen = r.pending[i].regen;
-		memcpy(j->id, r.pending[i].id, sizeof(j->id));
-		j->text = r.pending[i].text;
-		r.pending[i].text = NULL;
+		j->regen = r->pending[i].regen;
+		memcpy(j->id, r->pending[i].id, sizeof(j->id));
+		j->text = r->pending[i].text;
+		r->pending[i].text = NULL;
 		conv_enqueue(c, j);
 	}
-	if (r.interrupted) {
+	if (r->interrupted) {
 		c->err = EC_INTERRUPTED;
 		snprintf(c->errmsg, sizeof(c->errmsg),
 			 "the daemon stopped while answering; write retry to .ctl");
-	} else if (r.unanswered) {
+	} else if (r->unanswered) {
 		c->err = EC_INTERRUPTED;
 		snprintf(c->errmsg, sizeof(c->errmsg),
 			 "the last prompt has no answer (the daemon stopped before "
@@ -184,16 +180,73 @@ static void recover(struct conv *c, int dirfd)
 	}
 	/* After a remount, .reply with nothing pending still gives the last
 	 * answer. */
-	if (r.last_answer) {
-		c->last_text = r.last_answer;
-		c->last_len = r.last_len;
-		r.last_answer = NULL;
-		c->last_errno = r.last_marked ? errclass_errno(EC_INTERRUPTED) : 0;
+	if (r->last_answer && !c->last_text) {
+		c->last_text = r->last_answer;
+		c->last_len = r->last_len;
+		r->last_answer = NULL;
+		c->last_errno = r->last_marked ? errclass_errno(EC_INTERRUPTED) : 0;
 	}
 	if (c->qhead)
 		conv_start_worker(c);
+}
+
+/* The spool cannot be read: say so, and write nothing that would
+ * overwrite the prompts in it; c->lock held. */
+static void spool_unreadable(struct conv *c, int err)
+{
+	c->spool_bad = 1;
+	c->err = EC_STORAGE;
+	snprintf(c->errmsg, sizeof(c->errmsg),
+		 "cannot read the prompt queue (%s): new prompts are refused until it "
+		 "can be read",
+		 strerror(-err));
+}
+
+/* Repairs what a crash left (recover.h) and loads the queue; conv_table_lock
+ * held, nobody else sees c yet. */
+static void recover(struct conv *c, int dirfd)
+{
+	struct recover_result r;
+	int ret = recover_conversation(dirfd, c->name, &r);
+
+	pthread_mutex_lock(&c->lock);
+	if (ret != 0)
+		spool_unreadable(c, ret);
+	else
+		apply_recovery(c, &r);
 	pthread_mutex_unlock(&c->lock);
-	recover_result_free(&r);
+	if (ret != 0)
+		metrics_storage_failure(c->errmsg);
+	else
+		recover_result_free(&r);
+}
+
+int conv_recover_again(struct conv *c)
+{
+	struct recover_result r;
+	int dirfd = conv_dirfd(c), ret;
+	char name[NAME_MAX + 1];
+
+	if (dirfd < 0)
+		return dirfd;
+	conv_name(c, name, sizeof(name));
+	/* No submit can succeed meanwhile (spool_bad), and the history lock
+	 * keeps users' writes out while it is repaired. */
+	pthread_mutex_lock(&c->hist);
+	ret = recover_conversation(dirfd, name, &r);
+	pthread_mutex_unlock(&c->hist);
+	close(dirfd);
+	pthread_mutex_lock(&c->lock);
+	if (ret == 0 && c->spool_bad) {
+		c->spool_bad = 0;
+		c->err = EC_NONE;
+		c->errmsg[0] = '\0';
+		apply_recovery(c, &r);
+	}
+	pthread_mutex_unlock(&c->lock);
+	if (ret == 0)
+		recover_result_free(&r);
+	return ret;
 }
 
 struct conv *conv_get(const char *name)

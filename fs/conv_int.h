@@ -45,6 +45,7 @@ struct conv {
 	int generating;
 	int stalled; /* the head prompt could not be stored: wait for a retry */
 	int owed_mark; /* a failed answer's marked line could not be stored */
+	int spool_bad; /* the spool could not be read at load: no writes */
 	uint64_t running_seq;
 	uint64_t cancel_seq;
 	volatile int cancel; /* read by the worker without the lock */
@@ -74,6 +75,10 @@ extern int conv_stopping;  /* conv_table_lock */
 /* conv.c: the conversation's directory by its current name (fd or -errno;
  * -ENOENT once removed). */
 int conv_dirfd(struct conv *c);
+
+/* conv.c: a spool that could not be read at load is read (and the
+ * conversation recovered) again; 0 or -errno. No lock held. */
+int conv_recover_again(struct conv *c);
 
 /* conv_run.c, with c->lock held: the in-memory queue (the spool on disk
  * mirrors it) and the worker thread. */

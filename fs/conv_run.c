@@ -21,6 +21,11 @@
 #include <time.h>
 #include <unistd.h>
 
+static void hist_replaced_cb(void *ctx)
+{
+	conv_hist_replaced(ctx);
+}
+
 static void hist_unlock_cb(void *ctx)
 {
 	pthread_mutex_unlock(&((struct conv *)ctx)->hist);
@@ -109,6 +114,7 @@ static void *worker(void *arg)
 		struct gen_job gj;
 		char name[NAME_MAX + 1];
 		int dirfd, stop, stalled = 0;
+		uint64_t sub_start;
 
 		pthread_mutex_lock(&conv_table_lock);
 		stop = conv_stopping || c->dead;
@@ -138,6 +144,7 @@ static void *worker(void *arg)
 			break;
 		}
 		j = c->qhead;
+		sub_start = c->submitted;
 		c->generating = 1;
 		c->running_seq = j->seq;
 		flag_set(&c->cancel, c->cancel_seq == j->seq);
@@ -171,6 +178,7 @@ static void *worker(void *arg)
 					      .progress = &c->progress,
 					      .hist_lock = hist_lock_cb,
 					      .hist_unlock = hist_unlock_cb,
+					      .hist_replaced = hist_replaced_cb,
 					      .ctx = c};
 			int ret = 0;
 			if (c->owed_mark)
@@ -210,7 +218,9 @@ static void *worker(void *arg)
 				metrics_active(-1);
 				store_partial_clear(dirfd);
 				pthread_mutex_lock(&c->lock);
-				if (!c->qhead)
+				/* An answer neither stored nor marked keeps its prompt
+				 * in the spool: recovery marks it after a crash. */
+				if (!c->qhead && !res.unmarked && !c->owed_mark)
 					spool_clear(dirfd);
 				pthread_mutex_unlock(&c->lock);
 			}
@@ -244,7 +254,8 @@ static void *worker(void *arg)
 
 		pthread_mutex_lock(&c->lock);
 		c->generating = 0;
-		c->stalled = stalled;
+		/* A prompt submitted meanwhile may have found room: try again. */
+		c->stalled = stalled && c->submitted == sub_start;
 		if (res.unmarked)
 			c->owed_mark = 1;
 		c->finished = j->seq;
@@ -311,10 +322,19 @@ void conv_start_worker(struct conv *c)
 
 int conv_precheck(struct conv *c, char *why, size_t whylen)
 {
+	int bad, ret;
 	char *want, *id;
 	int dirfd, qlen;
 	enum err_class cls;
 
+	pthread_mutex_lock(&c->lock);
+	bad = c->spool_bad;
+	pthread_mutex_unlock(&c->lock);
+	/* A spool unreadable at load may be readable now. */
+	if (bad && (ret = conv_recover_again(c)) != 0) {
+		snprintf(why, whylen, "cannot read the prompt queue: %s", strerror(-ret));
+		return -EIO;
+	}
 	pthread_mutex_lock(&c->lock);
 	qlen = c->qlen;
 	pthread_mutex_unlock(&c->lock);
@@ -342,16 +362,21 @@ int conv_precheck(struct conv *c, char *why, size_t whylen)
 }
 
 /* Writes j to the spool (durably) and queues it; c->lock held. */
-static int spool_job(struct conv *c, int dirfd, struct job *j)
+/* Writes j to the spool (durably) under a fresh id; c->lock held. */
+static int spool_write(struct conv *c, int dirfd, struct job *j)
 {
 	struct spool_entry e = {.regen = j->regen, .text = j->text};
-	int ret;
 
+	if (c->spool_bad)
+		return -EIO; /* its unread prompts would be overwritten */
 	store_new_id(j->id);
 	memcpy(e.id, j->id, sizeof(e.id));
-	ret = spool_append(dirfd, &e);
-	if (ret != 0)
-		return ret;
+	return spool_append(dirfd, &e);
+}
+
+/* Queues a spooled job and starts the worker; c->lock held. */
+static void queue_job(struct conv *c, struct job *j)
+{
 	j->seq = ++c->submitted;
 	conv_enqueue(c, j);
 	/* A prompt stuck for room goes first, now with this one behind it. */
@@ -361,7 +386,14 @@ static int spool_job(struct conv *c, int dirfd, struct job *j)
 		c->errmsg[0] = '\0';
 	}
 	conv_start_worker(c);
-	return 0;
+}
+
+static int spool_job(struct conv *c, int dirfd, struct job *j)
+{
+	int ret = spool_write(c, dirfd, j);
+	if (ret == 0)
+		queue_job(c, j);
+	return ret;
 }
 
 int conv_submit(struct conv *c, const char *text, size_t len, char *why,
@@ -428,7 +460,7 @@ int conv_retry(struct conv *c, char *why, size_t whylen)
 	char *last;
 	cJSON *lm;
 	off_t off = 0;
-	int dirfd, ret = 0;
+	int dirfd, ret = 0, marked;
 
 	dirfd = conv_dirfd(c);
 	if (dirfd < 0) {
@@ -449,43 +481,50 @@ int conv_retry(struct conv *c, char *why, size_t whylen)
 		ret = -EBUSY;
 		goto out;
 	}
-	pthread_mutex_lock(&c->hist);
-	last = store_hist_last_line(dirfd, &off);
-	lm = last ? cJSON_Parse(last) : NULL;
-	if (cJSON_IsObject(lm) && strcmp(conv_role_of(lm), "assistant") == 0 &&
-	    cJSON_GetObjectItemCaseSensitive(lm, "lmsfs_status")) {
-		/* Drop the unfinished answer; the new one replaces it. */
-		ret = store_hist_truncate(dirfd, off);
-		if (ret == 0)
-			c->hist_gen++;
-	} else if (!cJSON_IsObject(lm) ||
-		   (strcmp(conv_role_of(lm), "user") != 0 && strcmp(conv_role_of(lm), "tool") != 0 &&
-		    strcmp(conv_role_of(lm), "function") != 0)) {
-		/* A user prompt or tool results waiting for the model can be
-		 * answered (again); a finished answer cannot. */
-		snprintf(why, whylen, "nothing to retry: the last answer is complete");
-		ret = -EINVAL;
-	}
-	pthread_mutex_unlock(&c->hist);
-	cJSON_Delete(lm);
-	free(last);
-	if (ret != 0) {
-		if (!why[0])
-			snprintf(why, whylen, "cannot drop the unfinished answer: %s",
-				 strerror(-ret));
-		goto out;
-	}
 	j = calloc(1, sizeof(*j));
 	if (!j) {
 		ret = -ENOMEM;
 		goto out;
 	}
 	j->regen = 1;
-	ret = spool_job(c, dirfd, j);
+	pthread_mutex_lock(&c->hist);
+	last = store_hist_last_line(dirfd, &off);
+	lm = last ? cJSON_Parse(last) : NULL;
+	marked = cJSON_IsObject(lm) && strcmp(conv_role_of(lm), "assistant") == 0 &&
+		 cJSON_GetObjectItemCaseSensitive(lm, "lmsfs_status");
+	if (!marked && (!cJSON_IsObject(lm) || (strcmp(conv_role_of(lm), "user") != 0 &&
+						 strcmp(conv_role_of(lm), "tool") != 0 &&
+						 strcmp(conv_role_of(lm), "function") != 0))) {
+		/* A user prompt or tool results waiting for the model can be
+		 * answered (again); a finished answer cannot. */
+		snprintf(why, whylen, "nothing to retry: the last answer is complete");
+		ret = -EINVAL;
+	}
+	/* The retry is durable before anything changes: a failure leaves the
+	 * history as it was. */
+	if (ret == 0 && (ret = spool_write(c, dirfd, j)) != 0)
+		snprintf(why, whylen, "cannot save the retry: %s", strerror(-ret));
+	if (ret == 0 && marked) {
+		/* Drop the unfinished answer; the new one replaces it. */
+		ret = store_hist_truncate(dirfd, off);
+		if (ret == 0) {
+			c->hist_gen++;
+		} else {
+			spool_clear(dirfd); /* the queue was empty: only j is in it */
+			snprintf(why, whylen, "cannot drop the unfinished answer: %s",
+				 strerror(-ret));
+		}
+	}
+	pthread_mutex_unlock(&c->hist);
+	cJSON_Delete(lm);
+	free(last);
 	if (ret != 0) {
 		free(j);
-		snprintf(why, whylen, "cannot save the retry: %s", strerror(-ret));
+		goto out;
 	}
+	/* The retry answers the prompt a mark was owed for. */
+	c->owed_mark = 0;
+	queue_job(c, j);
 out:
 	pthread_mutex_unlock(&c->lock);
 	close(dirfd);

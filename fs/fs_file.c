@@ -210,9 +210,19 @@ int truncate_plain(const struct nodeinfo *ni, struct fh *f, off_t size)
 	return ret;
 }
 
+/* A temporary renamed over messages.jsonl right after this keeps the
+ * lines appended meanwhile (fs_hist.c). */
+static void plain_release(struct fh *f, const struct nodeinfo *ni)
+{
+	(void)f;
+	if (ni->kind == K_CFILE)
+		temp_closed(ni->conv, ni->name);
+}
+
 const struct file_ops plain_ops = {
 	.kind = FH_PASS,
 	.open = plain_open,
+	.release = plain_release,
 	.write = plain_write,
 	.fsync = plain_fsync,
 	.truncate = truncate_plain,

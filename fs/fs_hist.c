@@ -10,6 +10,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "store.h"
+#include "util.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -18,17 +19,21 @@
 #include <string.h>
 #include <unistd.h>
 
-/* Files created in a conversation (an editor's or sed's temporary) remember
- * the history's size and generation at that moment: renamed over
- * messages.jsonl, they keep what lmsfs appended meanwhile. A small table;
- * the oldest entry goes first. temps_lock is a leaf. */
+/* Files created in a conversation (sed's temporary) remember the history's
+ * size and generation at that moment: renamed over messages.jsonl while
+ * still open or at most TEMP_GRACE seconds after closing, they keep what
+ * lmsfs appended meanwhile. A file closed longer ago (a snapshot restored
+ * with mv) replaces the history as it is. A small table; the oldest entry
+ * goes first. temps_lock is a leaf. */
 #define NTEMPS 32
+#define TEMP_GRACE 1.0
 
 static struct tempbase {
 	char conv[NAME_MAX + 1];
 	char name[NAME_MAX + 1];
 	off_t size;
 	uint64_t gen;
+	double closed_at;    /* now_s() at release; 0 while open */
 	unsigned long stamp; /* 0: free */
 } temps[NTEMPS];           /* temps_lock */
 static unsigned long temps_clock; /* temps_lock */
@@ -63,6 +68,16 @@ void temp_remember(const char *conv, const char *name)
 			slot = i;
 	t.stamp = ++temps_clock;
 	temps[slot] = t;
+	pthread_mutex_unlock(&temps_lock);
+}
+
+void temp_closed(const char *conv, const char *name)
+{
+	pthread_mutex_lock(&temps_lock);
+	for (int i = 0; i < NTEMPS; i++)
+		if (temps[i].stamp && !strcmp(temps[i].conv, conv) &&
+		    !strcmp(temps[i].name, name))
+			temps[i].closed_at = now_s();
 	pthread_mutex_unlock(&temps_lock);
 }
 
@@ -115,31 +130,67 @@ static void note_storage(const char *conv, const char *what, int err)
 	metrics_storage_failure(msg);
 }
 
+/* How much of tail data already ends with: the longest prefix of tail
+ * that is a suffix of data, both cut at line boundaries (a writer that read
+ * some of the lines appended meanwhile, like sed reading to EOF). */
+static size_t overlap(const char *data, size_t n, const char *tail, size_t tlen)
+{
+	for (size_t k = tlen; k > 0; k--) {
+		if (tail[k - 1] != '\n' || k > n)
+			continue;
+		if ((k == n || data[n - k - 1] == '\n') && memcmp(data + n - k, tail, k) == 0)
+			return k;
+	}
+	return 0;
+}
+
 /* data + what was appended to the history since base_size (the lines
- * lmsfs, or a user's >>, appended while this writer had the file open),
- * unless data already ends with them. History lock held. *out is data
- * itself or a malloc'd merge. */
+ * lmsfs, or a user's >>, appended while this writer had the file open).
+ * History lock held, generation unchanged since base_size was taken. What
+ * lies past base_size must be whole valid lines starting at a line
+ * boundary, or the file changed in a way the generation missed: -EBUSY.
+ * *merged is NULL when there is nothing to add. */
 static int merge_appended(int dfd, const char *data, size_t n, off_t base_size,
-			  char **merged, size_t *mlen)
+			  char **merged, size_t *mlen, char *why, size_t whylen)
 {
 	off_t size = store_hist_size(dfd);
 	char *tail = NULL, *m;
-	size_t tlen = 0;
+	size_t tlen = 0, skip;
 	int ret, nl;
 
 	*merged = NULL;
 	*mlen = 0;
 	if (size <= base_size)
 		return 0;
-	ret = store_hist_read_from(dfd, base_size, &tail, &tlen);
+	ret = store_hist_read_from(dfd, base_size > 0 ? base_size - 1 : 0, &tail, &tlen);
 	if (ret)
 		return ret;
-	if (tlen == 0 || (n >= tlen && memcmp(data + n - tlen, tail, tlen) == 0)) {
+	/* The byte before base_size ends a line, or lmsfs's append began with
+	 * the newline the last line lacked. */
+	if (base_size > 0) {
+		size_t cut = tlen > 0 && tail[0] == '\n' ? 1 : tlen > 1 && tail[1] == '\n' ? 2 : 0;
+		if (!cut) {
+			free(tail);
+			snprintf(why, whylen, "messages.jsonl changed under this writer in a "
+					      "way that cannot be merged; nothing written");
+			return -EBUSY;
+		}
+		memmove(tail, tail + cut, tlen - cut + 1);
+		tlen -= cut;
+	}
+	if (jsonl_check(tail, tlen, why, whylen, NULL) != 0) {
+		free(tail);
+		snprintf(why, whylen, "messages.jsonl changed under this writer in a way "
+				      "that cannot be merged; nothing written");
+		return -EBUSY;
+	}
+	skip = overlap(data, n, tail, tlen);
+	if (skip == tlen) {
 		free(tail);
 		return 0;
 	}
 	nl = n > 0 && data[n - 1] != '\n';
-	m = malloc(n + (size_t)nl + tlen + 1);
+	m = malloc(n + (size_t)nl + (tlen - skip) + 1);
 	if (!m) {
 		free(tail);
 		return -ENOMEM;
@@ -147,11 +198,11 @@ static int merge_appended(int dfd, const char *data, size_t n, off_t base_size,
 	memcpy(m, data, n);
 	if (nl)
 		m[n] = '\n';
-	memcpy(m + n + nl, tail, tlen);
-	m[n + nl + tlen] = '\0';
+	memcpy(m + n + nl, tail + skip, tlen - skip);
+	m[n + nl + tlen - skip] = '\0';
 	free(tail);
 	*merged = m;
-	*mlen = n + (size_t)nl + tlen;
+	*mlen = n + (size_t)nl + tlen - skip;
 	return 0;
 }
 
@@ -200,7 +251,8 @@ static int hist_commit(struct fh *f, const struct nodeinfo *ni)
 	} else {
 		char *merged = NULL;
 		size_t mlen = 0;
-		ret = merge_appended(dfd, data, f->data.len, f->base_size, &merged, &mlen);
+		ret = merge_appended(dfd, data, f->data.len, f->base_size, &merged, &mlen, why,
+				     sizeof(why));
 		if (ret == 0)
 			ret = merged ? store_hist_replace(dfd, merged, mlen)
 				     : store_hist_replace(dfd, data, f->data.len);
@@ -249,6 +301,15 @@ static int hist_open_replace(struct fh *f, const struct nodeinfo *ni, int flags,
 	f->trunc_pending = (flags & O_TRUNC) != 0;
 	conv_hist_lock(c);
 	f->base_gen = conv_hist_gen(c);
+	/* Opened before the lock: the name may point elsewhere by now (a
+	 * replacement, or the recovery that loading the conversation ran). */
+	{
+		int fd = open_backing(ni, O_RDONLY, 0);
+		if (fd >= 0) {
+			close(f->fd);
+			f->fd = fd;
+		}
+	}
 	if (fstat(f->fd, &st) < 0)
 		ret = -errno;
 	else
@@ -373,20 +434,24 @@ static int temp_take(const char *conv, const char *name, off_t *size, uint64_t *
 			*size = temps[i].size;
 			*gen = temps[i].gen;
 			temps[i].stamp = 0;
-			ret = 0;
+			if (temps[i].closed_at == 0 || now_s() - temps[i].closed_at <= TEMP_GRACE)
+				ret = 0;
 			break;
 		}
 	pthread_mutex_unlock(&temps_lock);
 	return ret;
 }
 
-/* Renames conversation file `name` over messages.jsonl: checked whole,
- * with the lines appended since the file was created kept after its own
- * (see temp_remember). History lock held. */
+/* Renames conversation file `name` over messages.jsonl: checked whole;
+ * a temporary created and closed just now (sed -i) keeps the lines
+ * appended since it was created after its own (see temp_remember); if the
+ * history was replaced meanwhile, -EBUSY. History lock held: nothing here
+ * takes the conversation's lock (why says what to report after unlocking). */
 int rename_over_history(struct conv *c, const char *conv, const char *name,
-			       const char *from, const char *to, unsigned flags)
+			const char *from, const char *to, unsigned flags, char *why,
+			size_t whylen)
 {
-	char *data = NULL, *merged = NULL, why[300];
+	char *data = NULL, *merged = NULL;
 	size_t len, mlen;
 	off_t base;
 	uint64_t gen;
@@ -395,17 +460,21 @@ int rename_over_history(struct conv *c, const char *conv, const char *name,
 	ret = fsio_read(conv_root_fd(), from, STORE_HISTORY_MAX, &data, &len);
 	if (ret)
 		return ret;
-	if (jsonl_check(data, len, why, sizeof(why), NULL) != 0) {
+	if (jsonl_check(data, len, why, whylen, NULL) != 0) {
 		free(data);
-		note_reject(conv, "renaming over messages.jsonl", why);
 		return -EINVAL;
 	}
-	if (c && temp_take(conv, name, &base, &gen) == 0 && gen == conv_hist_gen(c) &&
-	    (dfd = conv_dir(conv)) >= 0) {
-		ret = merge_appended(dfd, data, len, base, &merged, &mlen);
-		close(dfd);
-		if (ret == 0 && merged)
-			ret = fsio_replace(conv_root_fd(), from, merged, mlen);
+	if (c && temp_take(conv, name, &base, &gen) == 0) {
+		if (gen != conv_hist_gen(c)) {
+			snprintf(why, whylen, "messages.jsonl was replaced while this file "
+					      "was written; nothing renamed");
+			ret = -EBUSY;
+		} else if ((dfd = conv_dir(conv)) >= 0) {
+			ret = merge_appended(dfd, data, len, base, &merged, &mlen, why, whylen);
+			close(dfd);
+			if (ret == 0 && merged)
+				ret = fsio_replace(conv_root_fd(), from, merged, mlen);
+		}
 	}
 	free(merged);
 	free(data);

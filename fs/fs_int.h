@@ -213,9 +213,13 @@ int conv_dir(const char *conv);
 void hist_note_times(uint64_t ino, int to_set, const struct stat *attr);
 /* A file created in a conversation (a temporary to rename over). */
 void temp_remember(const char *conv, const char *name);
-/* Renames conversation file name over messages.jsonl (history lock held). */
+/* ... and closed (a temporary's merge window starts). */
+void temp_closed(const char *conv, const char *name);
+/* Renames conversation file name over messages.jsonl (history lock held;
+ * on -EINVAL/-EBUSY why says why, to report after unlocking). */
 int rename_over_history(struct conv *c, const char *conv, const char *name,
-			const char *from, const char *to, unsigned flags);
+			const char *from, const char *to, unsigned flags, char *why,
+			size_t whylen);
 
 /* --- fs_dir.c ------------------------------------------------------------ */
 

@@ -316,8 +316,21 @@ void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 		ret = names_file_ok(name);
 		if (ret == 0)
 			ret = cpath(p, sizeof(p), pi.conv, name);
-		if (ret == 0 && unlinkat(conv_root_fd(), p, 0) < 0)
+		if (ret == 0 && strcmp(name, STORE_HISTORY) == 0) {
+			/* Writers holding it open must know it went. */
+			struct conv *c = conv_get(pi.conv);
+			if (c)
+				conv_hist_lock(c);
+			if (unlinkat(conv_root_fd(), p, 0) < 0)
+				ret = -errno;
+			if (c) {
+				conv_hist_replaced(c);
+				conv_hist_unlock(c);
+				conv_put(c);
+			}
+		} else if (ret == 0 && unlinkat(conv_root_fd(), p, 0) < 0) {
 			ret = -errno;
+		}
 	} else if (pi.kind == K_TOOLS) {
 		ret = names_file_ok(name);
 		if (ret == 0 && unlinkat(fs_tools_fd, name, 0) < 0)
@@ -374,11 +387,13 @@ void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 				goto out;
 			}
 		}
+		char why[300] = "";
 		c = conv_get(npi.conv);
 		if (c)
 			conv_hist_lock(c);
 		if (strcmp(newname, STORE_HISTORY) == 0)
-			ret = rename_over_history(c, npi.conv, name, from, to, flags);
+			ret = rename_over_history(c, npi.conv, name, from, to, flags, why,
+						  sizeof(why));
 		else if (renameat2(conv_root_fd(), from, conv_root_fd(), to, flags) < 0)
 			ret = -errno;
 		else if (c && strcmp(name, STORE_HISTORY) == 0)
@@ -387,6 +402,9 @@ void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 			conv_hist_unlock(c);
 			conv_put(c);
 		}
+		/* Reported with no lock held (it takes the conversation's). */
+		if (why[0])
+			note_reject(npi.conv, "renaming over messages.jsonl", why);
 	} else if (pi.kind == K_TOOLS && npi.kind == K_TOOLS) {
 		ret = names_file_ok(newname);
 		if (ret == 0 && renameat2(fs_tools_fd, name, fs_tools_fd, newname, flags) < 0)

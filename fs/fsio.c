@@ -65,7 +65,8 @@ int fsio_write_all(int fd, const void *p, size_t n)
 int fsio_read(int dirfd, const char *path, size_t max, char **out, size_t *len)
 {
 	struct stat st;
-	int fd = fsio_open(dirfd, path, O_RDONLY, 0);
+	/* O_NONBLOCK: a FIFO planted in place of a file must not hang us. */
+	int fd = fsio_open(dirfd, path, O_RDONLY | O_NONBLOCK, 0);
 	int ret = 0;
 	char *data = NULL;
 	size_t got = 0;
@@ -152,7 +153,7 @@ static void roll_back(int fd, off_t size)
 static int append_at(int fd, const void *data, size_t n, int flags, off_t *at)
 {
 	struct stat st;
-	char last;
+	char last = '\n';
 	int ret = 0;
 	off_t old;
 
@@ -187,7 +188,8 @@ int fsio_append(int dirfd, const char *path, const void *data, size_t n, int fla
 	int fd = fsio_open(dirfd, path, O_RDWR | O_APPEND, 0), created = 0, ret;
 
 	if (fd == -ENOENT && (flags & FSIO_CREATE)) {
-		fd = fsio_open(dirfd, path, O_RDWR | O_APPEND | O_CREAT | O_EXCL, 0644);
+		fd = fsio_open(dirfd, path, O_RDWR | O_APPEND | O_CREAT | O_EXCL,
+			       (flags & FSIO_PRIVATE) ? 0600 : 0644);
 		if (fd >= 0)
 			created = 1;
 		else if (fd == -EEXIST)
@@ -248,7 +250,7 @@ int fsio_replace(int dirfd, const char *path, const void *data, size_t n)
 	char tmp[4200], old[4200];
 	struct stat st;
 	mode_t mode = 0644;
-	int fd, ret, have_old = 0;
+	int fd, ret, have_old = 0, had_old = 0;
 
 	private_name(tmp, sizeof(tmp), path, "tmp");
 	private_name(old, sizeof(old), path, "old");
@@ -258,6 +260,7 @@ int fsio_replace(int dirfd, const char *path, const void *data, size_t n)
 			return -ELOOP;
 		}
 		mode = st.st_mode & 07777;
+		had_old = 1;
 	}
 	unlinkat(dirfd, tmp, 0);
 	fd = fsio_open(dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL, 0600);
@@ -279,14 +282,20 @@ int fsio_replace(int dirfd, const char *path, const void *data, size_t n)
 	if (ret == 0 && renameat(dirfd, tmp, dirfd, path) < 0)
 		ret = -errno;
 	if (ret == 0) {
-		/* The rename itself must survive a power cut too. */
+		/* The rename itself must survive a power cut too. If that sync
+		 * fails, the old state comes back and the failure is reported;
+		 * if it cannot come back, the change stands and is not. */
 		ret = fsio_sync_parent(dirfd, path);
-		if (ret != 0 && have_old && renameat(dirfd, old, dirfd, path) == 0)
+		if (ret != 0 && had_old && have_old && renameat(dirfd, old, dirfd, path) == 0) {
 			have_old = 0;
-		else if (ret != 0)
-			log_warnx("replaced %s, but syncing its directory failed and the old "
-				  "file could not be put back",
-				  path);
+		} else if (ret != 0 && !had_old && unlinkat(dirfd, path, 0) == 0) {
+			/* There was nothing: there is nothing again. */
+		} else if (ret != 0) {
+			log_warnx("replaced %s, but syncing its directory failed (%s) and the "
+				  "old file could not be put back",
+				  path, strerror(-ret));
+			ret = 0;
+		}
 	}
 	if (ret != 0)
 		unlinkat(dirfd, tmp, 0);

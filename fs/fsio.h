@@ -34,6 +34,7 @@ enum {
 	FSIO_SYNC = 2,   /* fdatasync before returning */
 	FSIO_LINES = 4,  /* whole lines: a newline first when the file does not
 			    end in one, and a final newline when data lacks it */
+	FSIO_PRIVATE = 8, /* created with mode 0600 (else 0644) */
 };
 /* Appends data to dirfd/path. On any failure the file is truncated back
  * to its old length. *at (may be NULL) gets the offset where data starts.
@@ -45,7 +46,9 @@ int fsio_append_fd(int fd, const void *data, size_t n);
 
 /* Writes data to dirfd/path atomically: a private temporary beside it
  * (mode of the file it replaces), fsync, rename, fsync of the directory.
- * On failure the old file is untouched and no temporary is left. */
+ * On failure the old file is as it was (put back if the directory sync
+ * failed) and no temporary is left; when the old file cannot be put back
+ * the change stands, is logged, and 0 is returned. */
 int fsio_replace(int dirfd, const char *path, const void *data, size_t n);
 
 /* Truncates dirfd/path to size and fsyncs it. */

@@ -72,8 +72,8 @@ static void undo_history(const struct gen_job *job, off_t at, const char *line)
 
 	job->hist_lock(job->ctx);
 	if (store_hist_read_from(job->dirfd, at, &got, &len) == 0 && len >= n &&
-	    memcmp(got, line, n) == 0)
-		store_hist_truncate(job->dirfd, at);
+	    memcmp(got, line, n) == 0 && store_hist_truncate(job->dirfd, at) == 0)
+		job->hist_replaced(job->ctx); /* writers holding it open must know */
 	job->hist_unlock(job->ctx);
 	free(got);
 }

@@ -29,6 +29,7 @@ struct gen_job {
 	struct gen_progress *progress; /* updated as tokens arrive (racy read ok) */
 	void (*hist_lock)(void *ctx);
 	void (*hist_unlock)(void *ctx);
+	void (*hist_replaced)(void *ctx); /* history lock held: lines were cut */
 	void *ctx;
 };
 

@@ -158,11 +158,13 @@ out:
 }
 
 /* Marks in found[i] which of the entries' ids occur in the history. One
- * pass over the file in pieces that overlap by an id's length. */
-static void find_ids(int dirfd, const struct spool_entry *v, size_t n, int *found)
+ * pass over the file in pieces that overlap by an id's length. 0, or
+ * -errno when the history cannot be read (then nothing may be requeued:
+ * it could be answered twice). */
+static int find_ids(int dirfd, const struct spool_entry *v, size_t n, int *found)
 {
 	enum { PIECE = 1 << 20, OVERLAP = STORE_ID_LEN };
-	int fd = store_hist_open(dirfd), left = 0;
+	int fd, left = 0, ret = 0;
 	char *piece;
 	off_t pos = 0;
 
@@ -170,15 +172,28 @@ static void find_ids(int dirfd, const struct spool_entry *v, size_t n, int *foun
 		found[i] = 0;
 		left += v[i].id[0] != '\0';
 	}
-	if (fd < 0 || left == 0 || !(piece = malloc(PIECE + OVERLAP))) {
-		if (fd >= 0)
-			close(fd);
-		return;
+	if (left == 0)
+		return 0;
+	fd = store_hist_open(dirfd);
+	if (fd == -ENOENT)
+		return 0;
+	if (fd < 0)
+		return fd;
+	piece = malloc(PIECE + OVERLAP);
+	if (!piece) {
+		close(fd);
+		return -ENOMEM;
 	}
 	for (size_t keep = 0; left > 0;) {
 		ssize_t got = pread(fd, piece + keep, PIECE, pos);
 		size_t have;
-		if (got <= 0)
+		if (got < 0 && errno == EINTR)
+			continue;
+		if (got < 0) {
+			ret = -errno;
+			break;
+		}
+		if (got == 0)
 			break;
 		pos += got;
 		have = keep + (size_t)got;
@@ -193,6 +208,7 @@ static void find_ids(int dirfd, const struct spool_entry *v, size_t n, int *foun
 	}
 	free(piece);
 	close(fd);
+	return ret;
 }
 
 /* Appends the marked line for an answer the crash cut, with whatever text
@@ -245,7 +261,14 @@ int recover_conversation(int dirfd, const char *name, struct recover_result *r)
 		spool_free(v, n);
 		return -ENOMEM;
 	}
-	find_ids(dirfd, v, n, taken);
+	ret = find_ids(dirfd, v, n, taken);
+	if (ret) {
+		log_warnx("conversation %s: cannot read the history to resume the queue: %s",
+			  name, strerror(-ret));
+		free(taken);
+		spool_free(v, n);
+		return ret;
+	}
 	for (size_t i = 0; i < n; i++)
 		any_taken |= taken[i];
 

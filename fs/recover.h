@@ -7,7 +7,10 @@
  * had), and tells which spooled prompts still need answers: a spool entry
  * whose id is in the history was taken; every other one is pending. So
  * after any crash each acknowledged prompt is answered, pending, or in
- * the history followed by a marked answer; never silently skipped.
+ * the history followed by a marked answer; never silently skipped. (A
+ * spool entry of version 0.1 has no id: it is asked again.) When the spool
+ * or the history cannot be read, nothing is changed and the error is
+ * returned: the conversation then refuses new prompts (conv.c).
  * Pure store work: no threads, no network; unit-tested without a mount.
  */
 #ifndef LMSFS_RECOVER_H

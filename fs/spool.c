@@ -35,7 +35,7 @@ int spool_append(int dirfd, const struct spool_entry *e)
 	if (!l)
 		return -ENOMEM;
 	ret = fsio_append(dirfd, STORE_SPOOL, l, strlen(l),
-			  FSIO_CREATE | FSIO_SYNC | FSIO_LINES, NULL);
+			  FSIO_CREATE | FSIO_SYNC | FSIO_LINES | FSIO_PRIVATE, NULL);
 	free(l);
 	return ret;
 }

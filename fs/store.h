@@ -15,26 +15,33 @@
  *   - a prompt is in the spool, fsync'd (and its directory fsync'd when
  *     the spool was created), before the write that submitted it returns;
  *   - the user line that takes a prompt from the spool carries the
- *     prompt's id ("lmsfs_id"); it is appended without a sync of its own,
- *     and the spool entry stays until the queue empties: recovery finds
- *     the id in the history or queues the prompt again, whatever order the
- *     disk kept (no "done" record has to be ordered after the line);
+ *     prompt's id ("lmsfs_id"); it is appended without a sync of its own.
+ *     The spool keeps its entries until the queue is empty after answers
+ *     that were stored (or marked), so recovery finds each id in the
+ *     history or queues the prompt again, whatever order the disk kept (no
+ *     "done" record has to be ordered after the line);
  *   - an answer's last line is appended with fdatasync, which also covers
  *     the user and tool-round lines before it; .reply reports success only
  *     for an answer on disk;
  *   - a history the user writes is replaced atomically (temporary, fsync,
- *     rename, directory fsync) or appended with fdatasync;
- *   - a new messages.jsonl or spool gets a directory fsync when created;
- *   - a failed or short write is rolled back to the old length and its
- *     errno returned; nothing is ever left half written.
- *   - stream and .lmsfs.partial are never synced: stream is a transcript,
- *     and recovery does not trust the partial marker alone.
+ *     rename, directory fsync; the old file put back if that sync fails)
+ *     or appended with fdatasync;
+ *   - a new messages.jsonl or spool made by lmsfs gets a directory fsync;
+ *   - a failed or short write to the history or the spool is rolled back
+ *     to the old length and its errno returned: no line there is ever left
+ *     half written;
+ *   - stream and .lmsfs.partial are never synced: stream is a transcript
+ *     (a failed write may leave part of a token there), and recovery does
+ *     not trust the partial marker alone.
  *
  * Locks: the history is guarded by the conversation's history lock
- * (conv.h: conv_hist_lock), which every caller of store_hist_* that
- * changes the file holds; the spool by the conversation's lock (conv.c);
- * stream and the partial marker are written by the conversation's one
- * worker only (users may append to stream through the mount, O_APPEND).
+ * (conv.h: conv_hist_lock), held by every caller of store_hist_* that
+ * changes the file, except recovery, which runs before anyone else can see
+ * the conversation; whoever cuts or replaces the history also bumps its
+ * generation (conv_hist_replaced), so that a writer holding it open knows.
+ * The spool is guarded by the conversation's lock (conv.c); stream and the
+ * partial marker are written by the conversation's one worker only (users
+ * may append to stream through the mount, O_APPEND).
  */
 #ifndef LMSFS_STORE_H
 #define LMSFS_STORE_H

@@ -631,3 +631,106 @@ def test_append_plus_reader_sees_its_own_appends(fake, mount):
     assert seen == before + new, (
         "an a+ handle read back %r after appending %r" % (seen[-200:], new))
     assert read_text(p) == before + new
+
+
+# ------------------------------- review findings: merges, locks, retries
+
+def test_rename_of_an_invalid_file_racing_retry_does_not_deadlock(fake, mount):
+    """mv of a file that is not a valid history over messages.jsonl while
+    someone writes retry to .ctl: the refused rename must not wait for the
+    conversation's lock while holding the history's (that deadlocked)."""
+    m = smount(mount)
+    c = mkconv(m, "c")
+    prompt(m, "c", "one")
+    reply(m, "c")
+    script = (
+        "end=$(( $(date +%%s) + 3 ))\n"
+        "while [ $(date +%%s) -lt $end ]; do\n"
+        "  printf 'not json\\n' > %s/bad.jsonl\n"
+        "  mv %s/bad.jsonl %s/messages.jsonl 2>/dev/null\n"
+        "done\n" % (q(str(c)), q(str(c)), q(str(c))))
+    loop_retry = (
+        "end=$(( $(date +%%s) + 3 ))\n"
+        "while [ $(date +%%s) -lt $end ]; do\n"
+        "  echo retry > %s/.ctl 2>/dev/null\n"
+        "done\n" % q(str(c)))
+    a = run(["bash", "-c", "( %s ) &\n( %s ) &\nwait" % (script, loop_retry)],
+            timeout=20)
+    assert a.returncode == 0, a.stderr
+    # Still serving: status and a new prompt answer.
+    call_with_timeout(status, m, "c", timeout=5)
+    prompt(m, "c", "after the race")
+    assert reply(m, "c").rstrip("\n") == echo_of("after the race")
+
+
+def test_in_place_edit_after_the_history_was_removed_is_refused(fake, mount):
+    """A writer holding messages.jsonl open (r+) after `rm` of it and a new
+    history appended by lmsfs: its close must not splice a fragment of the
+    new file after its content (a torn line); it is refused with EBUSY and
+    the new history stays."""
+    m = smount(mount)
+    c = mkconv(m, "c")
+    p = c / "messages.jsonl"
+    call_with_timeout(p.write_text, line(user("old")) + line(assistant("a")))
+    f = call_with_timeout(open, p, "r+")
+    try:
+        r = sh(m, "rm c/messages.jsonl")
+        assert r.returncode == 0, r.stderr
+        prompt(m, "c", "new prompt after rm")
+        assert reply(m, "c").rstrip("\n") == echo_of("new prompt after rm")
+        before = read_text(p)
+
+        def rewrite():
+            f.seek(0)
+            f.write(line(user("OLD")) + line(assistant("a")))
+            f.close()
+        with pytest.raises(OSError) as ei:
+            call_with_timeout(rewrite)
+        assert ei.value.errno == errno.EBUSY, ei.value
+    finally:
+        if not f.closed:
+            try:
+                call_with_timeout(f.close)
+            except OSError:
+                pass
+    assert read_text(p) == before
+    parse_history(read_text(p))
+
+
+def test_mv_of_a_snapshot_restores_the_history(fake, mount):
+    """cp messages.jsonl snap; one more turn; mv snap messages.jsonl: the
+    history is the snapshot again (a file closed long ago is not a sed
+    temporary whose appended lines are kept)."""
+    m = smount(mount)
+    c = mkconv(m, "c")
+    prompt(m, "c", "first")
+    reply(m, "c")
+    r = sh(m, "cp c/messages.jsonl c/snap.jsonl")
+    assert r.returncode == 0, r.stderr
+    snap = read_text(c / "snap.jsonl")
+    time.sleep(1.5)  # the snapshot is closed for longer than sed's rename takes
+    prompt(m, "c", "second")
+    reply(m, "c")
+    r = sh(m, "mv c/snap.jsonl c/messages.jsonl")
+    assert r.returncode == 0, r.stderr
+    assert read_text(c / "messages.jsonl") == snap
+
+
+def test_sed_i_keeps_an_answer_appended_while_it_ran(fake, mount):
+    """sed -i on messages.jsonl while an answer is being appended: the
+    edited lines and the answer are both there, once."""
+    m = smount(mount)
+    c = mkconv(m, "c")
+    prompt(m, "c", "alpha")
+    reply(m, "c")
+    fake.routes[CHAT] = Reply(text="slow answer", delay=0.05)
+    prompt(m, "c", "beta")
+    # Edit while beta's answer streams; whatever sed saw is merged once.
+    r = sh(m, "sed -i 's/alpha/ALPHA/' c/messages.jsonl")
+    assert r.returncode == 0, r.stderr
+    reply(m, "c")
+    msgs = plain_hist(m, "c")
+    users = [x["content"] for x in msgs if x["role"] == "user"]
+    assert users == ["ALPHA", "beta"], msgs
+    assert msgs[-1] == assistant("slow answer"), msgs
+    assert [x["role"] for x in msgs] == ["user", "assistant", "user", "assistant"], msgs
