@@ -1,7 +1,9 @@
 /* conv.c - the conversation registry: lookup by name (loading, and
  * recovering what a crash left, on first use), references, mkdir, rmdir,
  * rename, the recovery scan at mount and shutdown. The queue and the
- * worker are in conv_run.c; the lock order is in conv_int.h. */
+ * worker are in conv_run.c, which sits above this file (it hands the
+ * registry a callback for loaded conversations); the lock order is in
+ * conv_int.h. */
 #include "conv.h"
 #include "conv_int.h"
 
@@ -40,6 +42,7 @@ pthread_cond_t conv_workers_cv = PTHREAD_COND_INITIALIZER;
 int conv_n_workers;
 int conv_stopping;
 static int root_fd = -1;
+static conv_loaded_fn loaded; /* set once at init */
 static struct conv *table[NBUCKETS]; /* conv_table_lock */
 
 static unsigned hash(const char *s)
@@ -47,11 +50,12 @@ static unsigned hash(const char *s)
 	return util_strhash(0, s) % NBUCKETS;
 }
 
-int conv_init(const struct config *c, int state_dirfd,
-	      const struct conv_hooks *h)
+int conv_registry_init(const struct config *c, int state_dirfd,
+		       const struct conv_hooks *h, conv_loaded_fn on_loaded)
 {
 	conv_cfg = c;
 	conv_hook = *h;
+	loaded = on_loaded;
 	if (mkdirat(state_dirfd, "conversations", 0700) < 0 && errno != EEXIST)
 		return -errno;
 	root_fd = openat(state_dirfd, "conversations", O_DIRECTORY | O_RDONLY | O_CLOEXEC);
@@ -154,99 +158,16 @@ void conv_note_rejected(struct conv *c, const char *why)
 
 /* Repairs what a crash left (recover.h) and loads the queue; conv_table_lock
  * held, nobody else sees c yet. */
-/* Takes what recovery found into c; c->lock held. */
-static void apply_recovery(struct conv *c, struct recover_result *r)
-{
-	for (size_t i = 0; i < r->npending; i++) {
-		struct job *j = calloc(1, sizeof(*j));
-		if (!j)
-			break;
-		j->seq = ++c->submitted;
-		j->regen = r->pending[i].regen;
-		memcpy(j->id, r->pending[i].id, sizeof(j->id));
-		j->text = r->pending[i].text;
-		r->pending[i].text = NULL;
-		conv_enqueue(c, j);
-	}
-	if (r->interrupted) {
-		c->err = EC_INTERRUPTED;
-		snprintf(c->errmsg, sizeof(c->errmsg),
-			 "the daemon stopped while answering; write retry to .ctl");
-	} else if (r->unanswered) {
-		c->err = EC_INTERRUPTED;
-		snprintf(c->errmsg, sizeof(c->errmsg),
-			 "the last prompt has no answer (the daemon stopped before "
-			 "answering it); write retry to .ctl");
-	}
-	/* After a remount, .reply with nothing pending still gives the last
-	 * answer. */
-	if (r->last_answer && !c->last_text) {
-		c->last_text = r->last_answer;
-		c->last_len = r->last_len;
-		r->last_answer = NULL;
-		c->last_errno = r->last_marked ? errclass_errno(EC_INTERRUPTED) : 0;
-	}
-	if (c->qhead)
-		conv_start_worker(c);
-}
-
-/* The spool cannot be read: say so, and write nothing that would
- * overwrite the prompts in it; c->lock held. */
-static void spool_unreadable(struct conv *c, int err)
-{
-	c->spool_bad = 1;
-	c->err = EC_STORAGE;
-	snprintf(c->errmsg, sizeof(c->errmsg),
-		 "cannot read the prompt queue (%s): new prompts are refused until it "
-		 "can be read",
-		 strerror(-err));
-}
-
-/* Repairs what a crash left (recover.h) and loads the queue; conv_table_lock
- * held, nobody else sees c yet. */
+/* Repairs what a crash left (recover.h) and hands the result to the run
+ * side (conv_run.c); conv_table_lock held, nobody else sees c yet. */
 static void recover(struct conv *c, int dirfd)
 {
 	struct recover_result r;
 	int ret = recover_conversation(dirfd, c->name, &r);
 
-	pthread_mutex_lock(&c->lock);
-	if (ret != 0)
-		spool_unreadable(c, ret);
-	else
-		apply_recovery(c, &r);
-	pthread_mutex_unlock(&c->lock);
-	if (ret != 0)
-		metrics_storage_failure(c->errmsg);
-	else
-		recover_result_free(&r);
-}
-
-int conv_recover_again(struct conv *c)
-{
-	struct recover_result r;
-	int dirfd = conv_dirfd(c), ret;
-	char name[NAME_MAX + 1];
-
-	if (dirfd < 0)
-		return dirfd;
-	conv_name(c, name, sizeof(name));
-	/* No submit can succeed meanwhile (spool_bad), and the history lock
-	 * keeps users' writes out while it is repaired. */
-	pthread_mutex_lock(&c->hist);
-	ret = recover_conversation(dirfd, name, &r);
-	pthread_mutex_unlock(&c->hist);
-	close(dirfd);
-	pthread_mutex_lock(&c->lock);
-	if (ret == 0 && c->spool_bad) {
-		c->spool_bad = 0;
-		c->err = EC_NONE;
-		c->errmsg[0] = '\0';
-		apply_recovery(c, &r);
-	}
-	pthread_mutex_unlock(&c->lock);
+	loaded(c, ret == 0 ? &r : NULL, ret);
 	if (ret == 0)
 		recover_result_free(&r);
-	return ret;
 }
 
 struct conv *conv_get(const char *name)

@@ -76,15 +76,11 @@ extern int conv_stopping;  /* conv_table_lock */
  * -ENOENT once removed). */
 int conv_dirfd(struct conv *c);
 
-/* conv.c: a spool that could not be read at load is read (and the
- * conversation recovered) again; 0 or -errno. No lock held. */
-int conv_recover_again(struct conv *c);
-
-/* conv_run.c, with c->lock held: the in-memory queue (the spool on disk
- * mirrors it) and the worker thread. */
-void conv_enqueue(struct conv *c, struct job *j);
-struct job *conv_dequeue(struct conv *c);
-void conv_start_worker(struct conv *c);
-const char *conv_role_of(cJSON *m);
+/* conv.c: the registry. on_loaded is called, conv_table_lock held, with
+ * what recovery found when a conversation is first loaded. */
+struct recover_result;
+typedef void (*conv_loaded_fn)(struct conv *c, struct recover_result *r, int err);
+int conv_registry_init(const struct config *cfg, int state_dirfd,
+		       const struct conv_hooks *hooks, conv_loaded_fn on_loaded);
 
 #endif

@@ -6,6 +6,7 @@
 
 #include "config.h"
 #include "log.h"
+#include "recover.h"
 #include "metrics.h"
 #include "models.h"
 #include "retry.h"
@@ -38,7 +39,7 @@ static void hist_lock_cb(void *ctx)
 
 /* --- the in-memory queue (the spool on disk mirrors it) -------------- */
 
-void conv_enqueue(struct conv *c, struct job *j)
+static void conv_enqueue(struct conv *c, struct job *j)
 {
 	if (c->qtail)
 		c->qtail->next = j;
@@ -49,7 +50,7 @@ void conv_enqueue(struct conv *c, struct job *j)
 	metrics_queued(1);
 }
 
-struct job *conv_dequeue(struct conv *c)
+static struct job *conv_dequeue(struct conv *c)
 {
 	struct job *j = c->qhead;
 	if (!j)
@@ -63,7 +64,7 @@ struct job *conv_dequeue(struct conv *c)
 	return j;
 }
 
-const char *conv_role_of(cJSON *m)
+static const char *conv_role_of(cJSON *m)
 {
 	cJSON *r = cJSON_GetObjectItemCaseSensitive(m, "role");
 	return cJSON_IsString(r) ? r->valuestring : "";
@@ -102,6 +103,92 @@ static int pay_owed_mark(struct conv *c, int dirfd)
 		pthread_mutex_unlock(&c->lock);
 	}
 	return ret;
+}
+
+/* Takes job j's prompt into the history (after a mark still owed): its
+ * user line carries the prompt's id, so that recovery tells by it whether
+ * the spooled prompt was taken. No fsync: the prompt is durable in the
+ * spool, and the answer's synced append covers this line too. When it
+ * cannot be stored (a full disk) res says why and -errno is returned: the
+ * prompt stays first in the queue, and in the spool, until the next prompt
+ * or a retry takes it again. Worker only. */
+static int take_prompt(struct conv *c, struct job *j, int dirfd, struct gen_result *res)
+{
+	int ret = 0;
+
+	if (c->owed_mark)
+		ret = pay_owed_mark(c, dirfd);
+	if (ret == 0 && !j->regen) {
+		char *line = store_user_line(j->text, j->id);
+		pthread_mutex_lock(&c->hist);
+		ret = line ? store_hist_append(dirfd, line, strlen(line), STORE_CREATE, NULL)
+			   : -ENOMEM;
+		pthread_mutex_unlock(&c->hist);
+		free(line);
+	}
+	if (ret == 0)
+		return 0;
+	res->err = EC_STORAGE;
+	res->sys_errno = -ret;
+	snprintf(res->errmsg, sizeof(res->errmsg),
+		 "cannot store the prompt in messages.jsonl: %s; it stays queued (send a "
+		 "prompt or write retry to .ctl when there is room)",
+		 strerror(-ret));
+	store_mark(dirfd, "[lmsfs] error storage: %s", res->errmsg);
+	return ret;
+}
+
+/* Counts, logs and keeps the outcome of job j for .status and .reply. A
+ * stalled job stays queued unless a prompt was submitted since it started
+ * (sub_start): that one may have found room, so the worker tries again. */
+static void record(struct conv *c, struct job *j, struct gen_result *res, const char *name,
+		   int stalled, uint64_t sub_start)
+{
+	double took = now_s() - dbl_get(&c->progress.started);
+
+	metrics_answer(res->err == EC_NONE);
+	if (res->err == EC_STORAGE)
+		metrics_storage_failure(res->errmsg);
+	else if (res->err != EC_NONE)
+		metrics_failure(res->err);
+	if (res->prompt_tokens > 0 || res->completion_tokens > 0)
+		metrics_tokens(res->prompt_tokens > 0 ? res->prompt_tokens : 0,
+			       res->completion_tokens > 0 ? res->completion_tokens : 0);
+	if (res->ttft >= 0)
+		metrics_ttft(res->ttft);
+	metrics_gen_time(took);
+	log_info("conversation=%s model=%s tokens_in=%ld tokens_out=%ld ttft_ms=%.0f "
+		 "duration_ms=%.0f attempts=%d outcome=%s%s%s",
+		 name, res->model[0] ? res->model : "-", res->prompt_tokens,
+		 res->completion_tokens > 0
+			 ? res->completion_tokens
+			 : __atomic_load_n(&c->progress.tokens, __ATOMIC_RELAXED),
+		 res->ttft >= 0 ? res->ttft * 1000 : -1, took * 1000, res->attempts,
+		 res->err ? errclass_name(res->err) : "ok", res->err ? ": " : "",
+		 res->err ? res->errmsg : "");
+
+	pthread_mutex_lock(&c->lock);
+	c->generating = 0;
+	c->stalled = stalled && c->submitted == sub_start;
+	if (res->unmarked)
+		c->owed_mark = 1;
+	c->finished = j->seq;
+	c->err = res->err;
+	snprintf(c->errmsg, sizeof(c->errmsg), "%s", res->err ? res->errmsg : "");
+	free(c->last_text);
+	c->last_len = res->text.len;
+	c->last_text = buf_take(&res->text);
+	c->last_errno = res->sys_errno ? res->sys_errno : res->err ? errclass_errno(res->err) : 0;
+	snprintf(c->model, sizeof(c->model), "%s", res->model);
+	c->ttft = res->ttft;
+	c->tps = res->tps;
+	c->prompt_tokens = res->prompt_tokens;
+	c->completion_tokens = res->completion_tokens;
+	snprintf(c->finish, sizeof(c->finish), "%s", res->finish);
+	c->attempts = res->attempts;
+	c->retries = res->retries;
+	c->finished_at = now_s();
+	pthread_mutex_unlock(&c->lock);
 }
 
 static void *worker(void *arg)
@@ -180,34 +267,7 @@ static void *worker(void *arg)
 					      .hist_unlock = hist_unlock_cb,
 					      .hist_replaced = hist_replaced_cb,
 					      .ctx = c};
-			int ret = 0;
-			if (c->owed_mark)
-				ret = pay_owed_mark(c, dirfd);
-			if (ret == 0 && !j->regen) {
-				/* The line carries the prompt's id: recovery tells by it
-				 * whether the spooled prompt was taken. No fsync here: the
-				 * prompt is durable in the spool, and the answer's synced
-				 * append covers this line too. */
-				char *line = store_user_line(j->text, j->id);
-				pthread_mutex_lock(&c->hist);
-				ret = line ? store_hist_append(dirfd, line, strlen(line), STORE_CREATE,
-							       NULL)
-					   : -ENOMEM;
-				pthread_mutex_unlock(&c->hist);
-				free(line);
-			}
-			if (ret != 0) {
-				/* The prompt cannot go into the history (a full disk):
-				 * it stays first in the queue, and in the spool, until
-				 * the next prompt or a retry takes it again. */
-				res.err = EC_STORAGE;
-				res.sys_errno = -ret;
-				snprintf(res.errmsg, sizeof(res.errmsg),
-					 "cannot store the prompt in messages.jsonl: %s; it stays "
-					 "queued (send a prompt or write retry to .ctl when there "
-					 "is room)",
-					 strerror(-ret));
-				store_mark(dirfd, "[lmsfs] error storage: %s", res.errmsg);
+			if (take_prompt(c, j, dirfd, &res) != 0) {
 				stalled = 1;
 			} else {
 				pthread_mutex_lock(&c->lock);
@@ -232,50 +292,7 @@ static void *worker(void *arg)
 			pthread_mutex_unlock(&c->lock);
 		}
 
-		metrics_answer(res.err == EC_NONE);
-		if (res.err == EC_STORAGE)
-			metrics_storage_failure(res.errmsg);
-		else if (res.err != EC_NONE)
-			metrics_failure(res.err);
-		if (res.prompt_tokens > 0 || res.completion_tokens > 0)
-			metrics_tokens(res.prompt_tokens > 0 ? res.prompt_tokens : 0,
-				       res.completion_tokens > 0 ? res.completion_tokens : 0);
-		if (res.ttft >= 0)
-			metrics_ttft(res.ttft);
-		metrics_gen_time(now_s() - c->progress.started);
-		log_info("conversation=%s model=%s tokens_in=%ld tokens_out=%ld ttft_ms=%.0f "
-			 "duration_ms=%.0f attempts=%d outcome=%s%s%s",
-			 name, res.model[0] ? res.model : "-", res.prompt_tokens,
-			 res.completion_tokens > 0 ? res.completion_tokens : c->progress.tokens,
-			 res.ttft >= 0 ? res.ttft * 1000 : -1,
-			 (now_s() - c->progress.started) * 1000, res.attempts,
-			 res.err ? errclass_name(res.err) : "ok", res.err ? ": " : "",
-			 res.err ? res.errmsg : "");
-
-		pthread_mutex_lock(&c->lock);
-		c->generating = 0;
-		/* A prompt submitted meanwhile may have found room: try again. */
-		c->stalled = stalled && c->submitted == sub_start;
-		if (res.unmarked)
-			c->owed_mark = 1;
-		c->finished = j->seq;
-		c->err = res.err;
-		snprintf(c->errmsg, sizeof(c->errmsg), "%s", res.err ? res.errmsg : "");
-		free(c->last_text);
-		c->last_len = res.text.len;
-		c->last_text = buf_take(&res.text);
-		c->last_errno = res.sys_errno ? res.sys_errno
-				: res.err ? errclass_errno(res.err) : 0;
-		snprintf(c->model, sizeof(c->model), "%s", res.model);
-		c->ttft = res.ttft;
-		c->tps = res.tps;
-		c->prompt_tokens = res.prompt_tokens;
-		c->completion_tokens = res.completion_tokens;
-		snprintf(c->finish, sizeof(c->finish), "%s", res.finish);
-		c->attempts = res.attempts;
-		c->retries = res.retries;
-		c->finished_at = now_s();
-		pthread_mutex_unlock(&c->lock);
+		record(c, j, &res, name, stalled, sub_start);
 		gen_result_free(&res);
 		if (!stalled) {
 			free(j->text);
@@ -294,7 +311,7 @@ static void *worker(void *arg)
 }
 
 /* c->lock held; conv_table_lock may be held (conv_get) or not. */
-void conv_start_worker(struct conv *c)
+static void conv_start_worker(struct conv *c)
 {
 	pthread_t t;
 	pthread_attr_t a;
@@ -320,6 +337,105 @@ void conv_start_worker(struct conv *c)
 
 /* --- prompts and control ---------------------------------------------- */
 
+/* --- loading ------------------------------------------------------------ */
+
+/* Takes what recovery found into c; c->lock held. */
+static void apply_recovery(struct conv *c, struct recover_result *r)
+{
+	for (size_t i = 0; i < r->npending; i++) {
+		struct job *j = calloc(1, sizeof(*j));
+		if (!j)
+			break;
+		j->seq = ++c->submitted;
+		j->regen = r->pending[i].regen;
+		memcpy(j->id, r->pending[i].id, sizeof(j->id));
+		j->text = r->pending[i].text;
+		r->pending[i].text = NULL;
+		conv_enqueue(c, j);
+	}
+	if (r->interrupted) {
+		c->err = EC_INTERRUPTED;
+		snprintf(c->errmsg, sizeof(c->errmsg),
+			 "the daemon stopped while answering; write retry to .ctl");
+	} else if (r->unanswered) {
+		c->err = EC_INTERRUPTED;
+		snprintf(c->errmsg, sizeof(c->errmsg),
+			 "the last prompt has no answer (the daemon stopped before "
+			 "answering it); write retry to .ctl");
+	}
+	/* After a remount, .reply with nothing pending still gives the last
+	 * answer. */
+	if (r->last_answer && !c->last_text) {
+		c->last_text = r->last_answer;
+		c->last_len = r->last_len;
+		r->last_answer = NULL;
+		c->last_errno = r->last_marked ? errclass_errno(EC_INTERRUPTED) : 0;
+	}
+	if (c->qhead)
+		conv_start_worker(c);
+}
+
+/* The spool cannot be read: say so, and write nothing that would
+ * overwrite the prompts in it; c->lock held. */
+static void spool_unreadable(struct conv *c, int err)
+{
+	c->spool_bad = 1;
+	c->err = EC_STORAGE;
+	snprintf(c->errmsg, sizeof(c->errmsg),
+		 "cannot read the prompt queue (%s): new prompts are refused until it "
+		 "can be read",
+		 strerror(-err));
+}
+
+/* A conversation was loaded: its recovery's result (NULL and an error when
+ * it could not read the spool or the history). */
+static void on_loaded(struct conv *c, struct recover_result *r, int err)
+{
+	pthread_mutex_lock(&c->lock);
+	if (err != 0)
+		spool_unreadable(c, err);
+	else
+		apply_recovery(c, r);
+	pthread_mutex_unlock(&c->lock);
+	if (err != 0)
+		metrics_storage_failure(c->errmsg);
+}
+
+int conv_init(const struct config *cfg, int state_dirfd, const struct conv_hooks *hooks)
+{
+	return conv_registry_init(cfg, state_dirfd, hooks, on_loaded);
+}
+
+static int recover_again(struct conv *c)
+{
+	struct recover_result r;
+	int dirfd = conv_dirfd(c), ret;
+	char name[NAME_MAX + 1];
+
+	if (dirfd < 0)
+		return dirfd;
+	conv_name(c, name, sizeof(name));
+	/* No submit can succeed meanwhile (spool_bad), and the history lock
+	 * keeps users' writes out while it is repaired. */
+	pthread_mutex_lock(&c->hist);
+	ret = recover_conversation(dirfd, name, &r);
+	pthread_mutex_unlock(&c->hist);
+	close(dirfd);
+	pthread_mutex_lock(&c->lock);
+	if (ret == 0 && c->spool_bad) {
+		c->spool_bad = 0;
+		c->err = EC_NONE;
+		c->errmsg[0] = '\0';
+		apply_recovery(c, &r);
+	}
+	pthread_mutex_unlock(&c->lock);
+	if (ret == 0)
+		recover_result_free(&r);
+	return ret;
+}
+
+/* --- prompts and control -------------------------------------------------- */
+
 int conv_precheck(struct conv *c, char *why, size_t whylen)
 {
 	int bad, ret;
@@ -331,7 +447,7 @@ int conv_precheck(struct conv *c, char *why, size_t whylen)
 	bad = c->spool_bad;
 	pthread_mutex_unlock(&c->lock);
 	/* A spool unreadable at load may be readable now. */
-	if (bad && (ret = conv_recover_again(c)) != 0) {
+	if (bad && (ret = recover_again(c)) != 0) {
 		snprintf(why, whylen, "cannot read the prompt queue: %s", strerror(-ret));
 		return -EIO;
 	}
@@ -531,101 +647,3 @@ out:
 	return ret;
 }
 
-uint64_t conv_wait_target(struct conv *c)
-{
-	uint64_t t;
-	pthread_mutex_lock(&c->lock);
-	/* A prompt stuck for room has its failure to tell now. */
-	t = c->stalled ? c->finished : c->submitted;
-	pthread_mutex_unlock(&c->lock);
-	return t;
-}
-
-int conv_answer(struct conv *c, uint64_t seq, char **text, size_t *len, int *err)
-{
-	int done;
-	pthread_mutex_lock(&c->lock);
-	done = c->finished >= seq;
-	if (done) {
-		*len = c->last_text ? c->last_len : 0;
-		*text = malloc(*len + 1);
-		*err = c->last_errno;
-		if (*text) {
-			if (*len)
-				memcpy(*text, c->last_text, *len);
-			(*text)[*len] = '\0';
-		} else {
-			*len = 0;
-			*err = ENOMEM;
-		}
-	}
-	pthread_mutex_unlock(&c->lock);
-	return done;
-}
-
-char *conv_status_json(struct conv *c)
-{
-	cJSON *o = cJSON_CreateObject(), *e, *l;
-	char *s;
-	const char *state;
-
-	pthread_mutex_lock(&conv_table_lock);
-	cJSON_AddStringToObject(o, "name", c->name);
-	pthread_mutex_unlock(&conv_table_lock);
-	pthread_mutex_lock(&c->lock);
-	if (c->generating)
-		state = "generating";
-	else if (c->stalled)
-		state = "failed";
-	else if (c->qhead)
-		state = "queued";
-	else if (c->err != EC_NONE)
-		state = "failed";
-	else
-		state = "idle";
-	cJSON_AddStringToObject(o, "state", state);
-	cJSON_AddNumberToObject(o, "queued", c->qlen);
-	cJSON_AddNumberToObject(o, "submitted", (double)c->submitted);
-	cJSON_AddNumberToObject(o, "answered", (double)c->finished);
-	if (c->generating) {
-		cJSON *g = cJSON_AddObjectToObject(o, "generating");
-		double now = now_s(), ft = dbl_get(&c->progress.first_token);
-		long toks = __atomic_load_n(&c->progress.tokens, __ATOMIC_RELAXED);
-		cJSON_AddNumberToObject(g, "tokens", toks);
-		cJSON_AddNumberToObject(g, "elapsed_ms",
-					(now - dbl_get(&c->progress.started)) * 1000);
-		if (ft > 0 && now > ft)
-			cJSON_AddNumberToObject(g, "tokens_per_second",
-						toks / (now - ft));
-	}
-	if (c->err != EC_NONE) {
-		e = cJSON_AddObjectToObject(o, "error");
-		cJSON_AddStringToObject(e, "class", errclass_name(c->err));
-		cJSON_AddStringToObject(e, "message", c->errmsg);
-	} else {
-		cJSON_AddNullToObject(o, "error");
-	}
-	if (c->finished_at > 0) {
-		l = cJSON_AddObjectToObject(o, "last");
-		cJSON_AddStringToObject(l, "model", c->model);
-		if (c->ttft >= 0)
-			cJSON_AddNumberToObject(l, "ttft_ms", c->ttft * 1000);
-		if (c->tps >= 0)
-			cJSON_AddNumberToObject(l, "tokens_per_second", c->tps);
-		if (c->prompt_tokens >= 0 || c->completion_tokens >= 0) {
-			cJSON *u = cJSON_AddObjectToObject(l, "usage");
-			cJSON_AddNumberToObject(u, "prompt_tokens", (double)c->prompt_tokens);
-			cJSON_AddNumberToObject(u, "completion_tokens",
-						(double)c->completion_tokens);
-		}
-		cJSON_AddStringToObject(l, "finish_reason", c->finish);
-		cJSON_AddNumberToObject(l, "attempts", c->attempts);
-		cJSON_AddNumberToObject(l, "retries", c->retries);
-	}
-	if (c->rejected[0])
-		cJSON_AddStringToObject(o, "rejected_write", c->rejected);
-	pthread_mutex_unlock(&c->lock);
-	s = json_text_file(o);
-	cJSON_Delete(o);
-	return s;
-}

@@ -42,7 +42,7 @@ static int dir_add(struct dirh *d, const char *name, unsigned char type)
 	return 0;
 }
 
-void dir_free(struct dirh *d)
+static void dir_free(struct dirh *d)
 {
 	hlink_del(&d->link);
 	for (size_t i = 0; i < d->n; i++)
@@ -50,6 +50,11 @@ void dir_free(struct dirh *d)
 	free(d->names);
 	free(d->types);
 	free(d);
+}
+
+static void dir_free_link(struct hlink *l)
+{
+	dir_free((struct dirh *)l);
 }
 
 static int list_backing(struct dirh *d, int dfd, const char *rel, int dirs_only)
@@ -95,7 +100,7 @@ void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
-	hlink_add(&d->link, 1);
+	hlink_add(&d->link, 1, dir_free_link);
 	dir_add(d, ".", DT_DIR);
 	dir_add(d, "..", DT_DIR);
 	switch (ni.kind) {

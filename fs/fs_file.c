@@ -10,7 +10,6 @@
 #include "health.h"
 #include "log.h"
 #include "metrics.h"
-#include "ops.h"
 #include "store.h"
 #include "tooldef.h"
 
@@ -23,36 +22,27 @@
 
 /* --- handles -------------------------------------------------------------- */
 
-static pthread_mutex_t handles_lock = PTHREAD_MUTEX_INITIALIZER;
-
-static struct hlink handles = {&handles, &handles, 0};
-
-void hlink_add(struct hlink *l, int is_dir)
+static void fh_free_link(struct hlink *l)
 {
-	l->is_dir = is_dir;
-	pthread_mutex_lock(&handles_lock);
-	l->next = handles.next;
-	l->prev = &handles;
-	handles.next->prev = l;
-	handles.next = l;
-	pthread_mutex_unlock(&handles_lock);
+	fh_free((struct fh *)l);
+}
+
+struct fh_each_arg {
+	void (*fn)(struct fh *f, void *arg);
+	void *arg;
+};
+
+static void each_file(struct hlink *l, void *arg)
+{
+	struct fh_each_arg *a = arg;
+	if (!l->is_dir)
+		a->fn((struct fh *)l, a->arg);
 }
 
 void fh_each(void (*fn)(struct fh *f, void *arg), void *arg)
 {
-	pthread_mutex_lock(&handles_lock);
-	for (struct hlink *l = handles.next; l != &handles; l = l->next)
-		if (!l->is_dir)
-			fn((struct fh *)l, arg);
-	pthread_mutex_unlock(&handles_lock);
-}
-
-void hlink_del(struct hlink *l)
-{
-	pthread_mutex_lock(&handles_lock);
-	l->prev->next = l->next;
-	l->next->prev = l->prev;
-	pthread_mutex_unlock(&handles_lock);
+	struct fh_each_arg a = {fn, arg};
+	hlink_each(each_file, &a);
 }
 
 struct fh *fh_new(const struct file_ops *ops, uint64_t ino)
@@ -66,7 +56,7 @@ struct fh *fh_new(const struct file_ops *ops, uint64_t ino)
 	f->ino = ino;
 	pthread_mutex_init(&f->lock, NULL);
 	buf_init(&f->data, 0);
-	hlink_add(&f->link, 0);
+	hlink_add(&f->link, 0, fh_free_link);
 	return f;
 }
 
@@ -87,22 +77,6 @@ void fh_free(struct fh *f)
 struct fh *FH(struct fuse_file_info *fi)
 {
 	return (struct fh *)(uintptr_t)fi->fh;
-}
-
-void ops_cleanup(void)
-{
-	for (;;) {
-		struct hlink *l;
-		pthread_mutex_lock(&handles_lock);
-		l = handles.next == &handles ? NULL : handles.next;
-		pthread_mutex_unlock(&handles_lock);
-		if (!l)
-			break;
-		if (l->is_dir)
-			dir_free((struct dirh *)l);
-		else
-			fh_free((struct fh *)l);
-	}
 }
 
 /* --- replies --------------------------------------------------------------- */

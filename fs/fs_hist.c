@@ -19,68 +19,6 @@
 #include <string.h>
 #include <unistd.h>
 
-/* Files created in a conversation (sed's temporary) remember the history's
- * size and generation at that moment: renamed over messages.jsonl while
- * still open or at most TEMP_GRACE seconds after closing, they keep what
- * lmsfs appended meanwhile. A file closed longer ago (a snapshot restored
- * with mv) replaces the history as it is. A small table; the oldest entry
- * goes first. temps_lock is a leaf. */
-#define NTEMPS 32
-#define TEMP_GRACE 1.0
-
-static struct tempbase {
-	char conv[NAME_MAX + 1];
-	char name[NAME_MAX + 1];
-	off_t size;
-	uint64_t gen;
-	double closed_at;    /* now_s() at release; 0 while open */
-	unsigned long stamp; /* 0: free */
-} temps[NTEMPS];           /* temps_lock */
-static unsigned long temps_clock; /* temps_lock */
-static pthread_mutex_t temps_lock = PTHREAD_MUTEX_INITIALIZER;
-
-void temp_remember(const char *conv, const char *name)
-{
-	struct conv *c;
-	struct tempbase t = {.stamp = 1};
-	int dfd, slot = 0;
-	off_t size;
-
-	if (is_special_file(name) || !(c = conv_get(conv)))
-		return;
-	dfd = conv_dir(conv);
-	if (dfd >= 0) {
-		conv_hist_lock(c);
-		size = store_hist_size(dfd);
-		t.size = size > 0 ? size : 0;
-		t.gen = conv_hist_gen(c);
-		conv_hist_unlock(c);
-		close(dfd);
-	}
-	conv_put(c);
-	if (dfd < 0)
-		return;
-	snprintf(t.conv, sizeof(t.conv), "%s", conv);
-	snprintf(t.name, sizeof(t.name), "%s", name);
-	pthread_mutex_lock(&temps_lock);
-	for (int i = 1; i < NTEMPS; i++)
-		if (temps[i].stamp < temps[slot].stamp)
-			slot = i;
-	t.stamp = ++temps_clock;
-	temps[slot] = t;
-	pthread_mutex_unlock(&temps_lock);
-}
-
-void temp_closed(const char *conv, const char *name)
-{
-	pthread_mutex_lock(&temps_lock);
-	for (int i = 0; i < NTEMPS; i++)
-		if (temps[i].stamp && !strcmp(temps[i].conv, conv) &&
-		    !strcmp(temps[i].name, name))
-			temps[i].closed_at = now_s();
-	pthread_mutex_unlock(&temps_lock);
-}
-
 /* Whole-history check of f->data from f->checked on; final says the last
  * line is complete even without a newline. */
 static int hist_check(struct fh *f, int final, char *why, size_t whylen)
@@ -113,11 +51,6 @@ static int hist_check(struct fh *f, int final, char *why, size_t whylen)
 	return 0;
 }
 
-/* A conversation's directory, opened without following symlinks. */
-int conv_dir(const char *conv)
-{
-	return fsio_open(conv_root_fd(), conv, O_RDONLY | O_DIRECTORY, 0);
-}
 
 /* A write to disk failed: counted, logged, kept for health. */
 static void note_storage(const char *conv, const char *what, int err)
@@ -421,25 +354,6 @@ void hist_note_times(uint64_t ino, int to_set, const struct stat *attr)
 {
 	struct times_arg t = {ino, to_set, attr};
 	fh_each(note_times, &t);
-}
-
-/* Takes the entry for conv/name; 0 when found. */
-static int temp_take(const char *conv, const char *name, off_t *size, uint64_t *gen)
-{
-	int ret = -ENOENT;
-	pthread_mutex_lock(&temps_lock);
-	for (int i = 0; i < NTEMPS; i++)
-		if (temps[i].stamp && !strcmp(temps[i].conv, conv) &&
-		    !strcmp(temps[i].name, name)) {
-			*size = temps[i].size;
-			*gen = temps[i].gen;
-			temps[i].stamp = 0;
-			if (temps[i].closed_at == 0 || now_s() - temps[i].closed_at <= TEMP_GRACE)
-				ret = 0;
-			break;
-		}
-	pthread_mutex_unlock(&temps_lock);
-	return ret;
 }
 
 /* Renames conversation file `name` over messages.jsonl: checked whole;

@@ -7,10 +7,12 @@
  *   fs_special.c  which names are special and their attributes
  *   fs_tree.c     lookup, getattr, setattr and the namespace operations
  *   fs_dir.c      directory listings
+ *   fs_handle.c   the list of open handles, freed at exit
  *   fs_file.c     file handles and their dispatch; plain files, stream,
  *                 generated files
  *   fs_prompt.c   prompt and .ctl
  *   fs_hist.c     messages.jsonl written by users: checks, commits, merges
+ *   fs_temp.c     temporaries renamed over messages.jsonl (sed -i)
  *   fs_wait.c     .reply readers that wait without holding a thread
  *   ops.c         the operations table, init and shutdown
  *
@@ -88,6 +90,8 @@ int is_hidden_ctl(const char *name, enum kind *k);
 int is_special_file(const char *name);
 /* "conv/name" relative to the conversations directory. */
 int cpath(char *out, size_t n, const char *conv, const char *name);
+/* A conversation's directory, opened without following symlinks. */
+int conv_dir(const char *conv);
 /* The JSON of the loaded model whose file name is fname (malloc'd). */
 char *model_json(const char *fname);
 /* The kind of file a node is (NULL: a directory). */
@@ -95,15 +99,20 @@ const struct file_ops *special_ops(const struct nodeinfo *ni);
 /* Attributes of a node (ino 0: not yet numbered). */
 int attr_of(uint64_t ino, const struct nodeinfo *ni, struct stat *st);
 
-/* --- fs_file.c ----------------------------------------------------------- */
+/* --- fs_handle.c --------------------------------------------------------- */
 
 struct hlink {
 	struct hlink *prev, *next; /* handles_lock */
 	int is_dir;
+	void (*free)(struct hlink *l); /* frees the handle (and unlinks it) */
 };
 
-void hlink_add(struct hlink *l, int is_dir);
+void hlink_add(struct hlink *l, int is_dir, void (*free_fn)(struct hlink *l));
 void hlink_del(struct hlink *l);
+/* Calls fn on every listed handle, handles_lock held. */
+void hlink_each(void (*fn)(struct hlink *l, void *arg), void *arg);
+
+/* --- fs_file.c ----------------------------------------------------------- */
 
 /* How the kernel may cache a file's data (set when opening). */
 enum { CACHE_PAGES = 0, CACHE_NONE = 1, CACHE_KEEP = 2 };
@@ -207,24 +216,27 @@ void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_inf
 
 /* --- fs_hist.c ----------------------------------------------------------- */
 
-/* A conversation's directory, opened without following symlinks. */
-int conv_dir(const char *conv);
 /* Times or mode set on messages.jsonl while a writer holds it open. */
 void hist_note_times(uint64_t ino, int to_set, const struct stat *attr);
-/* A file created in a conversation (a temporary to rename over). */
-void temp_remember(const char *conv, const char *name);
-/* ... and closed (a temporary's merge window starts). */
-void temp_closed(const char *conv, const char *name);
 /* Renames conversation file name over messages.jsonl (history lock held;
  * on -EINVAL/-EBUSY why says why, to report after unlocking). */
 int rename_over_history(struct conv *c, const char *conv, const char *name,
 			const char *from, const char *to, unsigned flags, char *why,
 			size_t whylen);
 
+/* --- fs_temp.c ----------------------------------------------------------- */
+
+/* A file created in a conversation (maybe a temporary to rename over). */
+void temp_remember(const char *conv, const char *name);
+/* ... and closed (a temporary's merge window starts). */
+void temp_closed(const char *conv, const char *name);
+/* Takes the entry for conv/name: 0 and the history's size and generation
+ * when the file was created, if it is still open or was closed just now;
+ * -ENOENT otherwise. */
+int temp_take(const char *conv, const char *name, off_t *size, uint64_t *gen);
+
 /* --- fs_dir.c ------------------------------------------------------------ */
 
-struct dirh;
-void dir_free(struct dirh *d);
 void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
 void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		struct fuse_file_info *fi);

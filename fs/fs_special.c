@@ -4,6 +4,7 @@
 #include "fs_int.h"
 
 #include "conv.h"
+#include "fsio.h"
 #include "models.h"
 #include "names.h"
 #include "store.h"
@@ -106,6 +107,12 @@ int cpath(char *out, size_t n, const char *conv, const char *name)
 {
 	int len = snprintf(out, n, "%s/%s", conv, name);
 	return (len < 0 || (size_t)len >= n) ? -ENAMETOOLONG : 0;
+}
+
+/* A conversation's directory, opened without following symlinks. */
+int conv_dir(const char *conv)
+{
+	return fsio_open(conv_root_fd(), conv, O_RDONLY | O_DIRECTORY, 0);
 }
 
 /* The JSON of the loaded model whose file name is fname (malloc'd), or
