@@ -37,8 +37,6 @@
 
 /* Longest line accepted in a config file (a long system_prompt). */
 #define CONFIG_LINE_MAX (64 * 1024)
-/* Longest numeric value text looked at. */
-#define NUM_TEXT_MAX 64
 
 enum ktype {
 	K_URL,	     /* base_url */
@@ -156,202 +154,6 @@ static const struct key *key_find(const char *name)
 #define FIELD(c, k, type) ((type *)((char *)(c) + (k)->off))
 #define CFIELD(c, k, type) ((const type *)((const char *)(c) + (k)->off))
 
-/* ---- number parsing ---------------------------------------------------- */
-
-/* Copies s without surrounding whitespace into out. Returns -1 when it does
- * not fit (no number is that long). */
-static int trim_copy(const char *s, char *out, size_t outlen)
-{
-	size_t n;
-
-	while (isspace((unsigned char)*s))
-		s++;
-	n = strlen(s);
-	while (n && isspace((unsigned char)s[n - 1]))
-		n--;
-	if (n >= outlen)
-		return -1;
-	memcpy(out, s, n);
-	out[n] = '\0';
-	return 0;
-}
-
-/* Reads [sign] digits [. digits] from s; returns the characters used, 0 when
- * there is no number. The digits are gathered into one integer and divided
- * once, so "0.7" gives the double closest to 0.7. */
-static size_t scan_decimal(const char *s, int sign_ok, double *out)
-{
-	double mant = 0, scale = 1;
-	size_t i = 0;
-	int neg = 0, digits = 0;
-
-	if (sign_ok && (s[0] == '-' || s[0] == '+')) {
-		neg = s[0] == '-';
-		i++;
-	}
-	for (; isdigit((unsigned char)s[i]); i++, digits++)
-		mant = mant * 10 + (s[i] - '0');
-	if (s[i] == '.') {
-		for (i++; isdigit((unsigned char)s[i]); i++, digits++) {
-			mant = mant * 10 + (s[i] - '0');
-			scale *= 10;
-		}
-	}
-	if (!digits || digits > 30)
-		return 0;
-	*out = (neg ? -mant : mant) / scale;
-	return i;
-}
-
-/* A duration; plain numbers are in units of unit_ms. */
-static int parse_duration(const char *s, long unit_ms, long *out)
-{
-	char t[NUM_TEXT_MAX];
-	double v, mult;
-	size_t i;
-	const char *u;
-
-	if (trim_copy(s, t, sizeof(t)))
-		return -EINVAL;
-	i = scan_decimal(t, 0, &v);
-	if (!i)
-		return -EINVAL;
-	u = t + i;
-	while (*u == ' ')
-		u++;
-	if (*u == '\0')
-		mult = (double)unit_ms;
-	else if (strcasecmp(u, "ms") == 0)
-		mult = 1;
-	else if (strcasecmp(u, "s") == 0)
-		mult = 1000;
-	else if (strcasecmp(u, "m") == 0)
-		mult = 60000;
-	else
-		return -EINVAL;
-	v = round(v * mult);
-	if (v > (double)LONG_MAX / 2)
-		return -EINVAL;
-	*out = (long)v;
-	return 0;
-}
-
-int config_parse_duration_ms(const char *s, long *out)
-{
-	return s ? parse_duration(s, 1000, out) : -EINVAL;
-}
-
-int config_parse_size(const char *s, long *out)
-{
-	char t[NUM_TEXT_MAX];
-	double v, mult = 1;
-	const char *u;
-	size_t i;
-
-	if (!s || trim_copy(s, t, sizeof(t)))
-		return -EINVAL;
-	i = scan_decimal(t, 0, &v);
-	if (!i)
-		return -EINVAL;
-	u = t + i;
-	while (*u == ' ')
-		u++;
-	switch (tolower((unsigned char)*u)) {
-	case 'k':
-		mult = 1024.0;
-		break;
-	case 'm':
-		mult = 1024.0 * 1024;
-		break;
-	case 'g':
-		mult = 1024.0 * 1024 * 1024;
-		break;
-	case 'b':
-	case '\0':
-		break;
-	default:
-		return -EINVAL;
-	}
-	if (mult > 1) {
-		u++;
-		if (strcasecmp(u, "ib") == 0)
-			u += 2;
-		else if (tolower((unsigned char)*u) == 'b')
-			u++;
-	} else if (*u) {
-		u++; /* "B" */
-	}
-	if (*u)
-		return -EINVAL;
-	v = floor(v * mult);
-	if (v > (double)LONG_MAX / 2)
-		return -EINVAL;
-	*out = (long)v;
-	return 0;
-}
-
-int config_parse_bool(const char *s, int *out)
-{
-	static const char *const yes[] = {"true", "yes", "on", "1"};
-	static const char *const no[] = {"false", "no", "off", "0"};
-	char t[NUM_TEXT_MAX];
-	size_t i;
-
-	if (!s || trim_copy(s, t, sizeof(t)))
-		return -EINVAL;
-	for (i = 0; i < 4; i++) {
-		if (strcasecmp(t, yes[i]) == 0) {
-			*out = 1;
-			return 0;
-		}
-		if (strcasecmp(t, no[i]) == 0) {
-			*out = 0;
-			return 0;
-		}
-	}
-	return -EINVAL;
-}
-
-static int parse_long(const char *s, long *out)
-{
-	char t[NUM_TEXT_MAX];
-	char *end;
-	long v;
-
-	if (trim_copy(s, t, sizeof(t)) || !t[0])
-		return -EINVAL;
-	errno = 0;
-	v = strtol(t, &end, 10);
-	if (*end || errno)
-		return -EINVAL;
-	*out = v;
-	return 0;
-}
-
-static int parse_double(const char *s, double *out)
-{
-	char t[NUM_TEXT_MAX];
-	size_t i;
-
-	if (trim_copy(s, t, sizeof(t)))
-		return -EINVAL;
-	i = scan_decimal(t, 1, out);
-	return i && t[i] == '\0' ? 0 : -EINVAL;
-}
-
-static int parse_choice(const char *s, const char *const *names, int n)
-{
-	char t[NUM_TEXT_MAX];
-	int i;
-
-	if (trim_copy(s, t, sizeof(t)))
-		return -1;
-	for (i = 0; i < n; i++)
-		if (strcasecmp(t, names[i]) == 0)
-			return i;
-	return -1;
-}
-
 /* ---- ranges ------------------------------------------------------------ */
 
 /* Checks v against the key's range; text is the value as the user wrote it
@@ -414,64 +216,6 @@ static int url_check(const char *url, char *err, size_t errlen)
 
 /* ---- setting ----------------------------------------------------------- */
 
-static void free_list(char **list)
-{
-	size_t i;
-
-	if (!list)
-		return;
-	for (i = 0; list[i]; i++)
-		free(list[i]);
-	free(list);
-}
-
-/* Splits "a, b c" into a NULL-terminated list; *list is NULL when there are
- * no names. */
-static int split_list(const char *s, char ***list, size_t *n)
-{
-	static const char seps[] = ", \t\r\n";
-	char **v;
-	size_t count = 0, i = 0, len;
-	const char *p;
-
-	for (p = s + strspn(s, seps); *p; p += len, p += strspn(p, seps)) {
-		len = strcspn(p, seps);
-		count++;
-	}
-	*list = NULL;
-	*n = 0;
-	if (!count)
-		return 0;
-	v = calloc(count + 1, sizeof(*v));
-	if (!v)
-		return -ENOMEM;
-	for (p = s + strspn(s, seps); *p; p += len, p += strspn(p, seps)) {
-		len = strcspn(p, seps);
-		v[i] = strndup(p, len);
-		if (!v[i]) {
-			free_list(v);
-			return -ENOMEM;
-		}
-		i++;
-	}
-	*list = v;
-	*n = count;
-	return 0;
-}
-
-static char *expand_home(const char *s)
-{
-	const char *home = getenv("HOME");
-	char *out;
-
-	if (s[0] == '~' && (s[1] == '/' || s[1] == '\0') && home && *home) {
-		if (asprintf(&out, "%s%s", home, s + 1) < 0)
-			return NULL;
-		return out;
-	}
-	return strdup(s);
-}
-
 static void replace_str(char **field, char *val)
 {
 	free(*field);
@@ -494,7 +238,7 @@ static int set_string(struct config *c, const struct key *k, const char *value,
 		if (!*value)
 			return seterr(err, errlen, -EINVAL,
 				      "%s: must not be empty", k->name);
-		if (!(v = expand_home(value)))
+		if (!(v = config_expand_home(value)))
 			return -ENOMEM;
 		break;
 	case K_URL:
@@ -520,13 +264,13 @@ static int set_string(struct config *c, const struct key *k, const char *value,
 static int set_number(struct config *c, const struct key *k, const char *value,
 		      char *err, size_t errlen)
 {
-	char shown[NUM_TEXT_MAX + 8];
+	char shown[CONFIG_NUM_TEXT_MAX + 8];
 	const char *what = NULL, *hint = "";
 	double d = 0;
 	long l = 0;
 	int b, rc;
 
-	snprintf(shown, sizeof(shown), "'%.*s'", NUM_TEXT_MAX, value);
+	snprintf(shown, sizeof(shown), "'%.*s'", CONFIG_NUM_TEXT_MAX, value);
 	switch (k->type) {
 	case K_BOOL:
 		if (config_parse_bool(value, &b))
@@ -541,20 +285,20 @@ static int set_number(struct config *c, const struct key *k, const char *value,
 	case K_LONG:
 	case K_OPTLONG:
 		what = "an integer";
-		rc = parse_long(value, &l);
+		rc = config_parse_long(value, &l);
 		d = (double)l;
 		break;
 	case K_DOUBLE:
 	case K_OPTDOUBLE:
 		what = "a number";
-		rc = parse_double(value, &d);
+		rc = config_parse_double(value, &d);
 		break;
 	case K_DUR_S:
 	case K_DUR_MS:
 		what = "a duration";
 		hint = k->type == K_DUR_S ? " (use e.g. 30, 1.5s, 500ms)"
 					  : " (use e.g. 1000, 1.5s, 500ms)";
-		rc = parse_duration(value, k->type == K_DUR_S ? 1000 : 1, &l);
+		rc = config_parse_duration(value, k->type == K_DUR_S ? 1000 : 1, &l);
 		d = (double)l;
 		break;
 	case K_SIZE:
@@ -617,15 +361,15 @@ static int key_set(struct config *c, const struct key *k, const char *value,
 	case K_PATH:
 		return set_string(c, k, value, err, errlen);
 	case K_LIST:
-		rc = split_list(value, &list, &n);
+		rc = config_list_split(value, &list, &n);
 		if (rc)
 			return rc;
-		free_list(c->allowed_models);
+		config_list_free(c->allowed_models);
 		c->allowed_models = list;
 		c->n_allowed = n;
 		return 0;
 	case K_PROVIDER:
-		i = parse_choice(value, provider_names, 3);
+		i = config_parse_choice(value, provider_names, 3);
 		if (i < 0)
 			return seterr(err, errlen, -EINVAL,
 				      "provider: '%.64s' is not one of "
@@ -634,7 +378,7 @@ static int key_set(struct config *c, const struct key *k, const char *value,
 		c->provider = (enum provider)i;
 		return 0;
 	case K_TOOLAPI:
-		i = parse_choice(value, tool_api_names, 2);
+		i = config_parse_choice(value, tool_api_names, 2);
 		if (i < 0)
 			return seterr(err, errlen, -EINVAL,
 				      "tool_api: '%.64s' is not one of tools, "
@@ -743,7 +487,7 @@ void config_free(struct config *c)
 	free(c->base_url);
 	free(c->api_key);
 	free(c->default_model);
-	free_list(c->allowed_models);
+	config_list_free(c->allowed_models);
 	free(c->stop);
 	free(c->system_prompt);
 	free(c->state_dir);
@@ -941,7 +685,7 @@ int config_load_env(struct config *c, char *err, size_t errlen)
 	v = getenv("LMSTUDIO_TIMEOUT");
 	if (v && *v) {
 		/* Milliseconds, as other LM Studio clients read it. */
-		if (parse_duration(v, 1, &ms))
+		if (config_parse_duration(v, 1, &ms))
 			return seterr(err, errlen, -EINVAL,
 				      "LMSTUDIO_TIMEOUT: '%.64s' is not a "
 				      "number of milliseconds",

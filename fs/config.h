@@ -104,5 +104,20 @@ char *config_default_path(void);
 int config_parse_duration_ms(const char *s, long *out);
 int config_parse_size(const char *s, long *out);
 int config_parse_bool(const char *s, int *out);
+/* Longest value text the number parsers look at. */
+#define CONFIG_NUM_TEXT_MAX 64
+/* A duration in ms; a plain number is in units of unit_ms. */
+int config_parse_duration(const char *s, long unit_ms, long *out);
+/* A whole number or a decimal, surrounding blanks allowed: 0 or -EINVAL. */
+int config_parse_long(const char *s, long *out);
+int config_parse_double(const char *s, double *out);
+/* The index of s among names (case-insensitive), or -1. */
+int config_parse_choice(const char *s, const char *const *names, int n);
+/* "a, b c" as a NULL-terminated malloc'd list (NULL when empty); free it
+ * with config_list_free. */
+int config_list_split(const char *s, char ***list, size_t *n);
+void config_list_free(char **list);
+/* s with a leading "~" made $HOME (malloc'd). */
+char *config_expand_home(const char *s);
 
 #endif
