@@ -2,9 +2,15 @@
 #
 #   make                 build build/lmsfs
 #   make test            install missing packages, build, run the test suite
+#                        (in parallel: TEST_JOBS=auto; TEST_JOBS=0 runs serially)
 #   make SAN=address,undefined test   the same against a sanitizer build
+#                        (in build-san-address_undefined/: one dir per SAN value)
 #   make demo            mount on the built-in mock provider and show it off
 #   make install PREFIX=/usr/local DESTDIR=
+#
+# CFLAGS (default -O2 -g), CPPFLAGS, LDFLAGS and LDLIBS are the user's: they
+# are added after what the build needs, never instead of it. BUILD=DIR builds
+# elsewhere; HARDEN=0 drops the hardening flags.
 
 VERSION  := 0.1.0
 PREFIX   ?= /usr/local
@@ -16,15 +22,17 @@ PYTHON   ?= /usr/bin/python3
 
 PKGS     := fuse3 libcurl libcjson inih
 DEB_PKGS := fuse3 libfuse3-dev libcurl4-openssl-dev libcjson-dev libinih-dev \
-            pkg-config python3-pytest rsync man-db bc clang libclang-rt-14-dev valgrind
+            pkg-config python3-pytest python3-pytest-xdist rsync man-db bc \
+            clang libclang-rt-14-dev valgrind
 CC       ?= cc
 
+comma := ,
 SAN ?=
 ifeq ($(SAN),)
 BUILD    := build
 SANFLAGS :=
 else
-BUILD    := build-san
+BUILD    := build-san-$(subst $(comma),_,$(SAN))
 SANFLAGS := -fsanitize=$(SAN) -fno-omit-frame-pointer -fno-sanitize-recover=all
 endif
 
@@ -37,11 +45,34 @@ endif
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
+# The user's knobs. A command-line CFLAGS=... replaces only this default.
 CFLAGS  ?= -O2 -g
-CFLAGS  += -std=gnu11 $(WARN) $(SANFLAGS) -DFUSE_USE_VERSION=314 \
-           -DLMSFS_VERSION=\"$(VERSION)\" -D_GNU_SOURCE $(PKG_CFLAGS) -pthread
-LDFLAGS += $(SANFLAGS) -pthread
-LDLIBS  += $(PKG_LIBS) -lm
+
+# Hardening. _FORTIFY_SOURCE needs optimisation (glibc warns at -O0 or
+# without -O), so it follows the last -O in CFLAGS; it is left out when
+# the user sets it.
+HARDEN ?= 1
+ifeq ($(HARDEN),1)
+OPTLEVEL := $(lastword $(filter -O%,$(CFLAGS)))
+ifneq ($(filter-out -O0,$(OPTLEVEL)),)
+ifeq ($(findstring _FORTIFY_SOURCE,$(CPPFLAGS) $(CFLAGS)),)
+HARDEN_CPPFLAGS := -D_FORTIFY_SOURCE=2
+endif
+endif
+HARDEN_CFLAGS  := -fstack-protector-strong -fPIE
+HARDEN_LDFLAGS := -pie -Wl,-z,relro,-z,now
+endif
+
+# What the build needs, whatever the user passes.
+LMSFS_CPPFLAGS := -DFUSE_USE_VERSION=314 -DLMSFS_VERSION=\"$(VERSION)\" \
+                  -D_GNU_SOURCE $(HARDEN_CPPFLAGS) $(PKG_CFLAGS)
+LMSFS_CFLAGS   := -std=gnu11 $(WARN) $(SANFLAGS) $(HARDEN_CFLAGS) -pthread
+LMSFS_LDFLAGS  := $(SANFLAGS) $(HARDEN_LDFLAGS) -pthread
+LMSFS_LIBS     := $(PKG_LIBS) -lm
+
+ALL_CFLAGS  = $(LMSFS_CPPFLAGS) $(CPPFLAGS) $(LMSFS_CFLAGS) $(CFLAGS)
+ALL_LDFLAGS = $(LMSFS_LDFLAGS) $(LDFLAGS)
+ALL_LIBS    = $(LMSFS_LIBS) $(LDLIBS)
 
 SRCS := $(wildcard fs/*.c)
 OBJS := $(patsubst fs/%.c,$(BUILD)/%.o,$(SRCS))
@@ -52,15 +83,22 @@ PURE := buf utf8 sse jsonl config config_value log names util fsio store spool r
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/unit/%,$(UNIT_SRCS))
 
-.PHONY: all deps test unit demo bench install uninstall fmt clean fuzz fuzz-smoke valgrind
+# The compile and link lines, kept in $(BUILD)/flags: a change of flags
+# rebuilds everything in that directory.
+FLAGS_LINE := $(subst ','\'',$(CC) $(ALL_CFLAGS) $(ALL_LDFLAGS) $(ALL_LIBS))
+
+.PHONY: all deps test unit demo bench install uninstall fmt clean fuzz fuzz-smoke valgrind FORCE
 
 all: $(BUILD)/lmsfs unit $(BUILD)/libfault.so
 
 $(BUILD)/lmsfs: $(OBJS)
-	$(CC) $(LDFLAGS) -o $@ $(OBJS) $(LDLIBS)
+	$(CC) $(ALL_CFLAGS) $(ALL_LDFLAGS) -o $@ $(OBJS) $(ALL_LIBS)
 
-$(BUILD)/%.o: fs/%.c | $(BUILD)
-	$(CC) $(CFLAGS) -MMD -MP -c -o $@ $<
+$(BUILD)/%.o: fs/%.c $(BUILD)/flags | $(BUILD)
+	$(CC) $(ALL_CFLAGS) -MMD -MP -c -o $@ $<
+
+$(BUILD)/flags: FORCE | $(BUILD)
+	@printf '%s\n' '$(FLAGS_LINE)' | cmp -s - $@ || printf '%s\n' '$(FLAGS_LINE)' > $@
 
 $(BUILD):
 	mkdir -p $(BUILD) $(BUILD)/unit
@@ -68,12 +106,13 @@ $(BUILD):
 unit: $(UNIT_BINS)
 
 # Fault injection for the store tests: an LD_PRELOAD shim that fails the Nth
-# write/fsync/rename/ftruncate/openat under the state directory.
+# write/fsync/rename/ftruncate/openat under the state directory. A shared
+# library: -fPIC, never -pie.
 $(BUILD)/libfault.so: tests/fault/fault.c | $(BUILD)
 	$(CC) -O1 -g -std=gnu11 -D_GNU_SOURCE -Wall -Wextra -fPIC -shared -o $@ $< -ldl
 
-$(BUILD)/unit/%: tests/unit/%.c $(foreach m,$(PURE),$(BUILD)/$(m).o) | $(BUILD)
-	$(CC) $(CFLAGS) -Ifs -o $@ $< $(foreach m,$(PURE),$(BUILD)/$(m).o) $(LDFLAGS) $(LDLIBS)
+$(BUILD)/unit/%: tests/unit/%.c $(foreach m,$(PURE),$(BUILD)/$(m).o) $(BUILD)/flags | $(BUILD)
+	$(CC) $(ALL_CFLAGS) -Ifs -o $@ $< $(foreach m,$(PURE),$(BUILD)/$(m).o) $(ALL_LDFLAGS) $(ALL_LIBS)
 
 # Installs whatever Debian packages are missing; silent when all are there.
 deps:
@@ -87,11 +126,21 @@ deps:
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
 
+# The suite runs on TEST_JOBS pytest-xdist workers (auto: one per core; 0:
+# serially, without xdist). Tests marked xdist_group run one after another
+# on one worker: see tests/conftest.py.
+TEST_JOBS ?= auto
+ifeq ($(TEST_JOBS),0)
+XDIST_ARGS :=
+else
+XDIST_ARGS := -n $(TEST_JOBS) --dist loadgroup
+endif
+
 test: deps
 	$(MAKE) all
 	LMSFS_BIN=$(CURDIR)/$(BUILD)/lmsfs LMSFS_UNIT_DIR=$(CURDIR)/$(BUILD)/unit \
 	  LMSFS_FAULT_LIB=$(CURDIR)/$(BUILD)/libfault.so \
-	  $(PYTHON) -m pytest -q tests $(PYTEST_ARGS)
+	  $(PYTHON) -m pytest -q $(XDIST_ARGS) tests $(PYTEST_ARGS)
 
 demo: deps
 	$(MAKE) all
@@ -154,6 +203,6 @@ fmt:
 	clang-format -i fs/*.c fs/*.h tests/unit/*.c
 
 clean:
-	rm -rf build build-san build-fuzz
+	rm -rf build build-san build-san-* build-tsan build-O0 build-fuzz
 
 -include $(DEPS)

@@ -27,6 +27,20 @@ Helpers (import them: `from conftest import wait_for, run, ...`)
 
 Nothing here touches the filesystem under test from the main thread without
 a timeout.
+
+Parallel runs (`make test` runs pytest-xdist with --dist loadgroup)
+    Every test has its own tmp_path, mounts, daemons and fake server on a
+    port of its own, so tests run side by side. The exceptions are marked:
+    @pytest.mark.xdist_group("timing")   a test that asserts on elapsed
+        time with a tight margin, or that loads the machine (a bench-like
+        figure, hundreds of processes): these run one after another on one
+        worker, so that no two of them overlap.
+    @pytest.mark.xdist_group("repo-build")   runs `make` in the repository
+        or builds with its Makefile: one at a time.
+    What a test wants shown at the end of the run it hands to
+    record_property(SUMMARY_LINE, text) (or "fault_sweep", a dict): the
+    report carries it from a worker to the controller, which prints it
+    in the terminal summary.
 """
 
 import json
@@ -60,16 +74,70 @@ SANITIZER_PATTERNS = (
 # refused at once.
 DEAD_URL = "http://127.0.0.1:9"
 
+# A suite started in the background by a shell without job control
+# (`make test &`) inherits SIGINT ignored, every daemon would inherit that,
+# and libfuse leaves an ignored SIGINT ignored: the daemons get the
+# default disposition (a handler is reset to it by exec).
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    except ValueError:  # not the main thread
+        pass
+
+
+# ------------------------------------------------------ session summary
+
+SUMMARY_LINE = "summary_line"
+_summary_lines = []
+_fault_sweeps = []
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "xdist_group(name): run with the other tests of that "
+        "group, one at a time on one worker (see conftest.py)")
+
+
+def pytest_runtest_logreport(report):
+    if report.when != "call":
+        return
+    for key, value in getattr(report, "user_properties", ()):
+        if key == SUMMARY_LINE:
+            _summary_lines.append(value)
+        elif key == "fault_sweep":
+            _fault_sweeps.append(value)
+
+
+def pytest_terminal_summary(terminalreporter):
+    lines = list(_summary_lines)
+    if _fault_sweeps:
+        from fault_helpers import sweep_summary
+        lines += sweep_summary(_fault_sweeps)
+    for line in lines:
+        terminalreporter.write_line(line)
+
 
 # ----------------------------------------------------------------- helpers
+
+def _pauses(interval):
+    """Sleeps between polls: 1 ms, doubling up to `interval`, so that a
+    condition that comes true at once costs no fixed 20 ms."""
+    pause = min(0.001, interval)
+    while True:
+        yield pause
+        pause = min(pause * 2, interval)
+
 
 def wait_for(predicate, timeout=10, interval=0.02, message=None):
     """Polls predicate() until it returns a truthy value, which is returned.
     Raises AssertionError after `timeout` seconds. Exceptions raised by the
-    predicate count as "not yet" (the last one is reported)."""
+    predicate count as "not yet" (the last one is reported). The first
+    polls come sooner than `interval`, the pause between two is at most
+    `interval`."""
     deadline = time.monotonic() + timeout
     last_exc = None
     last_val = None
+    pauses = _pauses(interval)
     while True:
         try:
             last_val = predicate()
@@ -84,7 +152,7 @@ def wait_for(predicate, timeout=10, interval=0.02, message=None):
                       else "last value: %r" % (last_val,))
             raise AssertionError("timed out after %.1f s waiting for %s (%s)"
                                  % (timeout, what, detail))
-        time.sleep(interval)
+        time.sleep(next(pauses))
 
 
 def run(cmd, timeout=20, **kw):
@@ -371,6 +439,7 @@ class Mount:
 
     def wait_mounted(self, timeout=10):
         deadline = time.monotonic() + timeout
+        pauses = _pauses(0.02)
         while not is_mounted(self.path):
             rc = self.proc.poll()
             if rc is not None and (self.foreground or rc != 0):
@@ -379,7 +448,7 @@ class Mount:
             if time.monotonic() > deadline:
                 self._fail("lmsfs did not mount %s within %.0f s"
                            % (self.path, timeout))
-            time.sleep(0.02)
+            time.sleep(next(pauses))
         if not self.foreground:
             try:
                 rc = self.proc.wait(max(deadline - time.monotonic(), 0.5))
@@ -414,8 +483,9 @@ class Mount:
             if r.returncode != 0 and is_mounted(self.path):
                 fusermount(self.path, lazy=True)
         deadline = time.monotonic() + timeout
+        pauses = _pauses(0.02)
         while not self._daemon_gone() and time.monotonic() < deadline:
-            time.sleep(0.02)
+            time.sleep(next(pauses))
         if not self._daemon_gone():
             for pid in self._daemon_pids():
                 try:

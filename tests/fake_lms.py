@@ -1038,7 +1038,7 @@ class FakeLMS:
         self.port = srv.server_address[1]
         self._server = srv
         self._thread = threading.Thread(
-            target=srv.serve_forever, kwargs={"poll_interval": 0.05},
+            target=srv.serve_forever, kwargs={"poll_interval": 0.005},
             name="fake-lms-%d" % self.port, daemon=True)
         self._thread.start()
         return self

@@ -112,3 +112,27 @@ class FaultCtl:
         """'CALL PATH' of the last injected fault, or ''."""
         raw = self._m[_OFF_LAST_WHAT:_OFF_LAST_WHAT + _LAST_WHAT_LEN]
         return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+def sweep_summary(rows):
+    """The lines that sum up the fault sweeps of a run (rows: the dicts
+    test_faults.py records, in any order)."""
+    order = list(CLASSES)
+    rows = sorted(rows, key=lambda s: (order.index(s["cls"])
+                                       if s["cls"] in order else len(order),
+                                       s["cls"], s["errno"]))
+    per = {}
+    for s in rows:
+        per[s["cls"]] = max(per.get(s["cls"], 0), s["points"])
+    lines = ["fault sweep: %d runs, %d faults fired; points per errno: %s; "
+             "errnos: %s" % (sum(s["runs"] for s in rows),
+                             sum(s["fired"] for s in rows),
+                             ", ".join("%s %d" % kv for kv in per.items()),
+                             ", ".join(sorted({s["errno"] for s in rows})))]
+    for s in rows:
+        lines.append("  %-9s %-6s dry run %3d, N=1..%d, fired %d, failing "
+                     "runs %d (with [extra] findings %d), %.1f s"
+                     % (s["cls"], s["errno"], s["points"], s["runs"],
+                        s["fired"], s["bad_runs"], s["extra_runs"],
+                        s["seconds"]))
+    return lines

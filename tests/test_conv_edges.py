@@ -2,17 +2,41 @@
 someone blocks on .reply. The reader must get the answer (rename) or a
 clear error (removal), never hang."""
 
+import os
 import subprocess
 import time
+
+import pytest
 
 from conftest import wait_for
 from conv_helpers import (cdir, cmount, echo_of, history, mkconv, prompt, sh,
                           slow_reply, status)
 
 
+def _has_open(pid, tail):
+    """Whether process pid has a file open whose path ends with tail
+    (/proc/PID/fd links: nothing here touches the mount)."""
+    fds = "/proc/%d/fd" % pid
+    for fd in os.listdir(fds):
+        try:
+            if os.readlink(os.path.join(fds, fd)).endswith(tail):
+                return True
+        except OSError:
+            pass
+    return False
+
+
 def _start_reader(path):
-    return subprocess.Popen(["cat", str(path)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    """cat PATH, returned once cat has PATH open: what the test does next
+    happens to a reader already waiting, however slowly cat starts."""
+    p = subprocess.Popen(["cat", str(path)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    tail = os.sep + os.path.join(path.parent.name, path.name)
+    wait_for(lambda: p.poll() is not None or _has_open(p.pid, tail),
+             timeout=10, message="cat has %s open" % path)
+    assert p.poll() is None, "cat %s ended at once: %r" % (
+        path, p.communicate(timeout=5))
+    return p
 
 
 def test_reply_survives_rename_while_waiting(fake, mount):
@@ -77,6 +101,7 @@ def test_history_reads_never_stale(fake, mount):
     assert [x["content"] for x in history(m, "h")][-1] == echo_of("three")
 
 
+@pytest.mark.xdist_group("timing")
 def test_long_history_turn_sends_no_expect_continue(fake, mount):
     """curl adds "Expect: 100-continue" to large bodies and then waits a
     second for servers that never answer it: a long history (here 1.5 MB)

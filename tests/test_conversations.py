@@ -583,6 +583,7 @@ def _prompt_and_wait_all(m, names, text, timeout=30):
     return took
 
 
+@pytest.mark.xdist_group("timing")
 def test_32_conversations_in_parallel(fake, mount, record_property):
     m = cmount(mount)
     names = ["c%02d" % i for i in range(32)]
@@ -602,6 +603,7 @@ def test_32_conversations_in_parallel(fake, mount, record_property):
                                      "content": echo_of(text)}, n
 
 
+@pytest.mark.xdist_group("timing")
 def test_100_blocked_readers_do_not_block_other_ops(fake, mount,
                                                     record_property):
     m = cmount(mount)
@@ -664,6 +666,7 @@ def test_100_blocked_readers_do_not_block_other_ops(fake, mount,
                 p.wait(5)
 
 
+@pytest.mark.xdist_group("timing")
 def test_sigkill_of_blocked_reply_reader(fake, mount):
     m = cmount(mount, timeout=30)
     mkconv(m, "h")

@@ -23,6 +23,8 @@ import random
 import threading
 import time
 
+import pytest
+
 from conftest import call_with_timeout, read_json, read_text, wait_for
 from conv_helpers import LLAMA, cdir, echo_of, opts, sh
 from fake_lms import Reply
@@ -212,6 +214,7 @@ class World:
             self.acked[n].append(text)  # write() and close() succeeded
 
 
+@pytest.mark.xdist_group("timing")
 def test_kill9_cycles_lose_no_acknowledged_prompt(fake, mount, tmp_path):
     box = {}
     try:

@@ -62,46 +62,6 @@ TOOL_TEXT = ("#!/bin/sh\n# @description Says what it was given\n"
              "# @param x string required Some text\n"
              "printf 'tool saw %s' \"$LMSFS_ARG_x\"\n")
 
-# What every sweep did, printed in pytest's terminal summary.
-SUMMARY = []
-
-
-class _SummaryPlugin:
-    """Prints SUMMARY at the end of the session (also when every sweep
-    passed, whose output pytest would otherwise swallow)."""
-
-    @staticmethod
-    def pytest_terminal_summary(terminalreporter):
-        if not SUMMARY:
-            return
-        rep = terminalreporter
-        per = {}
-        for s in SUMMARY:
-            per[s["cls"]] = max(per.get(s["cls"], 0), s["points"])
-        rep.write_line("fault sweep: %d runs, %d faults fired; points per "
-                       "errno: %s; errnos: %s" % (
-                           sum(s["runs"] for s in SUMMARY),
-                           sum(s["fired"] for s in SUMMARY),
-                           ", ".join("%s %d" % kv for kv in per.items()),
-                           ", ".join(sorted({s["errno"]
-                                             for s in SUMMARY}))))
-        for s in SUMMARY:
-            rep.write_line("  %-9s %-6s dry run %3d, N=1..%d, fired %d, "
-                           "failing runs %d (with [extra] findings %d), "
-                           "%.1f s"
-                           % (s["cls"], s["errno"], s["points"], s["runs"],
-                              s["fired"], s["bad_runs"], s["extra_runs"],
-                              s["seconds"]))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _summary_plugin(request):
-    pm = request.config.pluginmanager
-    if not pm.has_plugin("lmsfs-fault-summary"):
-        pm.register(_SummaryPlugin(), "lmsfs-fault-summary")
-    yield
-
-
 # ------------------------------------------------------------ the server
 
 class Script:
@@ -593,7 +553,8 @@ def test_dry_run_counts_and_passes(fake, mount, tmp_path, fault_lib_path):
 
 @pytest.mark.parametrize("ename", ERRNOS)
 @pytest.mark.parametrize("cls", list(CLASSES))
-def test_fault_sweep(fake, mount, tmp_path, fault_lib_path, cls, ename):
+def test_fault_sweep(fake, mount, tmp_path, fault_lib_path, cls, ename,
+                     record_property):
     t0 = time.monotonic()
     err = getattr(errno, ename)
     sw = Sweep(fake, mount, tmp_path, fault_lib_path)
@@ -612,10 +573,12 @@ def test_fault_sweep(fake, mount, tmp_path, fault_lib_path, cls, ename):
                    if any(STRICT_EXTRAS or k not in EXTRA for k, _ in b))
     extra_runs = sum(1 for _, _, b, _ in results
                      if any(k in EXTRA for k, _ in b))
-    SUMMARY.append({"cls": cls, "errno": ename, "points": points,
-                    "runs": len(results), "fired": fired_total,
-                    "bad_runs": bad_runs, "extra_runs": extra_runs,
-                    "seconds": seconds})
+    # Printed in pytest's terminal summary (conftest.py), also when every
+    # sweep passed, whose output pytest would otherwise swallow.
+    record_property("fault_sweep", {
+        "cls": cls, "errno": ename, "points": points, "runs": len(results),
+        "fired": fired_total, "bad_runs": bad_runs, "extra_runs": extra_runs,
+        "seconds": seconds})
     if bad_runs:
         pytest.fail(fault_report(cls, ename, points, results, sw),
                     pytrace=False)

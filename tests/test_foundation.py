@@ -254,6 +254,7 @@ def test_models_follow_server_changes(fake, mount):
     wait_for(lambda: health(m)["models_loaded"] == 2, timeout=5)
 
 
+@pytest.mark.xdist_group("timing")
 def test_models_empty_fast_when_server_down(mount):
     m = mount(config={"connect_timeout": 5}, base_url=DEAD_URL)
     t0 = time.monotonic()
@@ -284,6 +285,7 @@ def test_models_listing_is_cached_not_a_storm(fake, mount):
     assert n <= 2 * (int(took / 2) + 3), (n, took)
 
 
+@pytest.mark.xdist_group("timing")
 def test_models_appear_after_server_starts(mount):
     port = free_port()
     srv = FakeLMS(port=port)
@@ -390,6 +392,7 @@ def test_health_error_classes(fake, mount, resp, cls):
              message="health error cleared")
 
 
+@pytest.mark.xdist_group("timing")
 def test_health_timeout_class(fake, mount):
     for path in ("/api/v0/models", "/v1/models"):
         fake.routes[("GET", path)] = Hang(30)
@@ -739,10 +742,12 @@ def test_daemon_mode_relative_paths(fake, lmsfs_bin, tmp_path):
         assert set(listdir(mnt / "models")) == {encode_id(QWEN), LLAMA}
         assert os.path.exists("/state") == root_state_existed
         assert fusermount(mnt).returncode == 0
-        wait_for(lambda: not is_mounted(mnt) and not pids_with_arg("mnt"),
-                 timeout=10, message="daemon gone")
+        # "-o base_url=URL" names this test's daemon: other daemons (other
+        # tests, other runs) may have "mnt" in their argv too.
+        wait_for(lambda: not is_mounted(mnt) and not pids_with_arg(
+            "base_url=" + fake.url), timeout=10, message="daemon gone")
     finally:
-        for pid in pids_with_arg("mnt"):
+        for pid in pids_with_arg("base_url=" + fake.url):
             try:
                 if os.readlink("/proc/%d/cwd" % pid) in ("/", str(tmp_path)):
                     os.kill(pid, signal.SIGKILL)

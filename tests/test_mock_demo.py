@@ -198,6 +198,7 @@ def test_demo_script_without_terminal(tmp_path, lmsfs_bin):
     print("demo.sh took %.1f s" % took)
 
 
+@pytest.mark.xdist_group("repo-build")
 def test_make_demo_without_terminal(tmp_path):
     env = clean_env(tmp_path)
     env.pop("MAKEFLAGS", None)
@@ -245,6 +246,7 @@ def man_warnings(path):
     return r
 
 
+@pytest.mark.xdist_group("repo-build")
 def test_make_install(tmp_path):
     dest = tmp_path / "dest"
     env = clean_env(tmp_path)

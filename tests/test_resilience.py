@@ -193,6 +193,7 @@ def test_prometheus_parser_itself():
 
 # --------------------------------------------------------------- backoff
 
+@pytest.mark.xdist_group("timing")
 def test_500_500_200_answer_after_3_attempts_growing_jittered_delays(
         fake, mount):
     """Must-show (1): the server answers 500, 500, 200; the answer arrives
@@ -242,6 +243,7 @@ def test_500_500_200_answer_after_3_attempts_growing_jittered_delays(
     assert mt.get("lmsfs_breaker_state") == 0
 
 
+@pytest.mark.xdist_group("timing")
 def test_backoff_capped_by_max_backoff(fake, mount):
     m = rmount(mount, initial_backoff="100ms", max_backoff="120ms",
                max_retries_stream=3)
@@ -369,7 +371,11 @@ def test_connect_failure_retried_until_server_is_back(fake, mount):
     n_before = len(fake.chat_requests())
     fake.stop()
     prompt(m, "cf", "while down")
-    time.sleep(0.1)
+    # The first attempt is refused and its retry scheduled (logged with
+    # its class) before the server comes back.
+    wait_for(lambda: re.search(r"\bcf: unreachable \(.*\); retry 1 in ",
+                               m.log()), timeout=10,
+             message="the refused attempt's retry in the log")
     fake.start()
     r = sh(m, "cat cf/.reply", timeout=20)
     st = status(m, "cf")
@@ -489,6 +495,7 @@ def test_failure_after_first_chunk_is_not_retried(fake, mount, make, cls):
 
 # ------------------------------------------------------------ Retry-After
 
+@pytest.mark.xdist_group("timing")
 def test_429_retry_after_is_a_floor(fake, mount):
     """Must-show (4): 429 with Retry-After: 1 waits about a second, even
     though the backoff (10 ms, capped at 100 ms) is much shorter."""
@@ -506,6 +513,7 @@ def test_429_retry_after_is_a_floor(fake, mount):
     assert metrics(m).get("lmsfs_retries_total") == 1
 
 
+@pytest.mark.xdist_group("timing")
 def test_429_without_retry_after_uses_backoff(fake, mount):
     m = rmount(mount, initial_backoff="10ms", max_backoff="100ms")
     mkconv(m, "rl")
@@ -531,6 +539,7 @@ def test_429_exhausted_is_rate_limited_eagain(fake, mount):
 
 # ---------------------------------------------------------------- breaker
 
+@pytest.mark.xdist_group("timing")
 def test_breaker_opens_fails_fast_and_a_probe_closes_it(fake, mount):
     """Must-show (3): the chat endpoint fails (the model list still
     answers). After breaker_threshold (5) failures in a row the breaker
