@@ -197,7 +197,8 @@ static int hist_commit(struct fh *f, const struct nodeinfo *ni)
 		}
 	}
 	if (ret == 0 && f->mode_set)
-		fchmodat(dfd, STORE_HISTORY, f->new_mode, 0);
+		if (fchmodat(dfd, STORE_HISTORY, f->new_mode, 0) < 0)
+			log_warn("conversation %s: cannot set the mode of messages.jsonl", ni->conv);
 	if (ret == 0 && f->times_set)
 		utimensat(dfd, STORE_HISTORY, f->times, AT_SYMLINK_NOFOLLOW);
 	conv_hist_unlock(c);
