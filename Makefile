@@ -79,7 +79,7 @@ OBJS := $(patsubst fs/%.c,$(BUILD)/%.o,$(SRCS))
 DEPS := $(OBJS:.o=.d)
 
 # Pure modules that unit tests link against (no FUSE, no curl).
-PURE := buf utf8 sse jsonl config config_value log names util fsio store spool recover errclass
+PURE := buf utf8 sse jsonl config config_value config_file log names util fsio store spool recover errclass
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/unit/%,$(UNIT_SRCS))
 
@@ -172,7 +172,7 @@ FUZZ_LIBS := $(shell pkg-config --libs libcjson inih 2>/dev/null)
 FUZZ_SRC_sse := fs/sse.c fs/buf.c
 FUZZ_SRC_chunk := fs/api.c fs/buf.c fs/errclass.c fs/util.c fs/utf8.c
 FUZZ_SRC_jsonl := fs/jsonl.c fs/buf.c fs/utf8.c
-FUZZ_SRC_config := fs/config.c fs/config_value.c fs/log.c fs/buf.c
+FUZZ_SRC_config := fs/config.c fs/config_value.c fs/config_file.c fs/log.c fs/buf.c
 
 build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c fs/*.h fs/*.c
 	mkdir -p build-fuzz

@@ -17,6 +17,7 @@
 #define _GNU_SOURCE /* GNU strerror_r, asprintf, strndup */
 #endif
 #include "config.h"
+#include "config_int.h"
 #include "log.h"
 
 #include <ctype.h>
@@ -35,44 +36,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* Longest line accepted in a config file (a long system_prompt). */
-#define CONFIG_LINE_MAX (64 * 1024)
-
-enum ktype {
-	K_URL,	     /* base_url */
-	K_OPTSTR,    /* string; empty means unset (NULL) */
-	K_PATH,	     /* non-empty string, leading "~/" expanded */
-	K_LIST,	     /* allowed_models */
-	K_PROVIDER,  /* provider */
-	K_TOOLAPI,   /* tool_api */
-	K_LOGLEVEL,  /* log_level */
-	K_BOOL,	     /* int 0/1 */
-	K_INT,	     /* int */
-	K_LONG,	     /* long */
-	K_OPTLONG,   /* long with a has_ flag; empty means unset */
-	K_DOUBLE,    /* double */
-	K_OPTDOUBLE, /* double with a has_ flag; empty means unset */
-	K_DUR_S,     /* long milliseconds, plain number = seconds */
-	K_DUR_MS,    /* long milliseconds, plain number = milliseconds */
-	K_SIZE,	     /* long bytes */
-};
-
-/* max_tokens: 0 is inside [-1, inf) but means nothing useful. */
-#define F_NOZERO 1
-
-struct key {
-	const char *name;
-	enum ktype type;
-	size_t off;	/* of the value in struct config */
-	size_t has_off; /* of has_<x> for K_OPT* numbers */
-	double min, max;
-	int flags;
-};
 
 #define OFF(f) offsetof(struct config, f)
 #define INF INFINITY
 
-static const struct key keys[] = {
+const struct key config_keys[] = {
     /* server */
     {"base_url", K_URL, OFF(base_url), 0, 0, 0, 0},
     {"api_key", K_OPTSTR, OFF(api_key), 0, 0, 0, 0},
@@ -119,15 +87,12 @@ static const struct key keys[] = {
     {"log_level", K_LOGLEVEL, OFF(log_level), 0, 0, 0, 0},
 };
 
-#define NKEYS (sizeof(keys) / sizeof(keys[0]))
+const size_t config_nkeys = sizeof(config_keys) / sizeof(config_keys[0]);
 
 static const char *const provider_names[] = {"lmstudio", "openai", "mock"};
 static const char *const tool_api_names[] = {"tools", "functions"};
 
-static int seterr(char *err, size_t errlen, int rc, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static int seterr(char *err, size_t errlen, int rc, const char *fmt, ...)
+int config_seterr(char *err, size_t errlen, int rc, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -139,15 +104,15 @@ static int seterr(char *err, size_t errlen, int rc, const char *fmt, ...)
 	return rc;
 }
 
-static const struct key *key_find(const char *name)
+const struct key *config_key_find(const char *name)
 {
 	size_t i;
 
 	if (!name)
 		return NULL;
-	for (i = 0; i < NKEYS; i++)
-		if (strcmp(keys[i].name, name) == 0)
-			return &keys[i];
+	for (i = 0; i < config_nkeys; i++)
+		if (strcmp(config_keys[i].name, name) == 0)
+			return &config_keys[i];
 	return NULL;
 }
 
@@ -158,7 +123,7 @@ static const struct key *key_find(const char *name)
 
 /* Checks v against the key's range; text is the value as the user wrote it
  * (quoted) or as stored (unquoted). */
-static int key_range(const struct key *k, double v, const char *text, char *err,
+int config_key_range(const struct key *k, double v, const char *text, char *err,
 		     size_t errlen)
 {
 	int is_amount =
@@ -167,20 +132,20 @@ static int key_range(const struct key *k, double v, const char *text, char *err,
 	if (v >= k->min && v <= k->max && !((k->flags & F_NOZERO) && v == 0))
 		return 0;
 	if (k->flags & F_NOZERO)
-		return seterr(err, errlen, -EINVAL,
+		return config_seterr(err, errlen, -EINVAL,
 			      "%s: %s must be -1 (no limit) or greater than 0",
 			      k->name, text);
 	if (isfinite(k->min) && isfinite(k->max))
-		return seterr(err, errlen, -EINVAL,
+		return config_seterr(err, errlen, -EINVAL,
 			      "%s: %s must be between %g and %g", k->name, text,
 			      k->min, k->max);
 	if (is_amount && k->min == 1)
-		return seterr(err, errlen, -EINVAL,
+		return config_seterr(err, errlen, -EINVAL,
 			      "%s: %s must be greater than 0", k->name, text);
 	if (k->min == 0)
-		return seterr(err, errlen, -EINVAL,
+		return config_seterr(err, errlen, -EINVAL,
 			      "%s: %s must not be negative", k->name, text);
-	return seterr(err, errlen, -EINVAL, "%s: %s must be at least %g",
+	return config_seterr(err, errlen, -EINVAL, "%s: %s must be at least %g",
 		      k->name, text, k->min);
 }
 
@@ -191,10 +156,10 @@ static int url_check(const char *url, char *err, size_t errlen)
 	size_t i;
 
 	if (!url || !*url)
-		return seterr(err, errlen, -EINVAL, "base_url: not set");
+		return config_seterr(err, errlen, -EINVAL, "base_url: not set");
 	for (i = 0; url[i]; i++)
 		if ((unsigned char)url[i] <= ' ' || url[i] == 0x7f)
-			return seterr(err, errlen, -EINVAL,
+			return config_seterr(err, errlen, -EINVAL,
 				      "base_url: '%.200s' contains a blank or "
 				      "control character",
 				      url);
@@ -203,13 +168,13 @@ static int url_check(const char *url, char *err, size_t errlen)
 	else if (strncasecmp(url, "https://", 8) == 0)
 		host = url + 8;
 	else
-		return seterr(err, errlen, -EINVAL,
+		return config_seterr(err, errlen, -EINVAL,
 			      "base_url: '%.200s' must start with http:// or "
 			      "https://",
 			      url);
 	if (*host == '\0' || *host == '/' || *host == ':' || *host == '?' ||
 	    *host == '#')
-		return seterr(err, errlen, -EINVAL,
+		return config_seterr(err, errlen, -EINVAL,
 			      "base_url: '%.200s' has no host name", url);
 	return 0;
 }
@@ -236,7 +201,7 @@ static int set_string(struct config *c, const struct key *k, const char *value,
 		break;
 	case K_PATH:
 		if (!*value)
-			return seterr(err, errlen, -EINVAL,
+			return config_seterr(err, errlen, -EINVAL,
 				      "%s: must not be empty", k->name);
 		if (!(v = config_expand_home(value)))
 			return -ENOMEM;
@@ -274,7 +239,7 @@ static int set_number(struct config *c, const struct key *k, const char *value,
 	switch (k->type) {
 	case K_BOOL:
 		if (config_parse_bool(value, &b))
-			return seterr(
+			return config_seterr(
 			    err, errlen, -EINVAL,
 			    "%s: %s is not a boolean (use true/false, "
 			    "yes/no, on/off, 1/0)",
@@ -316,13 +281,13 @@ static int set_number(struct config *c, const struct key *k, const char *value,
 			t++;
 		if (*t == '-' && (k->type == K_DUR_S || k->type == K_DUR_MS ||
 				  k->type == K_SIZE))
-			return seterr(err, errlen, -EINVAL,
+			return config_seterr(err, errlen, -EINVAL,
 				      "%s: %s must not be negative", k->name,
 				      shown);
-		return seterr(err, errlen, -EINVAL, "%s: %s is not %s%s",
+		return config_seterr(err, errlen, -EINVAL, "%s: %s is not %s%s",
 			      k->name, shown, what, hint);
 	}
-	rc = key_range(k, d, shown, err, errlen);
+	rc = config_key_range(k, d, shown, err, errlen);
 	if (rc)
 		return rc;
 	switch (k->type) {
@@ -371,7 +336,7 @@ static int key_set(struct config *c, const struct key *k, const char *value,
 	case K_PROVIDER:
 		i = config_parse_choice(value, provider_names, 3);
 		if (i < 0)
-			return seterr(err, errlen, -EINVAL,
+			return config_seterr(err, errlen, -EINVAL,
 				      "provider: '%.64s' is not one of "
 				      "lmstudio, openai, mock",
 				      value);
@@ -380,7 +345,7 @@ static int key_set(struct config *c, const struct key *k, const char *value,
 	case K_TOOLAPI:
 		i = config_parse_choice(value, tool_api_names, 2);
 		if (i < 0)
-			return seterr(err, errlen, -EINVAL,
+			return config_seterr(err, errlen, -EINVAL,
 				      "tool_api: '%.64s' is not one of tools, "
 				      "functions",
 				      value);
@@ -389,7 +354,7 @@ static int key_set(struct config *c, const struct key *k, const char *value,
 	case K_LOGLEVEL:
 		i = log_level_parse(value);
 		if (i < 0)
-			return seterr(err, errlen, -EINVAL,
+			return config_seterr(err, errlen, -EINVAL,
 				      "log_level: '%.64s' is not one of error, "
 				      "warn, info, debug",
 				      value);
@@ -414,10 +379,10 @@ static int key_set(struct config *c, const struct key *k, const char *value,
 int config_set(struct config *c, const char *key, const char *value, char *err,
 	       size_t errlen)
 {
-	const struct key *k = key_find(key);
+	const struct key *k = config_key_find(key);
 
 	if (!k)
-		return seterr(err, errlen, -ENOENT, "unknown key '%.64s'",
+		return config_seterr(err, errlen, -ENOENT, "unknown key '%.64s'",
 			      key ? key : "");
 	/* "-o stream" without a value means stream=true. */
 	if (!value)
@@ -425,7 +390,7 @@ int config_set(struct config *c, const char *key, const char *value, char *err,
 	return key_set(c, k, value, err, errlen);
 }
 
-int config_is_key(const char *key) { return key_find(key) != NULL; }
+int config_is_key(const char *key) { return config_key_find(key) != NULL; }
 
 /* ---- defaults ---------------------------------------------------------- */
 
@@ -516,201 +481,6 @@ char *config_default_path(void)
 	return strdup("/etc/lmsfs.conf");
 }
 
-/* ---- the INI file ------------------------------------------------------ */
-
-/* inih is told the line number only through its return value, so the
- * reader counts lines itself; the handler then knows where it is. */
-struct ini_ctx {
-	struct config *c;
-	FILE *f;
-	int lineno;	 /* line being read, 1-based */
-	int at_bol;	 /* the next read starts a new line */
-	size_t line_len; /* bytes of the current line so far */
-	int too_long;	 /* line number of a line over CONFIG_LINE_MAX */
-	int bad_line;	 /* line number of the first bad key or value */
-	int rc;		 /* config_set's result for bad_line */
-	char msg[512];
-};
-
-static char *conf_reader(char *str, int num, void *stream)
-{
-	struct ini_ctx *x = stream;
-	size_t n;
-
-	if (x->too_long)
-		return NULL;
-	if (x->at_bol) {
-		x->lineno++;
-		x->line_len = 0;
-	}
-	if (!fgets(str, num, x->f))
-		return NULL;
-	n = strlen(str);
-	x->at_bol = n && str[n - 1] == '\n';
-	x->line_len += n;
-	if (x->line_len - (size_t)x->at_bol > CONFIG_LINE_MAX - 4) {
-		x->too_long = x->lineno;
-		return NULL;
-	}
-	return str;
-}
-
-static int ini_handler_fn(void *user, const char *section, const char *name,
-			  const char *value)
-{
-	struct ini_ctx *x = user;
-	char *v;
-	size_t n;
-	int rc;
-
-	(void)section; /* sections only group keys for the reader */
-	if (x->too_long || x->bad_line)
-		return 0;
-	/* "key = "quoted value"" keeps blanks at either end. */
-	n = strlen(value);
-	if (n >= 2 && value[0] == '"' && value[n - 1] == '"')
-		v = strndup(value + 1, n - 2);
-	else
-		v = strdup(value);
-	if (!v) {
-		rc = -ENOMEM;
-		snprintf(x->msg, sizeof(x->msg), "out of memory");
-	} else {
-		rc = config_set(x->c, name, v, x->msg, sizeof(x->msg));
-		free(v);
-	}
-	if (rc) {
-		x->bad_line = x->lineno;
-		x->rc = rc;
-		return 0;
-	}
-	return 1;
-}
-
-int config_load_file(struct config *c, const char *path, char *err,
-		     size_t errlen)
-{
-	struct ini_ctx x;
-	struct stat st;
-	int rc, r;
-
-	memset(&x, 0, sizeof(x));
-	x.c = c;
-	x.at_bol = 1;
-	x.f = fopen(path, "re");
-	if (!x.f) {
-		rc = -errno;
-		return seterr(err, errlen, rc, "%s: %s", path, strerror(-rc));
-	}
-	if (fstat(fileno(x.f), &st) == 0 && S_ISDIR(st.st_mode)) {
-		rc = seterr(err, errlen, -EISDIR, "%s: %s", path,
-			    strerror(EISDIR));
-		goto out;
-	}
-
-	/* A NUL byte would hide the rest of its line from the line reader:
-	 * refuse the file instead of reading half a line. */
-	{
-		int ch, line = 1;
-		while ((ch = getc(x.f)) != EOF) {
-			if (ch == '\n')
-				line++;
-			else if (ch == '\0') {
-				rc = seterr(err, errlen, -EINVAL,
-					    "%s:%d: contains a NUL byte", path, line);
-				goto out;
-			}
-		}
-		if (ferror(x.f) || fseek(x.f, 0, SEEK_SET) != 0) {
-			rc = seterr(err, errlen, -EIO, "%s: %s", path, strerror(EIO));
-			goto out;
-		}
-	}
-
-	/* Debian's libinih reads these at run time. Lines may be long (a
-	 * system prompt), indented lines are plain lines (not continuations),
-	 * and parsing stops at the first error so the line numbers agree.
-	 * Config files are read at startup, before any thread runs. */
-	ini_use_stack = false;
-	ini_allow_realloc = true;
-	ini_max_line = CONFIG_LINE_MAX;
-	ini_allow_multiline = false;
-	ini_stop_on_first_error = true;
-	ini_allow_no_value = false;
-
-	errno = 0;
-	r = ini_parse_stream(conf_reader, &x, ini_handler_fn, &x);
-	if (ferror(x.f)) {
-		rc = errno ? -errno : -EIO;
-		rc = seterr(err, errlen, rc, "%s: %s", path, strerror(-rc));
-	} else if (x.too_long) {
-		rc = seterr(err, errlen, -EINVAL,
-			    "%s:%d: line too long (over %d bytes)", path,
-			    x.too_long, CONFIG_LINE_MAX - 4);
-	} else if (x.bad_line) {
-		rc = seterr(err, errlen, x.rc == -ENOMEM ? -ENOMEM : -EINVAL,
-			    "%s:%d: %s", path, x.bad_line, x.msg);
-	} else if (r == -2) {
-		rc = seterr(err, errlen, -ENOMEM, "%s: out of memory", path);
-	} else if (r != 0) {
-		rc = seterr(err, errlen, -EINVAL,
-			    "%s:%d: syntax error (expected 'key = value', a "
-			    "[section] or a # comment)",
-			    path, r);
-	} else {
-		rc = 0;
-	}
-out:
-	fclose(x.f);
-	return rc;
-}
-
-/* ---- the environment --------------------------------------------------- */
-
-int config_load_env(struct config *c, char *err, size_t errlen)
-{
-	const struct key *tk = key_find("timeout");
-	char var[64], msg[512];
-	const char *v;
-	size_t i, j;
-	long ms;
-	int rc;
-
-	v = getenv("LMSTUDIO_URL");
-	if (v && *v) {
-		rc = config_set(c, "base_url", v, msg, sizeof(msg));
-		if (rc)
-			return seterr(err, errlen, rc, "LMSTUDIO_URL: %s", msg);
-	}
-	v = getenv("LMSTUDIO_TIMEOUT");
-	if (v && *v) {
-		/* Milliseconds, as other LM Studio clients read it. */
-		if (config_parse_duration(v, 1, &ms))
-			return seterr(err, errlen, -EINVAL,
-				      "LMSTUDIO_TIMEOUT: '%.64s' is not a "
-				      "number of milliseconds",
-				      v);
-		snprintf(var, sizeof(var), "%ld ms", ms);
-		rc = key_range(tk, (double)ms, var, msg, sizeof(msg));
-		if (rc)
-			return seterr(err, errlen, rc, "LMSTUDIO_TIMEOUT: %s",
-				      msg);
-		c->timeout_ms = ms;
-	}
-	for (i = 0; i < NKEYS; i++) {
-		snprintf(var, sizeof(var), "LMSFS_%s", keys[i].name);
-		for (j = 6; var[j]; j++)
-			var[j] = (char)toupper((unsigned char)var[j]);
-		v = getenv(var);
-		if (!v)
-			continue;
-		rc = config_set(c, keys[i].name, v, msg, sizeof(msg));
-		if (rc)
-			return seterr(err, errlen, rc, "%s: %s", var, msg);
-	}
-	return 0;
-}
-
 /* ---- cross-field checks ------------------------------------------------ */
 
 static int key_check(const struct config *c, const struct key *k, char *err,
@@ -745,7 +515,7 @@ static int key_check(const struct config *c, const struct key *k, char *err,
 	default:
 		return 0;
 	}
-	return key_range(k, v, text, err, errlen);
+	return config_key_range(k, v, text, err, errlen);
 }
 
 int config_check(const struct config *c, char *err, size_t errlen)
@@ -756,29 +526,29 @@ int config_check(const struct config *c, char *err, size_t errlen)
 	rc = url_check(c->base_url, err, errlen);
 	if (rc)
 		return rc;
-	for (i = 0; i < NKEYS; i++) {
-		rc = key_check(c, &keys[i], err, errlen);
+	for (i = 0; i < config_nkeys; i++) {
+		rc = key_check(c, &config_keys[i], err, errlen);
 		if (rc)
 			return rc;
 	}
 	if ((unsigned)c->provider > PROVIDER_MOCK)
-		return seterr(err, errlen, -EINVAL,
+		return config_seterr(err, errlen, -EINVAL,
 			      "provider: invalid value %d", (int)c->provider);
 	if ((unsigned)c->tool_api > TOOL_API_FUNCTIONS)
-		return seterr(err, errlen, -EINVAL,
+		return config_seterr(err, errlen, -EINVAL,
 			      "tool_api: invalid value %d", (int)c->tool_api);
 	if (c->log_level < LOG_LVL_ERROR || c->log_level > LOG_LVL_DEBUG)
-		return seterr(err, errlen, -EINVAL,
+		return config_seterr(err, errlen, -EINVAL,
 			      "log_level: invalid value %d", c->log_level);
 	if (c->stream != 0 && c->stream != 1)
-		return seterr(err, errlen, -EINVAL, "stream: invalid value %d",
+		return config_seterr(err, errlen, -EINVAL, "stream: invalid value %d",
 			      c->stream);
 	if (!c->state_dir || !*c->state_dir)
-		return seterr(err, errlen, -EINVAL,
+		return config_seterr(err, errlen, -EINVAL,
 			      "state_dir: not set (and neither XDG_DATA_HOME "
 			      "nor HOME is set)");
 	if (c->max_backoff_ms < c->initial_backoff_ms)
-		return seterr(
+		return config_seterr(
 		    err, errlen, -EINVAL,
 		    "max_backoff: %ld ms is less than initial_backoff "
 		    "(%ld ms)",
@@ -788,7 +558,7 @@ int config_check(const struct config *c, char *err, size_t errlen)
 			if (strcmp(c->allowed_models[i], c->default_model) == 0)
 				break;
 		if (!c->allowed_models[i])
-			return seterr(err, errlen, -EINVAL,
+			return config_seterr(err, errlen, -EINVAL,
 				      "default_model: '%.200s' is not in "
 				      "allowed_models",
 				      c->default_model);
