@@ -180,6 +180,31 @@ static int put_stripped(struct buf *out, const char *b, size_t n)
 	return rc;
 }
 
+/* When the only lmsfs member of a line is the prompt id lmsfs writes last
+ * (',"lmsfs_id":"<16 hex>"}'), how much of the line comes before it; else
+ * 0. */
+static size_t id_suffix_stripped(const char *b, size_t n)
+{
+	static const char head[] = ",\"lmsfs_id\":\"";
+	const size_t hl = sizeof(head) - 1, sl = hl + STORE_ID_LEN - 1 + 2;
+	const char *s;
+
+	if (n <= sl)
+		return 0;
+	s = b + n - sl;
+	if (memcmp(s, head, hl) != 0 || s[sl - 2] != '"' || s[sl - 1] != '}')
+		return 0;
+	for (size_t i = 0; i < STORE_ID_LEN - 1; i++) {
+		char c = s[hl + i];
+		if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')))
+			return 0;
+	}
+	/* No other lmsfs member before it. */
+	if (memmem(b, (size_t)(s - b), "\"lmsfs", 6))
+		return 0;
+	return (size_t)(s - b);
+}
+
 int store_hist_for_request(int dirfd, struct buf *out, char *first_role, size_t rolelen,
 			   char *why, size_t whylen)
 {
@@ -220,7 +245,18 @@ int store_hist_for_request(int dirfd, struct buf *out, char *first_role, size_t 
 				continue;
 		}
 		if (memmem(b, (size_t)(e - b), "\"lmsfs", 6)) {
-			rc = put_stripped(out, b, (size_t)(e - b));
+			size_t keep = id_suffix_stripped(b, (size_t)(e - b));
+			if (keep) {
+				/* The prompt id lmsfs puts last on a user line: cut
+				 * as text, not parsed (half the lines have one). */
+				if (out->len)
+					buf_putc(out, ',');
+				rc = buf_append(out, b, keep);
+				if (rc == 0)
+					rc = buf_putc(out, '}');
+			} else {
+				rc = put_stripped(out, b, (size_t)(e - b));
+			}
 		} else {
 			if (out->len)
 				buf_putc(out, ',');
