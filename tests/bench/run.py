@@ -270,8 +270,12 @@ def p4(work, url, n):
 
 def p5(m, big_lines, cat_mb):
     def history(c, n):
-        line = '{"role":"user","content":"hello there"}\n'
-        (m.state / "conversations" / c.name / "messages.jsonl").write_text(line * n)
+        # As lmsfs writes them: user lines carry the prompt's id.
+        line = ('{"role":"user","content":"hello there",'
+                '"lmsfs_id":"0123456789abcdef"}\n'
+                '{"role":"assistant","content":"hi"}\n')
+        (m.state / "conversations" / c.name / "messages.jsonl").write_text(
+            line * (n // 2))
 
     small, big = m.conv("p5-small"), m.conv("p5-big")
     history(small, 10)
