@@ -4,6 +4,7 @@
 #include "fsio.h"
 #include "jsonl.h"
 #include "log.h"
+#include "msgs.h"
 #include "utf8.h"
 #include "util.h"
 
@@ -152,63 +153,10 @@ out:
 	return line;
 }
 
-/* Appends one history line to a request's message list, without the
- * lmsfs* members, which are never sent. */
-static int put_stripped(struct buf *out, const char *b, size_t n)
-{
-	cJSON *m = cJSON_ParseWithLength(b, n), *it, *next;
-	char *txt;
-	int rc;
-
-	if (!cJSON_IsObject(m)) {
-		cJSON_Delete(m);
-		return 0;
-	}
-	for (it = m->child; it; it = next) {
-		next = it->next;
-		if (it->string && strncmp(it->string, "lmsfs", 5) == 0)
-			cJSON_DeleteItemFromObjectCaseSensitive(m, it->string);
-	}
-	txt = cJSON_PrintUnformatted(m);
-	cJSON_Delete(m);
-	if (!txt)
-		return -ENOMEM;
-	if (out->len)
-		buf_putc(out, ',');
-	rc = buf_puts(out, txt);
-	free(txt);
-	return rc;
-}
-
-/* When the only lmsfs member of a line is the prompt id lmsfs writes last
- * (',"lmsfs_id":"<16 hex>"}'), how much of the line comes before it; else
- * 0. */
-static size_t id_suffix_stripped(const char *b, size_t n)
-{
-	static const char head[] = ",\"lmsfs_id\":\"";
-	const size_t hl = sizeof(head) - 1, sl = hl + STORE_ID_LEN - 1 + 2;
-	const char *s;
-
-	if (n <= sl)
-		return 0;
-	s = b + n - sl;
-	if (memcmp(s, head, hl) != 0 || s[sl - 2] != '"' || s[sl - 1] != '}')
-		return 0;
-	for (size_t i = 0; i < STORE_ID_LEN - 1; i++) {
-		char c = s[hl + i];
-		if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')))
-			return 0;
-	}
-	/* No other lmsfs member before it. */
-	if (memmem(b, (size_t)(s - b), "\"lmsfs", 6))
-		return 0;
-	return (size_t)(s - b);
-}
-
 int store_hist_for_request(int dirfd, struct buf *out, char *first_role, size_t rolelen,
 			   char *why, size_t whylen)
 {
-	char *data = NULL, *p, *end;
+	char *data = NULL;
 	size_t len;
 	int rc = store_hist_read(dirfd, &data, &len);
 
@@ -219,52 +167,7 @@ int store_hist_for_request(int dirfd, struct buf *out, char *first_role, size_t 
 		snprintf(why, whylen, "cannot read messages.jsonl: %s", strerror(-rc));
 		return rc;
 	}
-	/* Lines are validated JSON objects: they are copied as they are,
-	 * which keeps a turn cheap with a long history. Only lines with
-	 * lmsfs bookkeeping, and the first, are parsed. */
-	for (p = data, end = data + len; p < end;) {
-		char *nl = memchr(p, '\n', (size_t)(end - p));
-		size_t l = nl ? (size_t)(nl - p) : (size_t)(end - p);
-		char *b = p, *e = p + l;
-		p += l + 1;
-		while (b < e && (*b == ' ' || *b == '\t' || *b == '\r'))
-			b++;
-		while (e > b && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\r'))
-			e--;
-		if (b == e || *b != '{' || e[-1] != '}')
-			continue; /* blank, or not an object: never sent */
-		if (!first_role[0]) {
-			cJSON *m = cJSON_ParseWithLength(b, (size_t)(e - b));
-			const cJSON *r = cJSON_GetObjectItemCaseSensitive(m, "role");
-			int obj = cJSON_IsObject(m);
-			if (obj)
-				snprintf(first_role, rolelen, "%s",
-					 cJSON_IsString(r) ? r->valuestring : "?");
-			cJSON_Delete(m);
-			if (!obj)
-				continue;
-		}
-		if (memmem(b, (size_t)(e - b), "\"lmsfs", 6)) {
-			size_t keep = id_suffix_stripped(b, (size_t)(e - b));
-			if (keep) {
-				/* The prompt id lmsfs puts last on a user line: cut
-				 * as text, not parsed (half the lines have one). */
-				if (out->len)
-					buf_putc(out, ',');
-				rc = buf_append(out, b, keep);
-				if (rc == 0)
-					rc = buf_putc(out, '}');
-			} else {
-				rc = put_stripped(out, b, (size_t)(e - b));
-			}
-		} else {
-			if (out->len)
-				buf_putc(out, ',');
-			rc = buf_append(out, b, (size_t)(e - b));
-		}
-		if (rc)
-			break;
-	}
+	rc = msgs_from_history(data, len, out, first_role, rolelen);
 	free(data);
 	if (rc) {
 		snprintf(why, whylen, "the history is too large to send");

@@ -90,8 +90,8 @@ char *store_hist_last_line(int dirfd, off_t *offset);
 /* Opens the history for reading (fd or -errno). */
 int store_hist_open(int dirfd);
 /* The history as the text of a JSON array's elements ("{..},{..}"), ready
- * to be spliced into a request: lmsfs* members dropped, blank lines and
- * non-objects skipped. first_role gets the first message's role. */
+ * to be spliced into a request, made well formed (msgs.h). first_role gets
+ * the first message's role. */
 int store_hist_for_request(int dirfd, struct buf *out, char *first_role, size_t rolelen,
 			   char *why, size_t whylen);
 

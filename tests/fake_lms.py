@@ -29,6 +29,13 @@ Knobs (plain attributes, change them at any time):
     srv.chunked          False (default): streams are sent without a length
                          and with "Connection: close"; True: streams use
                          Transfer-Encoding: chunked and keep the connection
+    srv.strict_messages  False (default); True: like chat templates that
+                         insist (Mistral, Gemma) and servers that want a
+                         result for every tool call, a request with two
+                         user messages in a row, or an assistant tool call
+                         not answered by a tool message before the next
+                         non-tool message, gets HTTP 400 (before the queue
+                         is consulted)
     srv.validate_model   True (default): a chat request naming a model that
                          is not in srv.models (any state: JIT loading) gets
                          model_not_found(); a request without "model" gets
@@ -434,6 +441,37 @@ class _Closed(Exception):
     """The connection is gone (or must be dropped now)."""
 
 
+def strict_messages_error(messages):
+    """The 400 a strict server sends for a malformed message list, or
+    None when it is well formed (see FakeLMS.strict_messages)."""
+    if not isinstance(messages, list):
+        return None
+    prev = None
+    pending = set()
+    for m in messages:
+        role = m.get("role") if isinstance(m, dict) else None
+        if role != "tool" and pending:
+            return HttpError(400, {"error": {
+                "message": "tool calls without results: %s" % sorted(pending),
+                "type": "invalid_request_error"}})
+        if role == "user" and prev == "user":
+            return HttpError(400, {"error": {
+                "message": "Conversation roles must alternate "
+                           "user/assistant/user/assistant/...",
+                "type": "invalid_request_error"}})
+        if role == "assistant":
+            for c in m.get("tool_calls") or []:
+                pending.add(c.get("id"))
+        if role == "tool":
+            pending.discard(m.get("tool_call_id"))
+        prev = role
+    if pending:
+        return HttpError(400, {"error": {
+            "message": "tool calls without results: %s" % sorted(pending),
+            "type": "invalid_request_error"}})
+    return None
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "FakeLMS/1.0"
@@ -694,6 +732,10 @@ class _Handler(BaseHTTPRequestHandler):
                     "code": None}})
             if fake.validate_model:
                 err = fake._check_model(body)
+                if err is not None:
+                    return err
+            if fake.strict_messages:
+                err = strict_messages_error(body.get("messages"))
                 if err is not None:
                     return err
             return fake._next_chat(req)
@@ -1012,6 +1054,7 @@ class FakeLMS:
         self.chunk_delay = 0.0
         self.chunked = False
         self.validate_model = True
+        self.strict_messages = False
         self.routes = {}
         self.requests = []
         self._queue = deque()

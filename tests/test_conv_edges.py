@@ -108,9 +108,10 @@ def test_long_history_turn_sends_no_expect_continue(fake, mount):
     must go out at once."""
     m = cmount(mount)
     mkconv(m, "long")
-    line = '{"role":"user","content":"%s"}\n' % ("x" * 150)
+    pair = ('{"role":"user","content":"%s"}\n'
+            '{"role":"assistant","content":"%s"}\n' % ("x" * 150, "y" * 150))
     with open(cdir(m, "long") / "messages.jsonl", "w") as f:
-        f.write(line * 10000)
+        f.write(pair * 5000)
     t0 = time.monotonic()
     prompt(m, "long", "and now?")
     wait_for(lambda: history(m, "long")[-1]["role"] == "assistant")

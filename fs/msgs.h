@@ -1,0 +1,26 @@
+/* msgs.h - the history as a request carries it: every line as written,
+ * without lmsfs's own members (lmsfs_*), made well formed for servers and
+ * chat templates that insist:
+ *   - consecutive user messages are sent as one (contents joined by a
+ *     blank line; arrays of parts concatenated);
+ *   - an assistant message whose tool calls have no result gets a tool
+ *     message "no result: the tool round was cut" for each one missing,
+ *     right after the results that exist.
+ * The history on disk is never changed. Pure: no I/O. */
+#ifndef LMSFS_MSGS_H
+#define LMSFS_MSGS_H
+
+#include <stddef.h>
+
+#include "buf.h"
+
+#define MSGS_NO_RESULT "no result: the tool round was cut"
+
+/* Appends the messages of data (JSON Lines; blank lines and lines that are
+ * not objects skipped) to out as the text of a JSON array's elements
+ * ("{..},{..}"). first_role gets the first message's role ("" when none).
+ * 0 or -errno (-ENOMEM, -EMSGSIZE when out's cap is reached). */
+int msgs_from_history(const char *data, size_t len, struct buf *out, char *first_role,
+		      size_t rolelen);
+
+#endif
