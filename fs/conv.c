@@ -415,9 +415,10 @@ int conv_shutdown(void)
 
 	pthread_mutex_lock(&conv_table_lock);
 	conv_stopping = 1;
+	/* GEN_STOPPING, not a cancel: the answers were interrupted. */
 	for (int i = 0; i < NBUCKETS; i++)
 		for (struct conv *c = table[i]; c; c = c->hnext)
-			flag_set(&c->cancel, 1);
+			flag_set(&c->cancel, GEN_STOPPING);
 	clock_gettime(CLOCK_REALTIME, &ts);
 	ts.tv_sec += 5;
 	while (__atomic_load_n(&conv_n_workers, __ATOMIC_ACQUIRE) > 0)

@@ -151,6 +151,8 @@ static void record(struct conv *c, struct job *j, struct gen_result *res, const 
 		metrics_storage_failure(res->errmsg);
 	else if (res->err != EC_NONE)
 		metrics_failure(res->err);
+	if (res->err != EC_NONE)
+		metrics_note_failure(res->err, name, res->errmsg);
 	if (res->prompt_tokens > 0 || res->completion_tokens > 0)
 		metrics_tokens(res->prompt_tokens > 0 ? res->prompt_tokens : 0,
 			       res->completion_tokens > 0 ? res->completion_tokens : 0);
@@ -493,6 +495,7 @@ static int spool_write(struct conv *c, int dirfd, struct job *j)
 /* Queues a spooled job and starts the worker; c->lock held. */
 static void queue_job(struct conv *c, struct job *j)
 {
+	c->rejected[0] = '\0'; /* an accepted prompt ends an old refusal */
 	j->seq = ++c->submitted;
 	conv_enqueue(c, j);
 	/* A prompt stuck for room goes first, now with this one behind it. */

@@ -35,7 +35,7 @@ static const struct {
 	[EC_NONE] = {"none", 0, 0, 0, 0},
 	[EC_UNREACHABLE] = {"unreachable", EHOSTDOWN, 1, 1, 1},
 	[EC_TIMEOUT] = {"timeout", ETIMEDOUT, 1, 1, 1},
-	[EC_RATE_LIMITED] = {"rate_limited", EAGAIN, 1, 1, 0},
+	[EC_RATE_LIMITED] = {"rate_limited", EBUSY, 1, 1, 0},
 	[EC_AUTH] = {"auth", EACCES, 0, 0, 0},
 	[EC_MODEL_NOT_FOUND] = {"model_not_found", ENOENT, 0, 0, 0},
 	[EC_NO_MODEL] = {"no_model", ENOENT, 0, 0, 0},

@@ -12,6 +12,7 @@
 #include "mock.h"
 #include "models.h"
 #include "retry.h"
+#include "recover.h"
 #include "sse.h"
 #include "store.h"
 #include "tooldef.h"
@@ -445,6 +446,12 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 	goto done;
 
 fail:
+	/* Stopped by the daemon's shutdown, not by the user: interrupted. */
+	if (cls == EC_CANCELLED && flag_get(job->cancel) == GEN_STOPPING) {
+		cls = EC_INTERRUPTED;
+		snprintf(res->errmsg, sizeof(res->errmsg),
+			 "the daemon stopped while answering; write retry to .ctl");
+	}
 	/* A failed answer always leaves a marked assistant line with the text
 	 * shown so far (maybe none): the prompt is never silently skipped, and
 	 * a retry knows what to drop. If even that cannot be stored, the
@@ -457,6 +464,8 @@ fail:
 
 		if (cls == EC_CANCELLED)
 			snprintf(status, sizeof(status), "cancelled");
+		else if (cls == EC_INTERRUPTED)
+			snprintf(status, sizeof(status), "%s", RECOVER_INTERRUPTED);
 		else
 			snprintf(status, sizeof(status), "%s: %s", errclass_name(cls),
 				 res->errmsg);

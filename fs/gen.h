@@ -22,6 +22,10 @@ struct gen_progress {
 	double first_token; /* now_s() of the first token, 0 before */
 };
 
+/* The value of *gen_job.cancel when the daemon stops (1: the user's
+ * cancel): the answer ends as interrupted, not cancelled. */
+#define GEN_STOPPING 2
+
 struct gen_job {
 	int dirfd;                 /* the conversation directory (survives mv) */
 	const char *conv_name;     /* for logs and tools */

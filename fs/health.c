@@ -10,6 +10,7 @@
 #include <cjson/cJSON.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static const char *provider_name(int p)
 {
@@ -53,6 +54,23 @@ char *health_json(const struct config *cfg)
 			cJSON_AddStringToObject(sto, "last_error", why);
 		else
 			cJSON_AddNullToObject(sto, "last_error");
+	}
+	{
+		struct metrics_last lf;
+		if (metrics_last_failure(&lf)) {
+			char at[40];
+			struct tm tm;
+			cJSON *f = cJSON_AddObjectToObject(o, "last_failure");
+			gmtime_r(&lf.at, &tm);
+			strftime(at, sizeof(at), "%Y-%m-%dT%H:%M:%SZ", &tm);
+			cJSON_AddStringToObject(f, "class", errclass_name(lf.cls));
+			cJSON_AddStringToObject(f, "message", lf.why);
+			if (lf.conv[0])
+				cJSON_AddStringToObject(f, "conversation", lf.conv);
+			cJSON_AddStringToObject(f, "at", at);
+		} else {
+			cJSON_AddNullToObject(o, "last_failure");
+		}
 	}
 	h = cJSON_AddObjectToObject(o, "http");
 	cJSON_AddNumberToObject(h, "timeout_ms", cfg->timeout_ms);

@@ -39,6 +39,8 @@ static const char usage_text[] =
 	"  -V, --version     print the version\n"
 	"\n"
 	"Precedence: defaults < config file < LMSFS_<KEY> environment < -o.\n"
+	"Retries: max_retries governs requests that do not stream, max_retries_stream\n"
+	"streamed ones (retried only before their first token).\n"
 	"Unmount with: fusermount3 -u MOUNTPOINT\n";
 
 struct cli {

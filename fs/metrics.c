@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <time.h>
 
 static atomic_long requests, retries, tokens_in, tokens_out, answers_ok,
 	answers_failed;
@@ -44,6 +45,7 @@ void metrics_failure(enum err_class c)
 }
 static pthread_mutex_t storage_lock = PTHREAD_MUTEX_INITIALIZER;
 static char storage_last[512]; /* storage_lock */
+static struct metrics_last last_failure; /* storage_lock */
 
 void metrics_storage_failure(const char *why)
 {
@@ -51,6 +53,25 @@ void metrics_storage_failure(const char *why)
 	pthread_mutex_lock(&storage_lock);
 	snprintf(storage_last, sizeof(storage_last), "%s", why);
 	pthread_mutex_unlock(&storage_lock);
+	metrics_note_failure(EC_STORAGE, NULL, why);
+}
+
+void metrics_note_failure(enum err_class c, const char *conv, const char *why)
+{
+	pthread_mutex_lock(&storage_lock);
+	last_failure.cls = c;
+	snprintf(last_failure.conv, sizeof(last_failure.conv), "%s", conv ? conv : "");
+	snprintf(last_failure.why, sizeof(last_failure.why), "%s", why ? why : "");
+	last_failure.at = time(NULL);
+	pthread_mutex_unlock(&storage_lock);
+}
+
+int metrics_last_failure(struct metrics_last *out)
+{
+	pthread_mutex_lock(&storage_lock);
+	*out = last_failure;
+	pthread_mutex_unlock(&storage_lock);
+	return out->at != 0;
 }
 
 long metrics_storage_last(char *why, size_t len)

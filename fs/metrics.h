@@ -7,6 +7,7 @@
 #define LMSFS_METRICS_H
 
 #include <stddef.h>
+#include <time.h>
 
 #include "buf.h"
 #include "errclass.h"
@@ -18,6 +19,16 @@ void metrics_failure(enum err_class c);
 /* A write to disk failed (an answer or a user's history write): counted as
  * class "storage", the reason kept for health. */
 void metrics_storage_failure(const char *why);
+/* The last failure of any kind (an answer, a refused write to disk). */
+struct metrics_last {
+	enum err_class cls;
+	char conv[256]; /* "" when not about one conversation */
+	char why[512];
+	time_t at;      /* 0: none yet */
+};
+void metrics_note_failure(enum err_class c, const char *conv, const char *why);
+/* 1 and *out when there was one. */
+int metrics_last_failure(struct metrics_last *out);
 /* Storage failures so far; the last reason into why. */
 long metrics_storage_last(char *why, size_t len);
 void metrics_retry(void);

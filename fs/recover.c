@@ -315,6 +315,12 @@ int recover_conversation(int dirfd, const char *name, struct recover_result *r)
 	lm = last_message(dirfd);
 	if (lm && !strcmp(role_of(lm), "user") && np == 0 && !r->interrupted)
 		r->unanswered = 1;
+	/* An answer the last stop cut (a clean unmount marks it itself). */
+	if (lm && !strcmp(role_of(lm), "assistant")) {
+		const cJSON *st = cJSON_GetObjectItemCaseSensitive(lm, "lmsfs_status");
+		if (cJSON_IsString(st) && !strncmp(st->valuestring, "interrupted", 11))
+			r->interrupted = 1;
+	}
 	if (lm && !strcmp(role_of(lm), "assistant")) {
 		cJSON *c = cJSON_GetObjectItemCaseSensitive(lm, "content");
 		if (cJSON_IsString(c)) {

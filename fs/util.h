@@ -20,10 +20,11 @@ unsigned util_strhash(unsigned seed, const char *s);
 /* Trims ASCII whitespace at both ends in place; returns s. */
 char *trim(char *s);
 
-/* A flag shared between threads (cancel requests): relaxed atomics. */
+/* A flag shared between threads (cancel requests): relaxed atomics. Its
+ * value (0 when f is NULL), not only whether it is set. */
 static inline int flag_get(const volatile int *f)
 {
-	return f && __atomic_load_n(f, __ATOMIC_RELAXED);
+	return f ? __atomic_load_n(f, __ATOMIC_RELAXED) : 0;
 }
 static inline void flag_set(volatile int *f, int v)
 {

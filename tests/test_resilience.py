@@ -523,7 +523,9 @@ def test_429_without_retry_after_uses_backoff(fake, mount):
     assert g < 0.5, g
 
 
-def test_429_exhausted_is_rate_limited_eagain(fake, mount):
+def test_429_exhausted_is_rate_limited_ebusy(fake, mount):
+    """A rate-limited answer fails .reply with EBUSY: not EAGAIN, which
+    readers take for "no data yet" (Python's read() returned None)."""
     m = rmount(mount, initial_backoff="10ms", max_backoff="20ms",
                max_retries_stream=1)
     mkconv(m, "rl")
@@ -531,10 +533,17 @@ def test_429_exhausted_is_rate_limited_eagain(fake, mount):
     prompt(m, "rl", "too many")
     st = wait_state(m, "rl", "failed")
     assert st["error"]["class"] == "rate_limited", st
-    assert reply_errno(m, "rl") == errno.EAGAIN
+    assert reply_errno(m, "rl") == errno.EBUSY
     assert len(fake.chat_requests()) == 2
     r = sh(m, "cat rl/.reply")
-    assert r.returncode != 0 and "temporarily unavailable" in r.stderr, r
+    assert r.returncode != 0 and "busy" in r.stderr, r
+
+    def python_read():
+        with open(cdir(m, "rl") / ".reply") as f:
+            return f.read()
+    with pytest.raises(OSError) as ei:
+        call_with_timeout(python_read)
+    assert ei.value.errno == errno.EBUSY
 
 
 # ---------------------------------------------------------------- breaker

@@ -734,3 +734,29 @@ def test_sed_i_keeps_an_answer_appended_while_it_ran(fake, mount):
     assert users == ["ALPHA", "beta"], msgs
     assert msgs[-1] == assistant("slow answer"), msgs
     assert [x["role"] for x in msgs] == ["user", "assistant", "user", "assistant"], msgs
+
+
+def test_clean_unmount_interrupts_a_running_answer_and_retry_works(fake, mount):
+    """fusermount -u while an answer streams: the answer is kept marked
+    "interrupted" (not "cancelled": nobody cancelled it), .status says so
+    after the next mount, and retry answers the prompt again."""
+    m = smount(mount)
+    mkconv(m, "c")
+    text = " ".join("w%d" % i for i in range(40))
+    fake.enqueue(Reply(text=text, delay=0.2))
+    prompt(m, "c", "tell me")
+    wait_for(lambda: "w1" in stream_or_empty(m, "c"), timeout=10,
+             message="the answer started")
+    m.umount()
+    m.start()
+    last = hist(m, "c")[-1]
+    assert last["role"] == "assistant", last
+    assert last.get("lmsfs_status", "").startswith("interrupted"), last
+    assert text.startswith(last["content"]) and last["content"], last
+    st = status(m, "c")
+    assert st["state"] == "failed" and st["error"]["class"] == "interrupted", st
+    r = sh(m, "echo retry > c/.ctl")
+    assert r.returncode == 0, r.stderr
+    assert reply(m, "c").rstrip("\n") == echo_of("tell me")
+    msgs = plain_hist(m, "c")
+    assert msgs[-2:] == [user("tell me"), assistant(echo_of("tell me"))], msgs

@@ -19,7 +19,7 @@ static void test_table(void)
 	    {EC_NONE, "none", EIO, 0, 0, 1},
 	    {EC_UNREACHABLE, "unreachable", EHOSTDOWN, 1, 1, 0},
 	    {EC_TIMEOUT, "timeout", ETIMEDOUT, 1, 1, 0},
-	    {EC_RATE_LIMITED, "rate_limited", EAGAIN, 1, 1, 1},
+	    {EC_RATE_LIMITED, "rate_limited", EBUSY, 1, 1, 1},
 	    {EC_AUTH, "auth", EACCES, 0, 0, 1},
 	    {EC_MODEL_NOT_FOUND, "model_not_found", ENOENT, 0, 0, 1},
 	    {EC_NO_MODEL, "no_model", ENOENT, 0, 0, 1},
