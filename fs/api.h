@@ -17,7 +17,9 @@
 struct config;
 typedef struct cJSON cJSON;
 
-#define API_MAX_TOOL_CALLS 32
+/* Calls one reply may hold (a higher index is a protocol failure); only
+ * the first TOOLRUN_MAX_CALLS run, the rest are answered with an error. */
+#define API_MAX_TOOL_CALLS 128
 
 struct api_tool_call {
 	char *id;

@@ -277,10 +277,33 @@ static int save_assistant(const struct gen_job *job, const struct api_answer *an
 	return ret;
 }
 
+/* A reply that names no function for one of its calls, or that ends with
+ * finish_reason "tool_calls" (or "function_call") and holds no call, is
+ * broken: never stored as an empty answer, never run. 1 with msg set. */
+static int calls_malformed(const struct api_answer *a, char *msg, size_t len)
+{
+	for (int i = 0; i < a->n_calls; i++)
+		if (!a->calls[i].name || !a->calls[i].name[0]) {
+			snprintf(msg, len, "tool call %d of %d in the server's reply has no "
+					   "function name",
+				 i + 1, a->n_calls);
+			return 1;
+		}
+	if (a->n_calls == 0 &&
+	    (!strcmp(a->finish, "tool_calls") || !strcmp(a->finish, "function_call"))) {
+		snprintf(msg, len, "the server's reply ended with finish_reason \"%s\" "
+				   "but holds no tool call",
+			 a->finish);
+		return 1;
+	}
+	return 0;
+}
+
 void gen_run(const struct gen_job *job, struct gen_result *res)
 {
 	char *want = NULL, *model = NULL, *system = NULL, *params_txt = NULL;
 	cJSON *params = NULL;
+	cJSON *offered = NULL; /* the tools the last request offered, by name */
 	struct api_answer ans;
 	enum err_class cls = EC_NONE;
 	int stream_fd = -1;
@@ -351,6 +374,9 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 			}
 		}
 		tools = tooldef_definitions(params);
+		/* Only what this request offers may run when it answers. */
+		cJSON_Delete(offered);
+		offered = tooldef_offered_names(tools, params);
 		body = api_build_request(cfg, model, msgs.data ? msgs.data : "", params, tools,
 					 &stream);
 		buf_free(&msgs);
@@ -372,12 +398,12 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 		snprintf(res->finish, sizeof(res->finish), "%s", ans.finish);
 		if (cls != EC_NONE)
 			goto fail;
+		if (calls_malformed(&ans, res->errmsg, sizeof(res->errmsg))) {
+			cls = EC_PROTOCOL;
+			goto fail;
+		}
 
-		int ncalls = 0;
-		for (int i = 0; i < ans.n_calls; i++)
-			if (ans.calls[i].name)
-				ncalls++;
-		if (ncalls == 0) {
+		if (ans.n_calls == 0) {
 			int rc = save_assistant(job, &ans, NULL, STORE_SYNC, NULL, NULL);
 			if (rc != 0) {
 				/* Never "ok" for an answer that is not on disk; its
@@ -399,7 +425,7 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 		}
 		/* A tool round: the calls go to the history, then the results. */
 		for (int i = 0; i < ans.n_calls; i++)
-			if (ans.calls[i].name && !ans.calls[i].id) {
+			if (!ans.calls[i].id) {
 				char id[32];
 				snprintf(id, sizeof(id), "call_%d_%d", rounds, i);
 				ans.calls[i].id = strdup(id);
@@ -415,14 +441,20 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 				goto fail;
 			}
 			store_partial_set(job->dirfd);
+			/* Every call gets its result, in order. A call past the
+			 * first TOOLRUN_MAX_CALLS, or to a tool this request did
+			 * not offer, is answered with an error and never runs. */
 			for (int i = 0; i < ans.n_calls && rc == 0; i++) {
 				struct api_tool_call *c = &ans.calls[i];
+				enum toolrun_gate gate = TOOLRUN_OFFERED;
 				char *result;
-				if (!c->name)
-					continue;
+				if (i >= TOOLRUN_MAX_CALLS)
+					gate = TOOLRUN_OVER_LIMIT;
+				else if (!tooldef_is_offered(offered, c->name))
+					gate = TOOLRUN_NOT_OFFERED;
 				result = toolrun_call(c->name, c->args.data ? c->args.data : "",
 						      c->id, job->conv_name, job->dirfd,
-						      ans.legacy_call);
+						      ans.legacy_call, gate);
 				rc = result ? append_history(job, result, 0, NULL) : -ENOMEM;
 				free(result);
 			}
@@ -501,6 +533,7 @@ done:
 	if (stream_fd >= 0)
 		close(stream_fd);
 	api_answer_free(&ans);
+	cJSON_Delete(offered);
 	cJSON_Delete(params);
 	free(params_txt);
 	free(want);

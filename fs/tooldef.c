@@ -338,6 +338,63 @@ cJSON *tooldef_definitions(const cJSON *params)
 	return arr;
 }
 
+/* The function name of a tool object ({"type":"function","function":{...}})
+ * or of a bare function object ({"name":...}, the legacy form). */
+static const char *function_name(const cJSON *t)
+{
+	const cJSON *fn = cJSON_GetObjectItemCaseSensitive(t, "function");
+	const cJSON *n = cJSON_GetObjectItemCaseSensitive(cJSON_IsObject(fn) ? fn : t, "name");
+	return cJSON_IsString(n) ? n->valuestring : NULL;
+}
+
+/* 1 when some element of arr names `name`. */
+static int names_function(const cJSON *arr, const char *name)
+{
+	const cJSON *t;
+	cJSON_ArrayForEach(t, arr)
+	{
+		const char *n = function_name(t);
+		if (n && strcmp(n, name) == 0)
+			return 1;
+	}
+	return 0;
+}
+
+cJSON *tooldef_offered_names(const cJSON *defs, const cJSON *params)
+{
+	const cJSON *own_tools = cJSON_GetObjectItemCaseSensitive(params, "tools");
+	const cJSON *own_fns = cJSON_GetObjectItemCaseSensitive(params, "functions");
+	cJSON *out = cJSON_CreateArray();
+	const cJSON *t;
+
+	if (!out)
+		return NULL;
+	cJSON_ArrayForEach(t, defs)
+	{
+		const char *n = function_name(t);
+		if (!n)
+			continue;
+		/* params.json's own list replaces lmsfs's in the request: a
+		 * tool is offered only if it is in both (anything else in
+		 * params.json's list has no executable behind it). */
+		if (own_tools && !names_function(own_tools, n))
+			continue;
+		if (own_fns && !names_function(own_fns, n))
+			continue;
+		cJSON_AddItemToArray(out, cJSON_CreateString(n));
+	}
+	return out;
+}
+
+int tooldef_is_offered(const cJSON *offered, const char *name)
+{
+	const cJSON *n;
+	cJSON_ArrayForEach(n, offered)
+	if (cJSON_IsString(n) && strcmp(n->valuestring, name) == 0)
+		return 1;
+	return 0;
+}
+
 char *tooldef_status(void)
 {
 	struct buf b;

@@ -9,7 +9,8 @@
  *
  * Ownership: tooldef_definitions() returns a tree the caller frees with
  * cJSON_Delete(); tooldef_status() returns a malloc'd string the caller
- * frees with free(). The directory descriptor and path belong to this
+ * frees with free(); tooldef_offered_names() returns an array the caller
+ * frees with cJSON_Delete(). The directory descriptor and path belong to this
  * module and stay open for the life of the process: callers never close
  * or free them. tooldef_why_not() returns a static string.
  */
@@ -33,6 +34,14 @@ const char *tooldef_why_not(const char *name);
  * "function":{...}}), narrowed by the conversation's params (may be NULL):
  * "lmsfs_tools": [names] allow-list, or false for none. NULL: no tools. */
 cJSON *tooldef_definitions(const cJSON *params);
+/* The names a request offers, to hold the model's calls against: the
+ * functions of `defs` (what tooldef_definitions gave, may be NULL), and,
+ * when params.json brings its own "tools" or "functions" (merged over
+ * lmsfs's), only those also named there. An array of strings, never NULL
+ * unless out of memory (an empty one: nothing may run). */
+cJSON *tooldef_offered_names(const cJSON *defs, const cJSON *params);
+/* 1 when `name` is in `offered` (from tooldef_offered_names). */
+int tooldef_is_offered(const cJSON *offered, const char *name);
 /* Text for tools/.status: which files count, which are skipped and why. */
 char *tooldef_status(void);
 

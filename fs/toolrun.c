@@ -89,12 +89,17 @@ static void free_env(struct env *env)
 
 /* The tool's whole environment: a few variables kept from ours, the
  * LMSFS_TOOLS_* settings, who is calling, and one LMSFS_ARG_<name> per
- * scalar argument (other characters of the name become '_'). */
+ * scalar argument (other characters of the name become '_'). A value over
+ * TOOLRUN_ENV_ARG_MAX bytes, or one that would take the arguments past
+ * TOOLRUN_ENV_ARGS_MAX in all, is left out: the kernel refuses a string
+ * over 128 KiB or an environment over its limit (E2BIG), and the tool has
+ * every argument on stdin anyway. */
 static void build_env(struct env *env, const char *name, const cJSON *argobj,
 		      const char *call_id, const char *conv)
 {
 	const char *keep[] = {"PATH", "HOME", "LANG", "LC_ALL", "TZ"};
 	const cJSON *a;
+	size_t budget = TOOLRUN_ENV_ARGS_MAX;
 
 	for (size_t i = 0; i < sizeof(keep) / sizeof(keep[0]); i++) {
 		const char *v = getenv(keep[i]);
@@ -121,7 +126,8 @@ static void build_env(struct env *env, const char *name, const cJSON *argobj,
 	cJSON_ArrayForEach(a, argobj)
 	{
 		char key[128], num[64];
-		size_t i;
+		const char *val;
+		size_t i, need;
 		if (!a->string || strlen(a->string) > 64)
 			continue;
 		snprintf(key, sizeof(key), "LMSFS_ARG_%s", a->string);
@@ -130,13 +136,19 @@ static void build_env(struct env *env, const char *name, const cJSON *argobj,
 			      (key[i] >= '0' && key[i] <= '9') || key[i] == '_'))
 				key[i] = '_';
 		if (cJSON_IsString(a))
-			add_env(env, key, a->valuestring);
+			val = a->valuestring;
 		else if (cJSON_IsBool(a))
-			add_env(env, key, cJSON_IsTrue(a) ? "true" : "false");
+			val = cJSON_IsTrue(a) ? "true" : "false";
 		else if (cJSON_IsNumber(a)) {
 			snprintf(num, sizeof(num), "%.17g", a->valuedouble);
-			add_env(env, key, num);
-		}
+			val = num;
+		} else
+			continue;
+		need = strlen(key) + strlen(val) + 2;
+		if (strlen(val) > TOOLRUN_ENV_ARG_MAX || need > budget)
+			continue; /* on stdin only */
+		budget -= need;
+		add_env(env, key, val);
 	}
 }
 
@@ -151,7 +163,9 @@ static void close_fd(int *fd)
 
 /* Starts tools/NAME without a shell, in tools/, in its own process group,
  * with every signal at its default and none blocked, its stdio on three
- * pipes. Returns 0 with ch->pid, ch->in, ch->out, ch->err set, or an errno
+ * pipes and no other descriptor: whatever the daemon holds open without
+ * O_CLOEXEC (libcurl's socket pair, descriptors of libraries) is closed in
+ * the child before exec. Returns 0 with ch->pid, ch->in, ch->out, ch->err set, or an errno
  * value with every descriptor closed. */
 static int spawn_tool(const char *name, char **envp, struct child *ch)
 {
@@ -171,10 +185,16 @@ static int spawn_tool(const char *name, char **envp, struct child *ch)
 		goto fail;
 	}
 	posix_spawn_file_actions_init(&fa);
-	posix_spawn_file_actions_adddup2(&fa, in[0], 0);
-	posix_spawn_file_actions_adddup2(&fa, out[1], 1);
-	posix_spawn_file_actions_adddup2(&fa, err[1], 2);
-	posix_spawn_file_actions_addchdir_np(&fa, tooldef_dir_path());
+	/* Run in this order in the child; without all of them no tool
+	 * starts (it must never see a descriptor of the daemon's). */
+	if ((rc = posix_spawn_file_actions_adddup2(&fa, in[0], 0)) ||
+	    (rc = posix_spawn_file_actions_adddup2(&fa, out[1], 1)) ||
+	    (rc = posix_spawn_file_actions_adddup2(&fa, err[1], 2)) ||
+	    (rc = posix_spawn_file_actions_addclosefrom_np(&fa, 3)) ||
+	    (rc = posix_spawn_file_actions_addchdir_np(&fa, tooldef_dir_path()))) {
+		posix_spawn_file_actions_destroy(&fa);
+		goto fail;
+	}
 	posix_spawnattr_init(&sa);
 	sigemptyset(&none);
 	posix_spawnattr_setsigmask(&sa, &none);
@@ -379,7 +399,7 @@ static const char *outcome_name(enum tool_outcome o)
 }
 
 char *toolrun_call(const char *name, const char *args, const char *call_id,
-		   const char *conv, int conv_dirfd, int legacy)
+		   const char *conv, int conv_dirfd, int legacy, enum toolrun_gate gate)
 {
 	struct run r;
 	cJSON *argobj = NULL;
@@ -392,8 +412,29 @@ char *toolrun_call(const char *name, const char *args, const char *call_id,
 	buf_init(&content, (size_t)cfg->tool_output_max + 1024);
 	store_mark(conv_dirfd, "[lmsfs] tool %s %.300s", name, *args ? args : "{}");
 
+	if (gate == TOOLRUN_OVER_LIMIT) {
+		snprintf(msg, sizeof(msg),
+			 "error: not run: at most %d tool calls of one reply run, and this "
+			 "one came later; call it again in your next reply if you still "
+			 "need it",
+			 TOOLRUN_MAX_CALLS);
+		text = msg;
+		outcome = TOOL_FAILED;
+		goto done;
+	}
 	if (tooldef_why_not(name)) {
 		snprintf(msg, sizeof(msg), "error: there is no tool named '%.80s'", name);
+		text = msg;
+		outcome = TOOL_UNKNOWN;
+		goto done;
+	}
+	if (gate != TOOLRUN_OFFERED) {
+		/* In tools/ but not offered (params.json's lmsfs_tools, or
+		 * skipped in tools/.status): never run. */
+		snprintf(msg, sizeof(msg),
+			 "error: the tool '%.80s' is not available in this conversation "
+			 "(it was not offered in this request)",
+			 name);
 		text = msg;
 		outcome = TOOL_UNKNOWN;
 		goto done;

@@ -107,6 +107,12 @@ def test_other_user_cannot_use_the_mount(fake, mount, open_dir):
     assert "private" in listdir(mnt / "conversations")
 
 
+def status_after(m, name):
+    """.status once the pending answer has ended (read .reply first)."""
+    sh(m, "cat %s/.reply" % name)
+    return status(m, name)
+
+
 def reply_after(m, name, text):
     prompt(m, name, text)
     return reply(m, name).rstrip("\n")
@@ -158,13 +164,16 @@ def test_tool_names_cannot_leave_tools_dir(fake, mount, tmp_path, trick):
     mkconv(m, "c")
     fake.enqueue(Reply(tool_calls=[{"id": "call_1", "name": name,
                                     "arguments": {}}]))
-    got = reply_after(m, "c", "do it")
-    assert not marker.exists(), "a tool ran for name %r" % name
     if name == "":
-        # (A call without a name may be dropped as no call at all.)
+        # A call without a name is a broken reply (protocol): nothing runs.
+        prompt(m, "c", "do it")
+        assert status_after(m, "c")["error"]["class"] == "protocol"
+        assert not marker.exists(), "a tool ran for name %r" % name
         assert reply_after(m, "c", "again") == echo_of("again")
         assert not marker.exists()
         return
+    got = reply_after(m, "c", "do it")
+    assert not marker.exists(), "a tool ran for name %r" % name
     assert got == echo_of("do it")
     msgs = tool_messages(m, "c")
     assert len(msgs) == 1, msgs
