@@ -460,10 +460,8 @@ int conv_precheck(struct conv *c, char *why, size_t whylen)
 		snprintf(why, whylen, "queue full: %d prompts are waiting (max_queue)", qlen);
 		return -EBUSY;
 	}
-	if (conv_cfg->provider != PROVIDER_MOCK && breaker_is_open()) {
-		snprintf(why, whylen, "circuit open: the server keeps failing; try again later");
+	if (conv_cfg->provider != PROVIDER_MOCK && breaker_refusal(why, whylen))
 		return -EBUSY;
-	}
 	dirfd = conv_dirfd(c);
 	if (dirfd < 0) {
 		snprintf(why, whylen, "conversation is gone");

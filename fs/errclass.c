@@ -25,29 +25,31 @@ enum {
 	CURL_RECV_ERROR = 56,
 };
 
-/* retry: worth another try. fault: the server's failure, counted by the
- * breaker. noreply: the server did not answer at all. */
+/* retry: worth another try. verdict: what it tells the breaker.
+ * noreply: the server did not answer at all. */
 static const struct {
 	const char *name;
 	int err;
-	int retry, fault, noreply;
+	int retry;
+	enum err_verdict verdict;
+	int noreply;
 } table[EC__COUNT] = {
-	[EC_NONE] = {"none", 0, 0, 0, 0},
-	[EC_UNREACHABLE] = {"unreachable", EHOSTDOWN, 1, 1, 1},
-	[EC_TIMEOUT] = {"timeout", ETIMEDOUT, 1, 1, 1},
-	[EC_RATE_LIMITED] = {"rate_limited", EBUSY, 1, 1, 0},
-	[EC_AUTH] = {"auth", EACCES, 0, 0, 0},
-	[EC_MODEL_NOT_FOUND] = {"model_not_found", ENOENT, 0, 0, 0},
-	[EC_NO_MODEL] = {"no_model", ENOENT, 0, 0, 0},
-	[EC_MODEL_NOT_ALLOWED] = {"model_not_allowed", EACCES, 0, 0, 0},
-	[EC_CONTEXT] = {"context_too_long", E2BIG, 0, 0, 0},
-	[EC_BAD_REQUEST] = {"bad_request", EINVAL, 0, 0, 0},
-	[EC_SERVER] = {"server_error", EIO, 1, 1, 0},
-	[EC_PROTOCOL] = {"protocol", EPROTO, 0, 1, 1},
-	[EC_BREAKER] = {"circuit_open", EBUSY, 0, 0, 0},
-	[EC_CANCELLED] = {"cancelled", ECANCELED, 0, 0, 0},
-	[EC_INTERRUPTED] = {"interrupted", EIO, 0, 0, 0},
-	[EC_STORAGE] = {"storage", EIO, 0, 0, 0},
+	[EC_NONE] = {"none", 0, 0, EV_ALIVE, 0},
+	[EC_UNREACHABLE] = {"unreachable", EHOSTDOWN, 1, EV_FAILED, 1},
+	[EC_TIMEOUT] = {"timeout", ETIMEDOUT, 1, EV_FAILED, 1},
+	[EC_RATE_LIMITED] = {"rate_limited", EBUSY, 1, EV_NONE, 0},
+	[EC_AUTH] = {"auth", EACCES, 0, EV_ALIVE, 0},
+	[EC_MODEL_NOT_FOUND] = {"model_not_found", ENOENT, 0, EV_ALIVE, 0},
+	[EC_NO_MODEL] = {"no_model", ENOENT, 0, EV_ALIVE, 0},
+	[EC_MODEL_NOT_ALLOWED] = {"model_not_allowed", EACCES, 0, EV_ALIVE, 0},
+	[EC_CONTEXT] = {"context_too_long", E2BIG, 0, EV_ALIVE, 0},
+	[EC_BAD_REQUEST] = {"bad_request", EINVAL, 0, EV_ALIVE, 0},
+	[EC_SERVER] = {"server_error", EIO, 1, EV_FAILED, 0},
+	[EC_PROTOCOL] = {"protocol", EPROTO, 0, EV_FAILED, 1},
+	[EC_BREAKER] = {"circuit_open", EBUSY, 0, EV_NONE, 0},
+	[EC_CANCELLED] = {"cancelled", ECANCELED, 0, EV_NONE, 0},
+	[EC_INTERRUPTED] = {"interrupted", EIO, 0, EV_NONE, 0},
+	[EC_STORAGE] = {"storage", EIO, 0, EV_NONE, 0},
 };
 
 static int valid(enum err_class c)
@@ -70,9 +72,9 @@ int errclass_retryable(enum err_class c)
 	return valid(c) ? table[c].retry : 0;
 }
 
-int errclass_server_failed(enum err_class c)
+enum err_verdict errclass_verdict(enum err_class c)
 {
-	return valid(c) ? table[c].fault : 0;
+	return (c == EC_NONE || valid(c)) ? table[c].verdict : EV_NONE;
 }
 
 int errclass_server_answered(enum err_class c)

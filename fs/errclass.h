@@ -44,10 +44,17 @@ const char *errclass_name(enum err_class c);
 int errclass_errno(enum err_class c);
 /* Whether a request that failed this way may be tried again. */
 int errclass_retryable(enum err_class c);
-/* Whether the failure is the server's (down, slow, overloaded, or talking
- * nonsense): it counts toward opening the circuit breaker. Any other
- * failure came with a real answer and shows that the server is alive. */
-int errclass_server_failed(enum err_class c);
+/* What a request that ended this way (after its retries) tells the
+ * circuit breaker (retry.h). */
+enum err_verdict {
+	EV_NONE,   /* nothing: rate limited (alive but busy), cancelled,
+		    * interrupted, refused by the breaker itself */
+	EV_ALIVE,  /* the server answered properly, even with a refusal
+		    * (success, 4xx other than 429): resets the count */
+	EV_FAILED, /* the server's failure (down, slow, 5xx, nonsense):
+		    * counts toward opening the breaker */
+};
+enum err_verdict errclass_verdict(enum err_class c);
 /* Whether the server answered at all, even with a refusal (health's
  * "reachable"). EC_NONE counts as answered. */
 int errclass_server_answered(enum err_class c);

@@ -163,13 +163,17 @@ static void sleep_ms_cancellable(long ms, const volatile int *cancel)
 	}
 }
 
-/* One request with retries. Fills ans; returns the class of failure. */
+/* One request with retries. Fills ans; returns the class of failure. The
+ * breaker sees the request once, before its first attempt and after its
+ * last (retry.h): it counts failed requests, not attempts. */
 static enum err_class request(const struct gen_job *job, const char *body,
 			      int stream, struct api_answer *ans,
 			      struct gen_result *res, int stream_fd)
 {
 	int max_retries = stream ? cfg->max_retries_stream : cfg->max_retries;
 	enum err_class cls = EC_NONE;
+	struct breaker_ticket ticket = {0, 0};
+	int admitted = 0, held_back = 0;
 
 	for (int attempt = 0;; attempt++) {
 		struct http_reply r;
@@ -191,13 +195,12 @@ static enum err_class request(const struct gen_job *job, const char *body,
 					    res->errmsg, sizeof(res->errmsg));
 			break;
 		}
-		if (breaker_allow() != 0) {
-			cls = EC_BREAKER;
-			snprintf(res->errmsg, sizeof(res->errmsg),
-				 "circuit open: the server failed %d times in a row; "
-				 "requests fail at once until the next probe",
-				 cfg->breaker_threshold);
-			break;
+		if (!admitted) {
+			if (breaker_enter(&ticket, res->errmsg, sizeof(res->errmsg)) != 0) {
+				cls = EC_BREAKER;
+				break;
+			}
+			admitted = 1;
 		}
 		res->attempts++;
 		metrics_request();
@@ -237,25 +240,37 @@ static enum err_class request(const struct gen_job *job, const char *body,
 		};
 		cls = errclass_of_attempt(&at, res->errmsg, sizeof(res->errmsg));
 		http_reply_free(&r);
-		if (cls == EC_NONE) {
-			breaker_success();
+		if (cls == EC_NONE || cls == EC_CANCELLED)
 			break;
-		}
-		if (cls == EC_CANCELLED)
-			break;
-		if (errclass_server_failed(cls))
-			breaker_failure();
-		else
-			breaker_success(); /* the server answered: it is alive */
 		if (!errclass_retryable(cls) || ans->chunks > 0 ||
 		    attempt >= max_retries || flag_get(job->cancel))
 			break;
+		/* Other requests opened the breaker (before or during the
+		 * backoff): this one ends with its own failure, not
+		 * circuit_open. */
+		if (!breaker_may_retry(&ticket)) {
+			held_back = 1;
+			break;
+		}
 		long d = retry_backoff_ms(attempt + 1, retry_after);
-		res->retries++;
-		metrics_retry();
 		log_info("%s: %s (%s); retry %d in %ld ms", job->conv_name,
 			 errclass_name(cls), res->errmsg, attempt + 1, d);
 		sleep_ms_cancellable(d, job->cancel);
+		if (!flag_get(job->cancel) && !breaker_may_retry(&ticket)) {
+			held_back = 1;
+			break;
+		}
+		res->retries++;
+		metrics_retry();
+	}
+	/* However the request ended (a cancelled probe too), the breaker
+	 * hears of it once. */
+	if (admitted)
+		breaker_done(&ticket, cls, res->errmsg);
+	if (held_back) {
+		size_t n = strlen(res->errmsg);
+		snprintf(res->errmsg + n, sizeof(res->errmsg) - n,
+			 "; not retried: the circuit breaker opened meanwhile");
 	}
 	return cls;
 }

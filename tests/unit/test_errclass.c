@@ -14,24 +14,27 @@ static void test_table(void)
 	static const struct {
 		enum err_class c;
 		const char *name;
-		int err, retry, failed, answered;
+		int err, retry;
+		enum err_verdict verdict;
+		int answered;
 	} want[] = {
-	    {EC_NONE, "none", EIO, 0, 0, 1},
-	    {EC_UNREACHABLE, "unreachable", EHOSTDOWN, 1, 1, 0},
-	    {EC_TIMEOUT, "timeout", ETIMEDOUT, 1, 1, 0},
-	    {EC_RATE_LIMITED, "rate_limited", EBUSY, 1, 1, 1},
-	    {EC_AUTH, "auth", EACCES, 0, 0, 1},
-	    {EC_MODEL_NOT_FOUND, "model_not_found", ENOENT, 0, 0, 1},
-	    {EC_NO_MODEL, "no_model", ENOENT, 0, 0, 1},
-	    {EC_MODEL_NOT_ALLOWED, "model_not_allowed", EACCES, 0, 0, 1},
-	    {EC_CONTEXT, "context_too_long", E2BIG, 0, 0, 1},
-	    {EC_BAD_REQUEST, "bad_request", EINVAL, 0, 0, 1},
-	    {EC_SERVER, "server_error", EIO, 1, 1, 1},
-	    {EC_PROTOCOL, "protocol", EPROTO, 0, 1, 0},
-	    {EC_BREAKER, "circuit_open", EBUSY, 0, 0, 1},
-	    {EC_CANCELLED, "cancelled", ECANCELED, 0, 0, 1},
-	    {EC_INTERRUPTED, "interrupted", EIO, 0, 0, 1},
-	    {EC_STORAGE, "storage", EIO, 0, 0, 1},
+	    {EC_NONE, "none", EIO, 0, EV_ALIVE, 1},
+	    {EC_UNREACHABLE, "unreachable", EHOSTDOWN, 1, EV_FAILED, 0},
+	    {EC_TIMEOUT, "timeout", ETIMEDOUT, 1, EV_FAILED, 0},
+	    /* 429: the server is alive but busy; neither counts nor resets. */
+	    {EC_RATE_LIMITED, "rate_limited", EBUSY, 1, EV_NONE, 1},
+	    {EC_AUTH, "auth", EACCES, 0, EV_ALIVE, 1},
+	    {EC_MODEL_NOT_FOUND, "model_not_found", ENOENT, 0, EV_ALIVE, 1},
+	    {EC_NO_MODEL, "no_model", ENOENT, 0, EV_ALIVE, 1},
+	    {EC_MODEL_NOT_ALLOWED, "model_not_allowed", EACCES, 0, EV_ALIVE, 1},
+	    {EC_CONTEXT, "context_too_long", E2BIG, 0, EV_ALIVE, 1},
+	    {EC_BAD_REQUEST, "bad_request", EINVAL, 0, EV_ALIVE, 1},
+	    {EC_SERVER, "server_error", EIO, 1, EV_FAILED, 1},
+	    {EC_PROTOCOL, "protocol", EPROTO, 0, EV_FAILED, 0},
+	    {EC_BREAKER, "circuit_open", EBUSY, 0, EV_NONE, 1},
+	    {EC_CANCELLED, "cancelled", ECANCELED, 0, EV_NONE, 1},
+	    {EC_INTERRUPTED, "interrupted", EIO, 0, EV_NONE, 1},
+	    {EC_STORAGE, "storage", EIO, 0, EV_NONE, 1},
 	};
 
 	CHECK_INT(sizeof(want) / sizeof(want[0]), EC__COUNT);
@@ -40,19 +43,20 @@ static void test_table(void)
 		CHECK_STR(errclass_name(want[i].c), want[i].name);
 		CHECK_INT(errclass_errno(want[i].c), want[i].err);
 		CHECK_INT(errclass_retryable(want[i].c), want[i].retry);
-		CHECK_INT(errclass_server_failed(want[i].c), want[i].failed);
+		CHECK_INT(errclass_verdict(want[i].c), want[i].verdict);
 		CHECK_INT(errclass_server_answered(want[i].c),
 			  want[i].answered);
-		/* Every retryable failure is the server's. */
+		/* Every retryable failure is the server's, or a 429. */
 		CHECK(!errclass_retryable(want[i].c) ||
-		      errclass_server_failed(want[i].c));
+		      errclass_verdict(want[i].c) == EV_FAILED ||
+		      want[i].c == EC_RATE_LIMITED);
 	}
 	/* Out-of-range values are safe. */
 	CHECK_STR(errclass_name(EC__COUNT), "unknown");
 	CHECK_STR(errclass_name((enum err_class) - 1), "unknown");
 	CHECK_INT(errclass_errno(EC__COUNT), EIO);
 	CHECK_INT(errclass_retryable(EC__COUNT), 0);
-	CHECK_INT(errclass_server_failed(EC__COUNT), 0);
+	CHECK_INT(errclass_verdict(EC__COUNT), EV_NONE);
 	CHECK_INT(errclass_server_answered(EC__COUNT), 1);
 
 	CHECK_INT(errclass_of_model_listing(EC_AUTH), EC_AUTH);
