@@ -43,10 +43,197 @@ static const char *str(const cJSON *o, const char *k)
 	return cJSON_IsString(v) ? v->valuestring : NULL;
 }
 
+
+/* --- UTF-16 halves.
+ *
+ * cJSON refuses a string holding a lone surrogate escape ("\ud83d" without
+ * its low half), and with it the whole event. prep_escapes() therefore
+ * rewrites each lone half's escape into the three bytes that UTF-8 would
+ * use for it (ED A0..BF 80..BF: never valid UTF-8, so they cannot be
+ * mistaken for text), and the decoded strings are then mended: a high half
+ * followed by a low half (raw, as CESU-8 servers send them) becomes the
+ * real character, a high half at the very end of a piece waits for the
+ * next piece, anything else becomes U+FFFD. */
+
+#define FFFD "\xEF\xBF\xBD"
+
+static int hexval(int c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+/* The code unit of the escape "\uXXXX" at p (6 bytes available), or -1. */
+static long u_escape(const char *p)
+{
+	long v = 0;
+	if (p[0] != '\\' || p[1] != 'u')
+		return -1;
+	for (int i = 2; i < 6; i++) {
+		int h = hexval((unsigned char)p[i]);
+		if (h < 0)
+			return -1;
+		v = v * 16 + h;
+	}
+	return v;
+}
+
+static int is_high(long u)
+{
+	return u >= 0xD800 && u <= 0xDBFF;
+}
+
+static int is_low(long u)
+{
+	return u >= 0xDC00 && u <= 0xDFFF;
+}
+
+/* A copy of the JSON text with "\u0000" made "\uFFFD" (a NUL would cut a
+ * string short for C: a tool name "real\u0000../x" would read as "real")
+ * and each lone surrogate escape made its three raw bytes; NULL when
+ * nothing needs to change (or out of memory: cJSON then judges the
+ * original). Never longer than the original. */
+static char *prep_escapes(const char *d, size_t len, size_t *outlen)
+{
+	char *out;
+	size_t i = 0, o = 0;
+	int changed = 0;
+
+	if (!memmem(d, len, "\\u", 2))
+		return NULL;
+	out = malloc(len ? len : 1);
+	if (!out)
+		return NULL;
+	while (i < len) {
+		long u, u2;
+		if (d[i] != '\\' || i + 1 >= len) {
+			out[o++] = d[i++];
+			continue;
+		}
+		u = i + 6 <= len ? u_escape(d + i) : -1;
+		if (u < 0) { /* another escape: copied whole, "\\" included */
+			out[o++] = d[i++];
+			out[o++] = d[i++];
+			continue;
+		}
+		u2 = i + 12 <= len ? u_escape(d + i + 6) : -1;
+		if (u == 0) {
+			memcpy(out + o, "\\uFFFD", 6);
+			changed = 1;
+		} else if (is_high(u) && is_low(u2)) {
+			memcpy(out + o, d + i, 12); /* a pair: cJSON's job */
+			o += 12;
+			i += 12;
+			continue;
+		} else if (is_high(u) || is_low(u)) {
+			out[o++] = (char)0xED;
+			out[o++] = (char)(0x80 | ((u >> 6) & 0x3F));
+			out[o++] = (char)(0x80 | (u & 0x3F));
+			i += 6;
+			changed = 1;
+			continue;
+		} else {
+			memcpy(out + o, d + i, 6);
+		}
+		o += 6;
+		i += 6;
+	}
+	if (!changed) {
+		free(out);
+		return NULL;
+	}
+	*outlen = o;
+	return out;
+}
+
+/* The surrogate whose three raw bytes start at p (n bytes left), or 0. */
+static unsigned half_at(const char *p, size_t n)
+{
+	const unsigned char *q = (const unsigned char *)p;
+	if (n < 3 || q[0] != 0xED || q[1] < 0xA0 || q[1] > 0xBF ||
+	    (q[2] & 0xC0) != 0x80)
+		return 0;
+	return 0xD000u | ((q[1] & 0x3Fu) << 6) | (q[2] & 0x3Fu);
+}
+
+static size_t put_pair(char *o, unsigned hi, unsigned lo)
+{
+	unsigned c = 0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00);
+	o[0] = (char)(0xF0 | (c >> 18));
+	o[1] = (char)(0x80 | ((c >> 12) & 0x3F));
+	o[2] = (char)(0x80 | ((c >> 6) & 0x3F));
+	o[3] = (char)(0x80 | (c & 0x3F));
+	return 4;
+}
+
+/* The piece s[0..n) mended (see above) into out, which has room for n + 4
+ * bytes; returns the length. *hi (may be NULL: nothing is held) is the high
+ * half held from the previous piece, and receives the one this piece ends
+ * with. */
+static size_t mend_halves(const char *s, size_t n, unsigned *hi, char *out)
+{
+	size_t i = 0, o = 0;
+
+	if (hi && *hi) {
+		unsigned lo = half_at(s, n);
+		if (is_low(lo)) {
+			o += put_pair(out, *hi, lo);
+			i = 3;
+		} else {
+			memcpy(out, FFFD, 3);
+			o = 3;
+		}
+		*hi = 0;
+	}
+	while (i < n) {
+		unsigned u = half_at(s + i, n - i), lo;
+		if (!u) {
+			out[o++] = s[i++];
+			continue;
+		}
+		lo = is_high(u) ? half_at(s + i + 3, n - i - 3) : 0;
+		if (is_low(lo)) {
+			o += put_pair(out + o, u, lo);
+			i += 6;
+		} else if (is_high(u) && i + 3 == n && hi) {
+			*hi = u;
+			i += 3;
+		} else {
+			memcpy(out + o, FFFD, 3);
+			o += 3;
+			i += 3;
+		}
+	}
+	return o;
+}
+
+/* A malloc'd copy of s with every half made U+FFFD (names, ids). */
+static char *dup_mended(const char *s)
+{
+	size_t n = strlen(s);
+	char *out = malloc(n + 5);
+	if (out)
+		out[mend_halves(s, n, NULL, out)] = '\0';
+	return out;
+}
+
+/* Makes every half in a message U+FFFD, in place (same length). */
+static void mend_in_place(char *s)
+{
+	for (size_t n = strlen(s); *s; s++, n--)
+		if (half_at(s, n))
+			memcpy(s, FFFD, 3);
+}
+
 static void set_str(char **dst, const char *s)
 {
 	if (s && *s && !*dst)
-		*dst = strdup(s);
+		*dst = dup_mended(s);
 }
 
 /* A name the model gave, even an empty one (which no tool has). */
@@ -54,7 +241,7 @@ static void set_name(char **dst, const char *s)
 {
 	if (s && (!*dst || !**dst)) {
 		free(*dst);
-		*dst = strdup(s);
+		*dst = dup_mended(s);
 	}
 }
 
@@ -65,13 +252,12 @@ static int bad_shape(struct api_answer *a, const char *what)
 	return -EPROTO;
 }
 
-static int add_text(struct api_answer *a, const char *s, api_text_fn fn,
-		    void *ctx)
+/* Adds text that is already mended. */
+static int add_mended(struct api_answer *a, const char *s, size_t n,
+		      api_text_fn fn, void *ctx)
 {
-	size_t n;
-	if (!s || !*s)
+	if (n == 0)
 		return 0;
-	n = strlen(s);
 	if (buf_append(&a->content, s, n) != 0) {
 		a->err = EC_PROTOCOL;
 		snprintf(a->errmsg, sizeof(a->errmsg), "answer longer than %zu bytes",
@@ -80,6 +266,44 @@ static int add_text(struct api_answer *a, const char *s, api_text_fn fn,
 	}
 	a->chunks++;
 	return fn ? fn(ctx, s, n) : 0;
+}
+
+static int add_text(struct api_answer *a, const char *s, api_text_fn fn,
+		    void *ctx)
+{
+	size_t n;
+	char small[256], *m;
+	int ret;
+
+	if (!s || !*s)
+		return 0;
+	n = strlen(s);
+	m = n + 4 <= sizeof(small) ? small : malloc(n + 4);
+	if (!m) {
+		a->err = EC_PROTOCOL;
+		snprintf(a->errmsg, sizeof(a->errmsg), "out of memory");
+		return -ENOMEM;
+	}
+	n = mend_halves(s, n, &a->hi, m);
+	ret = add_mended(a, m, n, fn, ctx);
+	if (m != small)
+		free(m);
+	return ret;
+}
+
+/* The answer's text or arguments ended (finish_reason, [DONE], an error):
+ * a high half still held had no partner. */
+static int end_halves(struct api_answer *a, api_text_fn fn, void *ctx)
+{
+	for (int i = 0; i < a->n_calls; i++)
+		if (a->calls[i].hi) {
+			a->calls[i].hi = 0;
+			buf_append(&a->calls[i].args, FFFD, 3);
+		}
+	if (!a->hi)
+		return 0;
+	a->hi = 0;
+	return add_mended(a, FFFD, 3, fn, ctx);
 }
 
 static int add_call_delta(struct api_answer *a, const cJSON *tc, int fallback)
@@ -108,10 +332,21 @@ static int add_call_delta(struct api_answer *a, const cJSON *tc, int fallback)
 				buf_puts(&a->calls[i].args, t);
 			free(t);
 		}
-	} else if (buf_puts(&a->calls[i].args, args) != 0) {
-		a->err = EC_PROTOCOL;
-		snprintf(a->errmsg, sizeof(a->errmsg), "tool call arguments too large");
-		return -EFBIG;
+	} else {
+		size_t n = strlen(args);
+		char *m = malloc(n + 4);
+		int rc = m ? 0 : -ENOMEM;
+		if (m)
+			rc = buf_append(&a->calls[i].args, m,
+					mend_halves(args, n, &a->calls[i].hi, m));
+		free(m);
+		if (rc != 0) {
+			a->err = EC_PROTOCOL;
+			snprintf(a->errmsg, sizeof(a->errmsg),
+				 rc == -ENOMEM ? "out of memory"
+					       : "tool call arguments too large");
+			return rc == -ENOMEM ? rc : -EFBIG;
+		}
 	}
 	return 0;
 }
@@ -146,15 +381,19 @@ static int take_error(struct api_answer *a, const cJSON *root)
 	if (!e || cJSON_IsNull(e))
 		return 0;
 	a->err = errclass_from_error_json(e, 0, a->errmsg, sizeof(a->errmsg));
+	mend_in_place(a->errmsg);
 	return 1;
 }
 
-static int take_finish(struct api_answer *a, const cJSON *choice)
+static int take_finish(struct api_answer *a, const cJSON *choice,
+		       api_text_fn fn, void *ctx)
 {
 	const char *f = str(choice, "finish_reason");
-	if (f)
-		snprintf(a->finish, sizeof(a->finish), "%s", f);
-	return 0;
+	if (!f)
+		return 0;
+	snprintf(a->finish, sizeof(a->finish), "%s", f);
+	mend_in_place(a->finish);
+	return *f ? end_halves(a, fn, ctx) : 0;
 }
 
 int api_feed_event(struct api_answer *a, const char *data, size_t len,
@@ -174,26 +413,14 @@ int api_feed_event(struct api_answer *a, const char *data, size_t len,
 	}
 	if (len == 6 && memcmp(data, "[DONE]", 6) == 0) {
 		a->done = 1;
-		return 0;
+		return end_halves(a, fn, ctx);
 	}
-	/* A NUL inside a JSON string would cut it short for C (a tool name
-	 * "real\u0000../x" would read as "real"): make it U+FFFD first. */
-	char *copy = NULL;
-	if (memmem(data, len, "\\u0000", 6)) {
-		copy = malloc(len);
-		if (copy) {
-			memcpy(copy, data, len);
-			for (size_t i = 0; i + 6 <= len; i++) {
-				size_t bs = 0;
-				if (memcmp(copy + i, "\\u0000", 6) != 0)
-					continue;
-				for (size_t k = i; k > 0 && copy[k - 1] == '\\'; k--)
-					bs++;
-				if (bs % 2 == 0) /* the backslash itself is not escaped */
-					memcpy(copy + i + 2, "FFFD", 4);
-			}
-			data = copy;
-		}
+	/* NUL and lone UTF-16 half escapes, made harmless first. */
+	size_t clen = 0;
+	char *copy = prep_escapes(data, len, &clen);
+	if (copy) {
+		data = copy;
+		len = clen;
 	}
 	root = cJSON_ParseWithLength(data, len);
 	if (!cJSON_IsObject(root)) {
@@ -202,13 +429,14 @@ int api_feed_event(struct api_answer *a, const char *data, size_t len,
 		snprintf(a->errmsg, sizeof(a->errmsg),
 			 "malformed chunk from the server: %.*s", (int)(len < 60 ? len : 60),
 			 data);
+		mend_in_place(a->errmsg);
 		free(copy);
 		return -EPROTO;
 	}
 	free(copy);
 	if (take_error(a, root)) {
 		cJSON_Delete(root);
-		return 0;
+		return end_halves(a, fn, ctx);
 	}
 	take_usage(a, root);
 	choices = cJSON_GetObjectItemCaseSensitive(root, "choices");
@@ -258,7 +486,11 @@ int api_feed_event(struct api_answer *a, const char *data, size_t len,
 			ret = add_call_delta(a, wrap, 0);
 			cJSON_Delete(wrap);
 		}
-		take_finish(a, ch);
+		{
+			int fr = take_finish(a, ch, fn, ctx);
+			if (!ret)
+				ret = fr;
+		}
 		if (ret)
 			break;
 	}
@@ -270,6 +502,8 @@ int api_decode_completion(struct api_answer *a, const char *body, size_t len,
 			  api_text_fn fn, void *ctx)
 {
 	int ret = api_feed_event(a, body, len, fn, ctx);
+	if (ret == 0)
+		ret = end_halves(a, fn, ctx);
 	if (ret == 0 && !a->err)
 		a->done = 1;
 	return ret;

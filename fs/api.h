@@ -5,6 +5,13 @@
  * missing role or finish_reason, error members as text or object, usage
  * chunks with empty choices, reasoning deltas, tool-call deltas assembled by
  * index, the legacy function_call form. No I/O.
+ *
+ * Some servers cut JSON strings between UTF-16 units, so that one event's
+ * text ends in "\ud83d" and the next one's starts with "\ude00". Halves
+ * split that way (content and tool-call arguments) are joined into the
+ * real character; a half without its partner becomes U+FFFD, never a
+ * failure. A high half at the end of a piece is held back until the next
+ * piece, a finish_reason, [DONE] or an error decides what it was.
  */
 #ifndef LMSFS_API_H
 #define LMSFS_API_H
@@ -25,6 +32,8 @@ struct api_tool_call {
 	char *id;
 	char *name;
 	struct buf args; /* JSON text of the arguments, assembled */
+	unsigned hi;     /* a UTF-16 high surrogate that ended the last
+			  * fragment, held for the next one (0: none) */
 };
 
 struct api_answer {
@@ -39,6 +48,8 @@ struct api_answer {
 	int chunks;           /* content-bearing chunks seen */
 	enum err_class err;   /* an error member arrived */
 	char errmsg[512];
+	unsigned hi;          /* a UTF-16 high surrogate that ended the last
+			       * content piece, not yet shown (0: none) */
 };
 
 /* Called with each new piece of visible text (content, not reasoning). */

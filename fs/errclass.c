@@ -5,6 +5,7 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -92,11 +93,51 @@ static int contains(const char *hay, const char *needle)
 	return hay && strcasestr(hay, needle) != NULL;
 }
 
+/* The HTTP status an error object stands for when no error status came
+ * with it (an error event inside a 200 stream, an error member in a 2xx
+ * body): a numeric "code" (400, or "400" as LiteLLM sends it), else its
+ * "type" as OpenAI, vLLM and LiteLLM name them. 0 when it says nothing. */
+static long implied_status(const cJSON *e)
+{
+	static const struct {
+		const char *type;
+		long status;
+	} types[] = {
+	    {"invalid_request", 400}, {"badrequest", 400},
+	    {"bad_request", 400},     {"validation", 400},
+	    {"unprocessable", 422},   {"authentication", 401},
+	    {"unauthorized", 401},    {"permission", 403},
+	    {"forbidden", 403},       {"not_found", 404},
+	    {"notfound", 404},        {"rate_limit", 429},
+	    {"ratelimit", 429},       {"too_many_requests", 429},
+	};
+	const cJSON *c = cJSON_GetObjectItemCaseSensitive(e, "code");
+	const cJSON *t = cJSON_GetObjectItemCaseSensitive(e, "type");
+	long n = 0;
+
+	if (cJSON_IsNumber(c)) {
+		n = (long)c->valuedouble;
+	} else if (cJSON_IsString(c) && strlen(c->valuestring) == 3 &&
+		   strspn(c->valuestring, "0123456789") == 3) {
+		n = strtol(c->valuestring, NULL, 10);
+	}
+	if (n >= 400 && n <= 599)
+		return n;
+	if (!cJSON_IsString(t))
+		return 0;
+	for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++)
+		if (contains(t->valuestring, types[i].type))
+			return types[i].status;
+	return 0;
+}
+
 enum err_class errclass_from_error_json(const void *jv, long status,
 					char *msg, size_t msglen)
 {
 	const cJSON *e = jv;
 	const char *text = NULL, *code = NULL, *type = NULL;
+	long st = status; /* what decides: the reply's status if it is an
+			   * error's, else what the error object says */
 
 	if (cJSON_IsString(e)) {
 		text = e->valuestring;
@@ -110,6 +151,8 @@ enum err_class errclass_from_error_json(const void *jv, long status,
 			code = c->valuestring;
 		if (cJSON_IsString(t))
 			type = t->valuestring;
+		if (st < 400)
+			st = implied_status(e);
 	}
 	if (status)
 		snprintf(msg, msglen, "HTTP %ld: %s", status,
@@ -127,15 +170,16 @@ enum err_class errclass_from_error_json(const void *jv, long status,
 	    contains(text, "context window") || contains(text, "context overflow") ||
 	    contains(text, "too many tokens"))
 		return EC_CONTEXT;
-	if (status == 401 || status == 403 || contains(type, "authentication"))
+	if (st == 401 || st == 403 || contains(type, "authentication"))
 		return EC_AUTH;
-	if (status == 429 || contains(code, "rate_limit"))
+	if (st == 429 || contains(code, "rate_limit"))
 		return EC_RATE_LIMITED;
-	if (status >= 500)
+	if (st >= 500)
 		return EC_SERVER;
-	if (status >= 400)
+	if (st >= 400)
 		return EC_BAD_REQUEST;
-	/* An error event inside a 200 stream: the server gave up. */
+	/* An error in a 2xx reply that names no client error: the server
+	 * gave up. */
 	return EC_SERVER;
 }
 

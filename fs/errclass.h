@@ -91,7 +91,17 @@ enum err_class errclass_from_curl(int curl_code,
  * server's own text when it gave one) to msg. */
 enum err_class errclass_from_http(long status, const char *body, size_t len,
 				  char *msg, size_t msglen);
-/* Classifies the text of an error object found inside a 200 stream. */
+/* Classifies an "error" member: text or {"message", "type", "code"}. The
+ * same rules serve an HTTP error body (`status` its 4xx/5xx) and an error
+ * inside a 2xx reply, an SSE error event above all (`status` 0 or 2xx):
+ * there a numeric "code" (400, "400") or the "type" (invalid_request_error,
+ * BadRequestError, authentication_error, not_found_error,
+ * rate_limit_error, ...) stands for the status, so that an in-stream bad
+ * request is `bad_request`, not retried. Model not found, no model loaded
+ * and context overflow are recognised by code or message whatever the
+ * status; an error that names nothing else is EC_SERVER (5xx, or a 2xx
+ * reply whose server gave up). Writes the message, "HTTP N: " first when
+ * status is not 0. */
 enum err_class errclass_from_error_json(const void *cjson_error, long status,
 					char *msg, size_t msglen);
 

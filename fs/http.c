@@ -6,6 +6,14 @@
  * connection cache itself between concurrent threads is unsafe, so only DNS
  * and TLS sessions are shared.
  *
+ * Silence on a stream is measured against the last byte that reached the
+ * socket, whatever it belongs to: body, a header line still being sent, a
+ * TLS record. Curl reports only whole header lines and body bytes, so each
+ * pooled handle keeps the sockets of its connections (opened and closed
+ * through our callbacks: a reused connection's socket is known too) and,
+ * before declaring silence, asks the kernel when data last arrived on them
+ * (TCP_INFO's tcpi_last_data_recv).
+ *
  * Lock order: pool_lock and the share locks are leaves.
  */
 #include "http.h"
@@ -16,43 +24,127 @@
 
 #include <curl/curl.h>
 #include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define HANDLE_SOCKS 4 /* a connection, plus attempts racing to replace it */
+
+/* An easy handle and the sockets its connections hold. Used by one thread
+ * at a time (it is in the pool or in one request); curl calls the socket
+ * callbacks from that thread, or from curl_easy_cleanup(). */
+struct handle {
+	CURL *h;
+	curl_socket_t socks[HANDLE_SOCKS]; /* CURL_SOCKET_BAD: free slot */
+};
 
 static CURLSH *share;
 static pthread_mutex_t share_locks[CURL_LOCK_DATA_LAST];
 static const struct config *cfg;
 static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
-static CURL **pool;   /* pool_lock */
-static size_t npool;  /* pool_lock */
+static struct handle **pool; /* pool_lock */
+static size_t npool;         /* pool_lock */
 
-static CURL *handle_get(void)
+static struct handle *handle_get(void)
 {
-	CURL *h = NULL;
+	struct handle *hd = NULL;
 	pthread_mutex_lock(&pool_lock);
 	if (npool > 0)
-		h = pool[--npool];
+		hd = pool[--npool];
 	pthread_mutex_unlock(&pool_lock);
-	if (h)
-		curl_easy_reset(h); /* options go, connections stay */
-	else
-		h = curl_easy_init();
-	return h;
+	if (hd) {
+		curl_easy_reset(hd->h); /* options go, connections stay */
+		return hd;
+	}
+	hd = calloc(1, sizeof(*hd));
+	if (!hd)
+		return NULL;
+	for (int i = 0; i < HANDLE_SOCKS; i++)
+		hd->socks[i] = CURL_SOCKET_BAD;
+	hd->h = curl_easy_init();
+	if (!hd->h) {
+		free(hd);
+		return NULL;
+	}
+	return hd;
 }
 
-static void handle_put(CURL *h)
+static void handle_free(struct handle *hd)
+{
+	curl_easy_cleanup(hd->h); /* closes its sockets through on_close */
+	free(hd);
+}
+
+static void handle_put(struct handle *hd)
 {
 	pthread_mutex_lock(&pool_lock);
 	if (npool < (size_t)cfg->max_idle_connections) {
-		pool[npool++] = h;
-		h = NULL;
+		pool[npool++] = hd;
+		hd = NULL;
 	}
 	pthread_mutex_unlock(&pool_lock);
-	if (h)
-		curl_easy_cleanup(h);
+	if (hd)
+		handle_free(hd);
+}
+
+static curl_socket_t on_open(void *u, curlsocktype purpose,
+			     struct curl_sockaddr *a)
+{
+	struct handle *hd = u;
+	curl_socket_t s;
+
+	(void)purpose;
+#ifdef SOCK_CLOEXEC
+	s = socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+#else
+	s = socket(a->family, a->socktype, a->protocol);
+#endif
+	if (s == CURL_SOCKET_BAD)
+		return s;
+	for (int i = 0; i < HANDLE_SOCKS; i++)
+		if (hd->socks[i] == CURL_SOCKET_BAD) {
+			hd->socks[i] = s;
+			break;
+		}
+	return s;
+}
+
+static int on_close(void *u, curl_socket_t s)
+{
+	struct handle *hd = u;
+	for (int i = 0; i < HANDLE_SOCKS; i++)
+		if (hd->socks[i] == s)
+			hd->socks[i] = CURL_SOCKET_BAD;
+	return close(s);
+}
+
+/* now_ms() of the last data the handle's sockets received (the connect,
+ * if none yet), or 0 when the kernel cannot say. */
+static long long last_heard_ms(const struct handle *hd)
+{
+	long long best = 0;
+#ifdef TCP_INFO
+	long long now = now_ms();
+	for (int i = 0; i < HANDLE_SOCKS; i++) {
+		struct tcp_info ti;
+		socklen_t len = sizeof(ti);
+		if (hd->socks[i] == CURL_SOCKET_BAD ||
+		    getsockopt(hd->socks[i], IPPROTO_TCP, TCP_INFO, &ti, &len) != 0 ||
+		    len < sizeof(ti))
+			continue;
+		if (now - (long long)ti.tcpi_last_data_recv > best)
+			best = now - (long long)ti.tcpi_last_data_recv;
+	}
+#else
+	(void)hd;
+#endif
+	return best;
 }
 
 static void share_lock(CURL *h, curl_lock_data data, curl_lock_access a,
@@ -91,7 +183,7 @@ void http_cleanup(void)
 {
 	pthread_mutex_lock(&pool_lock);
 	while (npool > 0)
-		curl_easy_cleanup(pool[--npool]);
+		handle_free(pool[--npool]);
 	free(pool);
 	pool = NULL;
 	pthread_mutex_unlock(&pool_lock);
@@ -115,6 +207,7 @@ void http_reply_free(struct http_reply *r)
 }
 
 struct xfer {
+	struct handle *hd;
 	CURL *h;
 	struct http_reply *r;
 	http_sink_fn sink;
@@ -122,7 +215,7 @@ struct xfer {
 	const volatile int *cancel;
 	int overflow;
 	int err_truncated;    /* an error body was cut at the cap */
-	long long last_byte;  /* now_ms() of the last byte (streams) */
+	long long last_byte;  /* now_ms() of the last byte heard (streams) */
 	long silence_ms;      /* > 0: abort after this long without a byte */
 	int silent;           /* aborted for silence */
 	size_t body_bytes;    /* body bytes received */
@@ -168,6 +261,8 @@ static size_t on_header(char *p, size_t sz, size_t n, void *u)
 	size_t len = sz * n;
 	static const char name[] = "retry-after:";
 
+	x->last_byte = now_ms(); /* a header is life too */
+
 	if (len > 9 && strncmp(p, "HTTP/", 5) == 0) {
 		const char *sp = memchr(p, ' ', len);
 		if (sp)
@@ -198,8 +293,15 @@ static int on_progress(void *u, curl_off_t a, curl_off_t b, curl_off_t c,
 	if (flag_get(x->cancel))
 		return 1;
 	if (x->silence_ms > 0 && now_ms() - x->last_byte > x->silence_ms) {
-		x->silent = 1;
-		return 1;
+		/* Curl saw nothing whole; the socket may have seen bytes
+		 * (half a header line, one byte a second). */
+		long long heard = last_heard_ms(x->hd);
+		if (heard > x->last_byte)
+			x->last_byte = heard;
+		if (now_ms() - x->last_byte > x->silence_ms) {
+			x->silent = 1;
+			return 1;
+		}
 	}
 	return 0;
 }
@@ -215,7 +317,8 @@ int http_request(const char *method, const char *path, const char *json,
 	CURLcode rc;
 	int ret = 0;
 
-	x.h = handle_get();
+	x.hd = handle_get();
+	x.h = x.hd ? x.hd->h : NULL;
 	if (!x.h) {
 		t.curl_msg = "out of memory";
 		r->transport = errclass_from_curl(CURLE_OUT_OF_MEMORY, &t, r->err,
@@ -231,6 +334,10 @@ int http_request(const char *method, const char *path, const char *json,
 	curl_easy_setopt(x.h, CURLOPT_URL, url);
 	curl_easy_setopt(x.h, CURLOPT_SHARE, share);
 	curl_easy_setopt(x.h, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(x.h, CURLOPT_OPENSOCKETFUNCTION, on_open);
+	curl_easy_setopt(x.h, CURLOPT_OPENSOCKETDATA, x.hd);
+	curl_easy_setopt(x.h, CURLOPT_CLOSESOCKETFUNCTION, on_close);
+	curl_easy_setopt(x.h, CURLOPT_CLOSESOCKETDATA, x.hd);
 	curl_easy_setopt(x.h, CURLOPT_ERRORBUFFER, errbuf);
 	curl_easy_setopt(x.h, CURLOPT_CONNECTTIMEOUT_MS, cfg->connect_timeout_ms);
 	if (sink) {
@@ -301,8 +408,8 @@ int http_request(const char *method, const char *path, const char *json,
 	}
 	curl_slist_free_all(hdrs);
 	if (rc == CURLE_OK || r->sink_stopped)
-		handle_put(x.h);
+		handle_put(x.hd);
 	else
-		curl_easy_cleanup(x.h); /* a failed connection is not worth keeping */
+		handle_free(x.hd); /* a failed connection is not worth keeping */
 	return ret;
 }

@@ -74,7 +74,8 @@ Reply(text=None, chunks=None, delay=None, usage=True, finish_reason=DEFAULT,
       done=True, content_type=True, chunk_id_per_chunk=False,
       interleave=False, model=None, finish_chunk=True,
       reasoning_key="reasoning", head_delay=0.0, write_size=None,
-      eol="\\n", status=200, headers=None, first_delay=0.0)
+      eol="\\n", status=200, headers=None, first_delay=0.0,
+      ascii_json=False)
     A successful answer. For a request with "stream": true it sends SSE as
     LM Studio does: a role chunk {role: assistant, content: ""} (unless
     role_chunk=False), `reasoning` chunks as delta[reasoning_key] (reasoning
@@ -114,6 +115,10 @@ Reply(text=None, chunks=None, delay=None, usage=True, finish_reason=DEFAULT,
     streamed, seconds between the role chunk and the first delta (the
     headers are out, no token yet); not streamed, added to the delay
     before the body.
+    ascii_json: JSON is sent with every non-ASCII character escaped
+    (\\uXXXX), as many servers do; a str holding a lone UTF-16 half (a
+    chunk "abcd\\ud83d", the next "\\ude00ef") is then sent as its escape,
+    the way servers that cut strings between UTF-16 units send it.
 
 HttpError(status, body, headers=None, delay=0.0)
     body str -> {"error": "..."}; dict -> sent as is; bytes -> sent raw.
@@ -147,9 +152,10 @@ Hang(seconds, then=None)
     Reads the request and sends nothing for `seconds` (ends early when the
     server stops), then sends `then` (a response) or closes.
 
-SlowLoris(byte_delay, then=None)
+SlowLoris(byte_delay, then=None, headers_only=False)
     Sends `then` (default: the default reply) one byte at a time, byte_delay
-    seconds apart, status line and headers included.
+    seconds apart, status line and headers included. headers_only=True:
+    only the status line and headers go byte by byte, the body at once.
 
 A callable f(req) -> response may stand in for any response.
 
@@ -292,7 +298,7 @@ class Reply:
                  chunk_id_per_chunk=False, interleave=False, model=None,
                  finish_chunk=True, reasoning_key="reasoning",
                  head_delay=0.0, write_size=None, eol="\n", status=200,
-                 headers=None, first_delay=0.0):
+                 headers=None, first_delay=0.0, ascii_json=False):
         self.text = text
         self.chunks = chunks
         self.delay = delay
@@ -315,6 +321,7 @@ class Reply:
         self.status = status
         self.headers = headers or {}
         self.first_delay = first_delay
+        self.ascii_json = ascii_json
 
     def __repr__(self):
         return "Reply(text=%r, tool_calls=%r)" % (self.text, self.tool_calls)
@@ -371,9 +378,10 @@ class Hang:
 
 
 class SlowLoris:
-    def __init__(self, byte_delay, then=None):
+    def __init__(self, byte_delay, then=None, headers_only=False):
         self.byte_delay = byte_delay
         self.then = then
+        self.headers_only = headers_only
 
 
 def model_not_found(model):
@@ -487,6 +495,7 @@ class _Handler(BaseHTTPRequestHandler):
         super().setup()
         self.fake = self.server.fake
         self.byte_delay = 0.0
+        self.slow_head_only = False
         self.chunked_out = False
         with self.fake._lock:
             self.fake._conns.add(self.connection)
@@ -546,6 +555,8 @@ class _Handler(BaseHTTPRequestHandler):
         for k, v in headers:
             lines.append("%s: %s" % (k, v))
         self._out(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        if self.slow_head_only:
+            self.byte_delay = 0.0
 
     def _abort(self):
         """Ends the response here: FIN without any further byte (the client
@@ -581,12 +592,12 @@ class _Handler(BaseHTTPRequestHandler):
     # -- sending helpers
 
     def _send_json(self, status, obj, extra=(), content_type=True,
-                   keep=True):
+                   keep=True, ascii_json=False):
         if isinstance(obj, (bytes, bytearray)):
             body = bytes(obj)
         else:
             body = json.dumps(obj, indent=2,
-                              ensure_ascii=False).encode("utf-8")
+                              ensure_ascii=ascii_json).encode("utf-8")
         headers = []
         if content_type is True:
             headers.append(("Content-Type",
@@ -643,9 +654,9 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self.close_connection = True
 
-    def _event(self, obj, eol="\n", write_size=None):
+    def _event(self, obj, eol="\n", write_size=None, ascii_json=False):
         payload = obj if isinstance(obj, str) else json.dumps(
-            obj, separators=(",", ":"), ensure_ascii=False)
+            obj, separators=(",", ":"), ensure_ascii=ascii_json)
         self._stream_write(("data: " + payload + eol + eol).encode("utf-8"),
                            write_size)
 
@@ -773,6 +784,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._respond(resp.then, req)
         elif isinstance(resp, SlowLoris):
             self.byte_delay = resp.byte_delay
+            self.slow_head_only = resp.headers_only
             then = resp.then
             if then is None:
                 then = self.fake._default_reply(req)
@@ -881,7 +893,7 @@ class _Handler(BaseHTTPRequestHandler):
                                   "supported_formats": ["gguf"]}
             ct = r.content_type
             self._send_json(r.status, out, extra=list(r.headers.items()),
-                            content_type=ct)
+                            content_type=ct, ascii_json=r.ascii_json)
             return
 
         ct = r.content_type
@@ -939,7 +951,7 @@ class _Handler(BaseHTTPRequestHandler):
         first = True
         if r.role_chunk:
             self._event(chunk({"role": "assistant", "content": ""}), r.eol,
-                        r.write_size)
+                        r.write_size, r.ascii_json)
             first = False
         for i, d in enumerate(deltas):
             if i == 0:
@@ -949,19 +961,19 @@ class _Handler(BaseHTTPRequestHandler):
             first = False
             last = i == len(deltas) - 1
             fin = fr if (last and not r.finish_chunk) else None
-            self._event(chunk(d, fin), r.eol, r.write_size)
+            self._event(chunk(d, fin), r.eol, r.write_size, r.ascii_json)
         if r.finish_chunk and fr is not None:
             if not first:
                 self._sleep(delay)
-            self._event(chunk({}, fr), r.eol, r.write_size)
+            self._event(chunk({}, fr), r.eol, r.write_size, r.ascii_json)
         opts = body.get("stream_options")
         asked = isinstance(opts, dict) and bool(opts.get("include_usage"))
         if r.usage and (asked or r.usage == "always"):
             u = chunk(None, choices=False)
             u["usage"] = usage
-            self._event(u, r.eol, r.write_size)
+            self._event(u, r.eol, r.write_size, r.ascii_json)
         if r.done:
-            self._event("[DONE]", r.eol, r.write_size)
+            self._event("[DONE]", r.eol, r.write_size, r.ascii_json)
         self._end_stream()
 
     def _partial_chunks(self, text, body, n):

@@ -343,6 +343,98 @@ static void test_error_json(void)
 		  EC_SERVER);
 }
 
+/* An error object inside a 200 reply (status 0: an SSE event; 200: an
+ * error member in a whole body) gets the class that the same object gets in
+ * an HTTP error body with the status a server sends it with. */
+static void test_error_json_like_http(void)
+{
+	static const struct {
+		const char *json;
+		long status; /* what servers send it with */
+		enum err_class want;
+	} cases[] = {
+	    /* OpenAI / LM Studio: the type says it. */
+	    {"{\"message\":\"'temperature' must be at most 2\","
+	     "\"type\":\"invalid_request_error\",\"param\":\"temperature\","
+	     "\"code\":null}",
+	     400, EC_BAD_REQUEST},
+	    /* vLLM: an exception name and the status as a number. */
+	    {"{\"object\":\"error\",\"message\":\"top_k must be -1\","
+	     "\"type\":\"BadRequestError\",\"param\":null,\"code\":400}",
+	     400, EC_BAD_REQUEST},
+	    /* LiteLLM: the status as a string. */
+	    {"{\"message\":\"unsupported param\",\"type\":null,"
+	     "\"code\":\"400\"}",
+	     400, EC_BAD_REQUEST},
+	    {"{\"message\":\"x\",\"type\":\"UnprocessableEntityError\"}",
+	     422, EC_BAD_REQUEST},
+	    {"{\"message\":\"no such route\",\"type\":\"not_found_error\"}",
+	     404, EC_BAD_REQUEST},
+	    {"{\"message\":\"Model \\\"q\\\" not found\","
+	     "\"type\":\"invalid_request_error\",\"code\":\"model_not_found\"}",
+	     400, EC_MODEL_NOT_FOUND},
+	    {"{\"message\":\"context length of only 4096 tokens\","
+	     "\"type\":\"invalid_request_error\","
+	     "\"code\":\"context_length_exceeded\"}",
+	     400, EC_CONTEXT},
+	    {"{\"message\":\"bad key\",\"type\":\"authentication_error\"}",
+	     401, EC_AUTH},
+	    {"{\"message\":\"no\",\"type\":\"PermissionDeniedError\","
+	     "\"code\":403}",
+	     403, EC_AUTH},
+	    {"{\"message\":\"slow down\",\"type\":\"rate_limit_error\"}",
+	     429, EC_RATE_LIMITED},
+	    {"{\"message\":\"slow\",\"type\":\"RateLimitError\",\"code\":429}",
+	     429, EC_RATE_LIMITED},
+	    /* The server's own failures. */
+	    {"{\"message\":\"The model crashed\",\"type\":\"server_error\","
+	     "\"code\":\"model_crashed\"}",
+	     500, EC_SERVER},
+	    {"{\"message\":\"Internal server error\",\"type\":\"server_error\","
+	     "\"code\":500}",
+	     500, EC_SERVER},
+	    {"{\"message\":\"overloaded\",\"type\":\"InternalServerError\","
+	     "\"code\":503}",
+	     503, EC_SERVER},
+	    {"\"model crashed\"", 500, EC_SERVER},
+	};
+	char msg[256];
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		cJSON *e = cJSON_Parse(cases[i].json);
+		CHECK(e != NULL);
+		CHECK_INT(errclass_from_error_json(e, cases[i].status, msg,
+						   sizeof(msg)),
+			  cases[i].want);
+		CHECK_INT(errclass_from_error_json(e, 0, msg, sizeof(msg)),
+			  cases[i].want);
+		CHECK(strncmp(msg, "HTTP", 4) != 0);
+		CHECK_INT(errclass_from_error_json(e, 200, msg, sizeof(msg)),
+			  cases[i].want);
+		cJSON_Delete(e);
+	}
+
+	/* The reply's error status decides over what the object says. */
+	cJSON *e = cJSON_Parse("{\"message\":\"x\",\"type\":"
+			       "\"invalid_request_error\",\"code\":400}");
+	CHECK_INT(errclass_from_error_json(e, 503, msg, sizeof(msg)), EC_SERVER);
+	CHECK_STR(msg, "HTTP 503: x");
+	cJSON_Delete(e);
+	/* Codes that are not statuses say nothing. */
+	e = cJSON_Parse("{\"message\":\"x\",\"code\":42}");
+	CHECK_INT(errclass_from_error_json(e, 0, msg, sizeof(msg)), EC_SERVER);
+	cJSON_Delete(e);
+	e = cJSON_Parse("{\"message\":\"x\",\"code\":\"4000\"}");
+	CHECK_INT(errclass_from_error_json(e, 0, msg, sizeof(msg)), EC_SERVER);
+	cJSON_Delete(e);
+	/* A whole 200 body with such a member, through errclass_from_http. */
+	CHECK_INT(http(200,
+		       "{\"error\":{\"message\":\"bad\",\"type\":"
+		       "\"invalid_request_error\"}}",
+		       msg, sizeof(msg)),
+		  EC_BAD_REQUEST);
+}
+
 /* A complete streamed answer; each case changes what it needs. */
 static struct errclass_attempt good(void)
 {
@@ -466,6 +558,7 @@ int main(void)
 	test_curl_facts();
 	test_http();
 	test_error_json();
+	test_error_json_like_http();
 	test_attempt();
 	return CHECK_DONE();
 }
