@@ -132,8 +132,9 @@ static int take_prompt(struct conv *c, struct job *j, int dirfd, struct gen_resu
 	res->sys_errno = -ret;
 	snprintf(res->errmsg, sizeof(res->errmsg),
 		 "cannot store the prompt in messages.jsonl: %s; it stays queued (send a "
-		 "prompt or write retry to .ctl when there is room)",
-		 strerror(-ret));
+		 "prompt or write retry to .ctl %s)",
+		 strerror(-ret),
+		 ret == -ENOSPC || ret == -EDQUOT ? "when there is room" : "once that is fixed");
 	store_mark(dirfd, "[lmsfs] error storage: %s", res->errmsg);
 	return ret;
 }
@@ -478,6 +479,18 @@ int conv_precheck(struct conv *c, char *why, size_t whylen)
 }
 
 /* Writes j to the spool (durably) and queues it; c->lock held. */
+/* A stalled queue goes again: its prompts get new sequence numbers, so
+ * that a reader who starts waiting now waits for the new attempt, not for
+ * the failure already reported; c->lock held. */
+static void unstall(struct conv *c)
+{
+	if (!c->stalled)
+		return;
+	c->stalled = 0;
+	for (struct job *q = c->qhead; q; q = q->next)
+		q->seq = ++c->submitted;
+}
+
 /* Writes j to the spool (durably) under a fresh id; c->lock held. */
 static int spool_write(struct conv *c, int dirfd, struct job *j)
 {
@@ -494,10 +507,10 @@ static int spool_write(struct conv *c, int dirfd, struct job *j)
 static void queue_job(struct conv *c, struct job *j)
 {
 	c->rejected[0] = '\0'; /* an accepted prompt ends an old refusal */
+	/* A prompt stuck for room goes first, now with this one behind it. */
+	unstall(c);
 	j->seq = ++c->submitted;
 	conv_enqueue(c, j);
-	/* A prompt stuck for room goes first, now with this one behind it. */
-	c->stalled = 0;
 	if (!c->generating) {
 		c->err = EC_NONE;
 		c->errmsg[0] = '\0';
@@ -587,7 +600,7 @@ int conv_retry(struct conv *c, char *why, size_t whylen)
 	pthread_mutex_lock(&c->lock);
 	if (c->stalled && !c->generating) {
 		/* A prompt waits for room on the disk: try it again. */
-		c->stalled = 0;
+		unstall(c);
 		c->err = EC_NONE;
 		c->errmsg[0] = '\0';
 		conv_start_worker(c);

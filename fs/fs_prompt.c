@@ -6,6 +6,7 @@
 #include "config.h"
 #include "conv.h"
 #include "log.h"
+#include "metrics.h"
 #include "utf8.h"
 #include "util.h"
 
@@ -14,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 /* --- prompt ------------------------------------------------------------------- */
@@ -48,12 +50,29 @@ static int prompt_submit(struct fh *f, const struct nodeinfo *ni)
 	if (!c)
 		return -ENOENT;
 	ret = conv_submit(c, t, strlen(t), why, sizeof(why));
-	if (ret)
-		log_warnx("conversation %s: prompt refused: %s", ni->conv, why);
 	conv_put(c);
+	if (ret) {
+		/* Seen by close() only (a shell's echo ignores it): .status,
+		 * health and metrics must say it too. */
+		note_reject(ni->conv, "prompt", why);
+		if (ret == -ENOSPC || ret == -EDQUOT || ret == -EIO)
+			metrics_storage_failure(why);
+	}
 	buf_reset(&f->data);
 	f->prechecked = 0;
 	return ret;
+}
+
+/* Whether the state directory has room for a prompt of len bytes (with
+ * its spool line and history line): refused from write() when not, since
+ * a shell's echo never sees close()'s ENOSPC. 0 or -ENOSPC. */
+static int room_for(size_t len)
+{
+	struct statvfs sv;
+	unsigned long long need = 2ull * len + (64u << 10);
+	if (fstatvfs(conv_root_fd(), &sv) != 0)
+		return 0; /* cannot tell: close() will */
+	return (unsigned long long)sv.f_bavail * sv.f_frsize < need ? -ENOSPC : 0;
 }
 
 static int prompt_open(fuse_ino_t ino, const struct nodeinfo *ni, int flags, mode_t mode,
@@ -109,6 +128,14 @@ static ssize_t prompt_write(struct fh *f, const struct nodeinfo *ni, const char 
 		f->prechecked = 1;
 	}
 	ret = buf_append(&f->data, data, size);
+	if (ret == 0 && (ret = room_for(f->data.len)) != 0) {
+		f->refused = 1;
+		pthread_mutex_unlock(&f->lock);
+		snprintf(why, sizeof(why), "no room on the disk for the prompt");
+		note_reject(ni->conv, "prompt", why);
+		metrics_storage_failure(why);
+		return ret;
+	}
 	if (ret == 0 && utf8_valid_prefix(f->data.data, f->data.len, 1) != f->data.len) {
 		/* Refused from write(), so that the shell sees it. */
 		f->refused = 1;

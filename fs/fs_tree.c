@@ -434,6 +434,17 @@ void op_symlink(fuse_req_t req, const char *link, fuse_ino_t parent,
 	fuse_reply_err(req, EPERM);
 }
 
+/* A symlink planted in the state directory shows as one, but is never
+ * followed, for the daemon or through the mount: reading it is ELOOP. */
+void op_readlink(fuse_req_t req, fuse_ino_t ino)
+{
+	struct nodeinfo ni;
+	if (node_info(ino, &ni) == 0)
+		log_warnx("refused to follow a symlink: %s%s%s", ni.conv, ni.conv[0] ? "/" : "",
+			  ni.name);
+	fuse_reply_err(req, ELOOP);
+}
+
 void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent,
 		    const char *newname)
 {

@@ -760,3 +760,55 @@ def test_clean_unmount_interrupts_a_running_answer_and_retry_works(fake, mount):
     assert reply(m, "c").rstrip("\n") == echo_of("tell me")
     msgs = plain_hist(m, "c")
     assert msgs[-2:] == [user("tell me"), assistant(echo_of("tell me"))], msgs
+
+
+def test_full_disk_prompt_is_refused_where_the_shell_sees_it(fake, small_tmpfs,
+                                                              mount):
+    """bash's echo ignores errors from close(): on a full disk a prompt is
+    refused from write(), so `echo q > prompt` fails, and .status, health and
+    metrics say why."""
+    m = smount(mount, state=small_tmpfs)
+    mkconv(m, "c")
+    prompt(m, "c", "short")
+    reply(m, "c")
+    fill_up(small_tmpfs)
+    r = sh(m, "echo 'a question' > c/prompt")
+    assert r.returncode != 0, "echo into prompt on a full disk exited 0"
+    assert ENOSPC_TEXT in r.stderr, r.stderr
+    st = status(m, "c")
+    assert "room" in st.get("rejected_write", ""), st
+    assert read_json(m.path / "health")["storage"]["failures"] >= 1
+    assert metric(m, "lmsfs_failures_total", **{"class": "storage"}) >= 1
+    assert "a question" not in history_text(m, "c")
+
+
+def test_retry_after_a_stalled_prompt_waits_for_the_new_attempt(fake, mount):
+    """A prompt that could not enter the history stays queued; once the
+    cause is gone, `echo retry > .ctl && cat .reply` gives its answer (not
+    the failure already reported)."""
+    m = smount(mount)
+    mkconv(m, "c")
+    d = m.state / "conversations" / "c"
+    outside = d.parent.parent / "outside.jsonl"
+    outside.write_text("")
+    os.symlink(outside, d / "messages.jsonl")
+    prompt(m, "c", "stuck")
+    wait_for(lambda: status(m, "c")["state"] == "failed", timeout=10)
+    assert status(m, "c")["queued"] == 1, status(m, "c")
+    (d / "messages.jsonl").unlink()
+    r = sh(m, "echo retry > c/.ctl && cat c/.reply")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.rstrip("\n") == echo_of("stuck")
+    assert outside.read_text() == ""
+
+
+def test_reading_a_planted_symlink_through_the_mount_is_eloop(fake, mount,
+                                                              tmp_path):
+    m = smount(mount)
+    mkconv(m, "c")
+    secret = tmp_path / "secret"
+    secret.write_text("SECRET\n")
+    os.symlink(secret, m.state / "conversations" / "c" / "system")
+    r = sh(m, "cat c/system")
+    assert r.returncode != 0 and "SECRET" not in r.stdout, (r.stdout, r.stderr)
+    assert "Too many levels of symbolic links" in r.stderr, r.stderr
