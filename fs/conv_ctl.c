@@ -1,0 +1,242 @@
+/* conv_ctl.c - what users ask of a conversation: a prompt (checked at
+ * write(), spooled durably at close), cancel and retry. The worker that
+ * answers is in conv_run.c. */
+#include "conv.h"
+#include "conv_int.h"
+
+#include "config.h"
+#include "log.h"
+#include "models.h"
+#include "retry.h"
+#include "spool.h"
+#include "util.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+int conv_precheck(struct conv *c, char *why, size_t whylen)
+{
+	int bad, ret;
+	char *want, *id;
+	int dirfd, qlen;
+	enum err_class cls;
+
+	pthread_mutex_lock(&c->lock);
+	bad = c->spool_bad;
+	pthread_mutex_unlock(&c->lock);
+	/* A spool unreadable at load may be readable now. */
+	if (bad && (ret = conv_recover_again(c)) != 0) {
+		snprintf(why, whylen, "cannot read the prompt queue: %s", strerror(-ret));
+		return -EIO;
+	}
+	pthread_mutex_lock(&c->lock);
+	qlen = c->qlen;
+	pthread_mutex_unlock(&c->lock);
+	if (qlen >= conv_cfg->max_queue) {
+		snprintf(why, whylen, "queue full: %d prompts are waiting (max_queue)", qlen);
+		return -EBUSY;
+	}
+	if (conv_cfg->provider != PROVIDER_MOCK && breaker_refusal(why, whylen))
+		return -EBUSY;
+	dirfd = conv_dirfd(c);
+	if (dirfd < 0) {
+		snprintf(why, whylen, "conversation is gone");
+		return -ENOENT;
+	}
+	want = store_setting(dirfd, "model");
+	close(dirfd);
+	id = models_resolve(want, &cls, why, whylen);
+	free(want);
+	if (!id)
+		return -errclass_errno(cls);
+	free(id);
+	return 0;
+}
+
+/* Writes j to the spool (durably) and queues it; c->lock held. */
+/* A stalled queue goes again: its prompts get new sequence numbers, so
+ * that a reader who starts waiting now waits for the new attempt, not for
+ * the failure already reported; c->lock held. */
+static void unstall(struct conv *c)
+{
+	if (!c->stalled)
+		return;
+	c->stalled = 0;
+	for (struct job *q = c->qhead; q; q = q->next)
+		q->seq = ++c->submitted;
+}
+
+/* Writes j to the spool (durably) under a fresh id; c->lock held. */
+static int spool_write(struct conv *c, int dirfd, struct job *j)
+{
+	struct spool_entry e = {.regen = j->regen, .text = j->text};
+
+	if (c->spool_bad)
+		return -EIO; /* its unread prompts would be overwritten */
+	store_new_id(j->id);
+	memcpy(e.id, j->id, sizeof(e.id));
+	return spool_append(dirfd, &e);
+}
+
+/* Queues a spooled job and starts the worker; c->lock held. */
+static void queue_job(struct conv *c, struct job *j)
+{
+	c->rejected[0] = '\0'; /* an accepted prompt ends an old refusal */
+	/* A prompt stuck for room goes first, now with this one behind it. */
+	unstall(c);
+	j->seq = ++c->submitted;
+	conv_enqueue(c, j);
+	if (!c->generating) {
+		c->err = EC_NONE;
+		c->errmsg[0] = '\0';
+	}
+	conv_start_worker(c);
+}
+
+static int spool_job(struct conv *c, int dirfd, struct job *j)
+{
+	int ret = spool_write(c, dirfd, j);
+	if (ret == 0)
+		queue_job(c, j);
+	return ret;
+}
+
+int conv_submit(struct conv *c, const char *text, size_t len, char *why,
+		size_t whylen)
+{
+	struct job *j;
+	int dirfd, ret;
+
+	j = calloc(1, sizeof(*j));
+	if (!j || !(j->text = strndup(text, len))) {
+		free(j);
+		snprintf(why, whylen, "out of memory");
+		return -ENOMEM;
+	}
+	dirfd = conv_dirfd(c);
+	if (dirfd < 0) {
+		free(j->text);
+		free(j);
+		snprintf(why, whylen, "conversation is gone");
+		return dirfd;
+	}
+	pthread_mutex_lock(&c->lock);
+	if (c->qlen >= conv_cfg->max_queue) {
+		pthread_mutex_unlock(&c->lock);
+		close(dirfd);
+		free(j->text);
+		free(j);
+		snprintf(why, whylen, "queue full: %d prompts are waiting (max_queue)",
+			 conv_cfg->max_queue);
+		return -EBUSY;
+	}
+	ret = spool_job(c, dirfd, j);
+	pthread_mutex_unlock(&c->lock);
+	close(dirfd);
+	if (ret != 0) {
+		free(j->text);
+		free(j);
+		snprintf(why, whylen, "cannot save the prompt: %s", strerror(-ret));
+		return ret;
+	}
+	return 0;
+}
+
+int conv_cancel(struct conv *c, char *why, size_t whylen)
+{
+	int ret = 0;
+	pthread_mutex_lock(&c->lock);
+	if (c->generating) {
+		c->cancel_seq = c->running_seq;
+		flag_set(&c->cancel, 1);
+	} else if (c->qhead) {
+		c->cancel_seq = c->qhead->seq;
+	} else {
+		snprintf(why, whylen, "nothing to cancel: no answer is running");
+		ret = -EINVAL;
+	}
+	pthread_mutex_unlock(&c->lock);
+	return ret;
+}
+
+int conv_retry(struct conv *c, char *why, size_t whylen)
+{
+	struct job *j;
+	char *last;
+	cJSON *lm;
+	off_t off = 0;
+	int dirfd, ret = 0, marked;
+
+	dirfd = conv_dirfd(c);
+	if (dirfd < 0) {
+		snprintf(why, whylen, "conversation is gone");
+		return dirfd;
+	}
+	pthread_mutex_lock(&c->lock);
+	if (c->stalled && !c->generating) {
+		/* A prompt waits for room on the disk: try it again. */
+		unstall(c);
+		c->err = EC_NONE;
+		c->errmsg[0] = '\0';
+		conv_start_worker(c);
+		goto out;
+	}
+	if (c->generating || c->qhead) {
+		snprintf(why, whylen, "an answer is running or queued; retry when it ends");
+		ret = -EBUSY;
+		goto out;
+	}
+	j = calloc(1, sizeof(*j));
+	if (!j) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	j->regen = 1;
+	pthread_mutex_lock(&c->hist);
+	last = store_hist_last_line(dirfd, &off);
+	lm = last ? cJSON_Parse(last) : NULL;
+	marked = cJSON_IsObject(lm) && strcmp(conv_role_of(lm), "assistant") == 0 &&
+		 cJSON_GetObjectItemCaseSensitive(lm, "lmsfs_status");
+	if (!marked && (!cJSON_IsObject(lm) || (strcmp(conv_role_of(lm), "user") != 0 &&
+						 strcmp(conv_role_of(lm), "tool") != 0 &&
+						 strcmp(conv_role_of(lm), "function") != 0))) {
+		/* A user prompt or tool results waiting for the model can be
+		 * answered (again); a finished answer cannot. */
+		snprintf(why, whylen, "nothing to retry: the last answer is complete");
+		ret = -EINVAL;
+	}
+	/* The retry is durable before anything changes: a failure leaves the
+	 * history as it was. */
+	if (ret == 0 && (ret = spool_write(c, dirfd, j)) != 0)
+		snprintf(why, whylen, "cannot save the retry: %s", strerror(-ret));
+	if (ret == 0 && marked) {
+		/* Drop the unfinished answer; the new one replaces it. */
+		ret = store_hist_truncate(dirfd, off);
+		if (ret == 0) {
+			c->hist_gen++;
+		} else {
+			spool_clear(dirfd); /* the queue was empty: only j is in it */
+			snprintf(why, whylen, "cannot drop the unfinished answer: %s",
+				 strerror(-ret));
+		}
+	}
+	pthread_mutex_unlock(&c->hist);
+	cJSON_Delete(lm);
+	free(last);
+	if (ret != 0) {
+		free(j);
+		goto out;
+	}
+	/* The retry answers the prompt a mark was owed for. */
+	c->owed_mark = 0;
+	queue_job(c, j);
+out:
+	pthread_mutex_unlock(&c->lock);
+	close(dirfd);
+	return ret;
+}
+
