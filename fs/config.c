@@ -554,14 +554,20 @@ int config_check(const struct config *c, char *err, size_t errlen)
 		    "(%ld ms)",
 		    c->max_backoff_ms, c->initial_backoff_ms);
 	if (c->default_model && c->allowed_models) {
-		for (i = 0; c->allowed_models[i]; i++)
+		/* An allowed id, or a unique substring of one (as in a
+		 * conversation's model file). */
+		size_t hits = 0, exact = 0;
+		for (i = 0; c->allowed_models[i]; i++) {
 			if (strcmp(c->allowed_models[i], c->default_model) == 0)
-				break;
-		if (!c->allowed_models[i])
+				exact = 1;
+			if (strcasestr(c->allowed_models[i], c->default_model))
+				hits++;
+		}
+		if (!exact && hits != 1)
 			return config_seterr(err, errlen, -EINVAL,
-				      "default_model: '%.200s' is not in "
-				      "allowed_models",
-				      c->default_model);
+				      "default_model: '%.200s' %s allowed_models",
+				      c->default_model,
+				      hits ? "matches more than one of" : "is not in");
 	}
 	return 0;
 }

@@ -113,7 +113,10 @@ void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	case K_MODELS: {
 		struct model_list *l = models_get(0);
 		for (size_t i = 0; i < l->n; i++) {
-			char *e = names_model_encode(l->v[i].id);
+			char *e;
+			if (!models_allowed(l->v[i].id))
+				continue; /* models/ shows what may be used */
+			e = names_model_encode(l->v[i].id);
 			if (e)
 				dir_add(d, e, DT_REG);
 			free(e);

@@ -126,7 +126,7 @@ char *model_json(const char *fname)
 		return NULL;
 	l = models_get(0);
 	for (size_t i = 0; i < l->n && !json; i++)
-		if (strcmp(l->v[i].id, id) == 0)
+		if (strcmp(l->v[i].id, id) == 0 && models_allowed(id))
 			json = strdup(l->v[i].json);
 	models_put(l);
 	free(id);

@@ -265,7 +265,7 @@ void models_status(int *reach, enum err_class *cls, char *msg, size_t n)
 	pthread_mutex_unlock(&lock);
 }
 
-static int allowed(const char *id)
+int models_allowed(const char *id)
 {
 	if (!cfg->allowed_models || cfg->n_allowed == 0)
 		return 1;
@@ -280,7 +280,7 @@ static void list_ids(struct model_list *l, char *msg, size_t msglen)
 	struct buf b;
 	buf_init(&b, msglen > 1 ? msglen - 1 : 1);
 	for (size_t i = 0; i < l->n; i++) {
-		if (!allowed(l->v[i].id))
+		if (!models_allowed(l->v[i].id))
 			continue;
 		if (b.len)
 			buf_puts(&b, ", ");
@@ -314,7 +314,7 @@ char *models_resolve(const char *want, enum err_class *cls, char *msg,
 	list_ids(l, loaded, sizeof(loaded));
 	if (!want || !*want) {
 		for (size_t i = 0; i < l->n; i++)
-			if (allowed(l->v[i].id)) {
+			if (models_allowed(l->v[i].id)) {
 				hits++;
 				found = l->v[i].id;
 			}
@@ -331,18 +331,25 @@ char *models_resolve(const char *want, enum err_class *cls, char *msg,
 				 loaded);
 		goto out;
 	}
-	for (size_t i = 0; i < l->n; i++)
-		if (strcmp(l->v[i].id, want) == 0) {
-			found = l->v[i].id;
-			hits = 1;
-			break;
-		}
-	if (!found) {
+	/* An exact id, else a unique substring, among the models that may be
+	 * used; only then among all, to say that the one meant is not
+	 * allowed. */
+	for (int only_allowed = 1; only_allowed >= 0 && hits == 0; only_allowed--) {
 		for (size_t i = 0; i < l->n; i++)
-			if (strcasestr(l->v[i].id, want)) {
-				hits++;
+			if ((!only_allowed || models_allowed(l->v[i].id)) &&
+			    strcmp(l->v[i].id, want) == 0) {
 				found = l->v[i].id;
+				hits = 1;
+				break;
 			}
+		if (!found) {
+			for (size_t i = 0; i < l->n; i++)
+				if ((!only_allowed || models_allowed(l->v[i].id)) &&
+				    strcasestr(l->v[i].id, want)) {
+					hits++;
+					found = l->v[i].id;
+				}
+		}
 	}
 	if (hits == 1)
 		goto found;
@@ -351,7 +358,7 @@ char *models_resolve(const char *want, enum err_class *cls, char *msg,
 		 hits ? "is ambiguous" : "is not loaded", loaded);
 	goto out;
 found:
-	if (!allowed(found)) {
+	if (!models_allowed(found)) {
 		*cls = EC_MODEL_NOT_ALLOWED;
 		snprintf(msg, msglen, "model '%s' is not in allowed_models (allowed and loaded: %s)",
 			 found, loaded);

@@ -42,4 +42,8 @@ void models_status(int *reachable, enum err_class *cls, char *msg, size_t n);
 char *models_resolve(const char *want, enum err_class *cls, char *msg,
 		     size_t msglen);
 
+/* Whether allowed_models lets the model with this id be used (and shown
+ * in models/). */
+int models_allowed(const char *id);
+
 #endif

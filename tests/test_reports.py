@@ -58,3 +58,30 @@ def test_retry_settings_are_explained_alike_everywhere(lmsfs_bin):
         assert "max_retries_stream" in flat, where
         assert "do not stream" in flat or "does not stream" in flat, where
         assert "first token" in flat, where
+
+
+def test_allowed_models_narrow_matching_and_models_dir(fake, mount):
+    """With allowed_models, a model name is matched among the allowed models
+    only ("instruct" is then not ambiguous), models/ shows only them, and a
+    unique substring of one is a valid default_model."""
+    from conftest import listdir
+    from conv_helpers import QWEN, chat_bodies
+    m = mount(args=opts(allowed_models=LLAMA, default_model="llama"))
+    names = listdir(m.path / "models")
+    assert names == [LLAMA], names
+    import errno as _errno
+    import pytest as _pytest
+    with _pytest.raises(OSError) as ei:
+        read_json(m.path / "models" / QWEN.replace("/", "%2F"))
+    assert ei.value.errno == _errno.ENOENT
+    c = mkconv(m, "c")
+    write_text(c / "model", "instruct\n")
+    prompt(m, "c", "which one")
+    assert reply(m, "c").rstrip("\n") == echo_of("which one")
+    assert chat_bodies(fake)[-1]["model"] == LLAMA
+    # The default (a substring of the allowed id) serves a conversation
+    # without a model file.
+    mkconv(m, "d")
+    prompt(m, "d", "default")
+    assert reply(m, "d").rstrip("\n") == echo_of("default")
+    assert chat_bodies(fake)[-1]["model"] == LLAMA
