@@ -59,6 +59,15 @@ static size_t scan_decimal(const char *s, int sign_ok, double *out)
 	return i;
 }
 
+/* v as a long, refused when it is too large to compute with. */
+static int to_long(double v, long *out)
+{
+	if (v > (double)LONG_MAX / 2)
+		return -EINVAL;
+	*out = (long)v;
+	return 0;
+}
+
 /* A duration; plain numbers are in units of unit_ms. */
 int config_parse_duration(const char *s, long unit_ms, long *out)
 {
@@ -85,11 +94,7 @@ int config_parse_duration(const char *s, long unit_ms, long *out)
 		mult = 60000;
 	else
 		return -EINVAL;
-	v = round(v * mult);
-	if (v > (double)LONG_MAX / 2)
-		return -EINVAL;
-	*out = (long)v;
-	return 0;
+	return to_long(round(v * mult), out);
 }
 
 int config_parse_duration_ms(const char *s, long *out)
@@ -139,11 +144,7 @@ int config_parse_size(const char *s, long *out)
 	}
 	if (*u)
 		return -EINVAL;
-	v = floor(v * mult);
-	if (v > (double)LONG_MAX / 2)
-		return -EINVAL;
-	*out = (long)v;
-	return 0;
+	return to_long(floor(v * mult), out);
 }
 
 int config_parse_bool(const char *s, int *out)

@@ -166,7 +166,6 @@ int conv_cancel(struct conv *c, char *why, size_t whylen)
 int conv_retry(struct conv *c, char *why, size_t whylen)
 {
 	struct job *j;
-	char *last;
 	cJSON *lm;
 	off_t off = 0;
 	int dirfd, ret = 0, marked;
@@ -197,13 +196,10 @@ int conv_retry(struct conv *c, char *why, size_t whylen)
 	}
 	j->regen = 1;
 	pthread_mutex_lock(&c->hist);
-	last = store_hist_last_line(dirfd, &off);
-	lm = last ? cJSON_Parse(last) : NULL;
-	marked = cJSON_IsObject(lm) && strcmp(conv_role_of(lm), "assistant") == 0 &&
+	lm = store_hist_last_message(dirfd, &off);
+	marked = lm && strcmp(store_role(lm), "assistant") == 0 &&
 		 cJSON_GetObjectItemCaseSensitive(lm, "lmsfs_status");
-	if (!marked && (!cJSON_IsObject(lm) || (strcmp(conv_role_of(lm), "user") != 0 &&
-						 strcmp(conv_role_of(lm), "tool") != 0 &&
-						 strcmp(conv_role_of(lm), "function") != 0))) {
+	if (!marked && !(lm && store_awaits_answer(lm))) {
 		/* A user prompt or tool results waiting for the model can be
 		 * answered (again); a finished answer cannot. */
 		snprintf(why, whylen, "nothing to retry: the last answer is complete");
@@ -226,7 +222,6 @@ int conv_retry(struct conv *c, char *why, size_t whylen)
 	}
 	pthread_mutex_unlock(&c->hist);
 	cJSON_Delete(lm);
-	free(last);
 	if (ret != 0) {
 		free(j);
 		goto out;

@@ -87,8 +87,6 @@ int conv_registry_init(const struct config *cfg, int state_dirfd,
  * mirrors it) and the worker thread that answers it. */
 void conv_enqueue(struct conv *c, struct job *j);
 void conv_start_worker(struct conv *c);
-/* The role of a parsed message ("" when none). */
-const char *conv_role_of(cJSON *m);
 /* A spool unreadable at load is read (and the conversation recovered)
  * again; 0 or -errno. No lock held. */
 int conv_recover_again(struct conv *c);

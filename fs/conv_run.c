@@ -64,12 +64,6 @@ static struct job *conv_dequeue(struct conv *c)
 	return j;
 }
 
-const char *conv_role_of(cJSON *m)
-{
-	cJSON *r = cJSON_GetObjectItemCaseSensitive(m, "role");
-	return cJSON_IsString(r) ? r->valuestring : "";
-}
-
 /* --- the worker -------------------------------------------------------- */
 
 /* A failed answer whose marked line could not be stored (a full disk) gets
@@ -77,17 +71,13 @@ const char *conv_role_of(cJSON *m)
  * answer or a mark. Worker only. 0 or -errno. */
 static int pay_owed_mark(struct conv *c, int dirfd)
 {
-	char *last, *line;
 	cJSON *lm;
-	int ret = 0, owed;
+	char *line;
+	int ret = 0;
 
 	pthread_mutex_lock(&c->hist);
-	last = store_hist_last_line(dirfd, NULL);
-	lm = last ? cJSON_Parse(last) : NULL;
-	owed = cJSON_IsObject(lm) && (!strcmp(conv_role_of(lm), "user") ||
-				      !strcmp(conv_role_of(lm), "tool") ||
-				      !strcmp(conv_role_of(lm), "function"));
-	if (owed) {
+	lm = store_hist_last_message(dirfd, NULL);
+	if (lm && store_awaits_answer(lm)) {
 		line = store_marked_answer_line(NULL, 0, "storage: the answer could not be "
 							 "stored (no room on the disk)");
 		ret = line ? store_hist_append(dirfd, line, strlen(line), STORE_SYNC, NULL)
@@ -96,7 +86,6 @@ static int pay_owed_mark(struct conv *c, int dirfd)
 	}
 	pthread_mutex_unlock(&c->hist);
 	cJSON_Delete(lm);
-	free(last);
 	if (ret == 0) {
 		pthread_mutex_lock(&c->lock);
 		c->owed_mark = 0;

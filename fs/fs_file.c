@@ -74,6 +74,27 @@ void fh_free(struct fh *f)
 	free(f);
 }
 
+int fh_new_fd(const struct file_ops *ops, uint64_t ino, int fd, struct fh **out)
+{
+	struct fh *f = fh_new(ops, ino);
+	if (!f) {
+		close(fd);
+		return -ENOMEM;
+	}
+	f->fd = fd;
+	*out = f;
+	return 0;
+}
+
+void read_fd(fuse_req_t req, struct fh *f, size_t size, off_t off)
+{
+	struct fuse_bufvec bv = FUSE_BUFVEC_INIT(size);
+	bv.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
+	bv.buf[0].fd = f->fd;
+	bv.buf[0].pos = off;
+	fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
+}
+
 struct fh *FH(struct fuse_file_info *fi)
 {
 	return (struct fh *)(uintptr_t)fi->fh;
@@ -146,14 +167,8 @@ static int plain_open(fuse_ino_t ino, const struct nodeinfo *ni, int flags, mode
 			      mode);
 	if (fd < 0)
 		return fd;
-	*out = fh_new(&plain_ops, ino);
-	if (!*out) {
-		close(fd);
-		return -ENOMEM;
-	}
-	(*out)->fd = fd;
 	*cache = CACHE_PAGES;
-	return 0;
+	return fh_new_fd(&plain_ops, ino, fd, out);
 }
 
 static ssize_t plain_write(struct fh *f, const struct nodeinfo *ni, const char *data,
@@ -208,7 +223,6 @@ static int stream_open(fuse_ino_t ino, const struct nodeinfo *ni, int flags, mod
 		       int creating, struct fh **out, int *cache)
 {
 	int wr = (flags & O_ACCMODE) != O_RDONLY, fd;
-	struct fh *f;
 
 	if (wr && (flags & O_TRUNC)) {
 		struct stat st;
@@ -222,17 +236,10 @@ static int stream_open(fuse_ino_t ino, const struct nodeinfo *ni, int flags, mod
 	fd = open_backing(ni, (wr ? O_RDWR | O_APPEND : O_RDONLY) |
 				      (creating ? O_CREAT | O_EXCL : 0),
 			  mode);
-	if (fd < 0)
+	if (fd < 0 || (fd = fh_new_fd(&stream_ops, ino, fd, out)) < 0)
 		return fd;
-	f = fh_new(&stream_ops, ino);
-	if (!f) {
-		close(fd);
-		return -ENOMEM;
-	}
-	f->fd = fd;
-	f->writable = wr;
+	(*out)->writable = wr;
 	*cache = CACHE_NONE;
-	*out = f;
 	return 0;
 }
 
@@ -346,19 +353,10 @@ void read_data(fuse_req_t req, struct fh *f, size_t size, off_t off)
 	send_prepared(req, &p);
 }
 
-static int no_truncate(const struct nodeinfo *ni, struct fh *f, off_t size)
-{
-	(void)ni;
-	(void)f;
-	(void)size;
-	return -EACCES;
-}
-
 const struct file_ops generated_ops = {
 	.kind = FH_BUF,
 	.open = generated_open,
 	.read = read_data,
-	.truncate = no_truncate,
 };
 
 /* --- dispatch ------------------------------------------------------------------- */
@@ -467,17 +465,7 @@ void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	(void)ino;
 	struct fh *f = FH(fi);
 
-	if (f->ops->read) {
-		f->ops->read(req, f, size, off);
-		return;
-	}
-	{
-		struct fuse_bufvec bv = FUSE_BUFVEC_INIT(size);
-		bv.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
-		bv.buf[0].fd = f->fd;
-		bv.buf[0].pos = off;
-		fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
-	}
+	(f->ops->read ? f->ops->read : read_fd)(req, f, size, off);
 }
 
 void op_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t size, off_t off,

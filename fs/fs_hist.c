@@ -411,14 +411,8 @@ static int hist_open(fuse_ino_t ino, const struct nodeinfo *ni, int flags, mode_
 	int fd = open_backing(ni, O_RDONLY | (creating ? O_CREAT : 0), mode);
 	struct fh *f;
 
-	if (fd < 0)
+	if (fd < 0 || (fd = fh_new_fd(&hist_ops, ino, fd, &f)) < 0)
 		return fd;
-	f = fh_new(&hist_ops, ino);
-	if (!f) {
-		close(fd);
-		return -ENOMEM;
-	}
-	f->fd = fd;
 	f->writable = wr;
 	f->data.max = STORE_HISTORY_MAX;
 	/* Readers go through the page cache, kept from one open to the next
@@ -461,13 +455,7 @@ static void hist_read(fuse_req_t req, struct fh *f, size_t size, off_t off)
 		}
 	}
 	pthread_mutex_unlock(&f->lock);
-	{
-		struct fuse_bufvec bv = FUSE_BUFVEC_INIT(size);
-		bv.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
-		bv.buf[0].fd = f->fd;
-		bv.buf[0].pos = off;
-		fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
-	}
+	read_fd(req, f, size, off);
 }
 
 /* Appends are checked line by line as they arrive; a write inside the text

@@ -155,8 +155,9 @@ struct fh {
 
 /* What a kind of file does; fs_special.c picks the kind for a node. A
  * NULL member means: read the backing fd (read), nothing to do (flush,
- * release, fsync), refused (write: EBADF). flush, release and fsync are
- * called with the handle's lock held; the others take it if they need it.
+ * release, fsync), refused (write: EBADF; truncate: EACCES). flush,
+ * release and fsync are called with the handle's lock held; the others
+ * take it if they need it.
  * write returns the bytes taken or -errno (the reason already noted). */
 struct file_ops {
 	enum fh_kind kind;
@@ -179,6 +180,10 @@ extern const struct file_ops reply_ops;                             /* fs_wait.c
 struct fh *fh_new(const struct file_ops *ops, uint64_t ino);
 void fh_free(struct fh *f);
 struct fh *FH(struct fuse_file_info *fi);
+/* A new handle reading and writing fd (closed on failure). 0 or -ENOMEM. */
+int fh_new_fd(const struct file_ops *ops, uint64_t ino, int fd, struct fh **out);
+/* Replies with f->fd's data (spliced, no copy). */
+void read_fd(fuse_req_t req, struct fh *f, size_t size, off_t off);
 /* Calls fn on every open file handle (handles_lock held). */
 void fh_each(void (*fn)(struct fh *f, void *arg), void *arg);
 

@@ -205,7 +205,8 @@ void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 			ret = -EISDIR;
 			goto out;
 		}
-		ret = ops->truncate(&ni, fi ? FH(fi) : NULL, attr->st_size);
+		ret = ops->truncate ? ops->truncate(&ni, fi ? FH(fi) : NULL, attr->st_size)
+				    : -EACCES;
 		if (ret)
 			goto out;
 	}

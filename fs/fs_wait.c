@@ -266,17 +266,8 @@ static int reply_open(fuse_ino_t ino, const struct nodeinfo *ni, int flags, mode
 	return 0;
 }
 
-static int reply_truncate(const struct nodeinfo *ni, struct fh *f, off_t size)
-{
-	(void)ni;
-	(void)f;
-	(void)size;
-	return -EACCES;
-}
-
 const struct file_ops reply_ops = {
 	.kind = FH_REPLY,
 	.open = reply_open,
 	.read = read_reply,
-	.truncate = reply_truncate,
 };

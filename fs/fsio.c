@@ -3,6 +3,7 @@
 
 #include "log.h"
 #include "names.h"
+#include "util.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -118,23 +119,17 @@ out:
 
 char *fsio_read_setting(int dirfd, const char *path)
 {
-	char *data = NULL, *b, *e;
+	char *data = NULL, *t;
 	size_t len;
 
 	if (fsio_read(dirfd, path, 1u << 20, &data, &len) != 0)
 		return NULL;
-	b = data;
-	e = data + len;
-	while (b < e && (*b == ' ' || *b == '\t' || *b == '\n' || *b == '\r'))
-		b++;
-	while (e > b && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\n' || e[-1] == '\r'))
-		e--;
-	if (b == e) {
+	t = trim(data);
+	if (!*t) {
 		free(data);
 		return NULL;
 	}
-	memmove(data, b, (size_t)(e - b));
-	data[e - b] = '\0';
+	memmove(data, t, strlen(t) + 1);
 	return data;
 }
 
@@ -153,19 +148,21 @@ static void roll_back(int fd, off_t size)
 static int append_at(int fd, const void *data, size_t n, int flags, off_t *at)
 {
 	struct stat st;
-	char last = '\n';
-	int ret = 0;
+	char last;
+	int ret = 0, lead;
 	off_t old;
 
 	if (fstat(fd, &st) < 0)
 		return -errno;
 	old = st.st_size;
-	if ((flags & FSIO_LINES) && n && ((const char *)data)[0] != '\n' && old > 0 &&
-	    pread(fd, &last, 1, old - 1) == 1 && last != '\n')
+	/* Whole lines: first end the file's last line if it lacks its
+	 * newline. */
+	lead = (flags & FSIO_LINES) && n && ((const char *)data)[0] != '\n' && old > 0 &&
+	       pread(fd, &last, 1, old - 1) == 1 && last != '\n';
+	if (lead)
 		ret = fsio_write_all(fd, "\n", 1);
 	if (at)
-		*at = old + (ret == 0 && (flags & FSIO_LINES) && n &&
-			     ((const char *)data)[0] != '\n' && old > 0 && last != '\n');
+		*at = old + lead;
 	if (ret == 0)
 		ret = fsio_write_all(fd, data, n);
 	if (ret == 0 && (flags & FSIO_LINES) && n && ((const char *)data)[n - 1] != '\n')

@@ -18,29 +18,10 @@
 #define UNFINISHED_TOOL "error: the tool did not finish (lmsfs stopped while it ran)"
 #define STREAM_TEXT_MAX (64u << 20)
 
-static const char *role_of(const cJSON *m)
-{
-	const cJSON *r = cJSON_GetObjectItemCaseSensitive(m, "role");
-	return cJSON_IsString(r) ? r->valuestring : "";
-}
-
 static int has_calls(const cJSON *m)
 {
 	return cJSON_GetObjectItemCaseSensitive(m, "tool_calls") ||
 	       cJSON_GetObjectItemCaseSensitive(m, "function_call");
-}
-
-/* The last history line, parsed (NULL when none or not an object). */
-static cJSON *last_message(int dirfd)
-{
-	char *l = store_hist_last_line(dirfd, NULL);
-	cJSON *m = l ? cJSON_Parse(l) : NULL;
-	free(l);
-	if (!cJSON_IsObject(m)) {
-		cJSON_Delete(m);
-		return NULL;
-	}
-	return m;
 }
 
 /* Drops a torn final line that a crash left behind, or adds the newline a
@@ -79,8 +60,8 @@ static void repair_tail(int dirfd, const char *name)
  * calls with an error text so the next request is valid. */
 static void repair_tool_round(int dirfd, const char *name)
 {
-	cJSON *lm = last_message(dirfd), *msgs = NULL, *m, *calls;
-	const char *r = role_of(lm);
+	cJSON *lm = store_hist_last_message(dirfd, NULL), *msgs = NULL, *m, *calls;
+	const char *r = store_role(lm);
 	int maybe = !strcmp(r, "tool") || !strcmp(r, "function") ||
 		    (!strcmp(r, "assistant") && has_calls(lm));
 	char *data = NULL;
@@ -109,13 +90,13 @@ static void repair_tool_round(int dirfd, const char *name)
 	}
 	n = cJSON_GetArraySize(msgs);
 	for (i = n - 1; i >= 0; i--) {
-		r = role_of(cJSON_GetArrayItem(msgs, i));
+		r = store_role(cJSON_GetArrayItem(msgs, i));
 		if (strcmp(r, "tool") != 0 && strcmp(r, "function") != 0) {
 			last_main = i;
 			break;
 		}
 	}
-	if (last_main < 0 || strcmp(role_of(cJSON_GetArrayItem(msgs, last_main)), "assistant"))
+	if (last_main < 0 || strcmp(store_role(cJSON_GetArrayItem(msgs, last_main)), "assistant"))
 		goto out;
 	m = cJSON_GetArrayItem(msgs, last_main);
 	calls = cJSON_GetObjectItemCaseSensitive(m, "tool_calls");
@@ -276,9 +257,9 @@ int recover_conversation(int dirfd, const char *name, struct recover_result *r)
 	 * or (the marker is never synced) a taken prompt whose history does
 	 * not end in a finished answer. */
 	have_partial = store_partial_get(dirfd, &offset);
-	lm = last_message(dirfd);
+	lm = store_hist_last_message(dirfd, NULL);
 	in_flight = (have_partial || any_taken) &&
-		    !(lm && !strcmp(role_of(lm), "assistant") && !has_calls(lm));
+		    !(lm && !strcmp(store_role(lm), "assistant") && !has_calls(lm));
 	if (in_flight) {
 		mark_interrupted(dirfd, name, have_partial, offset);
 		r->interrupted = 1;
@@ -293,7 +274,7 @@ int recover_conversation(int dirfd, const char *name, struct recover_result *r)
 			continue;
 		}
 		if (np == 0 && v[i].regen &&
-		    (in_flight || (lm && !strcmp(role_of(lm), "assistant") && !has_calls(lm)))) {
+		    (in_flight || (lm && !strcmp(store_role(lm), "assistant") && !has_calls(lm)))) {
 			continue;
 		}
 		v[np++] = v[i];
@@ -312,22 +293,20 @@ int recover_conversation(int dirfd, const char *name, struct recover_result *r)
 	r->npending = np;
 
 	cJSON_Delete(lm);
-	lm = last_message(dirfd);
-	if (lm && !strcmp(role_of(lm), "user") && np == 0 && !r->interrupted)
+	lm = store_hist_last_message(dirfd, NULL);
+	if (lm && !strcmp(store_role(lm), "user") && np == 0 && !r->interrupted)
 		r->unanswered = 1;
-	/* An answer the last stop cut (a clean unmount marks it itself). */
-	if (lm && !strcmp(role_of(lm), "assistant")) {
+	if (lm && !strcmp(store_role(lm), "assistant")) {
+		const cJSON *c = cJSON_GetObjectItemCaseSensitive(lm, "content");
 		const cJSON *st = cJSON_GetObjectItemCaseSensitive(lm, "lmsfs_status");
-		if (cJSON_IsString(st) && !strncmp(st->valuestring, "interrupted", 11))
-			r->interrupted = 1;
-	}
-	if (lm && !strcmp(role_of(lm), "assistant")) {
-		cJSON *c = cJSON_GetObjectItemCaseSensitive(lm, "content");
 		if (cJSON_IsString(c)) {
 			r->last_answer = strdup(c->valuestring);
 			r->last_len = r->last_answer ? strlen(r->last_answer) : 0;
 		}
-		r->last_marked = cJSON_GetObjectItemCaseSensitive(lm, "lmsfs_status") != NULL;
+		r->last_marked = st != NULL;
+		/* An answer the last stop cut (a clean unmount marks it itself). */
+		if (cJSON_IsString(st) && !strncmp(st->valuestring, "interrupted", 11))
+			r->interrupted = 1;
 	}
 	cJSON_Delete(lm);
 	return 0;

@@ -153,6 +153,30 @@ out:
 	return line;
 }
 
+cJSON *store_hist_last_message(int dirfd, off_t *offset)
+{
+	char *l = store_hist_last_line(dirfd, offset);
+	cJSON *m = l ? cJSON_Parse(l) : NULL;
+	free(l);
+	if (!cJSON_IsObject(m)) {
+		cJSON_Delete(m);
+		return NULL;
+	}
+	return m;
+}
+
+const char *store_role(const cJSON *m)
+{
+	const cJSON *r = cJSON_GetObjectItemCaseSensitive(m, "role");
+	return cJSON_IsString(r) ? r->valuestring : "";
+}
+
+int store_awaits_answer(const cJSON *m)
+{
+	const char *r = store_role(m);
+	return !strcmp(r, "user") || !strcmp(r, "tool") || !strcmp(r, "function");
+}
+
 int store_hist_for_request(int dirfd, struct buf *out, char *first_role, size_t rolelen,
 			   char *why, size_t whylen)
 {

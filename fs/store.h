@@ -87,6 +87,15 @@ int store_hist_read_from(int dirfd, off_t from, char **out, size_t *len);
 /* The last non-blank line (malloc'd, no newline) and its offset; NULL when
  * the history is empty, absent, or its last line is too long to look at. */
 char *store_hist_last_line(int dirfd, off_t *offset);
+/* The last line parsed (free with cJSON_Delete) and its offset; NULL when
+ * there is none or it is not a JSON object. */
+struct cJSON;
+struct cJSON *store_hist_last_message(int dirfd, off_t *offset);
+/* A message's role ("" when it has none). */
+const char *store_role(const struct cJSON *m);
+/* Whether the model is to speak after message m (a user message or tool
+ * results): a history ending so has an unanswered prompt. */
+int store_awaits_answer(const struct cJSON *m);
 /* Opens the history for reading (fd or -errno). */
 int store_hist_open(int dirfd);
 /* The history as the text of a JSON array's elements ("{..},{..}"), ready
