@@ -812,3 +812,61 @@ def test_reading_a_planted_symlink_through_the_mount_is_eloop(fake, mount,
     r = sh(m, "cat c/system")
     assert r.returncode != 0 and "SECRET" not in r.stdout, (r.stdout, r.stderr)
     assert "Too many levels of symbolic links" in r.stderr, r.stderr
+
+
+# ------------------------------- review: behaviours with no test before
+
+def test_the_prompt_queue_is_private(fake, mount):
+    """The spool holds prompt text: only its owner may read it (0600)."""
+    m = smount(mount)
+    mkconv(m, "c")
+    prompt(m, "c", "a private question")
+    reply(m, "c")
+    spool = m.state / "conversations" / "c" / ".lmsfs.queue"
+    assert spool.exists()
+    assert (spool.stat().st_mode & 0o777) == 0o600, oct(spool.stat().st_mode)
+
+
+def test_retry_that_cannot_be_saved_changes_nothing(fake, small_tmpfs, mount):
+    """echo retry > .ctl on a full disk fails (ENOSPC, from write(), so the
+    shell sees it) and the marked answer it would drop is still there."""
+    from fake_lms import HttpError
+    m = smount(mount, state=small_tmpfs)
+    c = mkconv(m, "c")
+    fake.enqueue(HttpError(500, "broken"))
+    prompt(m, "c", "q")
+    settle(m, "c")
+    before = read_bytes(c / "messages.jsonl")
+    assert "lmsfs_status" in hist(m, "c")[-1], hist(m, "c")
+    filler = fill_up(small_tmpfs)
+    r = sh(m, "echo retry > c/.ctl")
+    assert r.returncode != 0 and ENOSPC_TEXT in r.stderr, (r.returncode, r.stderr)
+    assert read_bytes(c / "messages.jsonl") == before
+    os.unlink(filler)
+    r = sh(m, "echo retry > c/.ctl && cat c/.reply", timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert plain_hist(m, "c") == [user("q"), assistant(echo_of("q"))]
+
+
+def test_retry_settles_a_mark_still_owed(fake, small_tmpfs, mount):
+    """An answer that could not be stored, nor its marked line: once there
+    is room, retry answers the prompt, with no empty marked line before the
+    answer (the mark owed for the failure is settled by the retry)."""
+    m = smount(mount, state=small_tmpfs)
+    mkconv(m, "c")
+    prompt(m, "c", "short")
+    reply(m, "c")
+    chunks = ["%06d " % i + "z" * 993 for i in range(300)]
+    fake.enqueue(Reply(chunks=chunks))
+    filler = fill_up(small_tmpfs)
+    r = run(["truncate", "-s", "-96K", str(filler)])
+    assert r.returncode == 0, r.stderr
+    prompt(m, "c", "a long answer please")
+    assert reply_errno(m, "c", timeout=30) == errno.ENOSPC
+    assert plain_hist(m, "c")[-1] == user("a long answer please")
+    os.unlink(filler)
+    r = sh(m, "echo retry > c/.ctl && cat c/.reply", timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert plain_hist(m, "c") == [
+        user("short"), assistant(echo_of("short")),
+        user("a long answer please"), assistant(echo_of("a long answer please"))]
