@@ -331,14 +331,13 @@ static void put_number_or_skip(cJSON *req, const char *k, int has, double v)
 		cJSON_AddNumberToObject(req, k, v);
 }
 
-char *api_build_request(const struct config *cfg, const char *model,
-			const char *messages, const cJSON *params, cJSON *tools,
-			int *stream_out)
+/* The request's members but messages, as a JSON object's text. */
+static char *request_rest(const struct config *cfg, const char *model, const cJSON *params,
+			  cJSON *tools, int *stream_out)
 {
 	cJSON *req = cJSON_CreateObject();
 	const cJSON *p, *s;
-	char *out, *rest;
-	size_t ml = strlen(messages), rl;
+	char *rest;
 	int stream;
 
 	cJSON_AddStringToObject(req, "model", model);
@@ -395,6 +394,16 @@ char *api_build_request(const struct config *cfg, const char *model,
 	*stream_out = stream;
 	rest = cJSON_PrintUnformatted(req);
 	cJSON_Delete(req);
+	return rest;
+}
+
+char *api_build_request(const struct config *cfg, const char *model,
+			const char *messages, const cJSON *params, cJSON *tools,
+			int *stream_out)
+{
+	char *out, *rest = request_rest(cfg, model, params, tools, stream_out);
+	size_t ml = strlen(messages), rl;
+
 	if (!rest)
 		return NULL;
 	/* {"messages":[...],<the rest>} */
