@@ -425,6 +425,33 @@ char *api_build_request(const struct config *cfg, const char *model,
 	return out;
 }
 
+char *api_build_request_buf(const struct config *cfg, const char *model, struct buf *msgs,
+			    const cJSON *params, cJSON *tools, int *stream_out)
+{
+	static const char head[] = "{\"messages\":[";
+	char *rest = request_rest(cfg, model, params, tools, stream_out);
+	int ret;
+
+	if (!rest)
+		return NULL;
+	/* {"messages":[...],<the rest>}, built around the messages where
+	 * they lie. */
+	msgs->max = 0;
+	ret = buf_grow(msgs, strlen(rest) + sizeof(head) + 2);
+	if (ret == 0)
+		ret = buf_puts(msgs, "],");
+	if (ret == 0)
+		ret = buf_puts(msgs, rest + 1);
+	if (ret == 0)
+		ret = buf_prepend(msgs, head, sizeof(head) - 1);
+	free(rest);
+	if (ret) {
+		buf_free(msgs);
+		return NULL;
+	}
+	return buf_take(msgs);
+}
+
 char *api_assistant_line(const struct api_answer *a, const char *status)
 {
 	cJSON *m = cJSON_CreateObject();

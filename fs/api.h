@@ -75,6 +75,12 @@ char *api_build_request(const struct config *cfg, const char *model,
 			const char *messages, const cJSON *params, cJSON *tools,
 			int *stream_out);
 
+/* The same, built in the storage of msgs (the messages' text, taken
+ * over and left empty), so that a large request (images) is never copied:
+ * the body is malloc'd, NULL when out of memory. */
+char *api_build_request_buf(const struct config *cfg, const char *model, struct buf *msgs,
+			    const cJSON *params, cJSON *tools, int *stream_out);
+
 /* The assistant message for the history: content (or null) plus
  * tool_calls / function_call as the API expects them back. `status`, when
  * not NULL, marks an unfinished answer ("cancelled", "failed: ...") in an

@@ -134,3 +134,21 @@ void buf_free(struct buf *b)
 	b->len = 0;
 	b->cap = 0;
 }
+
+/* --- growing ahead and inserting at the front -------------------------- */
+
+int buf_grow(struct buf *b, size_t n)
+{
+	return buf_reserve(b, n);
+}
+
+int buf_prepend(struct buf *b, const void *p, size_t n)
+{
+	int ret = buf_reserve(b, n);
+	if (ret)
+		return ret;
+	memmove(b->data + n, b->data, b->len + 1);
+	memcpy(b->data, p, n);
+	b->len += n;
+	return 0;
+}

@@ -32,5 +32,11 @@ void buf_reset(struct buf *b);
  * memory) and empties the buffer. The caller frees it. */
 char *buf_take(struct buf *b);
 void buf_free(struct buf *b);
+/* Makes room for n more bytes (the cap applies): appends up to n bytes
+ * then cost no further allocation. 0, -EFBIG or -ENOMEM. */
+int buf_grow(struct buf *b, size_t n);
+/* Inserts p[0..n) before the contents, in place (no second copy of a
+ * large buffer). Same returns. */
+int buf_prepend(struct buf *b, const void *p, size_t n);
 
 #endif

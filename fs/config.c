@@ -80,6 +80,8 @@ const struct key config_keys[] = {
     {"max_prompt_bytes", K_SIZE, OFF(max_prompt_bytes), 0, 1, INF, 0},
     {"max_queue", K_INT, OFF(max_queue), 0, 1, 100000, 0},
     {"models_ttl", K_DUR_S, OFF(models_ttl_ms), 0, 0, INF, 0},
+    {"max_attach_bytes", K_SIZE, OFF(max_attach_bytes), 0, 1, INF, 0},
+    {"max_attach_request_bytes", K_SIZE, OFF(max_attach_request_bytes), 0, 1, INF, 0},
     /* mock provider */
     {"mock_delay", K_DUR_MS, OFF(mock_delay_ms), 0, 0, INF, 0},
     /* daemon */
@@ -440,6 +442,8 @@ void config_init(struct config *c)
 	c->max_prompt_bytes = 1024 * 1024;
 	c->max_queue = 16;
 	c->models_ttl_ms = 2000;
+	c->max_attach_bytes = 32l << 20;
+	c->max_attach_request_bytes = 64l << 20;
 	c->mock_delay_ms = 20;
 	c->state_dir = default_state_dir();
 	c->log_level = LOG_LVL_INFO;

@@ -59,6 +59,8 @@ struct config {
 	long max_prompt_bytes;   /* 1 MiB */
 	int max_queue;           /* 16 pending prompts per conversation */
 	long models_ttl_ms;      /* 2 s */
+	long max_attach_bytes;   /* 32 MiB: one attached file */
+	long max_attach_request_bytes; /* 64 MiB: the files one request carries */
 	/* mock provider */
 	long mock_delay_ms;      /* 20 ms between words */
 	/* daemon */

@@ -80,6 +80,7 @@ static void conv_free(struct conv *c)
 	for (j = c->qhead; j; j = n) {
 		n = j->next;
 		free(j->text);
+		free(j->files);
 		free(j);
 	}
 	free(c->last_text);

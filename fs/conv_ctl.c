@@ -4,6 +4,8 @@
 #include "conv.h"
 #include "conv_int.h"
 
+#include "attach.h"
+
 #include "config.h"
 #include "log.h"
 #include "models.h"
@@ -17,6 +19,31 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+/* What attach/ holds, checked for model id (NULL: not known here): its
+ * moves as JSON in *files (may be NULL: not wanted). 0 or -errno. */
+static int check_attachments(int dirfd, const char *id, char **files, char *why,
+			     size_t whylen)
+{
+	struct attach_set s;
+	int ret = attach_scan(dirfd, conv_cfg->max_attach_bytes,
+			      conv_cfg->max_attach_request_bytes, &s, why, whylen);
+	if (ret)
+		return ret;
+	if (s.images && id && models_capability(id, "vision") == 0) {
+		/* The server said this model cannot see; when it says
+		 * nothing, the request goes and the server answers. */
+		snprintf(why, whylen,
+			 "model %s cannot see images (the server lists it as a text-only "
+			 "model): remove the image from attach/ or choose a vision model",
+			 id);
+		ret = -EINVAL;
+	}
+	if (ret == 0 && files && s.n && !(*files = attach_set_json(&s)))
+		ret = -ENOMEM;
+	attach_set_free(&s);
+	return ret;
+}
 
 int conv_precheck(struct conv *c, char *why, size_t whylen)
 {
@@ -48,13 +75,16 @@ int conv_precheck(struct conv *c, char *why, size_t whylen)
 		return -ENOENT;
 	}
 	want = store_setting(dirfd, "model");
-	close(dirfd);
 	id = models_resolve(want, &cls, why, whylen);
 	free(want);
-	if (!id)
+	if (!id) {
+		close(dirfd);
 		return -errclass_errno(cls);
+	}
+	ret = check_attachments(dirfd, id, NULL, why, whylen);
+	close(dirfd);
 	free(id);
-	return 0;
+	return ret;
 }
 
 /* Writes j to the spool (durably) and queues it; c->lock held. */
@@ -73,7 +103,7 @@ static void unstall(struct conv *c)
 /* Writes j to the spool (durably) under a fresh id; c->lock held. */
 static int spool_write(struct conv *c, int dirfd, struct job *j)
 {
-	struct spool_entry e = {.regen = j->regen, .text = j->text};
+	struct spool_entry e = {.regen = j->regen, .text = j->text, .files = j->files};
 
 	if (c->spool_bad)
 		return -EIO; /* its unread prompts would be overwritten */
@@ -97,13 +127,6 @@ static void queue_job(struct conv *c, struct job *j)
 	conv_start_worker(c);
 }
 
-static int spool_job(struct conv *c, int dirfd, struct job *j)
-{
-	int ret = spool_write(c, dirfd, j);
-	if (ret == 0)
-		queue_job(c, j);
-	return ret;
-}
 
 int conv_submit(struct conv *c, const char *text, size_t len, char *why,
 		size_t whylen)
@@ -134,13 +157,27 @@ int conv_submit(struct conv *c, const char *text, size_t len, char *why,
 			 conv_cfg->max_queue);
 		return -EBUSY;
 	}
-	ret = spool_job(c, dirfd, j);
+	/* attach/ as it is now goes with the prompt (checked again: it may
+	 * have changed since write()); the model was checked at write(). */
+	ret = check_attachments(dirfd, NULL, &j->files, why, whylen);
+	if (ret == 0) {
+		ret = spool_write(c, dirfd, j);
+		if (ret != 0)
+			snprintf(why, whylen, "cannot save the prompt: %s", strerror(-ret));
+	}
+	if (ret == 0) {
+		/* Durable in the spool: now the files move (again by the
+		 * worker or recovery if this is cut short). */
+		if (j->files)
+			attach_move(dirfd, j->files);
+		queue_job(c, j);
+	}
 	pthread_mutex_unlock(&c->lock);
 	close(dirfd);
 	if (ret != 0) {
 		free(j->text);
+		free(j->files);
 		free(j);
-		snprintf(why, whylen, "cannot save the prompt: %s", strerror(-ret));
 		return ret;
 	}
 	return 0;

@@ -28,6 +28,7 @@ struct job {
 	char id[STORE_ID_LEN]; /* ties the spool entry to its history line */
 	int regen;  /* answer the history as it is (retry) */
 	char *text; /* the prompt; NULL for regen */
+	char *files; /* its attachments' moves (attach.h), or NULL */
 };
 
 struct conv {

@@ -4,6 +4,8 @@
 #include "conv.h"
 #include "conv_int.h"
 
+#include "attach.h"
+
 #include "config.h"
 #include "log.h"
 #include "recover.h"
@@ -108,7 +110,11 @@ static int take_prompt(struct conv *c, struct job *j, int dirfd, struct gen_resu
 	if (c->owed_mark)
 		ret = pay_owed_mark(c, dirfd);
 	if (ret == 0 && !j->regen) {
-		char *line = store_user_line(j->text, j->id);
+		char *line;
+		/* Moves a crash or a failure cut are finished first. */
+		if (j->files)
+			attach_move(dirfd, j->files);
+		line = store_user_line_files(j->text, j->files, j->id);
 		pthread_mutex_lock(&c->hist);
 		ret = line ? store_hist_append(dirfd, line, strlen(line), STORE_CREATE, NULL)
 			   : -ENOMEM;
@@ -206,6 +212,7 @@ static void *worker(void *arg)
 			while (stop && c->qhead) {
 				struct job *d = conv_dequeue(c);
 				free(d->text);
+				free(d->files);
 				free(d);
 				drained = 1;
 			}
@@ -288,6 +295,7 @@ static void *worker(void *arg)
 		gen_result_free(&res);
 		if (!stalled) {
 			free(j->text);
+			free(j->files);
 			free(j);
 		}
 
@@ -341,6 +349,8 @@ static void apply_recovery(struct conv *c, struct recover_result *r)
 		memcpy(j->id, r->pending[i].id, sizeof(j->id));
 		j->text = r->pending[i].text;
 		r->pending[i].text = NULL;
+		j->files = r->pending[i].files;
+		r->pending[i].files = NULL;
 		conv_enqueue(c, j);
 	}
 	if (r->interrupted) {

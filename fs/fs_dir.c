@@ -133,6 +133,13 @@ void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	case K_TOOLS:
 		ret = list_backing(d, fs_tools_fd, ".", 0);
 		break;
+	case K_SUBDIR: {
+		char p[PATH_MAX];
+		ret = cpath(p, sizeof(p), ni.conv, ni.name);
+		if (ret == 0)
+			ret = list_backing(d, conv_root_fd(), p, 0);
+		break;
+	}
 	default:
 		ret = -ENOTDIR;
 	}

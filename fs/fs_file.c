@@ -151,7 +151,7 @@ int open_backing(const struct nodeinfo *ni, int flags, mode_t mode)
 	int ret;
 	if (ni->kind == K_TFILE)
 		return fsio_open(fs_tools_fd, ni->name, flags, mode);
-	ret = cpath(p, sizeof(p), ni->conv, ni->name);
+	ret = node_path(p, sizeof(p), ni);
 	if (ret)
 		return ret;
 	return fsio_open(conv_root_fd(), p, flags, mode);
@@ -411,7 +411,7 @@ void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 		fuse_reply_err(req, -ret);
 		return;
 	}
-	if (pi.kind != K_CONV && pi.kind != K_TOOLS) {
+	if (pi.kind != K_CONV && pi.kind != K_TOOLS && pi.kind != K_SUBDIR) {
 		fuse_reply_err(req, pi.kind == K_CONVS ? EPERM : EACCES);
 		return;
 	}
@@ -425,10 +425,12 @@ void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 		return;
 	}
 	memset(&ni, 0, sizeof(ni));
-	ni.kind = pi.kind == K_CONV ? K_CFILE : K_TFILE;
+	ni.kind = pi.kind == K_CONV ? K_CFILE : pi.kind == K_SUBDIR ? K_SFILE : K_TFILE;
 	ni.parent = parent;
 	snprintf(ni.name, sizeof(ni.name), "%s", name);
 	snprintf(ni.conv, sizeof(ni.conv), "%s", pi.conv);
+	if (pi.kind == K_SUBDIR)
+		snprintf(ni.sub, sizeof(ni.sub), "%.7s", pi.name);
 	if (ni.kind == K_CFILE)
 		temp_remember(ni.conv, name);
 	ret = do_open(0, &ni, fi->flags, mode & 07777, 1, &f, &cache);
@@ -449,7 +451,7 @@ void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 	e.ino = ino;
 	e.attr = st;
 	e.attr.st_ino = ino;
-	e.entry_timeout = 1.0;
+	e.entry_timeout = ni.kind == K_SFILE ? 0.0 : 1.0; /* attach/ empties itself */
 	fi->fh = (uintptr_t)f;
 	fi->direct_io = cache == CACHE_NONE;
 	fi->keep_cache = cache == CACHE_KEEP;

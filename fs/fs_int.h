@@ -41,7 +41,9 @@ struct conv;
 
 enum kind {
 	K_ROOT = 1, K_MODELS, K_CONVS, K_TOOLS, K_HEALTH, K_METRICS,
-	K_MODEL, K_CONV, K_CFILE, K_REPLY, K_STATUS, K_CTL, K_TFILE, K_TSTATUS
+	K_MODEL, K_CONV, K_CFILE, K_REPLY, K_STATUS, K_CTL, K_TFILE, K_TSTATUS,
+	K_SUBDIR, /* conversations/NAME/attach or files */
+	K_SFILE   /* a plain file in one of them */
 };
 
 #define INO_ROOT 1
@@ -51,6 +53,7 @@ struct nodeinfo {
 	uint64_t parent;
 	char name[NAME_MAX + 1];
 	char conv[NAME_MAX + 1]; /* for files under a conversation */
+	char sub[8];             /* K_SFILE: its directory (attach, files) */
 };
 
 /* Set once by ops_init, read-only afterwards. */
@@ -92,6 +95,11 @@ int is_special_file(const char *name);
 int cpath(char *out, size_t n, const char *conv, const char *name);
 /* A conversation's directory, opened without following symlinks. */
 int conv_dir(const char *conv);
+/* attach and files: the only directories a conversation may hold. */
+int is_conv_subdir(const char *name);
+/* "conv/name", or "conv/sub/name" for a K_SFILE, relative to the
+ * conversations directory. */
+int node_path(char *out, size_t n, const struct nodeinfo *ni);
 /* The JSON of the loaded model whose file name is fname (malloc'd). */
 char *model_json(const char *fname);
 /* The kind of file a node is (NULL: a directory). */

@@ -153,6 +153,23 @@ int node_info(uint64_t ino, struct nodeinfo *ni)
 		snprintf(ni->conv, sizeof(ni->conv), "%s", p->name);
 	} else if (n->kind == K_CONV) {
 		snprintf(ni->conv, sizeof(ni->conv), "%s", n->name);
+	} else if (n->kind == K_SUBDIR) {
+		p = ino_find(n->parent);
+		if (!p) {
+			ret = -ESTALE;
+			goto out;
+		}
+		snprintf(ni->conv, sizeof(ni->conv), "%s", p->name);
+	} else if (n->kind == K_SFILE) {
+		struct node *g;
+		p = ino_find(n->parent);
+		g = p ? ino_find(p->parent) : NULL;
+		if (!g) {
+			ret = -ESTALE;
+			goto out;
+		}
+		snprintf(ni->sub, sizeof(ni->sub), "%.7s", p->name);
+		snprintf(ni->conv, sizeof(ni->conv), "%s", g->name);
 	}
 out:
 	pthread_mutex_unlock(&nodes_lock);

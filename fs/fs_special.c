@@ -3,6 +3,7 @@
  * conversation) and the attributes every node shows. */
 #include "fs_int.h"
 
+#include "attach.h"
 #include "conv.h"
 #include "fsio.h"
 #include "models.h"
@@ -91,7 +92,10 @@ const struct file_ops *special_ops(const struct nodeinfo *ni)
 	case K_TSTATUS:
 		return &generated_ops;
 	case K_TFILE:
+	case K_SFILE:
 		return &plain_ops;
+	case K_SUBDIR:
+		return NULL;
 	case K_REPLY:
 	case K_STATUS:
 	case K_CTL:
@@ -106,6 +110,20 @@ const struct file_ops *special_ops(const struct nodeinfo *ni)
 int cpath(char *out, size_t n, const char *conv, const char *name)
 {
 	int len = snprintf(out, n, "%s/%s", conv, name);
+	return (len < 0 || (size_t)len >= n) ? -ENAMETOOLONG : 0;
+}
+
+int is_conv_subdir(const char *name)
+{
+	return strcmp(name, ATTACH_OUTBOX) == 0 || strcmp(name, ATTACH_FILES) == 0;
+}
+
+int node_path(char *out, size_t n, const struct nodeinfo *ni)
+{
+	int len;
+	if (ni->kind != K_SFILE)
+		return cpath(out, n, ni->conv, ni->name);
+	len = snprintf(out, n, "%s/%s/%s", ni->conv, ni->sub, ni->name);
 	return (len < 0 || (size_t)len >= n) ? -ENAMETOOLONG : 0;
 }
 
@@ -204,6 +222,16 @@ int attr_of(uint64_t ino, const struct nodeinfo *ni, struct stat *st)
 	case K_TFILE:
 		if (fstatat(fs_tools_fd, ni->name, st, AT_SYMLINK_NOFOLLOW) < 0)
 			return -errno;
+		break;
+	case K_SUBDIR:
+	case K_SFILE:
+		ret = node_path(p, sizeof(p), ni);
+		if (ret)
+			return ret;
+		if (fstatat(conv_root_fd(), p, st, AT_SYMLINK_NOFOLLOW) < 0)
+			return -errno;
+		if (ni->kind == K_SUBDIR && !S_ISDIR(st->st_mode))
+			return -ENOENT;
 		break;
 	}
 	st->st_ino = ino;

@@ -21,7 +21,10 @@
  * directories' times (tar compares them before and after reading). */
 #define ATTR_TIMEOUT 0.0
 
-static void reply_entry(fuse_req_t req, uint64_t ino, const struct stat *st)
+static int sub_path(char *out, size_t n, const struct nodeinfo *parent, const char *name);
+
+static void reply_entry_for(fuse_req_t req, uint64_t ino, const struct stat *st,
+			    double entry_timeout)
 {
 	struct fuse_entry_param e;
 	memset(&e, 0, sizeof(e));
@@ -29,9 +32,14 @@ static void reply_entry(fuse_req_t req, uint64_t ino, const struct stat *st)
 	e.attr = *st;
 	e.attr.st_ino = ino;
 	e.attr_timeout = ATTR_TIMEOUT;
-	e.entry_timeout = 1.0;
+	e.entry_timeout = entry_timeout;
 	if (fuse_reply_entry(req, &e) != 0)
 		node_forget(ino, 1); /* the kernel never saw it: no FORGET comes */
+}
+
+static void reply_entry(fuse_req_t req, uint64_t ino, const struct stat *st)
+{
+	reply_entry_for(req, ino, st, 1.0);
 }
 
 /* Looks up (parent, name) and, when found, counts the lookup and replies. */
@@ -91,6 +99,24 @@ static void do_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 		}
 		snprintf(ni.conv, sizeof(ni.conv), "%s", pi.conv);
 		kind = K_CFILE;
+		if (is_conv_subdir(name)) {
+			/* attach/ and files/: directories when they are. */
+			struct stat dst;
+			char p[PATH_MAX];
+			if (cpath(p, sizeof(p), pi.conv, name) == 0 &&
+			    fstatat(conv_root_fd(), p, &dst, AT_SYMLINK_NOFOLLOW) == 0 &&
+			    S_ISDIR(dst.st_mode))
+				kind = K_SUBDIR;
+		}
+		break;
+	case K_SUBDIR:
+		if (names_file_ok(name) != 0) {
+			fuse_reply_err(req, ENOENT);
+			return;
+		}
+		snprintf(ni.conv, sizeof(ni.conv), "%s", pi.conv);
+		snprintf(ni.sub, sizeof(ni.sub), "%.7s", pi.name);
+		kind = K_SFILE;
 		break;
 	case K_TOOLS:
 		if (strcmp(name, ".status") == 0) {
@@ -122,7 +148,9 @@ static void do_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
-	reply_entry(req, ino, &st);
+	/* lmsfs itself moves files out of attach/ when a prompt takes them:
+	 * the kernel must not keep their names. */
+	reply_entry_for(req, ino, &st, kind == K_SFILE ? 0.0 : 1.0);
 }
 
 void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
@@ -169,8 +197,9 @@ void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 
 	if (ret)
 		goto out;
-	if (ni.kind == K_CFILE) {
-		ret = cpath(p, sizeof(p), ni.conv, ni.name);
+	if (ni.kind == K_CFILE || ni.kind == K_SFILE || ni.kind == K_SUBDIR) {
+		ret = ni.kind == K_SUBDIR ? cpath(p, sizeof(p), ni.conv, ni.name)
+					  : node_path(p, sizeof(p), &ni);
 		dfd = conv_root_fd();
 		rel = p;
 	} else if (ni.kind == K_TFILE) {
@@ -201,7 +230,7 @@ void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 		goto out;
 	if (to_set & FUSE_SET_ATTR_SIZE) {
 		const struct file_ops *ops = special_ops(&ni);
-		if (ni.kind != K_CFILE && ni.kind != K_TFILE) {
+		if (ni.kind != K_CFILE && ni.kind != K_TFILE && ni.kind != K_SFILE) {
 			ret = -EISDIR;
 			goto out;
 		}
@@ -213,7 +242,7 @@ void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 	if (ni.kind == K_CFILE && special_ops(&ni) == &hist_ops &&
 	    (to_set & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME)))
 		hist_note_times(ino, to_set, attr);
-	if ((ni.kind == K_CFILE || ni.kind == K_TFILE) &&
+	if ((ni.kind == K_CFILE || ni.kind == K_TFILE || ni.kind == K_SFILE) &&
 	    fstatat(dfd, rel, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode)) {
 		log_warnx("refused to change a symlink: %s", rel);
 		ret = -ELOOP;
@@ -267,20 +296,32 @@ void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
 	struct stat st;
 	uint64_t ino;
 	int ret = node_info(parent, &pi);
+	enum kind kind = K_CONV;
 
-	if (ret == 0 && pi.kind != K_CONVS)
-		ret = pi.kind == K_CONV ? -EPERM : -EACCES;
-	if (ret == 0)
+	if (ret == 0 && pi.kind == K_CONV && is_conv_subdir(name)) {
+		/* attach/ and files/ are the only directories of a
+		 * conversation; nothing nests deeper. */
+		char p[PATH_MAX];
+		kind = K_SUBDIR;
+		ret = cpath(p, sizeof(p), pi.conv, name);
+		if (ret == 0 && mkdirat(conv_root_fd(), p, (mode & 0777) | 0700) < 0)
+			ret = -errno;
+	} else if (ret == 0 && pi.kind != K_CONVS) {
+		ret = pi.kind == K_CONV || pi.kind == K_SUBDIR ? -EPERM : -EACCES;
+	} else if (ret == 0) {
 		ret = conv_mkdir(name, mode);
+	}
 	if (ret) {
 		fuse_reply_err(req, -ret);
 		return;
 	}
 	memset(&ni, 0, sizeof(ni));
-	ni.kind = K_CONV;
+	ni.kind = kind;
 	snprintf(ni.name, sizeof(ni.name), "%s", name);
+	if (kind == K_SUBDIR)
+		snprintf(ni.conv, sizeof(ni.conv), "%s", pi.conv);
 	ret = attr_of(0, &ni, &st);
-	if (ret || !node_get(parent, name, K_CONV, &ino)) {
+	if (ret || !node_get(parent, name, kind, &ino)) {
 		fuse_reply_err(req, ret ? -ret : ENOMEM);
 		return;
 	}
@@ -291,6 +332,16 @@ void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	struct nodeinfo pi;
 	int ret = node_info(parent, &pi);
+	if (ret == 0 && pi.kind == K_CONV && is_conv_subdir(name)) {
+		char p[PATH_MAX];
+		ret = cpath(p, sizeof(p), pi.conv, name);
+		if (ret == 0 && unlinkat(conv_root_fd(), p, AT_REMOVEDIR) < 0)
+			ret = -errno;
+		if (ret == 0)
+			node_drop_name(parent, name);
+		fuse_reply_err(req, -ret);
+		return;
+	}
 	if (ret == 0 && pi.kind != K_CONVS)
 		ret = pi.kind == K_ROOT ? -EBUSY : -ENOTDIR;
 	if (ret == 0)
@@ -336,6 +387,12 @@ void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 		ret = names_file_ok(name);
 		if (ret == 0 && unlinkat(fs_tools_fd, name, 0) < 0)
 			ret = -errno;
+	} else if (pi.kind == K_SUBDIR) {
+		ret = names_file_ok(name);
+		if (ret == 0)
+			ret = sub_path(p, sizeof(p), &pi, name);
+		if (ret == 0 && unlinkat(conv_root_fd(), p, 0) < 0)
+			ret = -errno;
 	} else {
 		ret = -EACCES;
 	}
@@ -343,6 +400,47 @@ void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 		node_drop_name(parent, name);
 out:
 	fuse_reply_err(req, -ret);
+}
+
+/* A path below a conversation: "conv/name" for a K_CONV parent,
+ * "conv/sub/name" for a K_SUBDIR one. */
+static int sub_path(char *out, size_t n, const struct nodeinfo *parent, const char *name)
+{
+	struct nodeinfo f;
+	memset(&f, 0, sizeof(f));
+	f.kind = parent->kind == K_SUBDIR ? K_SFILE : K_CFILE;
+	snprintf(f.conv, sizeof(f.conv), "%s", parent->conv);
+	snprintf(f.sub, sizeof(f.sub), "%.7s", parent->name);
+	snprintf(f.name, sizeof(f.name), "%s", name);
+	return node_path(out, n, &f);
+}
+
+/* A plain file moved into, out of or between attach/ and files/: no
+ * special file of a conversation takes part, and nothing nests. */
+static int rename_in_subdirs(const struct nodeinfo *pi, const char *name,
+			     const struct nodeinfo *npi, const char *newname, unsigned flags)
+{
+	char from[PATH_MAX], to[PATH_MAX];
+	struct stat st;
+	int ret;
+
+	if ((pi->kind == K_CONV && (is_special_file(name) || is_conv_subdir(name))) ||
+	    (npi->kind == K_CONV && (is_special_file(newname) || is_conv_subdir(newname))))
+		return -EPERM;
+	ret = names_file_ok(name);
+	if (ret == 0)
+		ret = names_file_ok(newname);
+	if (ret == 0)
+		ret = sub_path(from, sizeof(from), pi, name);
+	if (ret == 0)
+		ret = sub_path(to, sizeof(to), npi, newname);
+	if (ret)
+		return ret;
+	if (fstatat(conv_root_fd(), from, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode))
+		return -EPERM;
+	if (renameat2(conv_root_fd(), from, conv_root_fd(), to, flags) < 0)
+		return -errno;
+	return 0;
 }
 
 void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
@@ -363,6 +461,13 @@ void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 	}
 	if (pi.kind == K_CONVS && npi.kind == K_CONVS) {
 		ret = conv_rename(name, newname, flags);
+	} else if ((pi.kind == K_SUBDIR || npi.kind == K_SUBDIR) &&
+		   (pi.kind == K_CONV || pi.kind == K_SUBDIR) &&
+		   (npi.kind == K_CONV || npi.kind == K_SUBDIR)) {
+		ret = rename_in_subdirs(&pi, name, &npi, newname, flags);
+	} else if (pi.kind == K_CONV && npi.kind == K_CONV &&
+		   (is_conv_subdir(name) || is_conv_subdir(newname))) {
+		ret = -EPERM; /* attach/ and files/ keep their names */
 	} else if (pi.kind == K_CONV && npi.kind == K_CONV) {
 		struct conv *c;
 		if (is_hidden_ctl(name, &k) || is_hidden_ctl(newname, &k)) {

@@ -356,10 +356,14 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 		int stream;
 
 		store_partial_set(job->dirfd);
-		buf_init(&msgs, STORE_HISTORY_MAX + (1u << 20));
+		/* Room for the history and its attachments in base64. */
+		buf_init(&msgs, STORE_HISTORY_MAX + (1u << 20) +
+					(size_t)cfg->max_attach_request_bytes / 3 * 4 + 4096);
 		/* The system prompt leads, unless the history starts with one. */
-		if (store_hist_for_request(job->dirfd, &msgs, first_role, sizeof(first_role),
-					   why, sizeof(why)) != 0) {
+		if (store_hist_for_request_files(job->dirfd, &msgs, first_role,
+						 sizeof(first_role), why, sizeof(why),
+						 cfg->max_attach_bytes,
+						 cfg->max_attach_request_bytes) != 0) {
 			buf_free(&msgs);
 			cls = EC_BAD_REQUEST;
 			snprintf(res->errmsg, sizeof(res->errmsg), "%s", why);
@@ -375,15 +379,10 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 				t = cJSON_PrintUnformatted(sm);
 				cJSON_Delete(sm);
 				if (t) {
-					struct buf joined;
-					buf_init(&joined, msgs.max);
-					buf_puts(&joined, t);
-					if (msgs.len) {
-						buf_putc(&joined, ',');
-						buf_append(&joined, msgs.data, msgs.len);
-					}
-					buf_free(&msgs);
-					msgs = joined;
+					/* In place: the messages may hold images. */
+					if (msgs.len)
+						buf_prepend(&msgs, ",", 1);
+					buf_prepend(&msgs, t, strlen(t));
 				}
 				free(t);
 			}
@@ -392,8 +391,7 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 		/* Only what this request offers may run when it answers. */
 		cJSON_Delete(offered);
 		offered = tooldef_offered_names(tools, params);
-		body = api_build_request(cfg, model, msgs.data ? msgs.data : "", params, tools,
-					 &stream);
+		body = api_build_request_buf(cfg, model, &msgs, params, tools, &stream);
 		buf_free(&msgs);
 		if (!body) {
 			cls = EC_PROTOCOL;

@@ -369,3 +369,38 @@ out:
 	models_put(l);
 	return ret;
 }
+
+/* --- what a model can do ------------------------------------------------- */
+
+/* 1 when the listing says the model has cap, 0 when it says it has not,
+ * -1 when it says nothing (or the model is not listed). "vision" comes
+ * from /api/v1's capabilities.vision, else /api/v0's type: "vlm" sees,
+ * "llm" and "embeddings" do not. */
+int models_capability(const char *id, const char *cap)
+{
+	struct model_list *l = models_get(0);
+	int ret = -1;
+
+	for (size_t i = 0; i < l->n && ret == -1; i++) {
+		cJSON *m, *caps, *c, *type;
+		if (strcmp(l->v[i].id, id) != 0)
+			continue;
+		m = cJSON_Parse(l->v[i].json);
+		caps = cJSON_GetObjectItemCaseSensitive(m, "capabilities");
+		c = cJSON_IsObject(caps) ? cJSON_GetObjectItemCaseSensitive(caps, cap) : NULL;
+		type = cJSON_GetObjectItemCaseSensitive(m, "type");
+		if (cJSON_IsBool(c))
+			ret = cJSON_IsTrue(c);
+		else if (strcmp(cap, "vision") == 0 && cJSON_IsString(type)) {
+			if (strcmp(type->valuestring, "vlm") == 0)
+				ret = 1;
+			else if (strcmp(type->valuestring, "llm") == 0 ||
+				 strcmp(type->valuestring, "embeddings") == 0)
+				ret = 0;
+		}
+		cJSON_Delete(m);
+		break;
+	}
+	models_put(l);
+	return ret;
+}

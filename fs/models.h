@@ -46,4 +46,8 @@ char *models_resolve(const char *want, enum err_class *cls, char *msg,
  * in models/). */
 int models_allowed(const char *id);
 
+/* Whether the listed model id has capability cap ("vision"): 1 yes, 0 no,
+ * -1 unknown (the server says nothing). */
+int models_capability(const char *id, const char *cap);
+
 #endif

@@ -15,7 +15,99 @@ struct state {
 	size_t nheld, capheld;
 	cJSON *pending; /* ids of tool calls still without a result */
 	int rc;
+	msgs_file_fn file_fn; /* expands file references (NULL: none) */
+	void *file_arg;
+	char *why;
+	size_t whylen;
 };
+
+static void emit(struct state *st, const char *text);
+
+/* --- file references in user messages --------------------------------------- */
+
+/* The path of a file reference part, or NULL when p is not one. */
+static const char *ref_path(const cJSON *p)
+{
+	const cJSON *t = cJSON_GetObjectItemCaseSensitive(p, "type");
+	const cJSON *f = cJSON_GetObjectItemCaseSensitive(p, "file");
+	const cJSON *path = cJSON_GetObjectItemCaseSensitive(f, "path");
+	if (!cJSON_IsString(t) || strcmp(t->valuestring, "file") != 0 || !cJSON_IsString(path))
+		return NULL;
+	return path->valuestring;
+}
+
+/* Sends a user message whose content holds file references: its members
+ * but content as they are, then content part by part, each reference
+ * expanded straight into out (an image is never held twice). 1 when
+ * sent so, 0 when it has no reference. */
+static int emit_expanded(struct state *st, const char *text)
+{
+	cJSON *m, *content, *p;
+	char *head = NULL;
+	int any = 0, first = 1;
+	size_t hl;
+
+	if (!strstr(text, "\"file\""))
+		return 0;
+	m = cJSON_Parse(text);
+	content = cJSON_GetObjectItemCaseSensitive(m, "content");
+	if (cJSON_IsArray(content))
+		cJSON_ArrayForEach(p, content)
+			any |= ref_path(p) != NULL;
+	if (!any) {
+		cJSON_Delete(m);
+		return 0;
+	}
+	content = cJSON_DetachItemFromObjectCaseSensitive(m, "content");
+	head = cJSON_PrintUnformatted(m);
+	cJSON_Delete(m);
+	if (!head) {
+		st->rc = -ENOMEM;
+		goto out;
+	}
+	hl = strlen(head) - 1; /* without its '}' */
+	if ((st->out->len && buf_putc(st->out, ',') != 0) ||
+	    buf_append(st->out, head, hl) != 0 ||
+	    buf_puts(st->out, hl > 1 ? ",\"content\":[" : "\"content\":[") != 0) {
+		st->rc = -EMSGSIZE;
+		goto out;
+	}
+	cJSON_ArrayForEach(p, content)
+	{
+		const char *path = ref_path(p);
+		int rc = 0;
+		if (!first && buf_putc(st->out, ',') != 0)
+			rc = -EMSGSIZE;
+		first = 0;
+		if (rc == 0 && path) {
+			rc = st->file_fn(st->file_arg, path, st->out, st->why, st->whylen);
+		} else if (rc == 0) {
+			char *s = cJSON_PrintUnformatted(p);
+			rc = !s ? -ENOMEM : buf_puts(st->out, s) ? -EMSGSIZE : 0;
+			free(s);
+		}
+		if (rc) {
+			st->rc = rc;
+			goto out;
+		}
+	}
+	if (buf_puts(st->out, "]}") != 0)
+		st->rc = -EMSGSIZE;
+out:
+	free(head);
+	cJSON_Delete(content);
+	return 1;
+}
+
+/* A user message, its file references expanded when asked to. */
+static void emit_user(struct state *st, const char *text)
+{
+	if (st->rc)
+		return;
+	if (st->file_fn && emit_expanded(st, text))
+		return;
+	emit(st, text);
+}
 
 /* The role of a message line without parsing it: the first "role" key
  * (quotes inside strings are escaped, so a bare "role" is a key; nested
@@ -203,11 +295,11 @@ static void flush_held(struct state *st)
 	char *s;
 
 	if (st->nheld == 1) {
-		emit(st, st->held[0]);
+		emit_user(st, st->held[0]);
 	} else if (st->nheld > 1) {
 		s = joined(st);
 		if (s) {
-			emit(st, s);
+			emit_user(st, s);
 			free(s);
 		} else {
 			st->rc = -ENOMEM;
@@ -271,7 +363,16 @@ static void take_result(struct state *st, const char *text)
 int msgs_from_history(const char *data, size_t len, struct buf *out, char *first_role,
 		      size_t rolelen)
 {
-	struct state st = {out, NULL, 0, 0, NULL, 0};
+	char why[8] = "";
+	return msgs_from_history_files(data, len, out, first_role, rolelen, NULL, NULL, why,
+				       sizeof(why));
+}
+
+int msgs_from_history_files(const char *data, size_t len, struct buf *out, char *first_role,
+			    size_t rolelen, msgs_file_fn fn, void *arg, char *why,
+			    size_t whylen)
+{
+	struct state st = {out, NULL, 0, 0, NULL, 0, fn, arg, why, whylen};
 	const char *p = data, *end = data + len;
 
 	first_role[0] = '\0';

@@ -6,7 +6,9 @@
  *   - an assistant message whose tool calls have no result gets a tool
  *     message "no result: the tool round was cut" for each one missing,
  *     right after the results that exist.
- * The history on disk is never changed. Pure: no I/O. */
+ * File reference parts of user messages may be expanded by a callback
+ * (the caller reads the files). The history on disk is never changed.
+ * Pure: no I/O. */
 #ifndef LMSFS_MSGS_H
 #define LMSFS_MSGS_H
 
@@ -22,5 +24,16 @@
  * 0 or -errno (-ENOMEM, -EMSGSIZE when out's cap is reached). */
 int msgs_from_history(const char *data, size_t len, struct buf *out, char *first_role,
 		      size_t rolelen);
+
+/* Expands a file reference part of a user message,
+ * {"type":"file","file":{"path":PATH}}, by appending the part to send in
+ * its place to out. 0 or -errno with a reason in why. */
+typedef int (*msgs_file_fn)(void *arg, const char *path, struct buf *out, char *why,
+			    size_t whylen);
+/* msgs_from_history, with every file reference of a user message
+ * expanded by fn (NULL: sent as written). On failure why says why. */
+int msgs_from_history_files(const char *data, size_t len, struct buf *out, char *first_role,
+			    size_t rolelen, msgs_file_fn fn, void *arg, char *why,
+			    size_t whylen);
 
 #endif

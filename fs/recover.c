@@ -1,6 +1,8 @@
 /* recover.c - crash repair of a conversation directory (see recover.h). */
 #include "recover.h"
 
+#include "attach.h"
+
 #include "fsio.h"
 #include "jsonl.h"
 #include "log.h"
@@ -271,6 +273,7 @@ int recover_conversation(int dirfd, const char *name, struct recover_result *r)
 	for (size_t i = 0; i < n; i++) {
 		if (taken[i]) {
 			free(v[i].text);
+			free(v[i].files);
 			continue;
 		}
 		if (np == 0 && v[i].regen &&
@@ -280,6 +283,11 @@ int recover_conversation(int dirfd, const char *name, struct recover_result *r)
 		v[np++] = v[i];
 	}
 	free(taken);
+	/* A crash may have cut the moves of a pending prompt's attachments:
+	 * its spool entry was synced first, so they go now. */
+	for (size_t i = 0; i < np; i++)
+		if (v[i].files)
+			attach_move(dirfd, v[i].files);
 	if (n != np || n == 0) {
 		ret = spool_rewrite(dirfd, v, np);
 		if (ret)

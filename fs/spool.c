@@ -23,6 +23,14 @@ static char *entry_line(const struct spool_entry *e)
 		cJSON_AddBoolToObject(o, "regen", 1);
 	else
 		cJSON_AddStringToObject(o, "content", e->text ? e->text : "");
+	if (!e->regen && e->files) {
+		cJSON *f = cJSON_Parse(e->files);
+		if (!f || !cJSON_AddItemToObject(o, "files", f)) {
+			cJSON_Delete(f);
+			cJSON_Delete(o);
+			return NULL;
+		}
+	}
 	s = cJSON_PrintUnformatted(o);
 	cJSON_Delete(o);
 	return s;
@@ -118,6 +126,9 @@ int spool_load(int dirfd, struct spool_entry **out, size_t *count)
 			snprintf(v[n].id, sizeof(v[n].id), "%s", id->valuestring);
 		v[n].regen = regen;
 		v[n].text = regen ? NULL : strdup(txt->valuestring);
+		if (!regen && cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(o, "files")))
+			v[n].files =
+				cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(o, "files"));
 		cJSON_Delete(o);
 		if (!regen && !v[n].text) {
 			ret = -ENOMEM;
@@ -137,7 +148,9 @@ int spool_load(int dirfd, struct spool_entry **out, size_t *count)
 
 void spool_free(struct spool_entry *v, size_t n)
 {
-	for (size_t i = 0; v && i < n; i++)
+	for (size_t i = 0; v && i < n; i++) {
 		free(v[i].text);
+		free(v[i].files);
+	}
 	free(v);
 }

@@ -1,7 +1,8 @@
 /* spool.h - the durable prompt queue of a conversation (.lmsfs.queue).
  *
  * One JSON object per line: {"id": "<16 hex>", "content": "..."} for a
- * prompt, {"id": ..., "regen": true} for a retry. Entries are appended
+ * prompt (with "files": [["from", "to"], ...] when it took attachments),
+ * {"id": ..., "regen": true} for a retry. Entries are appended
  * (fsync'd) when a prompt is acknowledged and stay until the queue is
  * empty, when the file is emptied; which of them were taken into the
  * history is told by their id there (recover.h). The caller holds the
@@ -18,6 +19,7 @@ struct spool_entry {
 	char id[STORE_ID_LEN];
 	int regen;  /* answer the history as it stands (retry) */
 	char *text; /* the prompt (malloc'd); NULL for regen */
+	char *files; /* its attachments' moves, JSON (attach.h); malloc'd or NULL */
 };
 
 /* Appends one entry durably. 0 or -errno; on failure the spool is as

@@ -1,6 +1,8 @@
 /* store.c - the on-disk layout of a conversation (see store.h). */
 #include "store.h"
 
+#include "attach.h"
+
 #include "fsio.h"
 #include "jsonl.h"
 #include "log.h"
@@ -180,6 +182,14 @@ int store_awaits_answer(const cJSON *m)
 int store_hist_for_request(int dirfd, struct buf *out, char *first_role, size_t rolelen,
 			   char *why, size_t whylen)
 {
+	return store_hist_for_request_files(dirfd, out, first_role, rolelen, why, whylen, 0, 0);
+}
+
+int store_hist_for_request_files(int dirfd, struct buf *out, char *first_role,
+				 size_t rolelen, char *why, size_t whylen, long max_file,
+				 long max_total)
+{
+	struct attach_budget budget = {dirfd, max_file, max_total, 0};
 	char *data = NULL;
 	size_t len;
 	int rc = store_hist_read(dirfd, &data, &len);
@@ -191,10 +201,13 @@ int store_hist_for_request(int dirfd, struct buf *out, char *first_role, size_t 
 		snprintf(why, whylen, "cannot read messages.jsonl: %s", strerror(-rc));
 		return rc;
 	}
-	rc = msgs_from_history(data, len, out, first_role, rolelen);
+	why[0] = '\0';
+	rc = msgs_from_history_files(data, len, out, first_role, rolelen,
+				     max_file > 0 ? attach_expand : NULL, &budget, why, whylen);
 	free(data);
 	if (rc) {
-		snprintf(why, whylen, "the history is too large to send");
+		if (!why[0])
+			snprintf(why, whylen, "the history is too large to send");
 		return rc;
 	}
 	return 0;
@@ -212,6 +225,28 @@ char *store_user_line(const char *text, const char *id)
 	cJSON *m = cJSON_CreateObject();
 	cJSON_AddStringToObject(m, "role", "user");
 	cJSON_AddStringToObject(m, "content", text);
+	if (id && id[0])
+		cJSON_AddStringToObject(m, "lmsfs_id", id);
+	return print_line(m);
+}
+
+char *store_user_line_files(const char *text, const char *files, const char *id)
+{
+	cJSON *m, *parts, *t;
+
+	if (!files)
+		return store_user_line(text, id);
+	m = cJSON_CreateObject();
+	cJSON_AddStringToObject(m, "role", "user");
+	parts = cJSON_AddArrayToObject(m, "content");
+	t = cJSON_CreateObject();
+	cJSON_AddStringToObject(t, "type", "text");
+	cJSON_AddStringToObject(t, "text", text);
+	cJSON_AddItemToArray(parts, t);
+	if (attach_add_refs(parts, files) != 0) {
+		cJSON_Delete(m);
+		return NULL;
+	}
 	if (id && id[0])
 		cJSON_AddStringToObject(m, "lmsfs_id", id);
 	return print_line(m);

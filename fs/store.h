@@ -8,6 +8,7 @@
  *   model, system, params.json   settings, read when an answer starts
  *   .lmsfs.queue     the prompt spool (spool.h)
  *   .lmsfs.partial   {"stream_offset": N} while an answer runs
+ *   attach/, files/  attachments: the outbox and what was sent (attach.h)
  *   anything else    the user's (editor swap files, sed temporaries)
  * No symlink below the state directory is ever followed (fsio_open).
  *
@@ -30,6 +31,10 @@
  *   - a failed or short write to the history or the spool is rolled back
  *     to the old length and its errno returned: no line there is ever left
  *     half written;
+ *   - a prompt's attachments move from attach/ to files/ only after its
+ *     spool entry (which lists the moves) is synced, and are moved again
+ *     by recovery or the worker if a crash cut the moves (attach.h);
+ *     both directories are synced after the moves;
  *   - stream and .lmsfs.partial are never synced: stream is a transcript
  *     (a failed write may leave part of a token there), and recovery does
  *     not trust the partial marker alone.
@@ -104,8 +109,17 @@ int store_hist_open(int dirfd);
 int store_hist_for_request(int dirfd, struct buf *out, char *first_role, size_t rolelen,
 			   char *why, size_t whylen);
 
+/* The same, with every file reference of a user message expanded
+ * (attach.h): at most max_file bytes a file, max_total in all. */
+int store_hist_for_request_files(int dirfd, struct buf *out, char *first_role,
+				 size_t rolelen, char *why, size_t whylen, long max_file,
+				 long max_total);
+
 /* History lines (malloc'd JSON text, no newline). */
 char *store_user_line(const char *text, const char *id);
+/* A user line with attachments: content [{"type":"text",...}, one file
+ * reference per move of files (attach.h's JSON); files NULL: as above. */
+char *store_user_line_files(const char *text, const char *files, const char *id);
 /* The answer to a tool call: {"role":"tool","tool_call_id","content"} or,
  * legacy, {"role":"function","name","content"}. */
 char *store_tool_result_line(const char *name, const char *call_id, const char *content,

@@ -42,6 +42,13 @@ Knobs (plain attributes, change them at any time):
                          no_models_loaded() when nothing is loaded. Checked
                          before the queue is consulted (the queue is left
                          untouched).
+    srv.refuse_images    True (default): like LM Studio, a chat request with an
+                         image for a model whose /api/v0 type is "llm" gets
+                         HTTP 400; any image_url that is not a base64 data
+                         URL always does. srv.set_model_type(id, "vlm" |
+                         "llm" | None) makes a model see, not see, or say
+                         nothing; content_parts(body) and image_bytes(part)
+                         read what a request carried
     srv.routes           {(METHOD, PATH): response or callable(req)} that
                          overrides any endpoint (PATH without query string),
                          e.g. srv.routes[("GET", "/api/v0/models")] =
@@ -165,6 +172,7 @@ Standalone:  python3 tests/fake_lms.py --port 0 [--delay S] [--token T]
 """
 
 import argparse
+import base64
 import copy
 import http
 import json
@@ -184,7 +192,7 @@ __all__ = [
     "Garbage", "Hang", "SlowLoris", "model_not_found", "no_models_loaded",
     "context_too_long", "server_error", "rate_limited", "unauthorized",
     "default_models", "split_words", "parse_sse", "sse_json", "free_port",
-    "DEFAULT", "CHAT_PATHS",
+    "DEFAULT", "CHAT_PATHS", "content_parts", "image_bytes",
 ]
 
 CHAT_PATHS = ("/v1/chat/completions", "/api/v0/chat/completions")
@@ -749,6 +757,9 @@ class _Handler(BaseHTTPRequestHandler):
                 err = strict_messages_error(body.get("messages"))
                 if err is not None:
                     return err
+            err = fake._check_images(body)
+            if err is not None:
+                return err
             return fake._next_chat(req)
         return HttpError(404, "Unexpected endpoint or method. (%s %s)"
                          % (self.command, path))
@@ -1067,6 +1078,7 @@ class FakeLMS:
         self.chunked = False
         self.validate_model = True
         self.strict_messages = False
+        self.refuse_images = True
         self.routes = {}
         self.requests = []
         self._queue = deque()
@@ -1236,6 +1248,67 @@ class FakeLMS:
 
     def _default_reply(self, req):
         return Reply()
+
+    # -- images (vision models; WIRE.md "Images")
+
+    def set_model_type(self, model_id, mtype):
+        """Makes model_id a vision model ("vlm"), a text one ("llm"), or
+        (None) one whose /api/v0 entry says nothing about its type."""
+        for m in self.models:
+            if m.get("id") == model_id:
+                if mtype is None:
+                    m.pop("type", None)
+                else:
+                    m["type"] = mtype
+
+    def _check_images(self, body):
+        """As LM Studio: an image_url that is not a base64 data URL is
+        refused; so is an image for a model listed as not a vlm when
+        self.refuse_images is True."""
+        model = body.get("model")
+        mtype = None
+        for m in self.models:
+            if m.get("id") == model:
+                mtype = m.get("type")
+        for m in body.get("messages") or []:
+            c = m.get("content") if isinstance(m, dict) else None
+            for p in c if isinstance(c, list) else []:
+                if not isinstance(p, dict) or p.get("type") != "image_url":
+                    continue
+                url = (p.get("image_url") or {}).get("url") or ""
+                if not url.startswith("data:image/") or ";base64," not in url:
+                    return HttpError(400, {"error": {
+                        "message": "Only base64 data URLs are supported "
+                                   "for images",
+                        "type": "invalid_request_error", "code": None}})
+                if getattr(self, "refuse_images", True) and mtype == "llm":
+                    return HttpError(400, {"error": {
+                        "message": "Model does not support images. Please "
+                                   "use a model that does.",
+                        "type": "invalid_request_error", "code": None}})
+        return None
+
+
+def content_parts(body, role="user"):
+    """Every content part of the messages of one role in a request body
+    (a string content counts as one text part), in order."""
+    out = []
+    for m in (body or {}).get("messages") or []:
+        if not isinstance(m, dict) or m.get("role") != role:
+            continue
+        c = m.get("content")
+        if isinstance(c, str):
+            out.append({"type": "text", "text": c})
+        elif isinstance(c, list):
+            out.extend(c)
+    return out
+
+
+def image_bytes(part):
+    """(mime, bytes) of an image_url part's base64 data URL."""
+    url = part["image_url"]["url"]
+    head, data = url.split(",", 1)
+    return head[len("data:"):].split(";")[0], base64.b64decode(data)
 
 
 # ------------------------------------------------------------- standalone
