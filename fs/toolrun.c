@@ -4,6 +4,7 @@
 #include "buf.h"
 #include "config.h"
 #include "log.h"
+#include "mcp.h"
 #include "metrics.h"
 #include "proctree.h"
 #include "store.h"
@@ -391,6 +392,8 @@ char *toolrun_call(const char *name, const char *args, const char *call_id,
 	const char *text = NULL;
 	enum tool_outcome outcome = TOOL_OK;
 	struct buf content;
+	int is_mcp = 0;
+	char *mcp_text = NULL;
 
 	memset(&r, 0, sizeof(r));
 	buf_init(&content, (size_t)cfg->tool_output_max + 1024);
@@ -406,7 +409,8 @@ char *toolrun_call(const char *name, const char *args, const char *call_id,
 		outcome = TOOL_FAILED;
 		goto done;
 	}
-	if (tooldef_why_not(name)) {
+	is_mcp = mcp_owns(name);
+	if (!is_mcp && tooldef_why_not(name)) {
 		snprintf(msg, sizeof(msg), "error: there is no tool named '%.80s'", name);
 		text = msg;
 		outcome = TOOL_UNKNOWN;
@@ -429,6 +433,18 @@ char *toolrun_call(const char *name, const char *args, const char *call_id,
 			 "error: the arguments for %s are not a JSON object: %.200s", name, args);
 		text = msg;
 		outcome = TOOL_FAILED;
+		goto done;
+	}
+	if (is_mcp) {
+		enum mcp_outcome mo;
+		long long t0 = now_ms();
+		text = mcp_text = mcp_call(name, args, cancel, &mo, &r.truncated);
+		r.ms = (long)(now_ms() - t0);
+		outcome = mo == MCP_OK ? TOOL_OK : mo == MCP_TIMEOUT ? TOOL_TIMEOUT : TOOL_FAILED;
+		if (!text) {
+			text = "error: out of memory";
+			outcome = TOOL_FAILED;
+		}
 		goto done;
 	}
 	run_tool(name, *args ? args : "{}", argobj, call_id, conv, cancel, &r);
@@ -472,7 +488,10 @@ char *toolrun_call(const char *name, const char *args, const char *call_id,
 	}
 done:
 	metrics_tool(outcome);
-	if (outcome == TOOL_OK)
+	if (outcome == TOOL_OK && is_mcp)
+		store_mark(conv_dirfd, "[lmsfs] tool %s done: MCP, %zu bytes%s, %ld ms", name,
+			   strlen(text), r.truncated ? " (truncated)" : "", r.ms);
+	else if (outcome == TOOL_OK)
 		store_mark(conv_dirfd, "[lmsfs] tool %s done: exit 0, %zu bytes%s, %ld ms", name,
 			   r.out.len, r.truncated ? " (truncated)" : "", r.ms);
 	else
@@ -480,6 +499,7 @@ done:
 	log_info("conversation=%s tool=%s outcome=%s ms=%ld", conv, name, outcome_name(outcome),
 		 r.ms);
 	ret = store_tool_result_line(name, call_id, text, legacy);
+	free(mcp_text);
 	free(repaired);
 	buf_free(&r.out);
 	buf_free(&content);

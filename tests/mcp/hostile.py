@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""A small MCP stdio server for the lmsfs tests, well or badly behaved.
+
+    hostile.py MODE [PIDFILE]
+
+MODE
+    good        answers initialize, tools/list (one tool, "shout") and
+                tools/call properly
+    garbage     prints a line that is not JSON instead of answering
+                initialize
+    silent      never answers anything
+    old         answers initialize with protocol version 2023-01-01
+    crash       good, but exits in the middle of tools/call
+    hang        good, but never answers tools/call, nor a ping after it
+    badnames    good, plus tools whose names cannot be function names
+    env         good; "shout" answers with the environment and the open
+                file descriptors instead
+
+With PIDFILE, writes its PID there (appending a line per start).
+Logs to stderr ("hostile: ...") as a server would.
+"""
+
+import json
+import os
+import sys
+
+
+def send(obj):
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def main():
+    mode = sys.argv[1]
+    if len(sys.argv) > 2:
+        with open(sys.argv[2], "a") as f:
+            f.write("%d\n" % os.getpid())
+    sys.stderr.write("hostile: started in mode %s\n" % mode)
+    sys.stderr.flush()
+    hung = False
+    for line in sys.stdin:
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            continue
+        method, mid = msg.get("method"), msg.get("id")
+        if mode == "silent":
+            continue
+        if method == "initialize":
+            if mode == "garbage":
+                sys.stdout.write("Starting server... <html>not json\n")
+                sys.stdout.flush()
+                continue
+            version = "2023-01-01" if mode == "old" else \
+                msg["params"]["protocolVersion"]
+            send({"jsonrpc": "2.0", "id": mid, "result": {
+                "protocolVersion": version,
+                "capabilities": {"tools": {"listChanged": True}},
+                "serverInfo": {"name": "hostile", "version": "1"}}})
+        elif method == "tools/list":
+            tools = [{"name": "shout", "description": "Upper-cases text",
+                      "inputSchema": {"type": "object", "properties": {
+                          "text": {"type": "string"}},
+                          "required": ["text"]}}]
+            if mode == "badnames":
+                tools += [{"name": "has.dot", "inputSchema": {}},
+                          {"name": "x" * 70, "inputSchema": {}}]
+            send({"jsonrpc": "2.0", "id": mid, "result": {"tools": tools}})
+        elif method == "tools/call":
+            if mode == "crash":
+                sys.stderr.write("hostile: crashing mid-call\n")
+                sys.stderr.flush()
+                os._exit(3)
+            if mode == "hang":
+                hung = True
+                continue
+            if mode == "env":
+                fds = sorted(int(x) for x in os.listdir("/proc/self/fd"))
+                text = json.dumps({"env": dict(os.environ), "fds": fds})
+            else:
+                text = msg["params"]["arguments"].get("text", "").upper()
+            send({"jsonrpc": "2.0", "id": mid, "result": {
+                "content": [{"type": "text", "text": text}]}})
+        elif method == "ping":
+            if not hung:
+                send({"jsonrpc": "2.0", "id": mid, "result": {}})
+        elif mid is not None:
+            send({"jsonrpc": "2.0", "id": mid,
+                  "error": {"code": -32601, "message": "no such method"}})
+
+
+if __name__ == "__main__":
+    main()
