@@ -176,6 +176,10 @@ extern const struct file_ops plain_ops, stream_ops, generated_ops; /* fs_file.c 
 extern const struct file_ops prompt_ops, ctl_ops;                   /* fs_prompt.c */
 extern const struct file_ops hist_ops;                              /* fs_hist.c */
 extern const struct file_ops reply_ops;                             /* fs_wait.c */
+extern const struct file_ops mcpconf_ops;                           /* fs_mcpconf.c */
+/* tools/FROM may be renamed over tools/mcp.json: 0, or -EINVAL (noted
+ * for tools/.status) when it is not a valid mcp.json. */
+int mcpconf_check_rename(const char *from);
 
 struct fh *fh_new(const struct file_ops *ops, uint64_t ino);
 void fh_free(struct fh *f);

@@ -91,7 +91,7 @@ const struct file_ops *special_ops(const struct nodeinfo *ni)
 	case K_TSTATUS:
 		return &generated_ops;
 	case K_TFILE:
-		return &plain_ops;
+		return strcmp(ni->name, "mcp.json") == 0 ? &mcpconf_ops : &plain_ops;
 	case K_REPLY:
 	case K_STATUS:
 	case K_CTL:

@@ -266,7 +266,8 @@ static void *reader_main(void *arg)
 	if (s->state == MS_READY || s->state == MS_STOPPING) {
 		/* A start that failed is counted by mcp_srv_ensure. */
 		s->state = MS_IDLE;
-		s->exits++;
+		/* An exit soon after the start counts as one more in a row. */
+		s->exits = now_ms() - s->started_at > MCP_STABLE_MS ? 1 : s->exits + 1;
 		s->next_start = now_ms() + backoff_ms(s->exits);
 	}
 	s->reader_running = 0;
@@ -386,6 +387,7 @@ static int spawn(struct mcp_server *s, char *why, size_t n)
 	s->gen++;
 	s->garbage[0] = '\0';
 	s->reader_running = 1;
+	s->started_at = now_ms();
 	pthread_mutex_unlock(&s->lock);
 	pthread_mutex_unlock(&s->wlock);
 	ra->s = s;
@@ -525,7 +527,6 @@ int mcp_srv_ensure(struct mcp_server *s, char *why, size_t n)
 	pthread_mutex_lock(&s->lock);
 	if (rc == 0 && s->state == MS_STARTING) {
 		s->state = MS_READY;
-		s->exits = 0;
 		log_info("mcp %s: ready (protocol %s)", s->conf.name, s->version);
 	} else {
 		if (rc == 0)

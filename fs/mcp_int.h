@@ -18,6 +18,8 @@ struct config;
 /* A server that does not answer a ping within this after a call timed out
  * is killed (and restarted on its next use). */
 #define MCP_PING_MS 1000
+/* A server that ran this long before it exited starts again at once. */
+#define MCP_STABLE_MS 10000
 /* After stdin is closed at unmount or when mcp.json drops a server. */
 #define MCP_STOP_WAIT_MS 1000
 /* Longest line taken from a server's stdout. */
@@ -59,6 +61,7 @@ struct mcp_server {
 	cJSON *tools;              /* last tools/list (array), owned */
 	int list_stale;            /* tools/list_changed since */
 	int exits;                 /* exits or failed starts in a row */
+	long long started_at;      /* now_ms() of the last start */
 	long long next_start;      /* now_ms() before which no restart */
 	char garbage[160];         /* the last line that was not JSON-RPC */
 	char version[32];          /* negotiated protocol version */

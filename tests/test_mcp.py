@@ -161,3 +161,213 @@ def test_lmsfs_tools_narrows_by_server(fake, mount, tmp_path):
     fake.enqueue(Reply(text="fine"))
     _, bodies = ask_fake(m, fake, "c", "hi")
     assert set(functions_of(bodies[0])) == {"quick", "everything__echo"}
+
+
+# ------------------------------------------------ mcp.json itself
+
+def test_malformed_mcp_json_is_refused_and_the_old_file_kept(
+        fake, mount, tmp_path):
+    m = mount_with(mount, tmp_path, {"h": hostile_entry("good")})
+    path = m.path / "tools" / "mcp.json"
+    good = read_text(path)
+    cases = [
+        ("{not json", "not valid JSON"),
+        ('{"servers": {}}', 'must be {"mcpServers"'),
+        ('{"mcpServers": {"x": {"command": 3}}}',
+         "mcpServers.x.command must be a non-empty string"),
+        ('{"mcpServers": {"x": {"command": "a", "args": "b"}}}',
+         "mcpServers.x.args must be an array of strings"),
+        ('{"mcpServers": {"x": {"command": "a", "env": {"K": 1}}}}',
+         "mcpServers.x.env"),
+    ]
+    for raw, why in cases:
+        r = put_conf(m, tmp_path, None, raw=raw)
+        assert r.returncode != 0, raw
+        assert "Invalid argument" in r.stderr, r.stderr
+        assert read_text(path) == good, raw
+        st = tstatus(m)
+        assert "mcp.json: write refused at " in st and why in st, (raw, st)
+        assert why in m.log(), m.log()
+    # Python's close() sees the EINVAL too.
+    with pytest.raises(OSError) as ei:
+        with open(path, "w") as f:
+            f.write("[1, 2")
+    assert ei.value.errno == errno.EINVAL
+    assert read_text(path) == good
+    # mv of a bad file over it is refused the same way; a good one works.
+    bad = m.path / "tools" / "new.json"
+    write_text(bad, "{oops")
+    r = run(["mv", str(bad), str(path)])
+    assert r.returncode != 0, r  # (mv words EINVAL its own way)
+    assert "rename refused: mcp.json is not valid JSON" in m.log()
+    assert read_text(path) == good
+    # A valid file clears the refusal; the old server's tools still work.
+    r = put_conf(m, tmp_path, {"h": hostile_entry("good")})
+    assert r.returncode == 0, r.stderr
+    assert "write refused" not in tstatus(m)
+    mkconv(m, "c")
+    content, _ = call(m, fake, "h__shout", {"text": "hey"})
+    assert content == "HEY", content
+
+
+def test_url_servers_and_bad_names_are_listed_as_skipped(fake, mount,
+                                                         tmp_path):
+    m = mount_with(mount, tmp_path, {
+        "remote": {"url": "https://example.invalid/mcp"},
+        "bad name": {"command": "x"},
+        "h": hostile_entry("badnames")})
+    mkconv(m, "c")
+    fake.enqueue(Reply(text="fine"))
+    _, bodies = ask_fake(m, fake, "c", "hi")
+    assert set(functions_of(bodies[0])) == {"h__shout"}
+    st = tstatus(m)
+    assert "mcp remote: skipped: \"url\" (remote, Streamable HTTP) servers " \
+        "are not supported" in st, st
+    assert "mcp bad name: skipped: the name must be" in st, st
+    assert "skipped h__has.dot: the name has characters other than" in st, st
+    assert "skipped h__" + "x" * 70 + ": the name is over 64 characters" \
+        in st, st
+    assert "ok h__shout: " in st, st
+
+
+def test_mcp_json_changes_refresh_the_tools(fake, mount, tmp_path):
+    pids = tmp_path / "pids"
+    m = mount_with(mount, tmp_path, {"one": hostile_entry("good", pids)})
+    mkconv(m, "c")
+    fake.enqueue(Reply(text="fine"))
+    _, bodies = ask_fake(m, fake, "c", "hi")
+    assert set(functions_of(bodies[0])) == {"one__shout"}
+    first = int(pids.read_text().split()[0])
+    r = put_conf(m, tmp_path, {"two": hostile_entry("good")})
+    assert r.returncode == 0, r.stderr
+    fake.enqueue(Reply(text="fine"))
+    _, bodies = ask_fake(m, fake, "c", "hi")
+    assert set(functions_of(bodies[0])) == {"two__shout"}
+    wait_for(lambda: proc_gone(first), timeout=5,
+             message="the server dropped from mcp.json stopped")
+    assert "mcp one" not in tstatus(m)
+
+
+# ------------------------------------------------ hostile servers
+
+@pytest.mark.parametrize("mode,why", [
+    ("missing", "command not found: no-such-mcp-server-xyz"),
+    ("garbage", "did not answer initialize within 2000 ms (it printed: "
+                "Starting server... <html>not json)"),
+    ("silent", "did not answer initialize within 2000 ms"),
+    ("old", "speaks MCP protocol 2023-01-01; lmsfs needs 2025-06-18 or "
+            "later"),
+])
+def test_a_server_that_cannot_start(fake, mount, tmp_path, mode, why):
+    entry = {"command": "no-such-mcp-server-xyz"} if mode == "missing" \
+        else hostile_entry(mode)
+    m = mount_with(mount, tmp_path, {"bad": entry,
+                                     "h": hostile_entry("good")},
+                   tool_timeout="2s")
+    mkconv(m, "c")
+    # The conversation goes on with the tools that work; the model's call
+    # to a tool of the failed server gets a readable error.
+    content, bodies = call(m, fake, "bad__shout", {"text": "x"},
+                           timeout=30)
+    assert set(functions_of(bodies[0])) == {"h__shout"}
+    assert content.startswith("error: "), content
+    st = tstatus(m)
+    assert "mcp bad: failed: " + why in st, st
+    assert why.split(" (")[0] in m.log()
+    assert_still_serving(m, fake)
+
+
+def test_a_server_that_dies_mid_call_is_restarted(fake, mount, tmp_path):
+    pids = tmp_path / "pids"
+    m = mount_with(mount, tmp_path, {"h": hostile_entry("crash", pids)})
+    mkconv(m, "c")
+    content, _ = call(m, fake, "h__shout", {"text": "x"})
+    assert content == ("error: h__shout failed: MCP server h stopped during "
+                       "the call: the server exited with status 3"), content
+    assert failed_mark(m, "h__shout") == content
+    wait_for(lambda: "hostile: crashing mid-call" in m.log(), timeout=5,
+             message="the server's stderr in the log")
+    # Needed again by the turn's next request: started again at once.
+    assert len(pids.read_text().split()) == 2
+    assert "mcp h: ready: 1 tools" in tstatus(m)
+    # A second exit soon after its start: the next start waits (backoff);
+    # meanwhile its tools are not offered and a call says why.
+    content, bodies = call(m, fake, "h__shout", {"text": "x"},
+                           call_id="call_2")
+    assert "stopped during the call" in content, content
+    assert "h__shout" not in functions_of(bodies[-1])
+    assert len(pids.read_text().split()) == 2
+    st = tstatus(m)
+    assert "mcp h: down: the server exited with status 3" in st, st
+    health = read_json(m.path / "health")
+    assert health["mcp"] == {"calls": 2, "failures": 2}, health
+    assert_still_serving(m, fake)
+
+
+@pytest.mark.xdist_group("timing")
+def test_a_server_that_hangs_is_cancelled_and_restarted(fake, mount,
+                                                        tmp_path):
+    pids = tmp_path / "pids"
+    m = mount_with(mount, tmp_path, {"h": hostile_entry("hang", pids)},
+                   tool_timeout="2s")
+    mkconv(m, "c")
+    t0 = time.monotonic()
+    content, _ = call(m, fake, "h__shout", {"text": "x"})
+    assert content == ("error: h__shout did not finish within 2000 ms and "
+                       "was cancelled"), content
+    assert time.monotonic() - t0 < 15
+    first = int(pids.read_text().split()[0])
+    wait_for(lambda: proc_gone(first), timeout=5,
+             message="the server that did not answer a ping killed")
+    assert "mcp h: it did not answer after a call timed out" in m.log()
+    # The turn's next request started it again.
+    assert len(pids.read_text().split()) == 2
+    assert "mcp h: ready" in tstatus(m)
+    assert_still_serving(m, fake)
+
+
+def test_a_server_gets_a_clean_environment_and_only_stdio(fake, mount,
+                                                          tmp_path):
+    entry = hostile_entry("env")
+    entry["env"] = {"GIVEN": "yes"}
+    m = tmount(mount, env={"SECRET_TOKEN": "hunter2",
+                           "LMSFS_TOOLS_X": "y", "LANG": "C.UTF-8"})
+    assert put_conf(m, tmp_path, {"h": entry}).returncode == 0
+    mkconv(m, "c")
+    content, _ = call(m, fake, "h__shout", {})
+    got = json.loads(content)
+    env = got["env"]
+    assert env.get("GIVEN") == "yes", env
+    assert set(env) <= {"GIVEN", "PATH", "HOME", "LANG", "LC_CTYPE",
+                        "PYTHONIOENCODING"}, env
+    assert "SECRET_TOKEN" not in env and "LMSFS_TOOLS_X" not in env
+    assert got["fds"][:3] == [0, 1, 2] and len(got["fds"]) <= 4, got
+    assert "hunter2" not in content
+
+
+def test_list_changed_refreshes_the_tools(fake, mount, tmp_path):
+    m = mount_with(mount, tmp_path, {"h": hostile_entry("changing")})
+    mkconv(m, "c")
+    content, bodies = call(m, fake, "h__shout", {"text": "a"})
+    assert set(functions_of(bodies[0])) == {"h__shout"}
+    fake.enqueue(Reply(text="fine"))
+    _, bodies = ask_fake(m, fake, "c", "hi")
+    assert set(functions_of(bodies[0])) == {"h__shout", "h__whisper"}
+
+
+@pytest.mark.xdist_group("timing")
+def test_unmount_stops_the_servers(fake, mount, tmp_path):
+    pids = tmp_path / "pids"
+    m = mount_with(mount, tmp_path, {"h": hostile_entry("stubborn", pids),
+                                     "g": hostile_entry("good", pids)})
+    mkconv(m, "c")
+    fake.enqueue(Reply(text="fine"))
+    ask_fake(m, fake, "c", "hi")
+    started = [int(p) for p in pids.read_text().split()]
+    assert len(started) == 2
+    t0 = time.monotonic()
+    m.umount()
+    assert m.pid is None
+    wait_for(lambda: all(proc_gone(p) for p in started), timeout=10,
+             message="the servers stopped at unmount")
+    assert time.monotonic() - t0 < 6

@@ -15,6 +15,11 @@ MODE
     badnames    good, plus tools whose names cannot be function names
     env         good; "shout" answers with the environment and the open
                 file descriptors instead
+    changing    good; after the first tools/call it announces
+                notifications/tools/list_changed and lists a second tool,
+                "whisper"
+    stubborn    good, but ignores SIGTERM and the end of its input (only
+                SIGKILL stops it)
 
 With PIDFILE, writes its PID there (appending a line per start).
 Logs to stderr ("hostile: ...") as a server would.
@@ -22,7 +27,9 @@ Logs to stderr ("hostile: ...") as a server would.
 
 import json
 import os
+import signal
 import sys
+import time
 
 
 def send(obj):
@@ -38,6 +45,9 @@ def main():
     sys.stderr.write("hostile: started in mode %s\n" % mode)
     sys.stderr.flush()
     hung = False
+    changed = False
+    if mode == "stubborn":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     for line in sys.stdin:
         try:
             msg = json.loads(line)
@@ -62,6 +72,9 @@ def main():
                       "inputSchema": {"type": "object", "properties": {
                           "text": {"type": "string"}},
                           "required": ["text"]}}]
+            if changed:
+                tools.append({"name": "whisper", "inputSchema": {
+                    "type": "object", "properties": {}}})
             if mode == "badnames":
                 tools += [{"name": "has.dot", "inputSchema": {}},
                           {"name": "x" * 70, "inputSchema": {}}]
@@ -81,12 +94,19 @@ def main():
                 text = msg["params"]["arguments"].get("text", "").upper()
             send({"jsonrpc": "2.0", "id": mid, "result": {
                 "content": [{"type": "text", "text": text}]}})
+            if mode == "changing" and not changed:
+                changed = True
+                send({"jsonrpc": "2.0",
+                      "method": "notifications/tools/list_changed"})
         elif method == "ping":
             if not hung:
                 send({"jsonrpc": "2.0", "id": mid, "result": {}})
         elif mid is not None:
             send({"jsonrpc": "2.0", "id": mid,
                   "error": {"code": -32601, "message": "no such method"}})
+    if mode == "stubborn":
+        while True:
+            time.sleep(1000)
 
 
 if __name__ == "__main__":
