@@ -319,6 +319,7 @@ def test_a_server_that_hangs_is_cancelled_and_restarted(fake, mount,
     first = int(pids.read_text().split()[0])
     wait_for(lambda: proc_gone(first), timeout=5,
              message="the server that did not answer a ping killed")
+    assert re.search(r"hostile: cancelled request \d+ \(timeout\)", m.log())
     assert "mcp h: it did not answer after a call timed out" in m.log()
     # The turn's next request started it again.
     assert len(pids.read_text().split()) == 2
@@ -371,3 +372,24 @@ def test_unmount_stops_the_servers(fake, mount, tmp_path):
     wait_for(lambda: all(proc_gone(p) for p in started), timeout=10,
              message="the servers stopped at unmount")
     assert time.monotonic() - t0 < 6
+
+
+@pytest.mark.xdist_group("timing")
+def test_cancel_stops_an_mcp_call_at_once(fake, mount, tmp_path):
+    m = mount_with(mount, tmp_path, {"h": hostile_entry("hang")})
+    mkconv(m, "c")
+    fake.enqueue(Reply(tool_calls=[{"id": "call_1", "name": "h__shout",
+                                    "arguments": "{}"}]))
+    prompt(m, "c", "go")
+    wait_for(lambda: "[lmsfs] tool h__shout" in stream_text(m, "c"),
+             timeout=15, message="the call started")
+    t0 = time.monotonic()
+    write_text(cdir(m, "c") / ".ctl", "cancel\n")
+    r = sh(m, "cat c/.reply", timeout=15)
+    assert r.returncode != 0
+    assert time.monotonic() - t0 < 3, "cancel waited for the MCP call"
+    wait_for(lambda: re.search(r"hostile: cancelled request \d+ "
+                               r"\(cancelled\)", m.log()), timeout=5,
+             message="notifications/cancelled sent")
+    assert "h__shout was stopped: the answer was cancelled" in \
+        read_text(cdir(m, "c") / "messages.jsonl")

@@ -56,6 +56,11 @@ def main():
         method, mid = msg.get("method"), msg.get("id")
         if mode == "silent":
             continue
+        if method == "notifications/cancelled":
+            sys.stderr.write("hostile: cancelled request %s (%s)\n" % (
+                msg["params"]["requestId"], msg["params"].get("reason")))
+            sys.stderr.flush()
+            continue
         if method == "initialize":
             if mode == "garbage":
                 sys.stdout.write("Starting server... <html>not json\n")
