@@ -4,6 +4,7 @@
 #define LMSFS_MCP_INT_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 
 #include "mcp_conf.h"
 #include "proctree.h"
@@ -69,6 +70,21 @@ struct mcp_server {
 
 extern const struct config *mcp_cfg;
 
+/* mcp_reader.c */
+struct mcp_reader_arg {
+	struct mcp_server *s;
+	long gen;
+	int out, err; /* the server's stdout and stderr, closed by the reader */
+};
+/* The reader thread (detached; holds a reference on s, dropped at exit,
+ * after it killed and reaped the tree and failed the calls in flight). */
+void *mcp_reader_main(void *arg);
+/* Writes one line to the server's stdin (wlock taken inside; gives up
+ * after a second if the server does not read). */
+void mcp_write_line(struct mcp_server *s, const char *text);
+/* The delay before the next start after `exits` exits in a row. */
+long long mcp_backoff_ms(int exits);
+
 /* mcp.c */
 /* Starts s unless it is running (waits while another thread starts it).
  * s->lock held on entry and on return. 0, or -1 with why. */
@@ -88,6 +104,11 @@ void mcp_srv_init(struct mcp_server *s);
 void mcp_srv_destroy(struct mcp_server *s);
 
 /* mcp_tools.c */
+/* Calls and failed calls (health, metrics). */
+extern atomic_long mcp_n_calls, mcp_n_failures;
+/* The server whose NAME__ starts fn (the longest such name), with a
+ * reference; NULL when none. */
+struct mcp_server *mcp_owner(const char *fn);
 /* A reference on s (mcp_lock taken inside; s->lock must not be held). */
 void mcp_srv_hold(struct mcp_server *s);
 void mcp_srv_put(struct mcp_server *s);

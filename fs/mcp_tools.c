@@ -1,4 +1,4 @@
-/* mcp_tools.c - the MCP servers of mcp.json as tools: configuration, tool lists, function definitions, calls, status. */
+/* mcp_tools.c - the MCP servers of mcp.json as tools: configuration, tool lists, function definitions, status. */
 #include "mcp.h"
 #include "mcp_int.h"
 
@@ -8,7 +8,6 @@
 #include "log.h"
 #include "tooldef.h"
 #include "util.h"
-#include "utf8.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -33,7 +32,7 @@ static char conf_error[400];
 static char refused[400];
 static time_t refused_at;
 
-static atomic_long n_calls, n_failures;
+atomic_long mcp_n_calls, mcp_n_failures;
 
 void mcp_init(const struct config *c)
 {
@@ -42,8 +41,8 @@ void mcp_init(const struct config *c)
 
 void mcp_counts(long *calls, long *failures)
 {
-	*calls = atomic_load(&n_calls);
-	*failures = atomic_load(&n_failures);
+	*calls = atomic_load(&mcp_n_calls);
+	*failures = atomic_load(&mcp_n_failures);
 }
 
 void mcp_srv_hold(struct mcp_server *s)
@@ -379,7 +378,7 @@ cJSON *mcp_definitions(const cJSON *params, const cJSON *taken)
 }
 
 /* The server whose NAME__ starts fn (the longest such name), held. */
-static struct mcp_server *owner(const char *fn)
+struct mcp_server *mcp_owner(const char *fn)
 {
 	struct mcp_server *s, *best = NULL;
 	pthread_mutex_lock(&mcp_lock);
@@ -401,141 +400,10 @@ int mcp_owns(const char *name)
 	if (!strstr(name, "__"))
 		return 0;
 	sync_conf();
-	s = owner(name);
+	s = mcp_owner(name);
 	if (s)
 		mcp_srv_put(s);
 	return s != NULL;
-}
-
-/* --- calls ---------------------------------------------------------------- */
-
-/* The result's content as text: text parts joined by newlines, other
- * parts summarised. */
-static void content_text(const cJSON *res, struct buf *b)
-{
-	const cJSON *content = cJSON_GetObjectItemCaseSensitive(res, "content"), *c;
-	const cJSON *sc = cJSON_GetObjectItemCaseSensitive(res, "structuredContent");
-	int first = 1;
-
-	cJSON_ArrayForEach(c, content)
-	{
-		const cJSON *type = cJSON_GetObjectItemCaseSensitive(c, "type");
-		const char *ty = cJSON_IsString(type) ? type->valuestring : "?";
-		if (!first)
-			buf_putc(b, '\n');
-		first = 0;
-		if (!strcmp(ty, "text")) {
-			const cJSON *t = cJSON_GetObjectItemCaseSensitive(c, "text");
-			buf_puts(b, cJSON_IsString(t) ? t->valuestring : "");
-		} else if (!strcmp(ty, "resource") || !strcmp(ty, "resource_link")) {
-			const cJSON *r = cJSON_GetObjectItemCaseSensitive(c, "resource");
-			const cJSON *u = cJSON_GetObjectItemCaseSensitive(cJSON_IsObject(r) ? r : c, "uri");
-			buf_printf(b, "[resource %s]", cJSON_IsString(u) ? u->valuestring : "?");
-		} else {
-			buf_printf(b, "[%.40s]", ty);
-		}
-	}
-	if (first && sc) {
-		char *t = cJSON_PrintUnformatted(sc);
-		if (t)
-			buf_puts(b, t);
-		free(t);
-	}
-}
-
-char *mcp_call(const char *name, const char *args, const volatile int *cancel,
-	       enum mcp_outcome *outcome, int *truncated)
-{
-	struct mcp_server *s = owner(name);
-	struct buf b, text;
-	char why[600];
-	cJSON *params, *argobj, *res = NULL;
-	const cJSON *ise;
-	int rc, to = 0, cancelled = 0;
-	long max = mcp_cfg->tool_output_max;
-	char *ret;
-
-	*truncated = 0;
-	*outcome = MCP_FAILED;
-	buf_init(&b, (size_t)max + 4096);
-	buf_init(&text, (size_t)max + 1);
-	atomic_fetch_add(&n_calls, 1);
-	if (!s) {
-		buf_printf(&b, "error: there is no MCP server for '%.80s'", name);
-		goto out;
-	}
-	pthread_mutex_lock(&s->lock);
-	rc = mcp_srv_ensure(s, why, sizeof(why));
-	pthread_mutex_unlock(&s->lock);
-	if (rc != 0) {
-		buf_printf(&b, "error: %s: %s", name, why);
-		goto out;
-	}
-	argobj = cJSON_Parse(*args ? args : "{}");
-	if (!cJSON_IsObject(argobj)) {
-		cJSON_Delete(argobj);
-		argobj = cJSON_CreateObject();
-	}
-	params = cJSON_CreateObject();
-	cJSON_AddStringToObject(params, "name", name + strlen(s->conf.name) + 2);
-	cJSON_AddItemToObject(params, "arguments", argobj);
-	rc = mcp_srv_rpc(s, "tools/call", params, mcp_cfg->tool_timeout_ms, cancel, 1, &res, why,
-			 sizeof(why), &to, &cancelled);
-	if (to) {
-		/* Cancelled; a server that does not even answer a ping now is
-		 * restarted on its next use. */
-		cJSON *pong = NULL;
-		char pwhy[400];
-		*outcome = MCP_TIMEOUT;
-		buf_printf(&b, "error: %s did not finish within %ld ms and was cancelled", name,
-			   mcp_cfg->tool_timeout_ms);
-		if (mcp_srv_rpc(s, "ping", NULL, MCP_PING_MS, NULL, 0, &pong, pwhy, sizeof(pwhy), NULL,
-				NULL) < 0) {
-			pthread_mutex_lock(&s->lock);
-			mcp_srv_kill(s, "it did not answer after a call timed out (restarted on next use)");
-			pthread_mutex_unlock(&s->lock);
-		}
-		cJSON_Delete(pong);
-		goto out;
-	}
-	if (cancelled) {
-		*outcome = MCP_CANCELLED;
-		buf_printf(&b, "error: %s was stopped: the answer was cancelled", name);
-		goto out;
-	}
-	if (rc != 0) {
-		buf_printf(&b, "error: %s failed: %s", name, why);
-		goto out;
-	}
-	content_text(res, &text);
-	if (text.len >= (size_t)max) {
-		text.len = (size_t)max;
-		*truncated = 1;
-	}
-	ise = cJSON_GetObjectItemCaseSensitive(res, "isError");
-	if (cJSON_IsTrue(ise)) {
-		*outcome = MCP_TOOL_ERROR;
-		buf_puts(&b, "error: ");
-	} else {
-		*outcome = MCP_OK;
-	}
-	buf_append(&b, text.data ? text.data : "", text.len);
-	if (*truncated)
-		buf_printf(&b, "\n[output truncated at %ld bytes]", max);
-out:
-	if (*outcome != MCP_OK)
-		atomic_fetch_add(&n_failures, 1);
-	cJSON_Delete(res);
-	if (s)
-		mcp_srv_put(s);
-	buf_free(&text);
-	if (b.len && utf8_valid_prefix(b.data, b.len, 0) != b.len) {
-		ret = utf8_repair(b.data, b.len);
-		buf_free(&b);
-		return ret;
-	}
-	ret = buf_take(&b);
-	return ret ? ret : strdup("");
 }
 
 /* --- tools/.status -------------------------------------------------------- */
