@@ -98,13 +98,25 @@ static int same_file(const struct stat *a, const struct stat *b)
 	       a->st_ctim.tv_sec == b->st_ctim.tv_sec && a->st_ctim.tv_nsec == b->st_ctim.tv_nsec;
 }
 
+static void *stop_gone(void *arg)
+{
+	struct mcp_server *s = arg, *next;
+	for (; s; s = next) {
+		next = s->next;
+		log_info("mcp %s: no longer in mcp.json (or changed): stopped", s->conf.name);
+		mcp_srv_stop(s);
+		mcp_srv_put(s);
+	}
+	return NULL;
+}
+
 /* Reads mcp.json again when it changed; servers it no longer names (or
  * names differently) are stopped. */
 static void sync_conf(void)
 {
 	struct stat st;
 	struct mcp_conf c = {0, NULL};
-	struct mcp_server *keep = NULL, **tail = &keep, *gone = NULL, *s, *next;
+	struct mcp_server *keep = NULL, **tail = &keep, *gone = NULL, *s;
 	char why[400] = "";
 	int exists;
 
@@ -165,11 +177,15 @@ static void sync_conf(void)
 		s->removed = 1;
 	pthread_mutex_unlock(&mcp_lock);
 	mcp_conf_free(&c);
-	for (s = gone; s; s = next) {
-		next = s->next;
-		log_info("mcp %s: no longer in mcp.json (or changed): stopped", s->conf.name);
-		mcp_srv_stop(s);
-		mcp_srv_put(s);
+	if (gone) {
+		/* Stopped by a thread of their own: stopping waits (up to
+		 * MCP_STOP_WAIT_MS), and the caller may be serving a read of
+		 * tools/.status. */
+		pthread_t th;
+		if (pthread_create(&th, NULL, stop_gone, gone) == 0)
+			pthread_detach(th);
+		else
+			stop_gone(gone);
 	}
 }
 
