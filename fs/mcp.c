@@ -28,6 +28,9 @@ void mcp_srv_init(struct mcp_server *s)
 
 void mcp_srv_destroy(struct mcp_server *s)
 {
+	if (s->in_fd >= 0)
+		close(s->in_fd);
+	proctree_close(&s->tree);
 	cJSON_Delete(s->tools);
 	mcp_conf_server_free(&s->conf);
 	pthread_mutex_destroy(&s->wlock);

@@ -409,7 +409,8 @@ char *toolrun_call(const char *name, const char *args, const char *call_id,
 		outcome = TOOL_FAILED;
 		goto done;
 	}
-	is_mcp = mcp_owns(name);
+	/* An executable of tools/ wins over an MCP tool of the same name. */
+	is_mcp = tooldef_why_not(name) && mcp_owns(name);
 	if (!is_mcp && tooldef_why_not(name)) {
 		snprintf(msg, sizeof(msg), "error: there is no tool named '%.80s'", name);
 		text = msg;
