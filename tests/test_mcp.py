@@ -393,3 +393,28 @@ def test_cancel_stops_an_mcp_call_at_once(fake, mount, tmp_path):
              message="notifications/cancelled sent")
     assert "h__shout was stopped: the answer was cancelled" in \
         read_text(cdir(m, "c") / "messages.jsonl")
+
+
+def test_paged_tool_lists_and_requests_from_the_server(fake, mount,
+                                                       tmp_path):
+    m = mount_with(mount, tmp_path, {"p": hostile_entry("paged"),
+                                     "a": hostile_entry("asking")})
+    mkconv(m, "c")
+    content, bodies = call(m, fake, "p__whisper", {})
+    assert set(functions_of(bodies[0])) == {"p__shout", "p__whisper",
+                                            "a__shout"}
+    assert content == "", content
+    # The server's own requests are answered: ping with a result, what
+    # lmsfs does not do with an error.
+    wait_for(lambda: 'hostile: answer to srv-1: {}' in m.log() and
+             'hostile: answer to srv-2: {"code": -32601' in m.log(),
+             timeout=5, message="the server's requests answered")
+
+
+def test_the_example_mcp_json_is_accepted(fake, mount, tmp_path):
+    m = tmount(mount)
+    src = REPO / "examples" / "mcp.json"
+    r = run(["cp", str(src), str(m.path / "tools" / "mcp.json")])
+    assert r.returncode == 0, r.stderr
+    assert read_text(m.path / "tools" / "mcp.json") == src.read_text()
+    assert "mcp files: not started (starts on first need)" in tstatus(m)

@@ -110,3 +110,16 @@ def test_a_tool_that_exits_leaves_no_escapee(fake, mount, tmp_path):
     pid = int((d / "escapee").read_text())
     wait_for(lambda: proc_gone(pid), timeout=5,
              message="the escapee (%d) killed when its tool exited" % pid)
+
+
+@pytest.mark.xdist_group("timing")
+def test_the_timeout_kills_a_setsid_escapee(fake, mount, tmp_path):
+    """tool_timeout kills the tool's group and the child that left it."""
+    m = tmount(mount, tool_timeout="1s")
+    pids = start_sleeper(m, fake, tmp_path, True)
+    r = sh(m, "cat c/.reply", timeout=20)
+    assert r.returncode == 0 and r.stdout.strip() == "Echo: go", r
+    wait_for(lambda: all(proc_gone(p) for p in pids.values()), timeout=5,
+             message="every process of the tool gone after its timeout")
+    hist = read_text(cdir(m, "c") / "messages.jsonl")
+    assert "sleeper did not finish within 1000 ms" in hist, hist

@@ -18,6 +18,10 @@ MODE
     changing    good; after the first tools/call it announces
                 notifications/tools/list_changed and lists a second tool,
                 "whisper"
+    paged       good, but tools/list comes in two pages (nextCursor);
+                the second has "whisper"
+    asking      good, and after notifications/initialized it sends two
+                requests of its own (ping, roots/list) and logs the answers
     stubborn    good, but ignores SIGTERM and the end of its input (only
                 SIGKILL stops it)
 
@@ -61,6 +65,15 @@ def main():
                 msg["params"]["requestId"], msg["params"].get("reason")))
             sys.stderr.flush()
             continue
+        if method is None and mid in ("srv-1", "srv-2"):
+            sys.stderr.write("hostile: answer to %s: %s\n" % (
+                mid, json.dumps(msg.get("result", msg.get("error")))))
+            sys.stderr.flush()
+            continue
+        if method == "notifications/initialized" and mode == "asking":
+            send({"jsonrpc": "2.0", "id": "srv-1", "method": "ping"})
+            send({"jsonrpc": "2.0", "id": "srv-2", "method": "roots/list"})
+            continue
         if method == "initialize":
             if mode == "garbage":
                 sys.stdout.write("Starting server... <html>not json\n")
@@ -77,6 +90,16 @@ def main():
                       "inputSchema": {"type": "object", "properties": {
                           "text": {"type": "string"}},
                           "required": ["text"]}}]
+            if mode == "paged":
+                if (msg.get("params") or {}).get("cursor") == "page2":
+                    tools = [{"name": "whisper", "inputSchema": {
+                        "type": "object", "properties": {}}}]
+                    send({"jsonrpc": "2.0", "id": mid,
+                          "result": {"tools": tools}})
+                else:
+                    send({"jsonrpc": "2.0", "id": mid, "result": {
+                        "tools": tools, "nextCursor": "page2"}})
+                continue
             if changed:
                 tools.append({"name": "whisper", "inputSchema": {
                     "type": "object", "properties": {}}})
