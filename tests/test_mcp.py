@@ -126,21 +126,25 @@ def test_everything_image_and_tool_error(fake, mount, tmp_path):
 
 @pytest.mark.xdist_group("timing")
 def test_everything_timeout_cancels(fake, mount, tmp_path):
+    # 5 s: the reference server (node) must also start within it on a
+    # loaded machine.
     m = mount_with(mount, tmp_path, {"everything": everything_entry()},
-                   tool_timeout="2s")
+                   tool_timeout="5s")
     mkconv(m, "c")
     t0 = time.monotonic()
     content, _ = call(m, fake, "everything__trigger-long-running-operation",
-                      {"duration": 30, "steps": 3})
+                      {"duration": 60, "steps": 3})
     took = time.monotonic() - t0
     assert content == ("error: everything__trigger-long-running-operation "
-                       "did not finish within 2000 ms and was cancelled"), \
+                       "did not finish within 5000 ms and was cancelled"), \
         content
-    assert took < 15, took
-    # The server answered its ping: still the same process, still ready.
+    assert took < 30, took
+    # The server answered its ping after notifications/cancelled: the same
+    # process goes on serving.
     content, _ = call(m, fake, "everything__echo", {"message": "again"},
                       call_id="call_2")
     assert content == "Echo: again", content
+    assert "did not answer after a call timed out" not in m.log()
     assert read_json(m.path / "health")["mcp"]["failures"] == 1
 
 
