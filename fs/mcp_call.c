@@ -60,7 +60,7 @@ char *mcp_call(const char *name, const char *args, const volatile int *cancel,
 	*truncated = 0;
 	*outcome = MCP_FAILED;
 	buf_init(&b, (size_t)max + 4096);
-	buf_init(&text, (size_t)max + 1);
+	buf_init(&text, MCP_LINE_MAX); /* then cut at max */
 	atomic_fetch_add(&mcp_n_calls, 1);
 	if (!s) {
 		buf_printf(&b, "error: there is no MCP server for '%.80s'", name);
@@ -110,7 +110,7 @@ char *mcp_call(const char *name, const char *args, const volatile int *cancel,
 		goto out;
 	}
 	content_text(res, &text);
-	if (text.len >= (size_t)max) {
+	if (text.len > (size_t)max) {
 		text.len = (size_t)max;
 		*truncated = 1;
 	}

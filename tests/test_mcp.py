@@ -422,3 +422,43 @@ def test_the_example_mcp_json_is_accepted(fake, mount, tmp_path):
     assert r.returncode == 0, r.stderr
     assert read_text(m.path / "tools" / "mcp.json") == src.read_text()
     assert "mcp files: not started (starts on first need)" in tstatus(m)
+
+
+def test_calls_from_two_conversations_share_one_server(fake, mount,
+                                                       tmp_path):
+    """Requests are multiplexed by id: a slow call in one conversation
+    does not hold up a quick one in another, and the answers (out of
+    order) each reach their caller."""
+    pids = tmp_path / "pids"
+    m = mount_with(mount, tmp_path, {"h": hostile_entry("parallel", pids)})
+    mkconv(m, "slow")
+    mkconv(m, "quick")
+    # Start the server first, so that both calls find it ready.
+    fake.enqueue(Reply(text="fine"))
+    ask_fake(m, fake, "quick", "hi")
+    fake.enqueue(Reply(tool_calls=[{"id": "call_s", "name": "h__shout",
+                                    "arguments": json.dumps(
+                                        {"text": "slow", "delay": 3})}]))
+    prompt(m, "slow", "go")
+    wait_for(lambda: "[lmsfs] tool h__shout" in stream_text(m, "slow"),
+             timeout=15, message="the slow call started")
+    t0 = time.monotonic()
+    content, _ = call(m, fake, "h__shout", {"text": "quick"}, conv="quick",
+                      call_id="call_q")
+    assert content == "QUICK", content
+    assert time.monotonic() - t0 < 2.5, "the quick call waited for the slow"
+    assert reply(m, "slow", timeout=20).strip() == "Echo: go"
+    assert "SLOW" in read_text(cdir(m, "slow") / "messages.jsonl")
+    assert len(pids.read_text().split()) == 1, "one process for both"
+
+
+def test_mcp_output_is_capped(fake, mount, tmp_path):
+    m = mount_with(mount, tmp_path, {"h": hostile_entry("parallel")},
+                   tool_output_max="1K")
+    mkconv(m, "c")
+    content, _ = call(m, fake, "h__shout", {"size": 5000})
+    assert content == "x" * 1024 + "\n[output truncated at 1024 bytes]", \
+        content[-80:]
+    lines = stream_text(m, "c").splitlines()
+    assert any(ln.startswith("[lmsfs] tool h__shout done: MCP, ")
+               and "(truncated)" in ln for ln in lines), lines

@@ -22,6 +22,9 @@ MODE
                 the second has "whisper"
     asking      good, and after notifications/initialized it sends two
                 requests of its own (ping, roots/list) and logs the answers
+    parallel    good, but each tools/call is answered from a thread of its
+                own after arguments.delay seconds (answers out of order);
+                "shout" with arguments.size answers that many bytes
     stubborn    good, but ignores SIGTERM and the end of its input (only
                 SIGKILL stops it)
 
@@ -33,12 +36,24 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
+
+LOCK = threading.Lock()
 
 
 def send(obj):
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
+    with LOCK:
+        sys.stdout.write(json.dumps(obj) + "\n")
+        sys.stdout.flush()
+
+
+def answer_later(mid, args):
+    time.sleep(float(args.get("delay", 0)))
+    text = "x" * int(args["size"]) if "size" in args else \
+        args.get("text", "").upper()
+    send({"jsonrpc": "2.0", "id": mid, "result": {
+        "content": [{"type": "text", "text": text}]}})
 
 
 def main():
@@ -114,6 +129,10 @@ def main():
                 os._exit(3)
             if mode == "hang":
                 hung = True
+                continue
+            if mode == "parallel":
+                threading.Thread(target=answer_later, daemon=True, args=(
+                    mid, msg["params"]["arguments"])).start()
                 continue
             if mode == "env":
                 fds = sorted(int(x) for x in os.listdir("/proc/self/fd"))
