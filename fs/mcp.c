@@ -264,6 +264,10 @@ int mcp_srv_ensure(struct mcp_server *s, char *why, size_t n)
 		if ((s->state == MS_IDLE || s->state == MS_FAILED) && !s->reader_running)
 			break;
 		/* Starting elsewhere, or the last run's reader finishing. */
+		if (atomic_load(&mcp_quitting)) {
+			snprintf(why, n, "lmsfs is stopping");
+			return -1;
+		}
 		if (now_ms() >= deadline) {
 			snprintf(why, n, "MCP server %s is still starting", s->conf.name);
 			return -1;
@@ -357,7 +361,7 @@ int mcp_srv_rpc(struct mcp_server *s, const char *method, cJSON *params, long ti
 				 s->why[0] ? s->why : "stopped");
 			break;
 		}
-		if (cancel && *cancel) {
+		if ((cancel && *cancel) || atomic_load(&mcp_quitting)) {
 			gave_up = 2;
 			break;
 		}

@@ -35,6 +35,9 @@ typedef struct cJSON cJSON;
 
 /* Keeps cfg (limits) and the tools/ directory. Call after tooldef_init. */
 void mcp_init(const struct config *cfg);
+/* The daemon is stopping: every wait for a server (a start, a call) gives
+ * up at once. Call before stopping the conversations. */
+void mcp_interrupt(void);
 /* Stops every server (stdin closed, a short wait, then the tree killed). */
 void mcp_shutdown(void);
 /* Checks mcp.json text as a write would leave it: 0, or -EINVAL and why. */

@@ -69,6 +69,8 @@ struct mcp_server {
 };
 
 extern const struct config *mcp_cfg;
+/* Set by mcp_interrupt(): waits give up. */
+extern atomic_int mcp_quitting;
 
 /* mcp_reader.c */
 struct mcp_reader_arg {

@@ -34,9 +34,16 @@ static time_t refused_at;
 
 atomic_long mcp_n_calls, mcp_n_failures;
 
+atomic_int mcp_quitting;
+
 void mcp_init(const struct config *c)
 {
 	mcp_cfg = c;
+}
+
+void mcp_interrupt(void)
+{
+	atomic_store(&mcp_quitting, 1);
 }
 
 void mcp_counts(long *calls, long *failures)

@@ -462,3 +462,22 @@ def test_mcp_output_is_capped(fake, mount, tmp_path):
     lines = stream_text(m, "c").splitlines()
     assert any(ln.startswith("[lmsfs] tool h__shout done: MCP, ")
                and "(truncated)" in ln for ln in lines), lines
+
+
+@pytest.mark.xdist_group("timing")
+def test_unmount_during_a_server_start(fake, mount, tmp_path):
+    """A start waiting for initialize (tool_timeout 30 s) is given up at
+    unmount: the daemon exits at once and cleanly, the server is gone."""
+    pids = tmp_path / "pids"
+    m = mount_with(mount, tmp_path, {"s": hostile_entry("silent", pids)})
+    mkconv(m, "c")
+    prompt(m, "c", "go")
+    wait_for(lambda: pids.exists() and pids.read_text().strip(), timeout=15,
+             message="the server started")
+    pid = int(pids.read_text().split()[0])
+    t0 = time.monotonic()
+    m.umount()
+    assert m.pid is None
+    wait_for(lambda: proc_gone(pid), timeout=5, message="the server gone")
+    assert time.monotonic() - t0 < 4
+    assert "did not stop in time" not in m.log(), m.log()
