@@ -105,19 +105,18 @@ static const char *env_get(char **env, const char *k)
 	return NULL;
 }
 
-/* Spawns the process and its reader (no lock held; s->state is
+/* Starts the reader, which spawns the process (no lock held; s->state is
  * MS_STARTING, so nobody else touches the fields set here, which are set
- * under both locks). */
+ * under the locks). */
 static int spawn(struct mcp_server *s, char *why, size_t n)
 {
 	int in[2] = {-1, -1}, out[2] = {-1, -1}, err[2] = {-1, -1}, rc;
 	char path[4400];
 	char **env = server_env(&s->conf);
-	struct mcp_reader_arg *ra = malloc(sizeof(*ra));
-	struct proctree t;
+	struct mcp_reader_arg ra;
 	pthread_t th;
 
-	if (!env || !ra) {
+	if (!env) {
 		snprintf(why, n, "out of memory");
 		goto fail;
 	}
@@ -129,46 +128,56 @@ static int spawn(struct mcp_server *s, char *why, size_t n)
 		snprintf(why, n, "cannot make pipes: %s", strerror(errno));
 		goto fail;
 	}
-	rc = proctree_spawn(&t, path, s->conf.argv, env, tooldef_dir_path(), in[0], out[1], err[1],
-			    0);
-	close(in[0]);
-	close(out[1]);
-	close(err[1]);
-	in[0] = out[1] = err[1] = -1;
+	memset(&ra, 0, sizeof(ra));
+	ra.s = s;
+	ra.out = out[0];
+	ra.err = err[0];
+	ra.path = path;
+	ra.argv = s->conf.argv;
+	ra.env = env;
+	ra.cwd = tooldef_dir_path();
+	ra.child[0] = in[0];
+	ra.child[1] = out[1];
+	ra.child[2] = err[1];
+	pthread_mutex_lock(&s->lock);
+	s->gen++;
+	s->reader_running = 1;
+	pthread_mutex_unlock(&s->lock);
+	/* The reader starts the process itself: the shepherd kills the tree
+	 * when the thread that forked it dies (PR_SET_PDEATHSIG), and the
+	 * reader lives exactly as long as the server - or the daemon. */
+	mcp_srv_hold(s);
+	if (pthread_create(&th, NULL, mcp_reader_main, &ra) != 0) {
+		pthread_mutex_lock(&s->lock);
+		s->reader_running = 0;
+		pthread_mutex_unlock(&s->lock);
+		mcp_srv_put(s);
+		snprintf(why, n, "cannot start a thread");
+		goto fail;
+	}
+	pthread_detach(th);
+	pthread_mutex_lock(&s->lock);
+	while (!ra.done)
+		pthread_cond_wait(&s->cv, &s->lock);
+	rc = ra.rc;
+	pthread_mutex_unlock(&s->lock);
+	/* The reader owns out[0] and err[0] from here (closed on failure). */
+	out[0] = err[0] = -1;
 	if (rc) {
 		snprintf(why, n, "cannot run %.200s: %s", path, strerror(rc));
 		goto fail;
 	}
+	close(in[0]);
+	close(out[1]);
+	close(err[1]);
 	fcntl(in[1], F_SETFL, O_NONBLOCK);
 	pthread_mutex_lock(&s->wlock);
 	pthread_mutex_lock(&s->lock);
-	s->tree = t;
 	s->in_fd = in[1];
-	s->gen++;
 	s->garbage[0] = '\0';
-	s->reader_running = 1;
 	s->started_at = now_ms();
 	pthread_mutex_unlock(&s->lock);
 	pthread_mutex_unlock(&s->wlock);
-	ra->s = s;
-	ra->gen = s->gen;
-	ra->out = out[0];
-	ra->err = err[0];
-	mcp_srv_hold(s); /* the reader's reference */
-	if (pthread_create(&th, NULL, mcp_reader_main, ra) != 0) {
-		/* Without a reader nobody reads: kill it, as the reader would. */
-		snprintf(why, n, "cannot start a thread");
-		close(out[0]);
-		close(err[0]);
-		pthread_mutex_lock(&s->lock);
-		proctree_close(&s->tree);
-		s->reader_running = 0;
-		pthread_mutex_unlock(&s->lock);
-		mcp_srv_put(s);
-		ra = NULL;
-		goto fail_env;
-	}
-	pthread_detach(th);
 	for (size_t i = 0; env[i]; i++)
 		free(env[i]);
 	free(env);
@@ -182,8 +191,6 @@ fail:
 		if (err[i] >= 0)
 			close(err[i]);
 	}
-fail_env:
-	free(ra);
 	for (size_t i = 0; env && env[i]; i++)
 		free(env[i]);
 	free(env);

@@ -75,11 +75,18 @@ extern atomic_int mcp_quitting;
 /* mcp_reader.c */
 struct mcp_reader_arg {
 	struct mcp_server *s;
-	long gen;
-	int out, err; /* the server's stdout and stderr, closed by the reader */
+	int out, err;            /* the server's stdout and stderr: the reader's */
+	/* What to start, and how it went; the starter's, until done. */
+	const char *path, *cwd;
+	char **argv, **env;
+	int child[3];            /* the server's ends of its stdio pipes */
+	int rc, done;            /* s->lock */
 };
-/* The reader thread (detached; holds a reference on s, dropped at exit,
- * after it killed and reaped the tree and failed the calls in flight). */
+/* The reader thread (detached; holds a reference on s, dropped at exit).
+ * It starts the server under a shepherd (PROCTREE_PDEATH: the tree dies
+ * with the thread), reports through rc/done, then reads until the
+ * server's stdout closes, kills and reaps the tree and fails the calls in
+ * flight. */
 void *mcp_reader_main(void *arg);
 /* Writes one line to the server's stdin (wlock taken inside; gives up
  * after a second if the server does not read). */

@@ -159,13 +159,30 @@ static void err_line(void *ctx, const char *l, size_t n)
 
 void *mcp_reader_main(void *arg)
 {
-	struct mcp_reader_arg a = *(struct mcp_reader_arg *)arg;
+	struct mcp_reader_arg *ra = arg, a = *ra;
 	struct mcp_server *s = a.s;
 	struct buf ob, eb;
-	int oskip = 0, eskip = 0, status;
+	struct proctree t;
+	int oskip = 0, eskip = 0, status, rc;
 	char tmp[65536];
 
-	free(arg);
+	rc = proctree_spawn(&t, a.path, a.argv, a.env, a.cwd, a.child[0], a.child[1], a.child[2],
+			    PROCTREE_PDEATH);
+	pthread_mutex_lock(&s->lock);
+	if (rc == 0)
+		s->tree = t;
+	else
+		s->reader_running = 0;
+	ra->rc = rc;
+	ra->done = 1; /* ra is not ours from here */
+	pthread_cond_broadcast(&s->cv);
+	pthread_mutex_unlock(&s->lock);
+	if (rc) {
+		close(a.out);
+		close(a.err);
+		mcp_srv_put(s);
+		return NULL;
+	}
 	buf_init(&ob, MCP_LINE_MAX);
 	buf_init(&eb, 256 * 1024);
 	while (a.out >= 0) {

@@ -481,3 +481,18 @@ def test_unmount_during_a_server_start(fake, mount, tmp_path):
     wait_for(lambda: proc_gone(pid), timeout=5, message="the server gone")
     assert time.monotonic() - t0 < 4
     assert "did not stop in time" not in m.log(), m.log()
+
+
+def test_servers_die_with_a_killed_daemon(fake, mount, tmp_path):
+    """kill -9 of the daemon: each server's shepherd sees its parent thread
+    die (PR_SET_PDEATHSIG) and kills the server's tree, even one that
+    ignores SIGTERM and the end of its input."""
+    pids = tmp_path / "pids"
+    m = mount_with(mount, tmp_path, {"h": hostile_entry("stubborn", pids)})
+    mkconv(m, "c")
+    fake.enqueue(Reply(text="fine"))
+    ask_fake(m, fake, "c", "hi")
+    pid = int(pids.read_text().split()[0])
+    m.kill9()
+    wait_for(lambda: proc_gone(pid), timeout=5,
+             message="the server (%d) killed with the daemon" % pid)

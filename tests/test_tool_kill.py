@@ -123,3 +123,12 @@ def test_the_timeout_kills_a_setsid_escapee(fake, mount, tmp_path):
              message="every process of the tool gone after its timeout")
     hist = read_text(cdir(m, "c") / "messages.jsonl")
     assert "sleeper did not finish within 1000 ms" in hist, hist
+
+
+def test_a_killed_daemon_takes_the_tool_tree_with_it(fake, mount, tmp_path):
+    m = tmount(mount)
+    pids = start_sleeper(m, fake, tmp_path, True)
+    m.kill9()
+    wait_for(lambda: all(proc_gone(p) for p in pids.values()), timeout=5,
+             message="every process of the tool gone with the daemon: %r"
+             % pids)
