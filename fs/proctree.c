@@ -162,10 +162,9 @@ shepherd(const char *path, char *const argv[], char *const envp[], const char *c
 	}
 	setpgid(prog, prog);
 	/* Nothing of the daemon's stays open here but the report pipe. */
-	if (report < 3 || (report = fcntl(report, F_DUPFD_CLOEXEC, 3)) >= 0) {
+	if (report > 3)
 		syscall(SYS_close_range, 3u, (unsigned)report - 1, 0u);
-		syscall(SYS_close_range, (unsigned)report + 1, ~0u, 0u);
-	}
+	syscall(SYS_close_range, (unsigned)(report < 3 ? 3 : report + 1), ~0u, 0u);
 	while ((n = read(xp[0], &e, sizeof(e))) < 0 && errno == EINTR)
 		;
 	close(xp[0]);
