@@ -144,6 +144,8 @@ struct fh {
 				appended meanwhile and is kept (hist_commit) */
 	/* FH_PROMPT */
 	int prechecked;
+	/* tools/mcp.json (fs_mcpconf.c) */
+	int created;         /* this handle created the file */
 	/* FH_REPLY */
 	struct conv *conv;   /* referenced: survives a rename of the directory */
 	uint64_t target;

@@ -42,6 +42,7 @@ static int mcpconf_open(fuse_ino_t ino, const struct nodeinfo *ni, int flags, mo
 		return -ENOMEM;
 	buf_init(&f->data, MCPCONF_MAX);
 	f->writable = 1;
+	f->created = creating;
 	if (flags & O_TRUNC) {
 		f->dirty = 1;
 	} else if (!creating) {
@@ -105,6 +106,14 @@ static int commit(struct fh *f, const struct nodeinfo *ni)
 		f->refused = 1;
 		log_warnx("tools/mcp.json: write refused: %s (the old file is kept)", why);
 		mcp_note_write(why);
+		/* There was no old file: the empty one made to open it goes. */
+		if (f->created) {
+			struct stat st;
+			if (fstatat(fs_tools_fd, ni->name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+			    st.st_size == 0)
+				unlinkat(fs_tools_fd, ni->name, 0);
+			f->created = 0;
+		}
 		return -EINVAL;
 	}
 	ret = fsio_replace(fs_tools_fd, ni->name, f->data.data ? f->data.data : "", f->data.len);

@@ -496,3 +496,32 @@ def test_servers_die_with_a_killed_daemon(fake, mount, tmp_path):
     m.kill9()
     wait_for(lambda: proc_gone(pid), timeout=5,
              message="the server (%d) killed with the daemon" % pid)
+
+
+def test_mcp_json_created_emptied_and_removed(fake, mount, tmp_path):
+    m = tmount(mount)
+    path = m.path / "tools" / "mcp.json"
+    # A bad file where there was none: refused, and no mcp.json is left.
+    r = put_conf(m, tmp_path, None, raw="{bad")
+    assert r.returncode != 0 and "Invalid argument" in r.stderr, r
+    assert not path.exists()
+    assert "mcp.json: write refused at " in tstatus(m)
+    assert put_conf(m, tmp_path, {"h": hostile_entry("good")}).returncode == 0
+    mkconv(m, "c")
+    fake.enqueue(Reply(text="fine"))
+    _, bodies = ask_fake(m, fake, "c", "hi")
+    assert set(functions_of(bodies[0])) == {"h__shout"}
+    # Emptied (a valid file with no servers): no MCP tools.
+    r = sh(m, ": > ../tools/mcp.json")
+    assert r.returncode == 0, r.stderr
+    assert read_text(path) == ""
+    fake.enqueue(Reply(text="fine"))
+    _, bodies = ask_fake(m, fake, "c", "hi")
+    assert "tools" not in bodies[0] or not functions_of(bodies[0])
+    assert "mcp h" not in tstatus(m)
+    # Removed: the same.
+    assert put_conf(m, tmp_path, {"h": hostile_entry("good")}).returncode == 0
+    assert run(["rm", str(path)]).returncode == 0
+    fake.enqueue(Reply(text="fine"))
+    _, bodies = ask_fake(m, fake, "c", "hi")
+    assert "tools" not in bodies[0] or not functions_of(bodies[0])
