@@ -89,7 +89,7 @@ UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/unit/%,$(UNIT_SRCS))
 # rebuilds everything in that directory.
 FLAGS_LINE := $(subst ','\'',$(CC) $(ALL_CFLAGS) $(ALL_LDFLAGS) $(ALL_LIBS))
 
-.PHONY: all deps test unit demo bench install uninstall fmt clean fuzz fuzz-smoke valgrind FORCE
+.PHONY: all deps deps-mcp test unit demo bench install uninstall fmt clean fuzz fuzz-smoke valgrind FORCE
 
 all: $(BUILD)/lmsfs unit $(BUILD)/libfault.so
 
@@ -126,6 +126,26 @@ deps:
 	  if [ "$$(id -u)" != 0 ]; then SUDO=sudo; else SUDO=; fi; \
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+# The MCP reference server the tests run (tests/test_mcp.py), pinned with
+# its whole dependency tree in tests/mcp/package-lock.json and installed
+# into tests/mcp/node_modules (ignored by git) only when missing: no
+# network once it is there. Node.js and npm come from Debian when missing.
+MCP_EVERYTHING := tests/mcp/node_modules/@modelcontextprotocol/server-everything/dist/index.js
+
+deps: deps-mcp
+
+deps-mcp:
+	@if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then \
+	  echo "installing: nodejs npm"; \
+	  if [ "$$(id -u)" != 0 ]; then SUDO=sudo; else SUDO=; fi; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nodejs npm; \
+	fi
+	@if [ ! -f $(MCP_EVERYTHING) ]; then \
+	  echo "installing: @modelcontextprotocol/server-everything into tests/mcp"; \
+	  cd tests/mcp && npm ci --no-audit --no-fund --loglevel=error; \
 	fi
 
 # The suite runs on TEST_JOBS pytest-xdist workers (auto: one per core; 0:

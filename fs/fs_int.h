@@ -152,6 +152,8 @@ struct fh {
 				appended meanwhile and is kept (hist_commit) */
 	/* FH_PROMPT */
 	int prechecked;
+	/* tools/mcp.json (fs_mcpconf.c) */
+	int created;         /* this handle created the file */
 	/* FH_REPLY */
 	struct conv *conv;   /* referenced: survives a rename of the directory */
 	uint64_t target;
@@ -184,6 +186,10 @@ extern const struct file_ops plain_ops, stream_ops, generated_ops; /* fs_file.c 
 extern const struct file_ops prompt_ops, ctl_ops;                   /* fs_prompt.c */
 extern const struct file_ops hist_ops;                              /* fs_hist.c */
 extern const struct file_ops reply_ops;                             /* fs_wait.c */
+extern const struct file_ops mcpconf_ops;                           /* fs_mcpconf.c */
+/* tools/FROM may be renamed over tools/mcp.json: 0, or -EINVAL (noted
+ * for tools/.status) when it is not a valid mcp.json. */
+int mcpconf_check_rename(const char *from);
 
 struct fh *fh_new(const struct file_ops *ops, uint64_t ino);
 void fh_free(struct fh *f);

@@ -92,6 +92,7 @@ const struct file_ops *special_ops(const struct nodeinfo *ni)
 	case K_TSTATUS:
 		return &generated_ops;
 	case K_TFILE:
+		return strcmp(ni->name, "mcp.json") == 0 ? &mcpconf_ops : &plain_ops;
 	case K_SFILE:
 		return &plain_ops;
 	case K_SUBDIR:

@@ -5,6 +5,7 @@
 #include "conv.h"
 #include "fsio.h"
 #include "log.h"
+#include "mcp.h"
 #include "names.h"
 #include "store.h"
 
@@ -513,8 +514,13 @@ void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 			note_reject(npi.conv, "renaming over messages.jsonl", why);
 	} else if (pi.kind == K_TOOLS && npi.kind == K_TOOLS) {
 		ret = names_file_ok(newname);
+		/* mcp.json is replaced only by a valid one. */
+		if (ret == 0 && strcmp(newname, "mcp.json") == 0 && strcmp(name, "mcp.json") != 0)
+			ret = mcpconf_check_rename(name);
 		if (ret == 0 && renameat2(fs_tools_fd, name, fs_tools_fd, newname, flags) < 0)
 			ret = -errno;
+		if (ret == 0 && (strcmp(newname, "mcp.json") == 0 || strcmp(name, "mcp.json") == 0))
+			mcp_note_write(NULL);
 	} else if (pi.kind == K_CONVS || npi.kind == K_CONVS) {
 		ret = -EPERM; /* conversations do not nest */
 	} else {

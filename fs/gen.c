@@ -467,7 +467,7 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 					gate = TOOLRUN_NOT_OFFERED;
 				result = toolrun_call(c->name, c->args.data ? c->args.data : "",
 						      c->id, job->conv_name, job->dirfd,
-						      ans.legacy_call, gate);
+						      ans.legacy_call, gate, job->cancel);
 				rc = result ? append_history(job, result, 0, NULL) : -ENOMEM;
 				free(result);
 			}

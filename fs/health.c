@@ -2,6 +2,7 @@
 #include "health.h"
 
 #include "config.h"
+#include "mcp.h"
 #include "metrics.h"
 #include "models.h"
 #include "retry.h"
@@ -88,6 +89,13 @@ char *health_json(const struct config *cfg)
 	if (cfg->default_model)
 		cJSON_AddStringToObject(o, "default_model", cfg->default_model);
 	cJSON_AddBoolToObject(o, "stream", cfg->stream);
+	{
+		long calls, failures;
+		cJSON *mo = cJSON_AddObjectToObject(o, "mcp");
+		mcp_counts(&calls, &failures);
+		cJSON_AddNumberToObject(mo, "calls", (double)calls);
+		cJSON_AddNumberToObject(mo, "failures", (double)failures);
+	}
 	s = json_text_file(o);
 	cJSON_Delete(o);
 	return s;

@@ -4,6 +4,7 @@
 #include "gen.h"
 #include "http.h"
 #include "log.h"
+#include "mcp.h"
 #include "models.h"
 #include "ops.h"
 #include "retry.h"
@@ -269,6 +270,7 @@ int main(int argc, char **argv)
 	if (tooldef_init(&cfg, state_fd) != 0)
 		fatal("state_dir %s/tools", cfg.state_dir);
 	toolrun_init(&cfg);
+	mcp_init(&cfg);
 	if (conv_init(&cfg, state_fd, &hooks) != 0)
 		fatal("state_dir %s/conversations", cfg.state_dir);
 	if (ops_init(&cfg, state_fd) != 0)
@@ -315,12 +317,15 @@ int main(int argc, char **argv)
 
 	log_info("unmounting %s", mnt);
 	ops_shutdown();
+	mcp_interrupt();
 	if (conv_shutdown() > 0) {
 		/* A worker is stuck (say, in a tool that ignores signals): leave
 		 * it everything it uses and let the process end. */
+		mcp_shutdown();
 		fuse_session_unmount(se);
 		_exit(0);
 	}
+	mcp_shutdown();
 	ops_cleanup();
 	fuse_session_unmount(se);
 	fuse_remove_signal_handlers(se);

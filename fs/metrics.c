@@ -1,6 +1,7 @@
 /* metrics.c - counters and summaries for the metrics file. */
 #include "metrics.h"
 
+#include "mcp.h"
 #include "retry.h"
 
 #include <errno.h>
@@ -159,5 +160,16 @@ int metrics_render(struct buf *b)
 	for (int t = 0; t < TOOL__COUNT; t++)
 		r |= buf_printf(b, "lmsfs_tool_runs_total{outcome=\"%s\"} %ld\n",
 				tool_names[t], atomic_load(&tools[t]));
+	{
+		long calls, failed;
+		mcp_counts(&calls, &failed);
+		r |= buf_printf(b, "# HELP lmsfs_mcp_calls_total Calls to MCP server tools.\n"
+				   "# TYPE lmsfs_mcp_calls_total counter\nlmsfs_mcp_calls_total %ld\n"
+				   "# HELP lmsfs_mcp_failures_total MCP calls that did not succeed "
+				   "(errors, timeouts, cancels).\n"
+				   "# TYPE lmsfs_mcp_failures_total counter\n"
+				   "lmsfs_mcp_failures_total %ld\n",
+				calls, failed);
+	}
 	return r ? -EFBIG : 0;
 }

@@ -14,6 +14,7 @@
 #include "config.h"
 #include "fsio.h"
 #include "log.h"
+#include "mcp.h"
 #include "names.h"
 #include "util.h"
 
@@ -331,6 +332,13 @@ cJSON *tooldef_definitions(const cJSON *params)
 				cJSON_Delete(cJSON_DetachItemViaPointer(arr, t));
 		}
 	}
+	/* Then the tools of the MCP servers (an executable's name wins). */
+	{
+		cJSON *m = mcp_definitions(params, arr), *t2;
+		while (m && (t2 = cJSON_DetachItemFromArray(m, 0)))
+			cJSON_AddItemToArray(arr, t2);
+		cJSON_Delete(m);
+	}
 	if (cJSON_GetArraySize(arr) == 0) {
 		cJSON_Delete(arr);
 		return NULL;
@@ -402,7 +410,8 @@ char *tooldef_status(void)
 	buf_init(&b, 1u << 20);
 	arr = scan(&b);
 	cJSON_Delete(arr);
+	mcp_status(&b);
 	if (b.len == 0)
-		buf_puts(&b, "no tools: copy an executable into tools/\n");
+		buf_puts(&b, "no tools: copy an executable (or an mcp.json) into tools/\n");
 	return buf_take(&b);
 }

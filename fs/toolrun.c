@@ -4,7 +4,9 @@
 #include "buf.h"
 #include "config.h"
 #include "log.h"
+#include "mcp.h"
 #include "metrics.h"
+#include "proctree.h"
 #include "store.h"
 #include "tooldef.h"
 #include "utf8.h"
@@ -15,7 +17,6 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,14 +40,15 @@ struct run {
 	int truncated;
 	int status;   /* wait status */
 	int timed_out;
+	int cancelled;
 	int spawn_err;
 	long ms;
 };
 
 /* A running tool as the parent sees it. */
 struct child {
-	pid_t pid;
-	int pidfd;         /* readable when the tool exits; -1 if unsupported */
+	struct proctree tree;
+	const volatile int *cancel; /* nonzero: stop now (may be NULL) */
 	int in, out, err;  /* our ends of its stdin, stdout, stderr; -1 once closed */
 	const char *args;  /* what goes to its stdin */
 	size_t in_off, in_len;
@@ -161,51 +163,27 @@ static void close_fd(int *fd)
 	*fd = -1;
 }
 
-/* Starts tools/NAME without a shell, in tools/, in its own process group,
- * with every signal at its default and none blocked, its stdio on three
- * pipes and no other descriptor: whatever the daemon holds open without
- * O_CLOEXEC (libcurl's socket pair, descriptors of libraries) is closed in
- * the child before exec. Returns 0 with ch->pid, ch->in, ch->out, ch->err set, or an errno
- * value with every descriptor closed. */
+/* Starts tools/NAME without a shell, in tools/, under a shepherd that
+ * can kill its whole tree (proctree.h): its own process group, every
+ * signal at its default and none blocked, its stdio on three pipes and no
+ * other descriptor (libcurl's socket pair and the like stay home). Returns
+ * 0 with ch->tree, ch->in, ch->out, ch->err set, or an errno value with
+ * every descriptor closed. */
 static int spawn_tool(const char *name, char **envp, struct child *ch)
 {
 	int in[2] = {-1, -1}, out[2] = {-1, -1}, err[2] = {-1, -1};
 	char path[4400];
 	char *argv[] = {(char *)name, NULL};
-	posix_spawn_file_actions_t fa;
-	posix_spawnattr_t sa;
-	sigset_t none, all;
 	int rc;
 
-	ch->pid = -1;
 	ch->in = ch->out = ch->err = -1;
 	snprintf(path, sizeof(path), "%s/%s", tooldef_dir_path(), name);
 	if (pipe2(in, O_CLOEXEC) || pipe2(out, O_CLOEXEC) || pipe2(err, O_CLOEXEC)) {
 		rc = errno;
 		goto fail;
 	}
-	posix_spawn_file_actions_init(&fa);
-	/* Run in this order in the child; without all of them no tool
-	 * starts (it must never see a descriptor of the daemon's). */
-	if ((rc = posix_spawn_file_actions_adddup2(&fa, in[0], 0)) ||
-	    (rc = posix_spawn_file_actions_adddup2(&fa, out[1], 1)) ||
-	    (rc = posix_spawn_file_actions_adddup2(&fa, err[1], 2)) ||
-	    (rc = posix_spawn_file_actions_addclosefrom_np(&fa, 3)) ||
-	    (rc = posix_spawn_file_actions_addchdir_np(&fa, tooldef_dir_path()))) {
-		posix_spawn_file_actions_destroy(&fa);
-		goto fail;
-	}
-	posix_spawnattr_init(&sa);
-	sigemptyset(&none);
-	posix_spawnattr_setsigmask(&sa, &none);
-	posix_spawnattr_setpgroup(&sa, 0);
-	posix_spawnattr_setflags(&sa, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK |
-					      POSIX_SPAWN_SETSIGDEF);
-	sigfillset(&all);
-	posix_spawnattr_setsigdefault(&sa, &all);
-	rc = posix_spawn(&ch->pid, path, &fa, &sa, argv, envp ? envp : (char *[]){NULL});
-	posix_spawn_file_actions_destroy(&fa);
-	posix_spawnattr_destroy(&sa);
+	rc = proctree_spawn(&ch->tree, path, argv, envp ? envp : (char *[]){NULL},
+			    tooldef_dir_path(), in[0], out[1], err[1], PROCTREE_PDEATH);
 	close_fd(&in[0]);
 	close_fd(&out[1]);
 	close_fd(&err[1]);
@@ -216,34 +194,36 @@ static int spawn_tool(const char *name, char **envp, struct child *ch)
 	ch->err = err[0];
 	return 0;
 fail:
-	ch->pid = -1;
-	close_fd(&err[1]);
 	close_fd(&err[0]);
-	close_fd(&out[1]);
 	close_fd(&out[0]);
 	close_fd(&in[1]);
-	close_fd(&in[0]);
 	return rc;
 }
 
 /* --- waiting and reading -------------------------------------------------- */
 
-/* Reaps the tool if it exited and applies the timeout (SIGTERM to the
- * group, a second later SIGKILL). Returns 1 when the wait is over. */
+/* Reaps the tool if it exited (its shepherd has then killed whatever it
+ * left behind), stops the whole tree at once on cancel (or the daemon's
+ * shutdown), and applies the timeout (SIGTERM to the group, a second
+ * later SIGKILL to the tree). Returns 1 when the wait is over. */
 static int enforce_limits(struct child *ch, struct run *r, long long now)
 {
-	if (!ch->reaped && waitpid(ch->pid, &r->status, WNOHANG) == ch->pid) {
+	if (!ch->reaped && proctree_reap(&ch->tree, 0)) {
 		ch->reaped = 1;
-		/* Whatever it left behind in its group goes too. */
-		kill(-ch->pid, SIGKILL);
+		r->status = ch->tree.status;
+	}
+	if (!ch->reaped && ch->killed < 2 && ch->cancel && *ch->cancel) {
+		r->cancelled = 1;
+		proctree_kill(&ch->tree);
+		ch->killed = 2;
 	}
 	if (!ch->killed && now >= ch->deadline) {
 		r->timed_out = 1;
-		kill(-ch->pid, SIGTERM);
+		proctree_term(&ch->tree);
 		ch->killed = 1;
 		ch->deadline = now + 1000;
 	} else if (ch->killed == 1 && now >= ch->deadline) {
-		kill(-ch->pid, SIGKILL);
+		proctree_kill(&ch->tree);
 		ch->killed = 2;
 	}
 	return ch->reaped && (ch->killed || now >= ch->deadline || (ch->out < 0 && ch->err < 0));
@@ -265,8 +245,8 @@ static int poll_set(const struct child *ch, struct pollfd p[4])
 		p[np].fd = ch->err;
 		p[np++].events = POLLIN;
 	}
-	if (!ch->reaped && ch->pidfd >= 0) {
-		p[np].fd = ch->pidfd;
+	if (!ch->reaped && ch->tree.pidfd >= 0) {
+		p[np].fd = ch->tree.pidfd;
 		p[np++].events = POLLIN;
 	}
 	return np;
@@ -276,9 +256,10 @@ static int poll_timeout(const struct child *ch, long long now)
 {
 	if (ch->reaped)
 		return 50; /* drain what is left in the pipes */
-	if (ch->pidfd < 0)
+	if (ch->tree.pidfd < 0)
 		return 1;
-	return ch->deadline - now > 1000 ? 1000 : (int)(ch->deadline - now) + 1;
+	/* A cancel is a flag: looked at ten times a second. */
+	return ch->deadline - now > 100 ? 100 : (int)(ch->deadline - now) + 1;
 }
 
 /* Feeds stdin and reads stdout (up to the cap) and stderr for the
@@ -289,7 +270,7 @@ static void service(struct child *ch, const struct pollfd *p, int np, struct run
 	for (int i = 0; i < np; i++) {
 		char tmp[8192];
 		ssize_t n;
-		if (!p[i].revents || p[i].fd == ch->pidfd)
+		if (!p[i].revents || p[i].fd == ch->tree.pidfd)
 			continue; /* exit: reaped by enforce_limits */
 		if (p[i].fd == ch->in) {
 			n = write(ch->in, ch->args + ch->in_off, ch->in_len - ch->in_off);
@@ -329,8 +310,8 @@ static void wait_tool(struct child *ch, struct run *r, struct buf *errbuf)
 	fcntl(ch->in, F_SETFL, O_NONBLOCK);
 	if (ch->in_len == 0)
 		close_fd(&ch->in);
-	/* A pidfd becomes readable when the tool exits: no polling delay. */
-	ch->pidfd = (int)syscall(SYS_pidfd_open, ch->pid, 0);
+	/* The shepherd's pidfd becomes readable when the tool's tree is
+	 * gone: no polling delay. */
 	while (ch->out >= 0 || ch->err >= 0 || !ch->reaped) {
 		struct pollfd p[4];
 		int np;
@@ -346,18 +327,21 @@ static void wait_tool(struct child *ch, struct run *r, struct buf *errbuf)
 		service(ch, p, np, r, errbuf);
 	}
 	if (!ch->reaped) {
-		kill(-ch->pid, SIGKILL);
-		waitpid(ch->pid, &r->status, 0);
+		proctree_kill(&ch->tree);
+		proctree_reap(&ch->tree, 1);
+		r->status = ch->tree.status;
 	}
-	close_fd(&ch->pidfd);
+	proctree_close(&ch->tree);
 }
 
 /* Runs tools/NAME with args on stdin; r->out gets its capped stdout. */
 static void run_tool(const char *name, const char *args, const cJSON *argobj,
-		     const char *call_id, const char *conv, struct run *r)
+		     const char *call_id, const char *conv, const volatile int *cancel,
+		     struct run *r)
 {
 	struct env env = {NULL, 0};
-	struct child ch = {.pid = -1, .pidfd = -1, .in = -1, .out = -1, .err = -1};
+	struct child ch = {.tree = {.pid = -1, .pidfd = -1, .report = -1},
+			   .cancel = cancel, .in = -1, .out = -1, .err = -1};
 	long long start = now_ms();
 	struct buf errbuf;
 
@@ -399,7 +383,8 @@ static const char *outcome_name(enum tool_outcome o)
 }
 
 char *toolrun_call(const char *name, const char *args, const char *call_id,
-		   const char *conv, int conv_dirfd, int legacy, enum toolrun_gate gate)
+		   const char *conv, int conv_dirfd, int legacy, enum toolrun_gate gate,
+		   const volatile int *cancel)
 {
 	struct run r;
 	cJSON *argobj = NULL;
@@ -407,6 +392,8 @@ char *toolrun_call(const char *name, const char *args, const char *call_id,
 	const char *text = NULL;
 	enum tool_outcome outcome = TOOL_OK;
 	struct buf content;
+	int is_mcp = 0;
+	char *mcp_text = NULL;
 
 	memset(&r, 0, sizeof(r));
 	buf_init(&content, (size_t)cfg->tool_output_max + 1024);
@@ -422,7 +409,9 @@ char *toolrun_call(const char *name, const char *args, const char *call_id,
 		outcome = TOOL_FAILED;
 		goto done;
 	}
-	if (tooldef_why_not(name)) {
+	/* An executable of tools/ wins over an MCP tool of the same name. */
+	is_mcp = tooldef_why_not(name) && mcp_owns(name);
+	if (!is_mcp && tooldef_why_not(name)) {
 		snprintf(msg, sizeof(msg), "error: there is no tool named '%.80s'", name);
 		text = msg;
 		outcome = TOOL_UNKNOWN;
@@ -447,9 +436,25 @@ char *toolrun_call(const char *name, const char *args, const char *call_id,
 		outcome = TOOL_FAILED;
 		goto done;
 	}
-	run_tool(name, *args ? args : "{}", argobj, call_id, conv, &r);
+	if (is_mcp) {
+		enum mcp_outcome mo;
+		long long t0 = now_ms();
+		text = mcp_text = mcp_call(name, args, cancel, &mo, &r.truncated);
+		r.ms = (long)(now_ms() - t0);
+		outcome = mo == MCP_OK ? TOOL_OK : mo == MCP_TIMEOUT ? TOOL_TIMEOUT : TOOL_FAILED;
+		if (!text) {
+			text = "error: out of memory";
+			outcome = TOOL_FAILED;
+		}
+		goto done;
+	}
+	run_tool(name, *args ? args : "{}", argobj, call_id, conv, cancel, &r);
 	if (r.spawn_err) {
 		snprintf(msg, sizeof(msg), "error: cannot run %s: %s", name, strerror(r.spawn_err));
+		text = msg;
+		outcome = TOOL_FAILED;
+	} else if (r.cancelled) {
+		snprintf(msg, sizeof(msg), "error: %s was stopped: the answer was cancelled", name);
 		text = msg;
 		outcome = TOOL_FAILED;
 	} else if (r.timed_out) {
@@ -484,7 +489,10 @@ char *toolrun_call(const char *name, const char *args, const char *call_id,
 	}
 done:
 	metrics_tool(outcome);
-	if (outcome == TOOL_OK)
+	if (outcome == TOOL_OK && is_mcp)
+		store_mark(conv_dirfd, "[lmsfs] tool %s done: MCP, %zu bytes%s, %ld ms", name,
+			   strlen(text), r.truncated ? " (truncated)" : "", r.ms);
+	else if (outcome == TOOL_OK)
 		store_mark(conv_dirfd, "[lmsfs] tool %s done: exit 0, %zu bytes%s, %ld ms", name,
 			   r.out.len, r.truncated ? " (truncated)" : "", r.ms);
 	else
@@ -492,6 +500,7 @@ done:
 	log_info("conversation=%s tool=%s outcome=%s ms=%ld", conv, name, outcome_name(outcome),
 		 r.ms);
 	ret = store_tool_result_line(name, call_id, text, legacy);
+	free(mcp_text);
 	free(repaired);
 	buf_free(&r.out);
 	buf_free(&content);

@@ -6,9 +6,11 @@
  * stay home), a clean environment (PATH, HOME, LANG, LC_ALL, TZ,
  * LMSFS_TOOLS_*, LMSFS_TOOL_CALL_ID, LMSFS_CONVERSATION, LMSFS_TOOL_NAME and
  * one LMSFS_ARG_<name> per short scalar argument) and the JSON arguments on
- * stdin. Its output is capped at tool_output_max; after tool_timeout_ms it
- * gets SIGTERM, a second later SIGKILL, and whatever it left in its process
- * group is killed when it exits.
+ * stdin. Its output is capped at tool_output_max; after tool_timeout_ms its
+ * process group gets SIGTERM, a second later its whole tree SIGKILL. When
+ * it exits, or the answer is cancelled, or the daemon stops, everything it
+ * started is killed at once - its group and any escapee that called
+ * setsid() (a subreaper shepherd finds them: proctree.h).
  *
  * Only a call to a tool offered in the request that made it runs, and only
  * the first TOOLRUN_MAX_CALLS calls of one reply: the caller says which
@@ -46,8 +48,10 @@ void toolrun_init(const struct config *cfg);
  * error and nothing runs) and returns the history line for its result (a
  * "tool" or, for legacy calls, a "function" message), malloc'd. Marked
  * lines go to the conversation's stream through conv_dirfd. Errors become
- * text for the model: NULL only when out of memory. */
+ * text for the model: NULL only when out of memory. When *cancel (may be
+ * NULL) becomes nonzero the tool's tree is killed at once. */
 char *toolrun_call(const char *name, const char *args, const char *call_id,
-		   const char *conv, int conv_dirfd, int legacy, enum toolrun_gate gate);
+		   const char *conv, int conv_dirfd, int legacy, enum toolrun_gate gate,
+		   const volatile int *cancel);
 
 #endif
