@@ -301,6 +301,8 @@ int main(int argc, char **argv)
 			fatalx("cannot daemonize");
 		log_to_syslog();
 	}
+	/* Threads start after daemonizing (fork keeps only the caller). */
+	models_start();
 	/* Before serving anything: what a crash left behind is repaired and
 	 * queued prompts resume, so that no reader sees a history before its
 	 * recovery. Only conversations with private files pending are

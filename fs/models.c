@@ -1,4 +1,6 @@
-/* models.c - loaded-model cache with a time to live. */
+/* models.c - the model list, cached and refreshed in the background by one
+ * thread (stale-while-revalidate): readers get what is cached and never
+ * wait on a listing they did not start, beyond a short grace. */
 #include "models.h"
 
 #include "buf.h"
@@ -15,15 +17,31 @@
 #include <string.h>
 #include <strings.h>
 
+/* How long a reader may wait for a refresh that is under way: a local
+ * server answers well within it, a hanging one costs no more. */
+#define MODELS_GRACE_MS 40
+/* The first listing after mount: nothing is cached yet, so readers wait
+ * for it a little longer (a listing that falls back takes two round
+ * trips); one that hangs is given up on after this. */
+#define MODELS_FIRST_GRACE_MS 500
+
 static const struct config *cfg;
-/* Lock order: refresh_lock before lock. */
-static pthread_mutex_t refresh_lock = PTHREAD_MUTEX_INITIALIZER;
+/* lock is a leaf: nothing else is taken while it is held, and no HTTP
+ * request is made under it. */
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t cv = PTHREAD_COND_INITIALIZER; /* with lock */
 static struct model_list *current;  /* protected by lock */
 static long long fetched_at;        /* protected by lock; 0 = never */
 static int reachable;               /* protected by lock */
 static enum err_class last_cls;     /* protected by lock */
 static char last_msg[512];          /* protected by lock */
+static int wanted;                  /* protected by lock: refresh asked */
+static int refreshing;              /* protected by lock */
+static long long refresh_started;   /* protected by lock */
+static unsigned long generation;    /* protected by lock: refreshes done */
+static int thread_running;          /* protected by lock */
+static volatile int stopping;       /* set under lock; read by http */
+static pthread_t refresher;
 
 static struct model_list *list_new(void)
 {
@@ -149,7 +167,7 @@ static void fetch(const char *path, struct http_reply *r)
 	r->timeout_ms = cfg->connect_timeout_ms < cfg->timeout_ms
 				? cfg->connect_timeout_ms
 				: cfg->timeout_ms;
-	http_request("GET", path, NULL, NULL, NULL, NULL, r);
+	http_request("GET", path, NULL, NULL, NULL, &stopping, r);
 }
 
 /* Lists the models at path into l. Returns EC_NONE, or the class of the
@@ -223,33 +241,100 @@ void models_init(const struct config *c)
 	current = list_new();
 }
 
+/* The one thread that lists models: it sleeps until a reader finds the
+ * list stale (or a refresh is forced), lists, publishes, wakes waiters. */
+static void *refresh_main(void *arg)
+{
+	(void)arg;
+	pthread_mutex_lock(&lock);
+	while (!stopping) {
+		if (!wanted) {
+			pthread_cond_wait(&cv, &lock);
+			continue;
+		}
+		wanted = 0;
+		refreshing = 1;
+		refresh_started = now_ms();
+		pthread_mutex_unlock(&lock);
+		refresh();
+		pthread_mutex_lock(&lock);
+		refreshing = 0;
+		generation++;
+		pthread_cond_broadcast(&cv);
+	}
+	pthread_mutex_unlock(&lock);
+	return NULL;
+}
+
+void models_start(void)
+{
+	pthread_mutex_lock(&lock);
+	if (!thread_running && !stopping &&
+	    pthread_create(&refresher, NULL, refresh_main, NULL) == 0)
+		thread_running = 1;
+	wanted = 1; /* the first listing starts now, before anyone asks */
+	pthread_cond_broadcast(&cv);
+	pthread_mutex_unlock(&lock);
+}
+
 void models_cleanup(void)
 {
+	int joined;
+
+	pthread_mutex_lock(&lock);
+	stopping = 1;
+	joined = thread_running;
+	thread_running = 0;
+	pthread_cond_broadcast(&cv);
+	pthread_mutex_unlock(&lock);
+	if (joined)
+		pthread_join(refresher, NULL);
 	models_put(current);
 	current = NULL;
+}
+
+/* Asks for a refresh and waits a short grace for one under way; lock
+ * held. */
+static void ask_refresh(void)
+{
+	unsigned long gen = generation;
+	struct timespec until;
+	long long deadline;
+
+	if (!thread_running) {
+		/* Not started yet (or stopping): nothing may list in the
+		 * caller's thread. */
+		return;
+	}
+	if (!refreshing) {
+		wanted = 1;
+		refresh_started = now_ms();
+		pthread_cond_broadcast(&cv);
+	}
+	/* A refresh that has run longer than the grace is hanging: use what
+	 * is cached at once. */
+	deadline = refresh_started +
+		   (generation == 0 ? MODELS_FIRST_GRACE_MS : MODELS_GRACE_MS);
+	while (generation == gen && !stopping && now_ms() < deadline) {
+		long long left = deadline - now_ms();
+		clock_gettime(CLOCK_REALTIME, &until);
+		until.tv_sec += (time_t)(left / 1000);
+		until.tv_nsec += (long)(left % 1000) * 1000000L;
+		if (until.tv_nsec >= 1000000000L) {
+			until.tv_sec++;
+			until.tv_nsec -= 1000000000L;
+		}
+		pthread_cond_timedwait(&cv, &lock, &until);
+	}
 }
 
 struct model_list *models_get(int force)
 {
 	struct model_list *l;
-	int stale;
 
 	pthread_mutex_lock(&lock);
-	stale = force || fetched_at == 0 ||
-		now_ms() - fetched_at >= cfg->models_ttl_ms;
-	pthread_mutex_unlock(&lock);
-	if (stale) {
-		/* One refresh at a time; whoever waited uses its result. */
-		pthread_mutex_lock(&refresh_lock);
-		pthread_mutex_lock(&lock);
-		stale = force || fetched_at == 0 ||
-			now_ms() - fetched_at >= cfg->models_ttl_ms;
-		pthread_mutex_unlock(&lock);
-		if (stale)
-			refresh();
-		pthread_mutex_unlock(&refresh_lock);
-	}
-	pthread_mutex_lock(&lock);
+	if (force || fetched_at == 0 || now_ms() - fetched_at >= cfg->models_ttl_ms)
+		ask_refresh();
 	l = current;
 	l->refs++;
 	pthread_mutex_unlock(&lock);
@@ -275,6 +360,23 @@ int models_allowed(const char *id)
 	return 0;
 }
 
+/* want itself when allowed_models permits it (or is not set), else the
+ * one allowed id it is a unique substring of; NULL otherwise. */
+static const char *allowed_match(const char *want)
+{
+	const char *hit = NULL;
+	size_t hits = 0;
+
+	if (models_allowed(want))
+		return want;
+	for (size_t i = 0; i < cfg->n_allowed; i++)
+		if (strcasestr(cfg->allowed_models[i], want)) {
+			hit = cfg->allowed_models[i];
+			hits++;
+		}
+	return hits == 1 ? hit : NULL;
+}
+
 static void list_ids(struct model_list *l, char *msg, size_t msglen)
 {
 	struct buf b;
@@ -298,17 +400,37 @@ char *models_resolve(const char *want, enum err_class *cls, char *msg,
 	const char *found = NULL;
 	char *ret = NULL;
 	size_t hits = 0;
-	int reach;
+	int reach, known;
 	enum err_class lc;
 
 	if (!want || !*want)
 		want = cfg->default_model;
 	l = models_get(0);
 	models_status(&reach, &lc, why, sizeof(why));
-	if (l->n == 0 && lc != EC_NONE) {
-		*cls = errclass_of_model_listing(lc);
-		snprintf(msg, msglen, "cannot list models: %s: %s",
-			 errclass_name(lc), why);
+	pthread_mutex_lock(&lock);
+	known = fetched_at != 0 && last_cls == EC_NONE;
+	pthread_mutex_unlock(&lock);
+	if (l->n == 0 && !known) {
+		/* No list to check against (the server is down, hanging, or
+		 * has not answered yet): a named model goes as it is, and the
+		 * request itself is the check. */
+		if (want && *want) {
+			const char *a = allowed_match(want);
+			if (a) {
+				ret = strdup(a);
+				goto out;
+			}
+			*cls = EC_MODEL_NOT_ALLOWED;
+			snprintf(msg, msglen, "model '%s' is not in allowed_models", want);
+			goto out;
+		}
+		*cls = lc != EC_NONE ? errclass_of_model_listing(lc) : EC_UNREACHABLE;
+		if (lc != EC_NONE)
+			snprintf(msg, msglen, "cannot list models: %s: %s",
+				 errclass_name(lc), why);
+		else
+			snprintf(msg, msglen, "the server has not listed its models yet; "
+					      "name one in the conversation's model file");
 		goto out;
 	}
 	list_ids(l, loaded, sizeof(loaded));
