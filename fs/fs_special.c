@@ -116,12 +116,23 @@ int conv_dir(const char *conv)
 }
 
 /* The JSON of the loaded model whose file name is fname (malloc'd), or
- * NULL when no such model is loaded. */
+ * NULL when no such model is loaded; for .available, the list of
+ * downloaded models. */
 char *model_json(const char *fname)
 {
-	char *id = names_model_decode(fname), *json = NULL;
+	char *id, *json = NULL;
 	struct model_list *l;
 
+	if (strcmp(fname, MODELS_AVAILABLE) == 0) {
+		/* Every downloaded model, named as its file would be. */
+		struct buf b;
+		buf_init(&b, 16u << 20);
+		if (models_available_text(&b) == 0)
+			json = strndup(b.data ? b.data : "", b.len);
+		buf_free(&b);
+		return json;
+	}
+	id = names_model_decode(fname);
 	if (!id)
 		return NULL;
 	l = models_get(0);

@@ -1,11 +1,11 @@
 /* models.c - the model list, cached and refreshed in the background by one
  * thread (stale-while-revalidate): readers get what is cached and never
  * wait on a listing they did not start, beyond a short grace. */
-#include "models.h"
+#include "models_int.h"
 
 #include "buf.h"
 #include "config.h"
-#include "http.h"
+#include "names.h"
 #include "log.h"
 #include "util.h"
 
@@ -43,26 +43,6 @@ static int thread_running;          /* protected by lock */
 static volatile int stopping;       /* set under lock; read by http */
 static pthread_t refresher;
 
-static struct model_list *list_new(void)
-{
-	struct model_list *l = calloc(1, sizeof(*l));
-	if (l)
-		l->refs = 1;
-	return l;
-}
-
-static void list_free(struct model_list *l)
-{
-	if (!l)
-		return;
-	for (size_t i = 0; i < l->n; i++) {
-		free(l->v[i].id);
-		free(l->v[i].json);
-	}
-	free(l->v);
-	free(l);
-}
-
 void models_put(struct model_list *l)
 {
 	int last;
@@ -72,156 +52,27 @@ void models_put(struct model_list *l)
 	last = --l->refs == 0;
 	pthread_mutex_unlock(&lock);
 	if (last)
-		list_free(l);
-}
-
-static int list_add(struct model_list *l, const char *id, const cJSON *obj)
-{
-	struct model *v = realloc(l->v, (l->n + 1) * sizeof(*v));
-	char *txt;
-	size_t len;
-
-	if (!v)
-		return -ENOMEM;
-	l->v = v;
-	for (size_t i = 0; i < l->n; i++)
-		if (strcmp(l->v[i].id, id) == 0)
-			return 0; /* duplicate ids: keep the first */
-	txt = cJSON_Print(obj);
-	if (!txt)
-		return -ENOMEM;
-	len = strlen(txt);
-	v[l->n].json = malloc(len + 2);
-	if (!v[l->n].json) {
-		free(txt);
-		return -ENOMEM;
-	}
-	memcpy(v[l->n].json, txt, len);
-	memcpy(v[l->n].json + len, "\n", 2);
-	free(txt);
-	v[l->n].id = strdup(id);
-	if (!v[l->n].id) {
-		free(v[l->n].json);
-		return -ENOMEM;
-	}
-	l->n++;
-	return 0;
-}
-
-/* Parses {"data": [...]}; when need_loaded, keeps state == "loaded". */
-static int parse_list(const char *body, size_t len, int need_loaded,
-		      struct model_list *l, char *msg, size_t msglen)
-{
-	cJSON *root = cJSON_ParseWithLength(body, len);
-	const cJSON *data = cJSON_GetObjectItemCaseSensitive(root, "data");
-	const cJSON *m;
-
-	if (!cJSON_IsArray(data)) {
-		snprintf(msg, msglen, "model list is not {\"data\": [...]}");
-		cJSON_Delete(root);
-		return -EPROTO;
-	}
-	cJSON_ArrayForEach(m, data)
-	{
-		const cJSON *id = cJSON_GetObjectItemCaseSensitive(m, "id");
-		const cJSON *st = cJSON_GetObjectItemCaseSensitive(m, "state");
-		if (!cJSON_IsString(id) || !id->valuestring[0])
-			continue;
-		if (need_loaded && cJSON_IsString(st) &&
-		    strcmp(st->valuestring, "loaded") != 0)
-			continue;
-		if (need_loaded && !cJSON_IsString(st))
-			continue;
-		if (list_add(l, id->valuestring, m) != 0)
-			break;
-	}
-	cJSON_Delete(root);
-	return 0;
-}
-
-static void mock_list(struct model_list *l)
-{
-	static const char *const ids[] = {"mock-1b-instruct", "lmsfs/mock-echo"};
-	for (size_t i = 0; i < 2; i++) {
-		cJSON *o = cJSON_CreateObject();
-		cJSON_AddStringToObject(o, "id", ids[i]);
-		cJSON_AddStringToObject(o, "object", "model");
-		cJSON_AddStringToObject(o, "type", "llm");
-		cJSON_AddStringToObject(o, "publisher", "lmsfs");
-		cJSON_AddStringToObject(o, "arch", "mock");
-		cJSON_AddStringToObject(o, "compatibility_type", "builtin");
-		cJSON_AddStringToObject(o, "quantization", "none");
-		cJSON_AddStringToObject(o, "state", "loaded");
-		cJSON_AddNumberToObject(o, "max_context_length", 8192);
-		cJSON *caps = cJSON_AddArrayToObject(o, "capabilities");
-		cJSON_AddItemToArray(caps, cJSON_CreateString("tool_use"));
-		list_add(l, ids[i], o);
-		cJSON_Delete(o);
-	}
-}
-
-/* One GET with a bounded wait: a listing never blocks a reader for long. */
-static void fetch(const char *path, struct http_reply *r)
-{
-	http_reply_init(r, 16u << 20);
-	r->timeout_ms = cfg->connect_timeout_ms < cfg->timeout_ms
-				? cfg->connect_timeout_ms
-				: cfg->timeout_ms;
-	http_request("GET", path, NULL, NULL, NULL, &stopping, r);
-}
-
-/* Lists the models at path into l. Returns EC_NONE, or the class of the
- * failure with a reason in msg; *status gets the status of a reply that
- * arrived (0 when the transfer failed). */
-static enum err_class list_from(const char *path, int need_loaded,
-				struct model_list *l, long *status, char *msg,
-				size_t msglen)
-{
-	struct http_reply r;
-	enum err_class cls = EC_NONE;
-
-	fetch(path, &r);
-	*status = r.transport == EC_NONE ? r.status : 0;
-	if (r.transport != EC_NONE) {
-		cls = r.transport;
-		snprintf(msg, msglen, "%s", r.err);
-	} else if (r.status != 200) {
-		cls = errclass_from_http(r.status, r.body.data, r.body.len, msg,
-					 msglen);
-	} else if (parse_list(r.body.data, r.body.len, need_loaded, l, msg,
-			      msglen) != 0) {
-		cls = EC_PROTOCOL;
-	}
-	http_reply_free(&r);
-	return cls;
+		models_list_free(l);
 }
 
 static void refresh(void)
 {
-	struct model_list *l = list_new(), *old;
-	enum err_class cls = EC_NONE;
+	struct model_list *l = models_list_new(), *old;
+	enum err_class cls;
 	char msg[512] = "";
-	long status = 0;
-	int ok = 0, fallback = 1;
+	int ok;
 
 	if (!l)
 		return;
-	if (cfg->provider == PROVIDER_MOCK) {
-		mock_list(l);
-		ok = 1;
-		goto publish;
-	}
-	if (cfg->provider == PROVIDER_LMSTUDIO) {
-		cls = list_from("/api/v0/models", 1, l, &status, msg,
-				sizeof(msg));
-		/* A server without /api/v0 answers 404 or 405: fall back. */
-		fallback = cls != EC_NONE && (status == 404 || status == 405);
-	}
-	if (fallback)
-		cls = list_from("/v1/models", 0, l, &status, msg, sizeof(msg));
+	cls = models_fetch(cfg, l, &stopping, msg, sizeof(msg));
 	ok = cls == EC_NONE;
-
-publish:
+	if (!ok) {
+		/* A server that is down lists nothing (not half a list). */
+		models_list_free(l);
+		l = models_list_new();
+		if (!l)
+			return;
+	}
 	pthread_mutex_lock(&lock);
 	old = current;
 	current = l;
@@ -238,7 +89,7 @@ publish:
 void models_init(const struct config *c)
 {
 	cfg = c;
-	current = list_new();
+	current = models_list_new();
 }
 
 /* The one thread that lists models: it sleeps until a reader finds the
@@ -392,17 +243,61 @@ static void list_ids(struct model_list *l, char *msg, size_t msglen)
 	buf_free(&b);
 }
 
-char *models_resolve(const char *want, enum err_class *cls, char *msg,
-		     size_t msglen)
+/* The id in v[0..n) that want names: an exact id, else a unique
+ * substring, among those allowed_models permits (only_allowed) or all.
+ * *hits counts the matches (more than one: ambiguous). */
+static const char *match(const struct model *v, size_t n, const char *want, int only_allowed,
+			 size_t *hits)
+{
+	const char *found = NULL;
+
+	*hits = 0;
+	for (size_t i = 0; i < n; i++)
+		if ((!only_allowed || models_allowed(v[i].id)) && strcmp(v[i].id, want) == 0) {
+			*hits = 1;
+			return v[i].id;
+		}
+	for (size_t i = 0; i < n; i++)
+		if ((!only_allowed || models_allowed(v[i].id)) && strcasestr(v[i].id, want)) {
+			(*hits)++;
+			found = v[i].id;
+		}
+	return found;
+}
+
+static void avail_ids(struct model_list *l, char *msg, size_t msglen)
+{
+	struct buf b;
+	buf_init(&b, msglen > 1 ? msglen - 1 : 1);
+	for (size_t i = 0; i < l->n_avail; i++) {
+		if (!models_allowed(l->avail[i].key))
+			continue;
+		if (b.len)
+			buf_puts(&b, ", ");
+		buf_puts(&b, l->avail[i].key);
+	}
+	snprintf(msg, msglen, "%s", b.len ? b.data : "(none)");
+	buf_free(&b);
+}
+
+char *models_resolve(const char *want, enum err_class *cls, char *msg, size_t msglen)
+{
+	return models_resolve_jit(want, NULL, cls, msg, msglen);
+}
+
+char *models_resolve_jit(const char *want, int *jit, enum err_class *cls, char *msg,
+			 size_t msglen)
 {
 	struct model_list *l;
-	char loaded[1024], why[512];
+	char loaded[1024], why[512], avail[1024];
 	const char *found = NULL;
 	char *ret = NULL;
 	size_t hits = 0;
 	int reach, known;
 	enum err_class lc;
 
+	if (jit)
+		*jit = 0;
 	if (!want || !*want)
 		want = cfg->default_model;
 	l = models_get(0);
@@ -456,25 +351,24 @@ char *models_resolve(const char *want, enum err_class *cls, char *msg,
 	/* An exact id, else a unique substring, among the models that may be
 	 * used; only then among all, to say that the one meant is not
 	 * allowed. */
-	for (int only_allowed = 1; only_allowed >= 0 && hits == 0; only_allowed--) {
-		for (size_t i = 0; i < l->n; i++)
-			if ((!only_allowed || models_allowed(l->v[i].id)) &&
-			    strcmp(l->v[i].id, want) == 0) {
-				found = l->v[i].id;
-				hits = 1;
-				break;
-			}
-		if (!found) {
-			for (size_t i = 0; i < l->n; i++)
-				if ((!only_allowed || models_allowed(l->v[i].id)) &&
-				    strcasestr(l->v[i].id, want)) {
-					hits++;
-					found = l->v[i].id;
-				}
-		}
-	}
+	for (int only_allowed = 1; only_allowed >= 0 && hits == 0; only_allowed--)
+		found = match(l->v, l->n, want, only_allowed, &hits);
 	if (hits == 1)
 		goto found;
+	if (hits == 0 && (l->api == MODELS_API_V1 || l->api == MODELS_API_V0)) {
+		/* Downloaded, not loaded: LM Studio loads it just in time. */
+		found = match(l->avail, l->n_avail, want, 1, &hits);
+		if (hits == 1) {
+			if (jit)
+				*jit = 1;
+			goto found;
+		}
+		avail_ids(l, avail, sizeof(avail));
+		*cls = hits ? EC_BAD_REQUEST : EC_MODEL_NOT_FOUND;
+		snprintf(msg, msglen, "model '%s' %s (loaded: %s; downloaded: %s)", want,
+			 hits ? "is ambiguous" : "is not downloaded", loaded, avail);
+		goto out;
+	}
 	*cls = hits ? EC_BAD_REQUEST : EC_MODEL_NOT_FOUND;
 	snprintf(msg, msglen, "model '%s' %s (loaded: %s)", want,
 		 hits ? "is ambiguous" : "is not loaded", loaded);
@@ -488,6 +382,52 @@ found:
 	}
 	ret = strdup(found);
 out:
+	models_put(l);
+	return ret;
+}
+
+int models_capability(const char *id, const char *cap)
+{
+	struct model_list *l;
+	int which, ret = -1;
+
+	if (!id || !cap)
+		return -1;
+	if (strcmp(cap, "vision") == 0)
+		which = MODEL_CAP_VISION;
+	else if (strcmp(cap, "tool_use") == 0 || strcmp(cap, "trained_for_tool_use") == 0)
+		which = MODEL_CAP_TOOLS;
+	else if (strcmp(cap, "reasoning") == 0)
+		which = MODEL_CAP_REASONING;
+	else
+		return -1;
+	l = models_get(0);
+	for (size_t i = 0; i < l->n && ret < 0; i++)
+		if (strcmp(l->v[i].id, id) == 0)
+			ret = l->v[i].caps[which];
+	for (size_t i = 0; i < l->n_avail && ret < 0; i++)
+		if (strcmp(l->avail[i].key, id) == 0)
+			ret = l->avail[i].caps[which];
+	models_put(l);
+	return ret;
+}
+
+int models_available_text(struct buf *b)
+{
+	struct model_list *l = models_get(0);
+	int ret = 0;
+
+	for (size_t i = 0; i < l->n_avail && ret == 0; i++) {
+		char *e;
+		if (!models_allowed(l->avail[i].key))
+			continue;
+		e = names_model_encode(l->avail[i].key);
+		if (!e)
+			ret = -ENOMEM;
+		else if (buf_puts(b, e) != 0 || buf_putc(b, '\n') != 0)
+			ret = -ENOMEM;
+		free(e);
+	}
 	models_put(l);
 	return ret;
 }

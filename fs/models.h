@@ -1,9 +1,12 @@
-/* models.h - the loaded models, cached and refreshed in the background.
+/* models.h - the server's models (loaded instances, downloaded models,
+ * capabilities), cached and refreshed in the background.
  *
- * LM Studio's /api/v0/models lists downloaded models with a state; only
- * state == "loaded" counts. Servers without /api/v0 fall back to /v1/models,
- * where every listed model counts as loaded. The mock provider has a fixed
- * list. A snapshot is immutable and reference counted.
+ * LM Studio 0.4's /api/v1/models lists every downloaded model with its
+ * loaded instances and capabilities; older servers have /api/v0/models
+ * (a state per model: only "loaded" counts; type "vlm" can see); others
+ * only /v1/models, where every listed model counts as loaded and as
+ * downloaded. The mock provider has a fixed list. A snapshot is immutable
+ * and reference counted.
  *
  * One thread (models_start) does every listing. A reader that finds the
  * list older than models_ttl asks for a refresh and waits at most a short
@@ -17,19 +20,33 @@
 
 #include <stddef.h>
 
+#include "buf.h"
 #include "errclass.h"
 
 struct config;
 
+enum model_cap { MODEL_CAP_VISION, MODEL_CAP_TOOLS, MODEL_CAP_REASONING, MODEL_CAP__COUNT };
+
+/* Where the list came from. */
+enum models_api { MODELS_API_NONE, MODELS_API_V1, MODELS_API_V0, MODELS_API_OPENAI,
+		  MODELS_API_MOCK };
+
 struct model {
-	char *id;
-	char *json; /* the object as the server gave it, pretty printed + "\n" */
+	char *id;   /* what a request's "model" field takes: a loaded
+		       instance's id (v1), else the model's id */
+	char *key;  /* the downloaded model's key (= id outside v1) */
+	char *json; /* the model's object as the server gave it, pretty
+		       printed + "\n" (the content of its file in models/) */
+	int caps[MODEL_CAP__COUNT]; /* 1, 0, or -1 when the server does not say */
 };
 
 struct model_list {
 	int refs;    /* protected by the module lock */
-	size_t n;
+	size_t n;    /* loaded instances */
 	struct model *v;
+	size_t n_avail; /* downloaded models (id == key) */
+	struct model *avail;
+	enum models_api api;
 };
 
 void models_init(const struct config *cfg);
@@ -54,9 +71,31 @@ void models_status(int *reachable, enum err_class *cls, char *msg, size_t n);
  * models. */
 char *models_resolve(const char *want, enum err_class *cls, char *msg,
 		     size_t msglen);
+/* The same; a name that matches no loaded model but a downloaded one (on
+ * servers that list downloaded models: /api/v1, /api/v0) resolves to its
+ * key, with *jit set (LM Studio loads it just in time); a name matching
+ * nothing downloaded is EC_MODEL_NOT_FOUND and msg lists what is. */
+char *models_resolve_jit(const char *want, int *jit, enum err_class *cls, char *msg,
+			 size_t msglen);
 
 /* Whether allowed_models lets the model with this id be used (and shown
  * in models/). */
 int models_allowed(const char *id);
+
+/* What the cached list says a model can do. id is a loaded instance's id
+ * or a downloaded model's key; cap is "vision" (can see images: v1
+ * capabilities.vision, v0 type "vlm"), "tool_use" (also
+ * "trained_for_tool_use") or "reasoning". Returns 1, 0, or -1 when unknown
+ * (no such model, no list, or the server does not say). Never waits on
+ * the network. */
+int models_capability(const char *id, const char *cap);
+
+/* The name of the list of downloaded models in models/ (never a model's
+ * file name: those never start with a dot). */
+#define MODELS_AVAILABLE ".available"
+
+/* models/.available: every downloaded model that allowed_models permits,
+ * one per line, named as its file in models/ would be. Appends to b. */
+int models_available_text(struct buf *b);
 
 #endif
