@@ -85,9 +85,10 @@ const struct file_ops *special_ops(const struct nodeinfo *ni)
 	case K_TOOLS:
 	case K_CONV:
 		return NULL;
+	case K_MODEL:
+		return &model_ops;
 	case K_HEALTH:
 	case K_METRICS:
-	case K_MODEL:
 	case K_TSTATUS:
 		return &generated_ops;
 	case K_TFILE:
@@ -165,7 +166,8 @@ int attr_of(uint64_t ino, const struct nodeinfo *ni, struct stat *st)
 	switch (ni->kind) {
 	case K_ROOT:
 	case K_MODELS:
-		synth_attr(st, ino, S_IFDIR | (ni->kind == K_ROOT ? 0755 : 0555), 0);
+		/* models/ is writable: touch loads, rm unloads. */
+		synth_attr(st, ino, S_IFDIR | 0755, 0);
 		return 0;
 	case K_CONVS:
 		if (fstatat(conv_root_fd(), ".", st, 0) < 0)
@@ -178,8 +180,10 @@ int attr_of(uint64_t ino, const struct nodeinfo *ni, struct stat *st)
 	case K_MODEL: {
 		char *json = model_json(ni->name);
 		if (!json)
-			return -ENOENT;
-		synth_attr(st, ino, S_IFREG | 0444, (off_t)strlen(json));
+			return models_created_attr(ino, ni->name, st);
+		synth_attr(st, ino,
+			   S_IFREG | (strcmp(ni->name, MODELS_AVAILABLE) == 0 ? 0444 : 0644),
+			   (off_t)strlen(json));
 		free(json);
 		return 0;
 	}

@@ -317,6 +317,7 @@ int main(int argc, char **argv)
 
 	log_info("unmounting %s", mnt);
 	ops_shutdown();
+	models_ops_stop(); /* loads under way answer their requests now */
 	if (conv_shutdown() > 0) {
 		/* A worker is stuck (say, in a tool that ignores signals): leave
 		 * it everything it uses and let the process end. */

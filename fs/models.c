@@ -431,3 +431,51 @@ int models_available_text(struct buf *b)
 	models_put(l);
 	return ret;
 }
+
+void models_refresh_wait(const volatile int *cancel)
+{
+	unsigned long target;
+	struct timespec until;
+
+	pthread_mutex_lock(&lock);
+	if (thread_running && !stopping) {
+		/* A listing under way may have started before the change: the
+		 * one after it counts. */
+		target = generation + (refreshing ? 2 : 1);
+		wanted = 1;
+		pthread_cond_broadcast(&cv);
+		while (generation < target && !stopping && !flag_get(cancel)) {
+			clock_gettime(CLOCK_REALTIME, &until);
+			until.tv_nsec += 50 * 1000000L;
+			if (until.tv_nsec >= 1000000000L) {
+				until.tv_sec++;
+				until.tv_nsec -= 1000000000L;
+			}
+			pthread_cond_timedwait(&cv, &lock, &until);
+		}
+	}
+	pthread_mutex_unlock(&lock);
+}
+
+enum models_api models_known(const char *id, int *loaded, int *downloaded)
+{
+	struct model_list *l = models_get(0);
+	enum models_api api = l->api;
+
+	*loaded = *downloaded = 0;
+	for (size_t i = 0; i < l->n; i++)
+		if (strcmp(l->v[i].id, id) == 0)
+			*loaded = 1;
+	for (size_t i = 0; i < l->n_avail; i++)
+		if (strcmp(l->avail[i].key, id) == 0)
+			*downloaded = 1;
+	models_put(l);
+	return api;
+}
+
+void models_downloaded_names(char *msg, size_t msglen)
+{
+	struct model_list *l = models_get(0);
+	avail_ids(l, msg, msglen);
+	models_put(l);
+}

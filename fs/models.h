@@ -19,6 +19,7 @@
 #define LMSFS_MODELS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "buf.h"
 #include "errclass.h"
@@ -97,5 +98,45 @@ int models_capability(const char *id, const char *cap);
 /* models/.available: every downloaded model that allowed_models permits,
  * one per line, named as its file in models/ would be. Appends to b. */
 int models_available_text(struct buf *b);
+
+/* Asks for a listing and waits until one that started after the call is
+ * done (or the daemon stops, or *cancel is set). Not for FUSE threads: it
+ * waits on HTTP. */
+void models_refresh_wait(const volatile int *cancel);
+/* What the cached list knows of id: whether it is a loaded instance's id,
+ * a downloaded model's key; returns where the list came from
+ * (MODELS_API_NONE: no list yet). */
+enum models_api models_known(const char *id, int *loaded, int *downloaded);
+/* The downloaded models allowed_models permits, "a, b" (for messages). */
+void models_downloaded_names(char *msg, size_t msglen);
+
+/* --- models_load.c: loading and unloading (LM Studio's /api/v1) ---------
+ *
+ * Each operation runs in a thread of its own, so that whoever asked (a
+ * FUSE request) holds no thread while it waits. What can be known at once
+ * is checked before: 0 or -errno with a reason in why (ENOTSUP: the server
+ * has no /api/v1; ENOENT: no such downloaded model or loaded instance;
+ * EINVAL: bad settings; EACCES: not in allowed_models). Then done(ctx,
+ * err, msg) is called from the operation's thread once it ended and the
+ * model list shows the change: err 0, or -ENOMEM (the server is out of
+ * memory), -ENOENT, -ENOTSUP, -EINTR (cancelled), -EIO (any other
+ * failure; the server's message in msg, in the log and in health). */
+typedef void (*models_done_fn)(void *ctx, int err, const char *msg);
+
+/* Loads the downloaded model key; settings (may be NULL or empty) is a
+ * JSON object of load settings: context_length, eval_batch_size,
+ * num_experts (positive integers), flash_attention,
+ * offload_kv_cache_to_gpu (booleans). *id identifies the operation. */
+int models_load_start(const char *key, const char *settings, size_t settings_len,
+		      models_done_fn done, void *ctx, uint64_t *id, char *why, size_t whylen);
+/* The checks models_load_start makes before it starts (no network). */
+int models_load_check(const char *key, char *why, size_t whylen);
+/* Unloads the loaded instance instance_id. */
+int models_unload_start(const char *instance_id, models_done_fn done, void *ctx, uint64_t *id,
+			char *why, size_t whylen);
+/* Cancels operation id (a no-op once it ended): its done gets -EINTR. */
+void models_op_cancel(uint64_t id);
+/* Cancels every operation and waits until each has called its done. */
+void models_ops_stop(void);
 
 #endif
