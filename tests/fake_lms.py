@@ -2,7 +2,8 @@
 """fake_lms - a scriptable fake LM Studio server for the lmsfs tests.
 
 Python 3 standard library only. It speaks what LM Studio really sends
-(see shared/WIRE.md): /api/v0/models, /api/v0/models/{id}, /v1/models,
+(see shared/WIRE.md): /api/v1/models with load and unload (mode "v1"),
+/api/v0/models, /api/v0/models/{id}, /v1/models,
 POST /v1/chat/completions and /api/v0/chat/completions, streamed (SSE) or
 not, with tool calls, legacy function calls, reasoning deltas, usage and
 stats, and both shapes of error body.
