@@ -154,6 +154,7 @@ def test_load_failure(fake, mount, fail, err, text):
     assert EQWEN3 not in listdir(m.path / "models")
 
 
+@pytest.mark.xdist_group("timing")
 def test_ctrl_c_during_slow_load_holds_no_thread(fake, mount):
     v1(fake)
     keys = ["big-model-%02d" % i for i in range(40)]

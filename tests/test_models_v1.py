@@ -126,7 +126,7 @@ def test_loading_ends_with_first_byte(fake, mount):
     answer starts."""
     fake.mode = "v1"
     with_qwen3(fake)
-    fake.jit_delay = 0.5
+    fake.jit_delay = 1.0
     fake.enqueue(Reply(text="a b c d e f g h", delay=0.3))
     m = mount(args=opts(**FAST_FAIL))
     mkconv(m, "c")
