@@ -386,6 +386,23 @@ out:
 	return ret;
 }
 
+const char *models_api_name(enum models_api api)
+{
+	switch (api) {
+	case MODELS_API_V1:
+		return "v1";
+	case MODELS_API_V0:
+		return "v0";
+	case MODELS_API_OPENAI:
+		return "openai";
+	case MODELS_API_MOCK:
+		return "mock";
+	case MODELS_API_NONE:
+		break;
+	}
+	return "unknown";
+}
+
 int models_capability(const char *id, const char *cap)
 {
 	struct model_list *l;

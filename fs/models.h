@@ -83,6 +83,9 @@ char *models_resolve_jit(const char *want, int *jit, enum err_class *cls, char *
  * in models/). */
 int models_allowed(const char *id);
 
+/* "v1" (/api/v1), "v0", "openai" (/v1 only), "mock", "unknown" (no list). */
+const char *models_api_name(enum models_api api);
+
 /* What the cached list says a model can do. id is a loaded instance's id
  * or a downloaded model's key; cap is "vision" (can see images: v1
  * capabilities.vision, v0 type "vlm"), "tool_use" (also

@@ -44,7 +44,9 @@ def test_v1_lists_loaded_instances(fake, mount):
     assert read_json(m.path / "models" / enc(QWEN))["key"] == QWEN
     assert fake.requests_to("/api/v1/models")
     assert not fake.requests_to("/api/v0/models")
-    assert read_json(m.path / "health")["models_loaded"] == 3
+    h = read_json(m.path / "health")
+    assert h["models_loaded"] == 3 and h["models_downloaded"] == 3
+    assert h["models_api"] == "v1"
     # A second instance is a model a conversation can name.
     mkconv(m, "c")
     sh(m, "echo %s > c/model" % (LLAMA + ":2"))
@@ -67,6 +69,7 @@ def test_older_servers_fall_back(fake, mount, mode):
         assert read_json(m.path / "models" / LLAMA)["object"] == "model"
     # /api/v1 was asked first and is not there.
     assert listings(fake)[0] == "/api/v1/models"
+    assert read_json(m.path / "health")["models_api"] == mode
     mkconv(m, "c")
     sh(m, "echo %s > c/model" % LLAMA)
     prompt(m, "c", "hello")
