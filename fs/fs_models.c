@@ -95,7 +95,7 @@ static void created_drop(const char *name)
 	pthread_mutex_unlock(&mops_lock);
 }
 
-int models_created_attr(uint64_t ino, const char *name, struct stat *st)
+static int created_has(const char *name)
 {
 	struct created *c;
 
@@ -103,7 +103,12 @@ int models_created_attr(uint64_t ino, const char *name, struct stat *st)
 	for (c = created; c && strcmp(c->name, name) != 0; c = c->next)
 		;
 	pthread_mutex_unlock(&mops_lock);
-	if (!c)
+	return c != NULL;
+}
+
+int models_created_attr(uint64_t ino, const char *name, struct stat *st)
+{
+	if (!created_has(name))
 		return -ENOENT;
 	fallback_attr(ino, st);
 	return 0;
@@ -402,6 +407,9 @@ static int model_open(fuse_ino_t ino, const struct nodeinfo *ni, int flags, mode
 		fh_free(f);
 		return -ENOMEM;
 	}
+	/* A second touch while the first one's load runs: its close waits for
+	 * that load (joins it). */
+	f->model_touch = !s && !(flags & O_TRUNC) && created_has(ni->name);
 	free(s);
 	f->writable = !s;
 	*cache = CACHE_NONE;

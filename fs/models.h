@@ -129,7 +129,9 @@ typedef void (*models_done_fn)(void *ctx, int err, const char *msg);
 /* Loads the downloaded model key; settings (may be NULL or empty) is a
  * JSON object of load settings: context_length, eval_batch_size,
  * num_experts (positive integers), flash_attention,
- * offload_kv_cache_to_gpu (booleans). *id identifies the operation. */
+ * offload_kv_cache_to_gpu (booleans). A load without settings of a key
+ * whose load without settings is under way joins it (one request; each
+ * caller's done is called). *id identifies the caller's wait. */
 int models_load_start(const char *key, const char *settings, size_t settings_len,
 		      models_done_fn done, void *ctx, uint64_t *id, char *why, size_t whylen);
 /* The checks models_load_start makes before it starts (no network). */
@@ -137,7 +139,8 @@ int models_load_check(const char *key, char *why, size_t whylen);
 /* Unloads the loaded instance instance_id. */
 int models_unload_start(const char *instance_id, models_done_fn done, void *ctx, uint64_t *id,
 			char *why, size_t whylen);
-/* Cancels operation id (a no-op once it ended): its done gets -EINTR. */
+/* Cancels wait id (a no-op once it ended): its done gets -EINTR; the
+ * request itself is abandoned when nobody else waits for it. */
 void models_op_cancel(uint64_t id);
 /* Cancels every operation and waits until each has called its done. */
 void models_ops_stop(void);

@@ -21,15 +21,25 @@
 #define LOAD_TIMEOUT_MS (15L * 60 * 1000)
 #define UNLOAD_TIMEOUT_MS (60L * 1000)
 
-struct op {
-	struct op *next;     /* ops_lock */
+/* Who waits for an operation: a load without settings asked for while
+ * the same one is under way joins it instead of loading another
+ * instance. */
+struct waiter {
+	struct waiter *next; /* ops_lock */
 	uint64_t id;
-	int unload;
-	char *name;          /* the key loaded, or the instance unloaded */
-	char *body;          /* the request's JSON */
-	volatile int cancel; /* set by models_op_cancel */
 	models_done_fn done;
 	void *ctx;
+	int cancelled;       /* ops_lock: done gets -EINTR */
+};
+
+struct op {
+	struct op *next;     /* ops_lock */
+	int unload;
+	int plain;           /* a load without settings (others may join) */
+	char *name;          /* the key loaded, or the instance unloaded */
+	char *body;          /* the request's JSON */
+	volatile int cancel; /* set when every waiter cancelled */
+	struct waiter *waiters; /* ops_lock */
 };
 
 /* ops_lock is a leaf: nothing else is taken under it. */
@@ -44,6 +54,11 @@ static void op_free(struct op *o)
 {
 	if (!o)
 		return;
+	while (o->waiters) {
+		struct waiter *w = o->waiters;
+		o->waiters = w->next;
+		free(w);
+	}
 	free(o->name);
 	free(o->body);
 	free(o);
@@ -106,7 +121,9 @@ static void *op_main(void *arg)
 			break;
 		}
 	pthread_mutex_unlock(&ops_lock);
-	o->done(o->ctx, err, msg);
+	/* Out of the list: nobody joins or cancels any more. */
+	for (struct waiter *w = o->waiters; w; w = w->next)
+		w->done(w->ctx, w->cancelled ? -EINTR : err, w->cancelled ? "cancelled" : msg);
 	pthread_mutex_lock(&ops_lock);
 	running--;
 	pthread_cond_broadcast(&ops_cv);
@@ -115,21 +132,43 @@ static void *op_main(void *arg)
 	return NULL;
 }
 
-static int op_start(struct op *o, uint64_t *id, char *why, size_t whylen)
+static int op_start(struct op *o, models_done_fn done, void *ctx, uint64_t *id, char *why,
+		    size_t whylen)
 {
 	pthread_attr_t at;
 	pthread_t t;
 	int ret;
+	struct waiter *w = calloc(1, sizeof(*w));
 
+	if (!w) {
+		op_free(o);
+		snprintf(why, whylen, "out of memory");
+		return -ENOMEM;
+	}
+	w->done = done;
+	w->ctx = ctx;
 	pthread_mutex_lock(&ops_lock);
 	if (stopping) {
 		pthread_mutex_unlock(&ops_lock);
 		snprintf(why, whylen, "the file system is being unmounted");
+		free(w);
 		op_free(o);
 		return -ESHUTDOWN;
 	}
-	o->id = next_id++;
-	*id = o->id;
+	w->id = next_id++;
+	*id = w->id;
+	if (o->plain) {
+		/* The same load under way: wait for it with the others. */
+		for (struct op *p = ops; p; p = p->next)
+			if (p->plain && !flag_get(&p->cancel) && strcmp(p->name, o->name) == 0) {
+				w->next = p->waiters;
+				p->waiters = w;
+				pthread_mutex_unlock(&ops_lock);
+				op_free(o);
+				return 0;
+			}
+	}
+	o->waiters = w;
 	o->next = ops;
 	ops = o;
 	pthread_attr_init(&at);
@@ -238,14 +277,12 @@ int models_load_check(const char *key, char *why, size_t whylen)
 	return precheck(key, 0, why, whylen);
 }
 
-static struct op *op_new(const char *name, int unload, models_done_fn done, void *ctx)
+static struct op *op_new(const char *name, int unload)
 {
 	struct op *o = calloc(1, sizeof(*o));
 	if (!o)
 		return NULL;
 	o->unload = unload;
-	o->done = done;
-	o->ctx = ctx;
 	o->name = strdup(name);
 	if (!o->name) {
 		free(o);
@@ -262,7 +299,7 @@ int models_load_start(const char *key, const char *settings, size_t settings_len
 
 	if (ret)
 		return ret;
-	o = op_new(key, 0, done, ctx);
+	o = op_new(key, 0);
 	if (!o) {
 		snprintf(why, whylen, "out of memory");
 		return -ENOMEM;
@@ -273,7 +310,9 @@ int models_load_start(const char *key, const char *settings, size_t settings_len
 		op_free(o);
 		return -EINVAL;
 	}
-	return op_start(o, id, why, whylen);
+	/* Only the key: no settings of its own. */
+	o->plain = !strchr(o->body, ',');
+	return op_start(o, done, ctx, id, why, whylen);
 }
 
 int models_unload_start(const char *instance_id, models_done_fn done, void *ctx, uint64_t *id,
@@ -285,7 +324,7 @@ int models_unload_start(const char *instance_id, models_done_fn done, void *ctx,
 
 	if (ret)
 		return ret;
-	o = op_new(instance_id, 1, done, ctx);
+	o = op_new(instance_id, 1);
 	req = cJSON_CreateObject();
 	if (o && req) {
 		cJSON_AddStringToObject(req, "instance_id", instance_id);
@@ -297,15 +336,23 @@ int models_unload_start(const char *instance_id, models_done_fn done, void *ctx,
 		snprintf(why, whylen, "out of memory");
 		return -ENOMEM;
 	}
-	return op_start(o, id, why, whylen);
+	return op_start(o, done, ctx, id, why, whylen);
 }
 
 void models_op_cancel(uint64_t id)
 {
 	pthread_mutex_lock(&ops_lock);
-	for (struct op *o = ops; o; o = o->next)
-		if (o->id == id)
+	for (struct op *o = ops; o; o = o->next) {
+		int left = 0;
+		for (struct waiter *w = o->waiters; w; w = w->next) {
+			if (w->id == id)
+				w->cancelled = 1;
+			left += !w->cancelled;
+		}
+		/* The request goes on while someone still waits for it. */
+		if (!left)
 			flag_set(&o->cancel, 1);
+	}
 	pthread_mutex_unlock(&ops_lock);
 }
 
@@ -313,8 +360,11 @@ void models_ops_stop(void)
 {
 	pthread_mutex_lock(&ops_lock);
 	stopping = 1;
-	for (struct op *o = ops; o; o = o->next)
+	for (struct op *o = ops; o; o = o->next) {
+		for (struct waiter *w = o->waiters; w; w = w->next)
+			w->cancelled = 1;
 		flag_set(&o->cancel, 1);
+	}
 	/* An operation leaves the list before its done: wait until every
 	 * done has returned. */
 	while (running)

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from conftest import listdir, read_json, read_text, run, wait_for
-from conv_helpers import LLAMA, QWEN, os_errno
+from conv_helpers import LLAMA, holds_for, os_errno
 from fake_lms import default_models
 
 QWEN3 = "qwen/qwen3-4b"
@@ -190,3 +190,25 @@ def test_ctrl_c_during_slow_load_holds_no_thread(fake, mount):
                 p.kill()
                 p.wait(5)
     assert not set(keys) & set(listdir(m.path / "models"))
+
+
+def test_concurrent_touches_share_one_load(fake, mount):
+    v1(fake)
+    fake.load_delay = 1.5
+    m = mount()
+    path = str(m.path / "models" / EQWEN3)
+    t0 = time.monotonic()
+    first = subprocess.Popen(["touch", path])
+    wait_for(lambda: len(loads(fake)) == 1, timeout=10)
+    others = [subprocess.Popen(["touch", path]) for _ in range(3)]
+    # They wait for the load under way (they do not return at once).
+    assert holds_for(lambda: all(p.poll() is None for p in others),
+                     seconds=0.5)
+    # One of them gives up: the load goes on for the rest.
+    others[0].send_signal(signal.SIGINT)
+    assert others[0].wait(5) != 0
+    for p in [first] + others[1:]:
+        assert p.wait(20) == 0
+    assert time.monotonic() - t0 >= 1.4
+    assert loads(fake) == [{"model": QWEN3}]
+    assert EQWEN3 in listdir(m.path / "models")
