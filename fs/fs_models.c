@@ -32,16 +32,16 @@
 enum mop_kind { MOP_WRITE, MOP_FLUSH, MOP_UNLINK };
 
 struct mop {
-	struct mop *next;        /* mops_lock */
-	uint64_t id;             /* ours: the done callback's context */
-	uint64_t op;             /* models_load.c's; mops_lock */
+	struct mop *next; /* mops_lock */
+	uint64_t id;	  /* ours: the done callback's context */
+	uint64_t op;	  /* models_load.c's; mops_lock */
 	fuse_req_t req;
 	enum mop_kind kind;
 	fuse_ino_t parent;
 	char name[NAME_MAX + 1];
-	size_t size;     /* MOP_WRITE: the bytes to acknowledge */
-	int ready;       /* mops_lock: the interrupt callback is registered */
-	int finished;    /* mops_lock: ended before ready (err holds how) */
+	size_t size;	 /* MOP_WRITE: the bytes to acknowledge */
+	int ready;	 /* mops_lock: the interrupt callback is registered */
+	int finished;	 /* mops_lock: ended before ready (err holds how) */
 	int interrupted; /* mops_lock: interrupted before ready */
 	int err;
 };
@@ -58,7 +58,7 @@ static void fallback_attr(uint64_t ino, struct stat *st);
 struct created {
 	struct created *next; /* mops_lock */
 	char name[NAME_MAX + 1];
-	int open;             /* handles */
+	int open; /* handles */
 };
 static struct created *created; /* mops_lock */
 
@@ -287,10 +287,11 @@ static void defer(struct mop *m, const char *settings, size_t len)
 	mops = m;
 	pthread_mutex_unlock(&mops_lock);
 	ret = m->kind == MOP_UNLINK
-		      ? models_unload_start(id, on_done, (void *)(uintptr_t)m->id, &op, why,
-					    sizeof(why))
-		      : models_load_start(id, settings, len, on_done, (void *)(uintptr_t)m->id,
-					  &op, why, sizeof(why));
+		  ? models_unload_start(id, on_done, (void *)(uintptr_t)m->id,
+					&op, why, sizeof(why))
+		  : models_load_start(id, settings, len, on_done,
+				      (void *)(uintptr_t)m->id, &op, why,
+				      sizeof(why));
 	free(id);
 	pthread_mutex_lock(&mops_lock);
 	if (ret != 0)
@@ -322,8 +323,8 @@ static void defer(struct mop *m, const char *settings, size_t len)
 	}
 }
 
-static struct mop *mop_new(fuse_req_t req, enum mop_kind kind, fuse_ino_t parent,
-			   const char *name)
+static struct mop *mop_new(fuse_req_t req, enum mop_kind kind,
+			   fuse_ino_t parent, const char *name)
 {
 	struct mop *m = calloc(1, sizeof(*m));
 	if (!m) {
@@ -342,8 +343,8 @@ static struct mop *mop_new(fuse_req_t req, enum mop_kind kind, fuse_ino_t parent
 
 /* --- the operations ------------------------------------------------------ */
 
-void models_op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
-		      struct fuse_file_info *fi)
+void models_op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
+		      mode_t mode, struct fuse_file_info *fi)
 {
 	(void)mode;
 	char why[1024], *id;
@@ -380,10 +381,11 @@ void models_op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 		defer(m, NULL, 0);
 }
 
-/* --- a model's file ---------------------------------------------------------- */
+/* --- a model's file ----------------------------------------------------------
+ */
 
-static int model_open(fuse_ino_t ino, const struct nodeinfo *ni, int flags, mode_t mode,
-		      int creating, struct fh **out, int *cache)
+static int model_open(fuse_ino_t ino, const struct nodeinfo *ni, int flags,
+		      mode_t mode, int creating, struct fh **out, int *cache)
 {
 	(void)mode;
 	(void)creating;
@@ -485,7 +487,8 @@ static void model_write(fuse_req_t req, struct fh *f, const struct nodeinfo *ni,
 	}
 	pthread_mutex_unlock(&f->lock);
 	if (ret == -EINVAL)
-		log_info("models/%s: load settings must be one JSON object", ni->name);
+		log_info("models/%s: load settings must be one JSON object",
+			 ni->name);
 	if (ret != 0 || st <= 0) {
 		if (ret)
 			fuse_reply_err(req, -ret);
@@ -525,7 +528,8 @@ static void model_flush(fuse_req_t req, struct fh *f, const struct nodeinfo *ni)
 	pthread_mutex_unlock(&f->lock);
 	if (!load) {
 		if (partial)
-			log_info("models/%s: load settings are not a complete JSON object",
+			log_info("models/%s: load settings are not a complete "
+				 "JSON object",
 				 ni->name);
 		fuse_reply_err(req, -ret);
 		free(m);
@@ -548,11 +552,11 @@ static int model_truncate(const struct nodeinfo *ni, struct fh *f, off_t size)
 }
 
 const struct file_ops model_ops = {
-	.kind = FH_BUF,
-	.open = model_open,
-	.read = read_data,
-	.write_req = model_write,
-	.flush_req = model_flush,
-	.release = model_release,
-	.truncate = model_truncate,
+    .kind = FH_BUF,
+    .open = model_open,
+    .read = read_data,
+    .write_req = model_write,
+    .flush_req = model_flush,
+    .release = model_release,
+    .truncate = model_truncate,
 };

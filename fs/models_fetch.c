@@ -97,34 +97,42 @@ static int flag_of(const cJSON *o, const char *name)
 
 /* /api/v1/models: {"models": [{"key", "loaded_instances": [{"id"}],
  * "capabilities": {"vision", "trained_for_tool_use", "reasoning"}}]}. */
-static int parse_v1(const cJSON *root, struct model_list *l, char *msg, size_t msglen)
+static int parse_v1(const cJSON *root, struct model_list *l, char *msg,
+		    size_t msglen)
 {
 	const cJSON *models = cJSON_GetObjectItemCaseSensitive(root, "models");
 	const cJSON *m, *inst;
 
 	if (!cJSON_IsArray(models)) {
-		snprintf(msg, msglen, "/api/v1/models is not {\"models\": [...]}");
+		snprintf(msg, msglen,
+			 "/api/v1/models is not {\"models\": [...]}");
 		return -EPROTO;
 	}
 	cJSON_ArrayForEach(m, models)
 	{
 		const char *key = str_of(m, "key");
-		const cJSON *caps = cJSON_GetObjectItemCaseSensitive(m, "capabilities");
-		const cJSON *r = cJSON_GetObjectItemCaseSensitive(caps, "reasoning");
+		const cJSON *caps =
+		    cJSON_GetObjectItemCaseSensitive(m, "capabilities");
+		const cJSON *r =
+		    cJSON_GetObjectItemCaseSensitive(caps, "reasoning");
 		int c[MODEL_CAP__COUNT] = {-1, -1, -1};
 
 		if (!key)
 			continue;
 		if (cJSON_IsObject(caps)) {
 			c[MODEL_CAP_VISION] = flag_of(caps, "vision");
-			c[MODEL_CAP_TOOLS] = flag_of(caps, "trained_for_tool_use");
+			c[MODEL_CAP_TOOLS] =
+			    flag_of(caps, "trained_for_tool_use");
 			/* An object of options, or a plain boolean. */
-			c[MODEL_CAP_REASONING] = cJSON_IsBool(r) ? cJSON_IsTrue(r)
-						 : (r && !cJSON_IsNull(r)) ? 1 : 0;
+			c[MODEL_CAP_REASONING] = cJSON_IsBool(r)
+						     ? cJSON_IsTrue(r)
+						 : (r && !cJSON_IsNull(r)) ? 1
+									   : 0;
 		}
 		if (add(&l->avail, &l->n_avail, key, key, m, c) != 0)
 			return -ENOMEM;
-		cJSON_ArrayForEach(inst, cJSON_GetObjectItemCaseSensitive(m, "loaded_instances"))
+		cJSON_ArrayForEach(inst, cJSON_GetObjectItemCaseSensitive(
+					     m, "loaded_instances"))
 		{
 			const char *id = str_of(inst, "id");
 			if (id && add(&l->v, &l->n, id, key, m, c) != 0)
@@ -136,8 +144,8 @@ static int parse_v1(const cJSON *root, struct model_list *l, char *msg, size_t m
 
 /* /api/v0/models and /v1/models: {"data": [{"id", ...}]}. v0 has a
  * "state" (only "loaded" counts) and a "type" (vlm: can see). */
-static int parse_data(const cJSON *root, int v0, struct model_list *l, char *msg,
-		      size_t msglen)
+static int parse_data(const cJSON *root, int v0, struct model_list *l,
+		      char *msg, size_t msglen)
 {
 	const cJSON *data = cJSON_GetObjectItemCaseSensitive(root, "data");
 	const cJSON *m;
@@ -150,7 +158,8 @@ static int parse_data(const cJSON *root, int v0, struct model_list *l, char *msg
 	{
 		const char *id = str_of(m, "id"), *st = str_of(m, "state");
 		const char *type = str_of(m, "type");
-		const cJSON *caps = cJSON_GetObjectItemCaseSensitive(m, "capabilities");
+		const cJSON *caps =
+		    cJSON_GetObjectItemCaseSensitive(m, "capabilities");
 		int c[MODEL_CAP__COUNT] = {-1, -1, -1};
 
 		if (!id)
@@ -160,9 +169,10 @@ static int parse_data(const cJSON *root, int v0, struct model_list *l, char *msg
 		if (v0 && cJSON_IsArray(caps)) {
 			const cJSON *e;
 			c[MODEL_CAP_TOOLS] = 0;
-			cJSON_ArrayForEach(e, caps)
-			if (cJSON_IsString(e) && strcmp(e->valuestring, "tool_use") == 0)
-				c[MODEL_CAP_TOOLS] = 1;
+			cJSON_ArrayForEach(e, caps) if (cJSON_IsString(e) &&
+							strcmp(e->valuestring,
+							       "tool_use") == 0)
+			    c[MODEL_CAP_TOOLS] = 1;
 		}
 		if (add(&l->avail, &l->n_avail, id, id, m, c) != 0)
 			return -ENOMEM;
@@ -176,7 +186,8 @@ static int parse_data(const cJSON *root, int v0, struct model_list *l, char *msg
 
 static void mock_list(struct model_list *l)
 {
-	static const char *const ids[] = {"mock-1b-instruct", "lmsfs/mock-echo"};
+	static const char *const ids[] = {"mock-1b-instruct",
+					  "lmsfs/mock-echo"};
 	static const int caps[MODEL_CAP__COUNT] = {0, 1, 0};
 	for (size_t i = 0; i < 2; i++) {
 		cJSON *o = cJSON_CreateObject();
@@ -202,8 +213,8 @@ static void mock_list(struct model_list *l)
  * reason; *status gets the HTTP status of a reply (0 when none came). */
 static enum err_class list_from(const struct config *cfg, const char *path,
 				enum models_api api, struct model_list *l,
-				const volatile int *cancel, long *status, char *msg,
-				size_t msglen)
+				const volatile int *cancel, long *status,
+				char *msg, size_t msglen)
 {
 	struct http_reply r;
 	enum err_class cls = EC_NONE;
@@ -212,20 +223,23 @@ static enum err_class list_from(const struct config *cfg, const char *path,
 
 	http_reply_init(&r, 16u << 20);
 	/* A listing never takes longer than a connection may. */
-	r.timeout_ms = cfg->connect_timeout_ms < cfg->timeout_ms ? cfg->connect_timeout_ms
-								  : cfg->timeout_ms;
+	r.timeout_ms = cfg->connect_timeout_ms < cfg->timeout_ms
+			   ? cfg->connect_timeout_ms
+			   : cfg->timeout_ms;
 	http_request("GET", path, NULL, NULL, NULL, cancel, &r);
 	*status = r.transport == EC_NONE ? r.status : 0;
 	if (r.transport != EC_NONE) {
 		cls = r.transport;
 		snprintf(msg, msglen, "%s", r.err);
 	} else if (r.status != 200) {
-		cls = errclass_from_http(r.status, r.body.data, r.body.len, msg, msglen);
+		cls = errclass_from_http(r.status, r.body.data, r.body.len, msg,
+					 msglen);
 	} else {
 		root = cJSON_ParseWithLength(r.body.data, r.body.len);
-		ret = api == MODELS_API_V1 ? parse_v1(root, l, msg, msglen)
-					   : parse_data(root, api == MODELS_API_V0, l, msg,
-							msglen);
+		ret = api == MODELS_API_V1
+			  ? parse_v1(root, l, msg, msglen)
+			  : parse_data(root, api == MODELS_API_V0, l, msg,
+				       msglen);
 		cJSON_Delete(root);
 		if (ret == -ENOMEM)
 			snprintf(msg, msglen, "out of memory");
@@ -245,7 +259,8 @@ static int missing(enum err_class cls, long status)
 }
 
 enum err_class models_fetch(const struct config *cfg, struct model_list *l,
-			    const volatile int *cancel, char *msg, size_t msglen)
+			    const volatile int *cancel, char *msg,
+			    size_t msglen)
 {
 	enum err_class cls;
 	long status = 0;
@@ -255,13 +270,14 @@ enum err_class models_fetch(const struct config *cfg, struct model_list *l,
 		return EC_NONE;
 	}
 	if (cfg->provider == PROVIDER_LMSTUDIO) {
-		cls = list_from(cfg, "/api/v1/models", MODELS_API_V1, l, cancel, &status, msg,
-				msglen);
+		cls = list_from(cfg, "/api/v1/models", MODELS_API_V1, l, cancel,
+				&status, msg, msglen);
 		if (missing(cls, status))
-			cls = list_from(cfg, "/api/v0/models", MODELS_API_V0, l, cancel, &status,
-					msg, msglen);
+			cls = list_from(cfg, "/api/v0/models", MODELS_API_V0, l,
+					cancel, &status, msg, msglen);
 		if (!missing(cls, status))
 			return cls;
 	}
-	return list_from(cfg, "/v1/models", MODELS_API_OPENAI, l, cancel, &status, msg, msglen);
+	return list_from(cfg, "/v1/models", MODELS_API_OPENAI, l, cancel,
+			 &status, msg, msglen);
 }

@@ -16,6 +16,7 @@ void models_list_free(struct model_list *l);
  * of the failure with a reason in msg. *cancel (may be NULL) stops an
  * HTTP request under way. */
 enum err_class models_fetch(const struct config *cfg, struct model_list *l,
-			    const volatile int *cancel, char *msg, size_t msglen);
+			    const volatile int *cancel, char *msg,
+			    size_t msglen);
 
 #endif

@@ -29,26 +29,26 @@ struct waiter {
 	uint64_t id;
 	models_done_fn done;
 	void *ctx;
-	int cancelled;       /* ops_lock: done gets -EINTR */
+	int cancelled; /* ops_lock: done gets -EINTR */
 };
 
 struct op {
-	struct op *next;     /* ops_lock */
+	struct op *next; /* ops_lock */
 	int unload;
-	int plain;           /* a load without settings (others may join) */
-	char *name;          /* the key loaded, or the instance unloaded */
-	char *body;          /* the request's JSON */
-	volatile int cancel; /* set when every waiter cancelled */
+	int plain;		/* a load without settings (others may join) */
+	char *name;		/* the key loaded, or the instance unloaded */
+	char *body;		/* the request's JSON */
+	volatile int cancel;	/* set when every waiter cancelled */
 	struct waiter *waiters; /* ops_lock */
 };
 
 /* ops_lock is a leaf: nothing else is taken under it. */
 static pthread_mutex_t ops_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t ops_cv = PTHREAD_COND_INITIALIZER;
-static struct op *ops;        /* ops_lock: operations under way */
-static uint64_t next_id = 1;  /* ops_lock */
-static int stopping;          /* ops_lock */
-static int running;           /* ops_lock: threads not yet past done */
+static struct op *ops;	     /* ops_lock: operations under way */
+static uint64_t next_id = 1; /* ops_lock */
+static int stopping;	     /* ops_lock */
+static int running;	     /* ops_lock: threads not yet past done */
 
 static void op_free(struct op *o)
 {
@@ -86,29 +86,35 @@ static void *op_main(void *arg)
 
 	http_reply_init(&r, 1u << 20);
 	r.timeout_ms = o->unload ? UNLOAD_TIMEOUT_MS : LOAD_TIMEOUT_MS;
-	http_request("POST", o->unload ? "/api/v1/models/unload" : "/api/v1/models/load", o->body,
-		     NULL, NULL, &o->cancel, &r);
+	http_request(
+	    "POST", o->unload ? "/api/v1/models/unload" : "/api/v1/models/load",
+	    o->body, NULL, NULL, &o->cancel, &r);
 	if (flag_get(&o->cancel)) {
 		err = -EINTR;
 		snprintf(msg, sizeof(msg), "cancelled");
 	} else if (r.transport != EC_NONE) {
 		err = -EIO;
-		snprintf(msg, sizeof(msg), "%s: %s", errclass_name(r.transport), r.err);
+		snprintf(msg, sizeof(msg), "%s: %s", errclass_name(r.transport),
+			 r.err);
 	} else if (r.status < 200 || r.status > 299) {
-		enum err_class cls = errclass_from_http(r.status, r.body.data, r.body.len, msg,
-							sizeof(msg));
+		enum err_class cls = errclass_from_http(
+		    r.status, r.body.data, r.body.len, msg, sizeof(msg));
 		err = load_errno(r.status, cls, msg);
 		if (err == -ENOTSUP && cls != EC_MODEL_NOT_FOUND)
-			snprintf(msg, sizeof(msg), "the server has no /api/v1 (LM Studio 0.4): "
-						   "models cannot be loaded or unloaded from here");
+			snprintf(
+			    msg, sizeof(msg),
+			    "the server has no /api/v1 (LM Studio 0.4): "
+			    "models cannot be loaded or unloaded from here");
 	}
 	http_reply_free(&r);
 	if (err && err != -EINTR) {
 		char what[700];
-		snprintf(what, sizeof(what), "%s %s: %s", o->unload ? "unload" : "load", o->name,
-			 msg);
+		snprintf(what, sizeof(what), "%s %s: %s",
+			 o->unload ? "unload" : "load", o->name, msg);
 		log_warnx("%s", what);
-		metrics_note_failure(err == -ENOENT ? EC_MODEL_NOT_FOUND : EC_SERVER, NULL, what);
+		metrics_note_failure(err == -ENOENT ? EC_MODEL_NOT_FOUND
+						    : EC_SERVER,
+				     NULL, what);
 	} else if (!err) {
 		log_info("%s %s", o->unload ? "unloaded" : "loaded", o->name);
 		/* Whoever waits sees the change in models/ when told. */
@@ -123,7 +129,8 @@ static void *op_main(void *arg)
 	pthread_mutex_unlock(&ops_lock);
 	/* Out of the list: nobody joins or cancels any more. */
 	for (struct waiter *w = o->waiters; w; w = w->next)
-		w->done(w->ctx, w->cancelled ? -EINTR : err, w->cancelled ? "cancelled" : msg);
+		w->done(w->ctx, w->cancelled ? -EINTR : err,
+			w->cancelled ? "cancelled" : msg);
 	pthread_mutex_lock(&ops_lock);
 	running--;
 	pthread_cond_broadcast(&ops_cv);
@@ -132,8 +139,8 @@ static void *op_main(void *arg)
 	return NULL;
 }
 
-static int op_start(struct op *o, models_done_fn done, void *ctx, uint64_t *id, char *why,
-		    size_t whylen)
+static int op_start(struct op *o, models_done_fn done, void *ctx, uint64_t *id,
+		    char *why, size_t whylen)
 {
 	pthread_attr_t at;
 	pthread_t t;
@@ -160,7 +167,8 @@ static int op_start(struct op *o, models_done_fn done, void *ctx, uint64_t *id, 
 	if (o->plain) {
 		/* The same load under way: wait for it with the others. */
 		for (struct op *p = ops; p; p = p->next)
-			if (p->plain && !flag_get(&p->cancel) && strcmp(p->name, o->name) == 0) {
+			if (p->plain && !flag_get(&p->cancel) &&
+			    strcmp(p->name, o->name) == 0) {
 				w->next = p->waiters;
 				p->waiters = w;
 				pthread_mutex_unlock(&ops_lock);
@@ -182,7 +190,8 @@ static int op_start(struct op *o, models_done_fn done, void *ctx, uint64_t *id, 
 	pthread_mutex_unlock(&ops_lock);
 	if (ret != 0) {
 		op_free(o);
-		snprintf(why, whylen, "cannot start a thread: %s", strerror(ret));
+		snprintf(why, whylen, "cannot start a thread: %s",
+			 strerror(ret));
 		return -EAGAIN;
 	}
 	return 0;
@@ -197,35 +206,44 @@ static int precheck(const char *name, int unload, char *why, size_t whylen)
 	char names[1024];
 
 	if (api != MODELS_API_NONE && api != MODELS_API_V1) {
-		snprintf(why, whylen, "the server has no /api/v1 (LM Studio 0.4): models cannot "
-				      "be loaded or unloaded from here");
+		snprintf(
+		    why, whylen,
+		    "the server has no /api/v1 (LM Studio 0.4): models cannot "
+		    "be loaded or unloaded from here");
 		return -ENOTSUP;
 	}
 	if (!models_allowed(name)) {
-		snprintf(why, whylen, "model '%s' is not in allowed_models", name);
+		snprintf(why, whylen, "model '%s' is not in allowed_models",
+			 name);
 		return -EACCES;
 	}
 	if (api == MODELS_API_V1 && unload && !loaded) {
-		snprintf(why, whylen, "no loaded instance is called '%s'", name);
+		snprintf(why, whylen, "no loaded instance is called '%s'",
+			 name);
 		return -ENOENT;
 	}
 	if (api == MODELS_API_V1 && !unload && !downloaded) {
 		models_downloaded_names(names, sizeof(names));
-		snprintf(why, whylen, "model '%s' is not downloaded (downloaded: %s)", name, names);
+		snprintf(why, whylen,
+			 "model '%s' is not downloaded (downloaded: %s)", name,
+			 names);
 		return -ENOENT;
 	}
 	return 0;
 }
 
 /* The load request for key with the user's settings (checked). */
-static char *load_body(const char *key, const char *settings, size_t len, char *why,
-		       size_t whylen)
+static char *load_body(const char *key, const char *settings, size_t len,
+		       char *why, size_t whylen)
 {
 	static const struct {
 		const char *name;
 		int is_bool;
-	} known[] = {{"context_length", 0}, {"eval_batch_size", 0}, {"num_experts", 0},
-		     {"flash_attention", 1}, {"offload_kv_cache_to_gpu", 1}};
+	} known[] = {{"context_length", 0},
+		     {"eval_batch_size", 0},
+		     {"num_experts", 0},
+		     {"flash_attention", 1},
+		     {"offload_kv_cache_to_gpu", 1}};
 	cJSON *req = cJSON_CreateObject(), *in = NULL, *it;
 	char *out = NULL;
 	size_t i = 0;
@@ -236,7 +254,8 @@ static char *load_body(const char *key, const char *settings, size_t len, char *
 	if (i < len) {
 		in = cJSON_ParseWithLength(settings, len);
 		if (!cJSON_IsObject(in)) {
-			snprintf(why, whylen, "load settings must be a JSON object");
+			snprintf(why, whylen,
+				 "load settings must be a JSON object");
 			goto out;
 		}
 		cJSON_ArrayForEach(it, in)
@@ -246,21 +265,31 @@ static char *load_body(const char *key, const char *settings, size_t len, char *
 				if (strcmp(known[k].name, it->string) == 0)
 					break;
 			if (k == sizeof(known) / sizeof(known[0])) {
-				snprintf(why, whylen, "unknown load setting '%s' (known: "
-						      "context_length, eval_batch_size, flash_attention, "
-						      "num_experts, offload_kv_cache_to_gpu)",
-					 it->string);
+				snprintf(
+				    why, whylen,
+				    "unknown load setting '%s' (known: "
+				    "context_length, eval_batch_size, "
+				    "flash_attention, "
+				    "num_experts, offload_kv_cache_to_gpu)",
+				    it->string);
 				goto out;
 			}
-			if (known[k].is_bool ? !cJSON_IsBool(it)
-					     : !(cJSON_IsNumber(it) && it->valuedouble >= 1 &&
-						 it->valuedouble <= 1e9 &&
-						 it->valuedouble == (double)(long)it->valuedouble)) {
-				snprintf(why, whylen, "load setting '%s' must be %s", it->string,
-					 known[k].is_bool ? "true or false" : "a positive integer");
+			if (known[k].is_bool
+				? !cJSON_IsBool(it)
+				: !(cJSON_IsNumber(it) &&
+				    it->valuedouble >= 1 &&
+				    it->valuedouble <= 1e9 &&
+				    it->valuedouble ==
+					(double)(long)it->valuedouble)) {
+				snprintf(
+				    why, whylen, "load setting '%s' must be %s",
+				    it->string,
+				    known[k].is_bool ? "true or false"
+						     : "a positive integer");
 				goto out;
 			}
-			cJSON_AddItemToObject(req, it->string, cJSON_Duplicate(it, 1));
+			cJSON_AddItemToObject(req, it->string,
+					      cJSON_Duplicate(it, 1));
 		}
 	}
 	out = cJSON_PrintUnformatted(req);
@@ -291,8 +320,9 @@ static struct op *op_new(const char *name, int unload)
 	return o;
 }
 
-int models_load_start(const char *key, const char *settings, size_t settings_len,
-		      models_done_fn done, void *ctx, uint64_t *id, char *why, size_t whylen)
+int models_load_start(const char *key, const char *settings,
+		      size_t settings_len, models_done_fn done, void *ctx,
+		      uint64_t *id, char *why, size_t whylen)
 {
 	struct op *o;
 	int ret = precheck(key, 0, why, whylen);
@@ -304,8 +334,8 @@ int models_load_start(const char *key, const char *settings, size_t settings_len
 		snprintf(why, whylen, "out of memory");
 		return -ENOMEM;
 	}
-	o->body = load_body(key, settings ? settings : "", settings ? settings_len : 0, why,
-			    whylen);
+	o->body = load_body(key, settings ? settings : "",
+			    settings ? settings_len : 0, why, whylen);
 	if (!o->body) {
 		op_free(o);
 		return -EINVAL;
@@ -315,8 +345,8 @@ int models_load_start(const char *key, const char *settings, size_t settings_len
 	return op_start(o, done, ctx, id, why, whylen);
 }
 
-int models_unload_start(const char *instance_id, models_done_fn done, void *ctx, uint64_t *id,
-			char *why, size_t whylen)
+int models_unload_start(const char *instance_id, models_done_fn done, void *ctx,
+			uint64_t *id, char *why, size_t whylen)
 {
 	struct op *o;
 	cJSON *req;
