@@ -5,11 +5,10 @@
 
 #include "buf.h"
 #include "config.h"
-#include "names.h"
 #include "log.h"
+#include "names.h"
 #include "util.h"
 
-#include <cjson/cJSON.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
