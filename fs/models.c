@@ -338,7 +338,9 @@ char *models_resolve_jit(const char *want, int *jit, enum err_class *cls, char *
 			goto found;
 		*cls = EC_NO_MODEL;
 		if (hits == 0)
-			snprintf(msg, msglen, "no model is loaded%s; load one in LM Studio (lms load)",
+			snprintf(msg, msglen,
+				 "no model is loaded%s; load one (touch models/KEY with a key "
+				 "from models/.available, or lms load)",
 				 l->n ? " that allowed_models permits" : "");
 		else
 			snprintf(msg, msglen,
