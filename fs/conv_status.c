@@ -53,7 +53,9 @@ char *conv_status_json(struct conv *c)
 	cJSON_AddStringToObject(o, "name", c->name);
 	pthread_mutex_unlock(&conv_table_lock);
 	pthread_mutex_lock(&c->lock);
-	if (c->generating)
+	if (c->generating && __atomic_load_n(&c->progress.loading, __ATOMIC_RELAXED))
+		state = "loading"; /* the model is loaded just in time */
+	else if (c->generating)
 		state = "generating";
 	else if (c->stalled)
 		state = "failed";

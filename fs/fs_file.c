@@ -411,6 +411,10 @@ void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 		fuse_reply_err(req, -ret);
 		return;
 	}
+	if (pi.kind == K_MODELS) {
+		models_op_create(req, parent, name, mode, fi);
+		return;
+	}
 	if (pi.kind != K_CONV && pi.kind != K_TOOLS && pi.kind != K_SUBDIR) {
 		fuse_reply_err(req, pi.kind == K_CONVS ? EPERM : EACCES);
 		return;
@@ -482,6 +486,10 @@ void op_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t size, off
 		fuse_reply_err(req, -ret);
 		return;
 	}
+	if (f->ops->write_req) {
+		f->ops->write_req(req, f, &ni, data, size, off);
+		return;
+	}
 	if (!f->ops->write) {
 		fuse_reply_err(req, EBADF);
 		return;
@@ -499,6 +507,14 @@ void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	struct nodeinfo ni;
 	int ret = 0;
 
+	if (f->ops->flush_req) {
+		ret = node_info(ino, &ni);
+		if (ret == 0)
+			f->ops->flush_req(req, f, &ni);
+		else
+			fuse_reply_err(req, -ret);
+		return;
+	}
 	if (f->ops->flush && (ret = node_info(ino, &ni)) == 0) {
 		pthread_mutex_lock(&f->lock);
 		ret = f->ops->flush(f, &ni);

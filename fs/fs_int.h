@@ -14,11 +14,14 @@
  *   fs_hist.c     messages.jsonl written by users: checks, commits, merges
  *   fs_temp.c     temporaries renamed over messages.jsonl (sed -i)
  *   fs_wait.c     .reply readers that wait without holding a thread
+ *   fs_models.c   models/: touch or write to load, rm to unload (replies
+ *                 later, from the load's thread)
  *   ops.c         the operations table, init and shutdown
  *
  * Lock order: a handle's lock -> conv.c's locks (table -> conversation ->
  * history) and the model list's; handles_lock -> a handle's lock
- * (fh_each); nodes_lock, waiters_lock and temps_lock are leaves. No FUSE
+ * (fh_each); nodes_lock, waiters_lock, temps_lock and mops_lock are
+ * leaves. No FUSE
  * reply is sent while holding any of them: once a reply is out, the reader
  * may close the file and a release on another thread may free the handle
  * (hence the "prepared" replies).
@@ -154,6 +157,12 @@ struct fh {
 	int prechecked;
 	/* tools/mcp.json (fs_mcpconf.c) */
 	int created;         /* this handle created the file */
+	/* model_ops (models/KEY opened for writing) */
+	int model_asked;     /* the load is done, or under way */
+	int model_touch;     /* created by touch: its close loads */
+	int model_created;   /* created by this open: exists until released */
+	uint64_t model_op;   /* the load it asked for (fs_models.c's id) */
+	int model_err;       /* how that load ended (-errno), told by close */
 	/* FH_REPLY */
 	struct conv *conv;   /* referenced: survives a rename of the directory */
 	uint64_t target;
@@ -181,6 +190,12 @@ struct file_ops {
 	int (*fsync)(struct fh *f, const struct nodeinfo *ni, int datasync);
 	/* truncate(2), or ftruncate(2) with f. */
 	int (*truncate)(const struct nodeinfo *ni, struct fh *f, off_t size);
+	/* When set, replaces flush: called without the handle's lock, it
+	 * replies to req itself, maybe later from another thread. */
+	void (*flush_req)(fuse_req_t req, struct fh *f, const struct nodeinfo *ni);
+	/* The same for write. */
+	void (*write_req)(fuse_req_t req, struct fh *f, const struct nodeinfo *ni,
+			  const char *data, size_t size, off_t off);
 };
 extern const struct file_ops plain_ops, stream_ops, generated_ops; /* fs_file.c */
 extern const struct file_ops prompt_ops, ctl_ops;                   /* fs_prompt.c */
@@ -190,6 +205,7 @@ extern const struct file_ops mcpconf_ops;                           /* fs_mcpcon
 /* tools/FROM may be renamed over tools/mcp.json: 0, or -EINVAL (noted
  * for tools/.status) when it is not a valid mcp.json. */
 int mcpconf_check_rename(const char *from);
+extern const struct file_ops model_ops;                             /* fs_models.c */
 
 struct fh *fh_new(const struct file_ops *ops, uint64_t ino);
 void fh_free(struct fh *f);
@@ -253,6 +269,16 @@ void temp_closed(const char *conv, const char *name);
  * when the file was created, if it is still open or was closed just now;
  * -ENOENT otherwise. */
 int temp_take(const char *conv, const char *name, off_t *size, uint64_t *gen);
+
+/* --- fs_models.c --------------------------------------------------------- */
+
+/* create and unlink in models/: load (touch) and unload (rm). */
+void models_op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+		      struct fuse_file_info *fi);
+void models_op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name);
+/* Attributes of a file created in models/ and still open (a model not
+ * loaded yet): 0, or -ENOENT when there is none. */
+int models_created_attr(uint64_t ino, const char *name, struct stat *st);
 
 /* --- fs_dir.c ------------------------------------------------------------ */
 

@@ -86,9 +86,10 @@ const struct file_ops *special_ops(const struct nodeinfo *ni)
 	case K_TOOLS:
 	case K_CONV:
 		return NULL;
+	case K_MODEL:
+		return &model_ops;
 	case K_HEALTH:
 	case K_METRICS:
-	case K_MODEL:
 	case K_TSTATUS:
 		return &generated_ops;
 	case K_TFILE:
@@ -135,12 +136,23 @@ int conv_dir(const char *conv)
 }
 
 /* The JSON of the loaded model whose file name is fname (malloc'd), or
- * NULL when no such model is loaded. */
+ * NULL when no such model is loaded; for .available, the list of
+ * downloaded models. */
 char *model_json(const char *fname)
 {
-	char *id = names_model_decode(fname), *json = NULL;
+	char *id, *json = NULL;
 	struct model_list *l;
 
+	if (strcmp(fname, MODELS_AVAILABLE) == 0) {
+		/* Every downloaded model, named as its file would be. */
+		struct buf b;
+		buf_init(&b, 16u << 20);
+		if (models_available_text(&b) == 0)
+			json = strndup(b.data ? b.data : "", b.len);
+		buf_free(&b);
+		return json;
+	}
+	id = names_model_decode(fname);
 	if (!id)
 		return NULL;
 	l = models_get(0);
@@ -173,7 +185,8 @@ int attr_of(uint64_t ino, const struct nodeinfo *ni, struct stat *st)
 	switch (ni->kind) {
 	case K_ROOT:
 	case K_MODELS:
-		synth_attr(st, ino, S_IFDIR | (ni->kind == K_ROOT ? 0755 : 0555), 0);
+		/* models/ is writable: touch loads, rm unloads. */
+		synth_attr(st, ino, S_IFDIR | 0755, 0);
 		return 0;
 	case K_CONVS:
 		if (fstatat(conv_root_fd(), ".", st, 0) < 0)
@@ -186,8 +199,10 @@ int attr_of(uint64_t ino, const struct nodeinfo *ni, struct stat *st)
 	case K_MODEL: {
 		char *json = model_json(ni->name);
 		if (!json)
-			return -ENOENT;
-		synth_attr(st, ino, S_IFREG | 0444, (off_t)strlen(json));
+			return models_created_attr(ino, ni->name, st);
+		synth_attr(st, ino,
+			   S_IFREG | (strcmp(ni->name, MODELS_AVAILABLE) == 0 ? 0444 : 0644),
+			   (off_t)strlen(json));
 		free(json);
 		return 0;
 	}

@@ -220,6 +220,18 @@ void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 			      : 0;
 		if (ret == 0) {
 			ret = attr_of(ino, &ni, &st);
+			if (ret == -ENOENT && ni.kind == K_MODEL) {
+				/* touch's futimens on a model whose file was
+				 * just created: it may be listed under another
+				 * name, or not yet. */
+				memset(&st, 0, sizeof(st));
+				st.st_ino = ino;
+				st.st_mode = S_IFREG | 0644;
+				st.st_nlink = 1;
+				st.st_uid = fs_uid;
+				st.st_gid = fs_gid;
+				ret = 0;
+			}
 			if (ret == 0) {
 				fuse_reply_attr(req, &st, 0);
 				return;
@@ -394,6 +406,9 @@ void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 			ret = sub_path(p, sizeof(p), &pi, name);
 		if (ret == 0 && unlinkat(conv_root_fd(), p, 0) < 0)
 			ret = -errno;
+	} else if (pi.kind == K_MODELS) {
+		models_op_unlink(req, parent, name); /* replies when unloaded */
+		return;
 	} else {
 		ret = -EACCES;
 	}

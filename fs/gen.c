@@ -138,6 +138,8 @@ static int on_bytes(void *u, const char *p, size_t n)
 	struct stream_ctx *s = u;
 	int rc;
 
+	/* The first byte: a model loaded just in time is loaded. */
+	__atomic_store_n(&s->job->progress->loading, 0, __ATOMIC_RELAXED);
 	/* Everything that arrived in one read reaches stream in one write:
 	 * readers see it at the same moment, with one syscall instead of one
 	 * per token. */
@@ -322,7 +324,7 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 	struct api_answer ans;
 	enum err_class cls = EC_NONE;
 	int stream_fd = -1;
-	int rounds = 0;
+	int rounds = 0, jit = 0;
 	int keep_text = 1; /* the marked line of a failure holds the text */
 
 	api_answer_init(&ans);
@@ -342,9 +344,11 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 		}
 	}
 	want = store_setting(job->dirfd, "model");
-	model = models_resolve(want, &cls, res->errmsg, sizeof(res->errmsg));
+	model = models_resolve_jit(want, &jit, &cls, res->errmsg, sizeof(res->errmsg));
 	if (!model)
 		goto fail;
+	/* .status says "loading" until the first byte of the answer. */
+	__atomic_store_n(&job->progress->loading, jit, __ATOMIC_RELAXED);
 	snprintf(res->model, sizeof(res->model), "%s", model);
 	system = store_setting(job->dirfd, "system");
 
@@ -399,6 +403,7 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 			goto fail;
 		}
 		cls = request(job, body, stream, &ans, res, stream_fd);
+		__atomic_store_n(&job->progress->loading, 0, __ATOMIC_RELAXED);
 		free(body);
 		if (ans.prompt_tokens >= 0)
 			res->prompt_tokens = ans.prompt_tokens;

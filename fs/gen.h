@@ -20,6 +20,8 @@ struct gen_progress {
 	long tokens;        /* content chunks so far */
 	double started;     /* now_s() at start */
 	double first_token; /* now_s() of the first token, 0 before */
+	int loading;        /* the model is loaded just in time: no byte of
+			       the answer yet (atomic) */
 };
 
 /* The value of *gen_job.cancel when the daemon stops (1: the user's

@@ -42,6 +42,9 @@ char *health_json(const struct config *cfg)
 		cJSON_AddNullToObject(o, "error");
 	}
 	cJSON_AddNumberToObject(o, "models_loaded", (double)l->n);
+	/* Where the list came from: "v1" can load and unload (models/). */
+	cJSON_AddStringToObject(o, "models_api", models_api_name(l->api));
+	cJSON_AddNumberToObject(o, "models_downloaded", (double)l->n_avail);
 	ids = cJSON_AddArrayToObject(o, "models");
 	for (size_t i = 0; i < l->n; i++)
 		cJSON_AddItemToArray(ids, cJSON_CreateString(l->v[i].id));

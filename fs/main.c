@@ -303,6 +303,8 @@ int main(int argc, char **argv)
 			fatalx("cannot daemonize");
 		log_to_syslog();
 	}
+	/* Threads start after daemonizing (fork keeps only the caller). */
+	models_start();
 	/* Before serving anything: what a crash left behind is repaired and
 	 * queued prompts resume, so that no reader sees a history before its
 	 * recovery. Only conversations with private files pending are
@@ -317,6 +319,7 @@ int main(int argc, char **argv)
 
 	log_info("unmounting %s", mnt);
 	ops_shutdown();
+	models_ops_stop(); /* loads under way answer their requests now */
 	mcp_interrupt();
 	if (conv_shutdown() > 0) {
 		/* A worker is stuck (say, in a tool that ignores signals): leave

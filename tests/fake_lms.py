@@ -2,7 +2,8 @@
 """fake_lms - a scriptable fake LM Studio server for the lmsfs tests.
 
 Python 3 standard library only. It speaks what LM Studio really sends
-(see shared/WIRE.md): /api/v0/models, /api/v0/models/{id}, /v1/models,
+(see shared/WIRE.md): /api/v1/models with load and unload (mode "v1"),
+/api/v0/models, /api/v0/models/{id}, /v1/models,
 POST /v1/chat/completions and /api/v0/chat/completions, streamed (SSE) or
 not, with tool calls, legacy function calls, reasoning deltas, usage and
 stats, and both shapes of error body.
@@ -19,6 +20,21 @@ Knobs (plain attributes, change them at any time):
                          two loaded llms, one with '/' in its id, plus a
                          not-loaded embeddings model)
     srv.no_api_v0        True: every /api/v0/* path answers 404
+    srv.mode             which LM Studio the fake is (per test):
+                         "v0" (default): 0.3.x, /api/v0 and /v1 only;
+                         "v1": 0.4, also the native REST API /api/v1
+                         (GET /api/v1/models, POST /api/v1/models/load and
+                         /api/v1/models/unload, see v1_model());
+                         "openai": only /v1 (every /api/* path is 404)
+    srv.load_delay       seconds POST /api/v1/models/load takes (0.0)
+    srv.load_fail        None; "oom": the load fails with HTTP 500 and an
+                         out-of-memory message (oom_error()); a str: HTTP
+                         500 with that message; an HttpError: sent as is
+    srv.jit_delay        seconds a chat request naming a downloaded model
+                         that is not loaded waits before it is answered (the
+                         model is then loaded: just-in-time loading, modes
+                         v0 and v1, when srv.jit); srv.jit_loads records
+                         (model, ttl) of each such load
     srv.jit              True (default): /v1/models lists every model, as
                          LM Studio does with just-in-time loading; False:
                          only the loaded ones
@@ -193,6 +209,7 @@ __all__ = [
     "context_too_long", "server_error", "rate_limited", "unauthorized",
     "default_models", "split_words", "parse_sse", "sse_json", "free_port",
     "DEFAULT", "CHAT_PATHS", "content_parts", "image_bytes",
+    "v1_model", "instances_of", "oom_error",
 ]
 
 CHAT_PATHS = ("/v1/chat/completions", "/api/v0/chat/completions")
@@ -241,6 +258,52 @@ _DEFAULT_MODELS = [
 def default_models():
     """A fresh copy of the default model list."""
     return copy.deepcopy(_DEFAULT_MODELS)
+
+
+def instances_of(m):
+    """The loaded instances' ids of a model dict: none unless its state is
+    "loaded"; then "_instances" when the fake loaded it, else its id."""
+    if m.get("state") != "loaded":
+        return []
+    return list(m["_instances"]) if m.get("_instances") else [m["id"]]
+
+
+def public(m):
+    """A model dict without the fake's own "_" keys."""
+    return {k: v for k, v in m.items() if not k.startswith("_")}
+
+
+def v1_model(m):
+    """The /api/v1/models object (LM Studio 0.4) for a model dict of
+    srv.models; a "_v1" dict in it is merged over the result."""
+    caps = m.get("capabilities") or []
+    q = m.get("quantization")
+    out = {
+        "type": "embedding" if m.get("type") == "embeddings" else "llm",
+        "key": m["id"],
+        "display_name": m.get("display_name") or m["id"].split("/")[-1],
+        "publisher": m.get("publisher"),
+        "architecture": m.get("arch"),
+        "quantization": {"name": q, "bits_per_weight": 4.8} if q else None,
+        "size_bytes": m.get("size_bytes", 4683073952),
+        "params_string": m.get("params_string", "7B"),
+        "format": m.get("compatibility_type", "gguf"),
+        "max_context_length": m.get("max_context_length"),
+        "loaded_instances": [
+            {"id": i, "config": dict({"context_length": m.get(
+                "loaded_context_length", 4096), "eval_batch_size": 512,
+                "parallel": 4, "flash_attention": True},
+                **(m.get("_configs") or {}).get(i, {}))}
+            for i in instances_of(m)],
+        "capabilities": {
+            "vision": m.get("type") == "vlm",
+            "trained_for_tool_use": "tool_use" in caps},
+    }
+    if m.get("type") != "embeddings" and "reasoning" in caps:
+        out["capabilities"]["reasoning"] = {"allowed_options": ["on", "off"],
+                                            "default": "on"}
+    out.update(m.get("_v1") or {})
+    return out
 
 
 class _Default:
@@ -400,6 +463,15 @@ def model_not_found(model):
         "type": "invalid_request_error",
         "param": "model",
         "code": "model_not_found"}})
+
+
+def oom_error(model):
+    """What a load that does not fit in memory answers."""
+    return HttpError(500, {"error": {
+        "message": ("Failed to load model \"%s\". Error: insufficient "
+                    "system resources: the model requires 9.1 GB of memory "
+                    "and 4.2 GB are available (out of memory)." % model),
+        "type": "server_error", "code": "model_load_failed"}})
 
 
 def no_models_loaded():
@@ -712,18 +784,22 @@ class _Handler(BaseHTTPRequestHandler):
                 r = r.pop(0) if len(r) > 1 else (r[0] if r else None)
         if r is not None:
             return r
-        if path.startswith("/api/v0/") and fake.no_api_v0:
+        if ((path.startswith("/api/v0/") and
+             (fake.no_api_v0 or fake.mode == "openai")) or
+                (path.startswith("/api/v1/") and fake.mode != "v1")):
             return HttpError(404, "Unexpected endpoint or method. (%s %s)"
                              % (self.command, path))
+        if path.startswith("/api/v1/"):
+            return self._api_v1(path, body)
         if self.command == "GET":
             if path in ("/api/v0/models", "/api/v0/models/"):
                 return Json({"object": "list",
-                             "data": copy.deepcopy(fake.models)})
+                             "data": [public(m) for m in fake.models]})
             if path.startswith("/api/v0/models/"):
                 mid = unquote(path[len("/api/v0/models/"):])
                 for m in fake.models:
                     if m.get("id") == mid:
-                        return Json(copy.deepcopy(m))
+                        return Json(public(copy.deepcopy(m)))
                 return HttpError(404, {"error": {
                     "message": "Model \"%s\" not found" % mid,
                     "type": "invalid_request_error", "param": "model",
@@ -760,9 +836,80 @@ class _Handler(BaseHTTPRequestHandler):
             err = fake._check_images(body)
             if err is not None:
                 return err
+            self._jit_load(body)
             return fake._next_chat(req)
         return HttpError(404, "Unexpected endpoint or method. (%s %s)"
                          % (self.command, path))
+
+    # -- LM Studio 0.4's native REST API (mode "v1")
+
+    def _api_v1(self, path, body):
+        fake = self.fake
+        body = body if isinstance(body, dict) else {}
+        if self.command == "GET" and path in ("/api/v1/models",
+                                              "/api/v1/models/"):
+            with fake._lock:
+                return Json({"models": [v1_model(m) for m in fake.models]})
+        if self.command == "POST" and path == "/api/v1/models/load":
+            key = body.get("model")
+            m = fake._find(key) if isinstance(key, str) else None
+            if m is None:
+                return HttpError(404, {"error": {
+                    "message": "Model \"%s\" not found" % key,
+                    "type": "invalid_request_error", "param": "model",
+                    "code": "model_not_found"}})
+            self._sleep(fake.load_delay)
+            fail = fake.load_fail
+            if fail == "oom":
+                return oom_error(key)
+            if isinstance(fail, str):
+                return HttpError(500, {"error": {"message": fail,
+                                                 "type": "server_error"}})
+            if fail is not None:
+                return fail
+            config = {k: v for k, v in body.items()
+                      if k in ("context_length", "eval_batch_size",
+                               "flash_attention", "num_experts",
+                               "offload_kv_cache_to_gpu")}
+            with fake._lock:
+                iid = fake._add_instance(m, config)
+            return Json({"type": v1_model(m)["type"], "instance_id": iid,
+                         "load_time_seconds": fake.load_delay,
+                         "status": "loaded"})
+        if self.command == "POST" and path == "/api/v1/models/unload":
+            iid = body.get("instance_id")
+            with fake._lock:
+                m = fake._find_instance(iid) if isinstance(iid, str) else None
+                if m is not None:
+                    ids = [i for i in instances_of(m) if i != iid]
+                    m["_instances"] = ids
+                    if not ids:
+                        m["state"] = "not-loaded"
+            if m is None:
+                return HttpError(404, {"error": {
+                    "message": "No loaded model instance \"%s\"" % iid,
+                    "type": "invalid_request_error",
+                    "code": "model_not_found"}})
+            return Json({"instance_id": iid})
+        return HttpError(404, "Unexpected endpoint or method. (%s %s)"
+                         % (self.command, path))
+
+    def _jit_load(self, body):
+        """Just-in-time loading: a chat request for a downloaded model that
+        is not loaded waits jit_delay, then the model is loaded."""
+        fake = self.fake
+        model = body.get("model")
+        if not fake.jit or fake.mode == "openai" or not isinstance(model, str):
+            return
+        with fake._lock:
+            m = fake._find(model)
+            if m is None or instances_of(m):
+                return
+            fake.jit_loads.append((model, body.get("ttl")))
+        self._sleep(fake.jit_delay)
+        with fake._lock:
+            if not instances_of(m):
+                fake._add_instance(m)
 
     def _respond(self, resp, req):
         body = req["body"] if isinstance(req["body"], dict) else {}
@@ -1072,6 +1219,11 @@ class FakeLMS:
         self.port = port
         self.models = default_models()
         self.no_api_v0 = False
+        self.mode = "v0"
+        self.load_delay = 0.0
+        self.load_fail = None
+        self.jit_delay = 0.0
+        self.jit_loads = []
         self.jit = True
         self.require_token = None
         self.chunk_delay = 0.0
@@ -1200,8 +1352,32 @@ class FakeLMS:
                 self._cond.wait(min(left, 0.1))
 
     def loaded_ids(self):
-        return [m.get("id") for m in self.models
-                if m.get("state") == "loaded"]
+        return [i for m in self.models for i in instances_of(m)]
+
+    def _find(self, key):
+        for m in self.models:
+            if m.get("id") == key:
+                return m
+        return None
+
+    def _find_instance(self, iid):
+        for m in self.models:
+            if iid in instances_of(m):
+                return m
+        return None
+
+    def _add_instance(self, m, config=None):
+        ids = instances_of(m)
+        iid = m["id"]
+        n = 2
+        while iid in ids:
+            iid = "%s:%d" % (m["id"], n)
+            n += 1
+        m["_instances"] = ids + [iid]
+        m["state"] = "loaded"
+        if config:
+            m.setdefault("_configs", {})[iid] = config
+        return iid
 
     # -- internals
 
@@ -1222,8 +1398,9 @@ class FakeLMS:
             if not self.loaded_ids():
                 return no_models_loaded()
             return None
-        if not isinstance(model, str) or model not in [
-                m.get("id") for m in self.models]:
+        if not isinstance(model, str) or (
+                model not in [m.get("id") for m in self.models] and
+                model not in self.loaded_ids()):
             return model_not_found(model)
         return None
 
