@@ -229,8 +229,10 @@ enum err_class errclass_from_curl(int rc, const struct errclass_transfer *t,
 	msg[0] = '\0';
 	if (rc == CURL_OK)
 		return EC_NONE;
-	if (rc == CURL_WRITE_ERROR && t->sink_stopped)
-		return EC_NONE; /* the sink had what it needed */
+	if (t->sink_stopped)
+		return EC_NONE; /* the sink had what it needed; whatever became
+				 * of the rest of the reply (read to its end,
+				 * cut, bounded) tells nothing */
 	if (rc == CURL_WRITE_ERROR && t->error_body_cut)
 		return EC_NONE; /* an error reply, its body cut at the cap */
 	if (rc == CURL_ABORTED_BY_CALLBACK && t->silent) {

@@ -14,6 +14,16 @@
  * before declaring silence, asks the kernel when data last arrived on them
  * (TCP_INFO's tcpi_last_data_recv).
  *
+ * A streamed answer is complete at its [DONE] (or error event), but the
+ * reply is not: the terminating chunk follows. Stopping the transfer there
+ * would make curl close the connection, so every streamed turn would open
+ * a new one (a TLS handshake per turn behind an HTTPS gateway). Instead the
+ * rest of the body is read and dropped, bounded by DRAIN_MAX bytes and
+ * DRAIN_MS milliseconds; a server that keeps sending, or keeps the reply
+ * open, loses its connection and delays nothing much: the answer is
+ * already whole. A transfer that fails (cancelled, cut, refused) is
+ * dropped with its handle, so no half-read connection is ever reused.
+ *
  * Lock order: pool_lock and the share locks are leaves.
  */
 #include "http.h"
@@ -35,6 +45,8 @@
 #include <unistd.h>
 
 #define HANDLE_SOCKS 4 /* a connection, plus attempts racing to replace it */
+#define DRAIN_MAX (64 * 1024) /* body bytes read after the sink is done */
+#define DRAIN_MS 250          /* and how long they may take */
 
 /* An easy handle and the sockets its connections hold. Used by one thread
  * at a time (it is in the pool or in one request); curl calls the socket
@@ -218,6 +230,9 @@ struct xfer {
 	long long last_byte;  /* now_ms() of the last byte heard (streams) */
 	long silence_ms;      /* > 0: abort after this long without a byte */
 	int silent;           /* aborted for silence */
+	int draining;         /* the sink is done: the rest is read, dropped */
+	size_t drained;       /* bytes dropped so far */
+	long long drain_from; /* now_ms() when draining began */
 	size_t body_bytes;    /* body bytes received */
 	long code;            /* status of this reply (0: none yet); a pooled
 				 handle still reports its previous one */
@@ -232,13 +247,23 @@ static size_t on_data(char *p, size_t sz, size_t n, void *u)
 	status = x->code;
 	x->last_byte = now_ms();
 	x->body_bytes += len;
+	if (x->draining) {
+		x->drained += len;
+		return x->drained > DRAIN_MAX ? 0 : len;
+	}
 	if (flag_get(x->cancel))
 		return 0;
 	if (x->sink && status >= 200 && status < 300) {
-		if (x->sink(x->ctx, p, len) != 0) {
-			x->r->sink_stopped = 1;
+		int rc = x->sink(x->ctx, p, len);
+		if (rc == 0)
+			return len;
+		x->r->sink_stopped = 1;
+		if (rc < 0)
 			return 0;
-		}
+		/* Done: read the reply to its end, so that the connection
+		 * can serve the next request. */
+		x->draining = 1;
+		x->drain_from = now_ms();
 		return len;
 	}
 	if (buf_append(&x->r->body, p, len) != 0) {
@@ -290,6 +315,8 @@ static int on_progress(void *u, curl_off_t a, curl_off_t b, curl_off_t c,
 {
 	(void)a; (void)b; (void)c; (void)d;
 	struct xfer *x = u;
+	if (x->draining)
+		return now_ms() - x->drain_from > DRAIN_MS;
 	if (flag_get(x->cancel))
 		return 1;
 	if (x->silence_ms > 0 && now_ms() - x->last_byte > x->silence_ms) {

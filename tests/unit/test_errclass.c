@@ -139,6 +139,16 @@ static void test_curl_facts(void)
 	t.sink_stopped = 1;
 	CHECK_INT(curl_class(CURLE_WRITE_ERROR, &t, msg, sizeof(msg)), EC_NONE);
 	CHECK_STR(msg, "");
+	/* After the sink was done, the rest of the reply is read and dropped
+	 * within a bound: cut at the bound, cut by the server or by a cancel,
+	 * the answer is whole all the same. */
+	t.cancelled = 1;
+	CHECK_INT(curl_class(CURLE_ABORTED_BY_CALLBACK, &t, msg, sizeof(msg)), EC_NONE);
+	t.cancelled = 0;
+	t.body_bytes = 100;
+	CHECK_INT(curl_class(CURLE_PARTIAL_FILE, &t, msg, sizeof(msg)), EC_NONE);
+	CHECK_INT(curl_class(CURLE_RECV_ERROR, &t, msg, sizeof(msg)), EC_NONE);
+	t.body_bytes = 0;
 	t.sink_stopped = 0;
 	t.error_body_cut = 1;
 	CHECK_INT(curl_class(CURLE_WRITE_ERROR, &t, msg, sizeof(msg)), EC_NONE);
