@@ -18,6 +18,16 @@
 #include <string.h>
 #include <unistd.h>
 
+/* Why the conversation's directory did not open (-errno): gone, or the
+ * daemon is out of descriptors, say. */
+static void dir_failed(int err, char *why, size_t whylen)
+{
+	if (err == -ENOENT)
+		snprintf(why, whylen, "conversation is gone");
+	else
+		snprintf(why, whylen, "cannot open the conversation: %s", strerror(-err));
+}
+
 int conv_precheck(struct conv *c, char *why, size_t whylen)
 {
 	int bad, ret;
@@ -44,8 +54,8 @@ int conv_precheck(struct conv *c, char *why, size_t whylen)
 		return -EBUSY;
 	dirfd = conv_dirfd(c);
 	if (dirfd < 0) {
-		snprintf(why, whylen, "conversation is gone");
-		return -ENOENT;
+		dir_failed(dirfd, why, whylen);
+		return dirfd == -ENOENT ? -ENOENT : dirfd;
 	}
 	want = store_setting(dirfd, "model");
 	close(dirfd);
@@ -121,7 +131,7 @@ int conv_submit(struct conv *c, const char *text, size_t len, char *why,
 	if (dirfd < 0) {
 		free(j->text);
 		free(j);
-		snprintf(why, whylen, "conversation is gone");
+		dir_failed(dirfd, why, whylen);
 		return dirfd;
 	}
 	pthread_mutex_lock(&c->lock);
@@ -155,6 +165,9 @@ int conv_cancel(struct conv *c, char *why, size_t whylen)
 		flag_set(&c->cancel, 1);
 	} else if (c->qhead) {
 		c->cancel_seq = c->qhead->seq;
+		/* Waiting for a slot (max_active): a cancel needs none. */
+		if (conv_slot_leave_line(c) && conv_spawn_worker(c) != 0)
+			conv_slot_take(c); /* back in line */
 	} else {
 		snprintf(why, whylen, "nothing to cancel: no answer is running");
 		ret = -EINVAL;
@@ -172,7 +185,7 @@ int conv_retry(struct conv *c, char *why, size_t whylen)
 
 	dirfd = conv_dirfd(c);
 	if (dirfd < 0) {
-		snprintf(why, whylen, "conversation is gone");
+		dir_failed(dirfd, why, whylen);
 		return dirfd;
 	}
 	pthread_mutex_lock(&c->lock);

@@ -54,6 +54,7 @@
 struct handle {
 	CURL *h;
 	curl_socket_t socks[HANDLE_SOCKS]; /* CURL_SOCKET_BAD: free slot */
+	int open_errno; /* why the last socket could not be opened, or 0 */
 };
 
 static CURLSH *share;
@@ -117,8 +118,10 @@ static curl_socket_t on_open(void *u, curlsocktype purpose,
 #else
 	s = socket(a->family, a->socktype, a->protocol);
 #endif
-	if (s == CURL_SOCKET_BAD)
+	if (s == CURL_SOCKET_BAD) {
+		hd->open_errno = errno; /* out of descriptors is not the server's fault */
 		return s;
+	}
 	for (int i = 0; i < HANDLE_SOCKS; i++)
 		if (hd->socks[i] == CURL_SOCKET_BAD) {
 			hd->socks[i] = s;
@@ -352,6 +355,7 @@ int http_request(const char *method, const char *path, const char *json,
 						  sizeof(r->err));
 		return -ENOMEM;
 	}
+	x.hd->open_errno = 0;
 	x.r = r;
 	x.sink = sink;
 	x.ctx = ctx;
@@ -427,6 +431,7 @@ int http_request(const char *method, const char *path, const char *json,
 	t.silence_ms = x.silence_ms;
 	t.body_cap = r->body.max;
 	t.curl_msg = errbuf[0] ? errbuf : curl_easy_strerror(rc);
+	t.sys_errno = x.hd->open_errno;
 	r->transport = errclass_from_curl((int)rc, &t, r->err, sizeof(r->err));
 	if (r->transport != EC_NONE) {
 		log_debug("%s %s: curl %d, HTTP %ld: %s", method, path, (int)rc, r->status,
