@@ -189,3 +189,30 @@ def test_out_of_descriptors_is_resources_not_bad_request(fake, mount):
         assert reply(m, x).rstrip("\n") == echo_of("hello " + x)
     assert re.search(r"lmsfs_failures_total\{class=\"bad_request\"\} [1-9]",
                      (m.path / "metrics").read_text()) is None
+
+
+def test_waiting_conversations_and_rm_and_unmount(fake, mount):
+    """A conversation waiting for its turn can be removed at once; at
+    unmount, waiting prompts stay queued on disk and are answered after
+    the next mount."""
+    m = cmount(mount, max_active=1)
+    for n in ("a", "b", "c"):
+        mkconv(m, n)
+    go = held_replies(fake, 3)
+    try:
+        prompt(m, "a", "first")
+        wait_for(lambda: len(fake.chat_requests()) == 1, timeout=10)
+        prompt(m, "b", "second")
+        prompt(m, "c", "third")
+        wait_for(lambda: status(m, "c")["state"] == "waiting", timeout=10)
+        r = sh(m, "rm -r %s" % qn("c"), timeout=10)
+        assert r.returncode == 0, r.stderr
+        assert status(m, "b")["waiting"]["position"] == 1
+        assert m.umount() == 0
+    finally:
+        go.set()
+    assert len(fake.chat_requests()) == 1
+    m.start()
+    wait_answered(m, "b", 1, timeout=20)
+    assert reply(m, "b").rstrip("\n") == echo_of("second")
+    assert status(m, "a")["error"]["class"] == "interrupted"
