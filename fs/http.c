@@ -47,12 +47,15 @@
 #define HANDLE_SOCKS 4 /* a connection, plus attempts racing to replace it */
 #define DRAIN_MAX (64 * 1024) /* body bytes read after the sink is done */
 #define DRAIN_MS 250          /* and how long they may take */
+#define POLL_MS 100           /* longest wait between two looks at a
+				 transfer (cancel, silence, drain) */
 
 /* An easy handle and the sockets its connections hold. Used by one thread
  * at a time (it is in the pool or in one request); curl calls the socket
  * callbacks from that thread, or from curl_easy_cleanup(). */
 struct handle {
 	CURL *h;
+	CURLM *m; /* runs h, and keeps its connection between requests */
 	curl_socket_t socks[HANDLE_SOCKS]; /* CURL_SOCKET_BAD: free slot */
 	int open_errno; /* why the last socket could not be opened, or 0 */
 };
@@ -81,17 +84,52 @@ static struct handle *handle_get(void)
 	for (int i = 0; i < HANDLE_SOCKS; i++)
 		hd->socks[i] = CURL_SOCKET_BAD;
 	hd->h = curl_easy_init();
-	if (!hd->h) {
+	hd->m = curl_multi_init();
+	if (!hd->h || !hd->m) {
+		curl_easy_cleanup(hd->h);
+		curl_multi_cleanup(hd->m);
 		free(hd);
 		return NULL;
 	}
+	curl_multi_setopt(hd->m, CURLMOPT_MAXCONNECTS, 1L); /* the pool bounds the total */
 	return hd;
 }
 
 static void handle_free(struct handle *hd)
 {
-	curl_easy_cleanup(hd->h); /* closes its sockets through on_close */
+	/* The multi handle holds the connection: it closes its socket
+	 * through on_close. */
+	curl_multi_cleanup(hd->m);
+	curl_easy_cleanup(hd->h);
 	free(hd);
+}
+
+/* curl_easy_perform, but curl looks at the transfer (and calls
+ * on_progress) at least every POLL_MS, not once a second: a cancel, the
+ * end of a drain or a silence is seen within that. */
+static CURLcode perform(struct handle *hd)
+{
+	CURLcode rc = CURLE_OK;
+	CURLMcode mc;
+	CURLMsg *msg;
+	int running = 1, left;
+
+	if (curl_multi_add_handle(hd->m, hd->h) != CURLM_OK)
+		return CURLE_OUT_OF_MEMORY;
+	while (running) {
+		mc = curl_multi_perform(hd->m, &running);
+		if (mc == CURLM_OK && running)
+			mc = curl_multi_poll(hd->m, NULL, 0, POLL_MS, NULL);
+		if (mc != CURLM_OK) {
+			rc = mc == CURLM_OUT_OF_MEMORY ? CURLE_OUT_OF_MEMORY : CURLE_RECV_ERROR;
+			break;
+		}
+	}
+	while ((msg = curl_multi_info_read(hd->m, &left)))
+		if (msg->msg == CURLMSG_DONE && msg->easy_handle == hd->h)
+			rc = msg->data.result;
+	curl_multi_remove_handle(hd->m, hd->h);
+	return rc;
 }
 
 static void handle_put(struct handle *hd)
@@ -386,7 +424,6 @@ int http_request(const char *method, const char *path, const char *json,
 			 cfg->keep_alive_ms / 1000 > 0 ? cfg->keep_alive_ms / 1000 : 1L);
 	curl_easy_setopt(x.h, CURLOPT_MAXAGE_CONN,
 			 cfg->keep_alive_ms / 1000 > 0 ? cfg->keep_alive_ms / 1000 : 1L);
-	curl_easy_setopt(x.h, CURLOPT_MAXCONNECTS, 1L); /* the pool bounds the total */
 	curl_easy_setopt(x.h, CURLOPT_TCP_NODELAY, 1L);
 	curl_easy_setopt(x.h, CURLOPT_USERAGENT, "lmsfs/" LMSFS_VERSION);
 	curl_easy_setopt(x.h, CURLOPT_WRITEFUNCTION, on_data);
@@ -417,7 +454,7 @@ int http_request(const char *method, const char *path, const char *json,
 		curl_easy_setopt(x.h, CURLOPT_CUSTOMREQUEST, method);
 	curl_easy_setopt(x.h, CURLOPT_HTTPHEADER, hdrs);
 
-	rc = curl_easy_perform(x.h);
+	rc = perform(x.hd);
 	r->status = x.code;
 
 	t.status = r->status;
