@@ -1,10 +1,13 @@
 /* http.c - libcurl wrapper with a pool of easy handles.
  *
- * Connections live in each easy handle's own cache; handles go back to a
- * pool of max_idle_connections after a request, so the next request (from
- * any thread) reuses a warm connection. libcurl warns that sharing the
- * connection cache itself between concurrent threads is unsafe, so only DNS
- * and TLS sessions are shared.
+ * Each pooled handle is an easy handle and the multi handle that runs it,
+ * whose cache keeps its one connection; handles go back to a pool of
+ * max_idle_connections after a request, so the next request (from any
+ * thread, any conversation) reuses a warm connection. libcurl warns that
+ * sharing the connection cache itself between concurrent threads is
+ * unsafe, so only DNS and TLS sessions are shared. The multi handle is
+ * there so that a transfer is looked at every POLL_MS (curl_easy_perform
+ * waits up to a second between two looks).
  *
  * Silence on a stream is measured against the last byte that reached the
  * socket, whatever it belongs to: body, a header line still being sent, a
