@@ -166,8 +166,7 @@ int conv_cancel(struct conv *c, char *why, size_t whylen)
 	} else if (c->qhead) {
 		c->cancel_seq = c->qhead->seq;
 		/* Waiting for a slot (max_active): a cancel needs none. */
-		if (conv_slot_leave_line(c) && conv_spawn_worker(c) != 0)
-			conv_slot_take(c); /* back in line */
+		conv_slot_skip_line(c);
 	} else {
 		snprintf(why, whylen, "nothing to cancel: no answer is running");
 		ret = -EINVAL;

@@ -103,14 +103,14 @@ int conv_spawn_worker(struct conv *c);
 /* conv_slots.c: the cap on answers at once (max_active). take, with
  * c->lock held: 1 when c's worker holds a slot (now or already), else 0 and
  * c is in the line (its worker ends; the line keeps its reference). give:
- * after an answer, no lock held; the first in line gets the slot. leave:
- * takes c out of the line (1 if it was in it: the caller starts its
- * worker). place: c's place in the line (1 = next; 0 = not in it) and how
- * many answers run. */
+ * after an answer, no lock held; the first in line gets the slot.
+ * skip_line: c needs no slot (its prompt is cancelled, or it will answer
+ * nothing more): if it waits in line, its worker starts now, without one
+ * (conv_table_lock or c->lock may be held). place: c's place in the line
+ * (1 = next; 0 = not in it) and how many answers run. */
 int conv_slot_take(struct conv *c);
-int conv_slot_held(struct conv *c);
 void conv_slot_give(struct conv *c);
-int conv_slot_leave_line(struct conv *c);
+void conv_slot_skip_line(struct conv *c);
 int conv_slot_place(struct conv *c, int *active);
 /* A spool unreadable at load is read (and the conversation recovered)
  * again; 0 or -errno. No lock held. */

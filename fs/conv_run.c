@@ -353,8 +353,7 @@ void conv_start_worker(struct conv *c)
  * without a slot, and empties its queue (conv_table_lock held). */
 static void on_stop(struct conv *c)
 {
-	if (conv_slot_leave_line(c) && conv_spawn_worker(c) != 0)
-		log_warnx("a removed conversation's queue stays in memory");
+	conv_slot_skip_line(c);
 }
 
 /* --- loading ------------------------------------------------------------ */

@@ -75,15 +75,6 @@ int conv_slot_take(struct conv *c)
 	return got;
 }
 
-int conv_slot_held(struct conv *c)
-{
-	int h;
-	pthread_mutex_lock(&slots_lock);
-	h = c->has_slot;
-	pthread_mutex_unlock(&slots_lock);
-	return h;
-}
-
 /* Starts workers for the first in line while slots are free. */
 static void pump(void)
 {
@@ -124,13 +115,18 @@ void conv_slot_give(struct conv *c)
 	pump();
 }
 
-int conv_slot_leave_line(struct conv *c)
+void conv_slot_skip_line(struct conv *c)
 {
 	int was;
+
 	pthread_mutex_lock(&slots_lock);
 	was = line_remove(c);
 	pthread_mutex_unlock(&slots_lock);
-	return was;
+	if (was && conv_spawn_worker(c) != 0) {
+		pthread_mutex_lock(&slots_lock);
+		line_push(c, 1); /* it keeps its turn */
+		pthread_mutex_unlock(&slots_lock);
+	}
 }
 
 int conv_slot_place(struct conv *c, int *active)
