@@ -76,24 +76,56 @@ def test_failed_transfers_leave_no_poisoned_connection(fake, mount):
     prompt(m, "c", "long")
     wait_for(lambda: "w2" in stream_text(m, "c"), timeout=10)
     assert sh(m, "echo cancel > %s/.ctl" % qn("c")).returncode == 0
-    wait_for(lambda: status(m, "c")["state"] != "generating", timeout=10)
+    wait_for(lambda: status(m, "c")["answered"] >= 2 and
+             status(m, "c")["state"] == "failed", timeout=10)
+    assert status(m, "c")["error"]["class"] == "cancelled"
     assert ask(m, "c", "after cancel") == echo_of("after cancel")
 
     # A server error (the connection stays up on the server's side).
     fake.enqueue(server_error())
     prompt(m, "c", "boom")
-    wait_for(lambda: status(m, "c")["answered"] >= 3 and
-             status(m, "c")["state"] != "generating", timeout=10)
+    wait_for(lambda: status(m, "c")["answered"] >= 4 and
+             status(m, "c")["state"] == "failed", timeout=10)
     assert status(m, "c")["error"]["class"] == "server_error"
     assert ask(m, "c", "after error") == echo_of("after error")
 
     # The server cuts the stream.
     fake.enqueue(Disconnect(after_chunks=2))
     prompt(m, "c", "cut")
-    wait_for(lambda: status(m, "c")["answered"] >= 5 and
-             status(m, "c")["state"] != "generating", timeout=10)
+    wait_for(lambda: status(m, "c")["answered"] >= 6 and
+             status(m, "c")["state"] == "failed", timeout=10)
     assert status(m, "c")["error"]["class"] == "protocol"
     assert ask(m, "c", "after cut") == echo_of("after cut")
     # Every one of these was answered on the first try.
     assert wait_state(m, "c", "idle")["answered"] == 7
     assert len(fake.chat_requests()) == 7
+
+
+def test_fake_numbers_connections_and_holds_replies_open(fake):
+    """The fake server's own knobs used above: connection numbers, and a
+    chunked reply held open after [DONE] (srv.linger, srv.linger_data)."""
+    import http.client
+    import json
+    fake.chunked = True
+    fake.linger = 0.3
+    fake.linger_data = b": ping\n\n"
+    body = json.dumps({"model": "meta-llama-3.1-8b-instruct", "stream": True,
+                       "messages": [{"role": "user", "content": "hi"}]})
+    c1 = http.client.HTTPConnection("127.0.0.1", fake.port, timeout=5)
+    c2 = http.client.HTTPConnection("127.0.0.1", fake.port, timeout=5)
+    try:
+        for c in (c1, c1, c2):
+            t0 = time.monotonic()
+            c.request("POST", "/v1/chat/completions", body,
+                      {"Content-Type": "application/json"})
+            r = c.getresponse()
+            data = r.read()
+            assert time.monotonic() - t0 >= 0.3
+            assert data.index(b"[DONE]") < data.index(b": ping")
+    finally:
+        c1.close()
+        c2.close()
+    reqs = fake.chat_requests()
+    assert [r["conn"] for r in reqs] == [1, 1, 2]
+    assert reqs[0]["peer"] == reqs[1]["peer"] != reqs[2]["peer"]
+    assert fake.connections == 2 and fake.conns_of(reqs) == {1, 2}

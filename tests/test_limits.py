@@ -6,6 +6,7 @@ bad request."""
 
 import os
 import re
+import shutil
 import threading
 
 import pytest
@@ -96,6 +97,7 @@ def test_max_active_round_robin_between_busy_conversations(fake, mount):
     assert order == ["a1", "b1", "a2"], order
 
 
+@pytest.mark.skipif(not shutil.which("prlimit"), reason="needs prlimit")
 def test_soft_fd_limit_raised_to_hard_at_start(fake, mount, monkeypatch):
     wrapper = os.environ.get("LMSFS_WRAPPER", "")
     monkeypatch.setenv("LMSFS_WRAPPER",
@@ -111,6 +113,7 @@ def open_fds(pid):
     return len(os.listdir("/proc/%d/fd" % pid))
 
 
+@pytest.mark.skipif(not shutil.which("prlimit"), reason="needs prlimit")
 @pytest.mark.xdist_group("timing")
 def test_out_of_descriptors_is_resources_not_bad_request(fake, mount):
     """With the daemon's descriptors nearly used up, answers that run at
