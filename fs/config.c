@@ -44,6 +44,7 @@ const struct key config_keys[] = {
     /* server */
     {"base_url", K_URL, OFF(base_url), 0, 0, 0, 0},
     {"api_key", K_OPTSTR, OFF(api_key), 0, 0, 0, 0},
+    {"api_key_file", K_OPTSTR, OFF(api_key_file), 0, 0, 0, 0},
     {"provider", K_PROVIDER, OFF(provider), 0, 0, 0, 0},
     {"default_model", K_OPTSTR, OFF(default_model), 0, 0, 0, 0},
     {"allowed_models", K_LIST, OFF(allowed_models), 0, 0, 0, 0},
@@ -79,6 +80,7 @@ const struct key config_keys[] = {
     /* conversations */
     {"max_prompt_bytes", K_SIZE, OFF(max_prompt_bytes), 0, 1, INF, 0},
     {"max_queue", K_INT, OFF(max_queue), 0, 1, 100000, 0},
+    {"max_active", K_INT, OFF(max_active), 0, 1, 100000, 0},
     {"models_ttl", K_DUR_S, OFF(models_ttl_ms), 0, 0, INF, 0},
     {"max_attach_bytes", K_SIZE, OFF(max_attach_bytes), 0, 1, INF, 0},
     {"max_attach_request_bytes", K_SIZE, OFF(max_attach_request_bytes), 0, 1, INF, 0},
@@ -386,10 +388,18 @@ int config_set(struct config *c, const char *key, const char *value, char *err,
 	if (!k)
 		return config_seterr(err, errlen, -ENOENT, "unknown key '%.64s'",
 			      key ? key : "");
+	int rc;
+
 	/* "-o stream" without a value means stream=true. */
 	if (!value)
 		value = k->type == K_BOOL ? "true" : "";
-	return key_set(c, k, value, err, errlen);
+	rc = key_set(c, k, value, err, errlen);
+	/* A key and a file holding one replace each other. */
+	if (rc == 0 && k->off == OFF(api_key))
+		replace_str(&c->api_key_file, NULL);
+	else if (rc == 0 && k->off == OFF(api_key_file))
+		replace_str(&c->api_key, NULL);
+	return rc;
 }
 
 int config_is_key(const char *key) { return config_key_find(key) != NULL; }
@@ -441,6 +451,7 @@ void config_init(struct config *c)
 	c->tool_api = TOOL_API_TOOLS;
 	c->max_prompt_bytes = 1024 * 1024;
 	c->max_queue = 16;
+	c->max_active = 32;
 	c->models_ttl_ms = 2000;
 	c->max_attach_bytes = 32l << 20;
 	c->max_attach_request_bytes = 64l << 20;
@@ -455,12 +466,13 @@ void config_free(struct config *c)
 		return;
 	free(c->base_url);
 	free(c->api_key);
+	free(c->api_key_file);
 	free(c->default_model);
 	config_list_free(c->allowed_models);
 	free(c->stop);
 	free(c->system_prompt);
 	free(c->state_dir);
-	c->base_url = c->api_key = c->default_model = NULL;
+	c->base_url = c->api_key = c->api_key_file = c->default_model = NULL;
 	c->stop = c->system_prompt = c->state_dir = NULL;
 	c->allowed_models = NULL;
 	c->n_allowed = 0;

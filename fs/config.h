@@ -22,6 +22,7 @@ struct config {
 	/* server */
 	char *base_url;       /* "http://localhost:1234", no trailing '/' */
 	char *api_key;        /* NULL: none */
+	char *api_key_file;   /* NULL: none; read by config_load_api_key */
 	enum provider provider;
 	char *default_model;  /* NULL: none */
 	char **allowed_models; /* NULL-terminated list, NULL: no restriction;
@@ -58,6 +59,7 @@ struct config {
 	/* conversations */
 	long max_prompt_bytes;   /* 1 MiB */
 	int max_queue;           /* 16 pending prompts per conversation */
+	int max_active;          /* 32 answers at once; the rest wait */
 	long models_ttl_ms;      /* 2 s */
 	long max_attach_bytes;   /* 32 MiB: one attached file */
 	long max_attach_request_bytes; /* 64 MiB: the files one request carries */
@@ -92,6 +94,14 @@ int config_load_file(struct config *c, const char *path, char *err,
  * Aliases apply first, so LMSFS_* wins over them. Same returns as
  * config_set, err prefixed with the variable name. */
 int config_load_env(struct config *c, char *err, size_t errlen);
+
+/* The API key once every source is in: api_key_file (when set) is read,
+ * its content trimmed; the file must be a regular file of at most 4 KiB
+ * that other users can neither read nor write (mode o-rwx). Setting either
+ * of api_key and api_key_file drops the other, so the one from the
+ * stronger source wins. The key must be one line without control
+ * characters. Returns 0 or -errno with err ("api_key_file PATH: reason"). */
+int config_load_api_key(struct config *c, char *err, size_t errlen);
 
 /* Cross-field checks after all sources: base_url is http:// or https:// with
  * a host, timeouts positive, etc. Returns 0 or -EINVAL with err. */

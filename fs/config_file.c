@@ -1,6 +1,7 @@
 /* config_file.c - where settings come from besides -o options: the INI
- * file (lmsfs.conf, read with libinih, line numbers in every error) and the
- * environment (LMSTUDIO_URL, LMSTUDIO_TIMEOUT, LMSFS_<KEY>). */
+ * file (lmsfs.conf, read with libinih, line numbers in every error), the
+ * environment (LMSTUDIO_URL, LMSTUDIO_TIMEOUT, LMSFS_<KEY>), and the file
+ * that holds the API key (api_key_file). */
 #include "config.h"
 #include "config_int.h"
 
@@ -10,7 +11,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 /* Longest line accepted in a config file (a long system_prompt). */
 #define CONFIG_LINE_MAX (64 * 1024)
@@ -210,3 +213,93 @@ int config_load_env(struct config *c, char *err, size_t errlen)
 	return 0;
 }
 
+/* ---- the API key ------------------------------------------------------- */
+
+#define KEY_FILE_MAX 4096
+
+/* Reads the key file into a malloc'd, trimmed string. */
+static int read_key_file(const char *path, char **out, char *err, size_t errlen)
+{
+	char buf[KEY_FILE_MAX + 1];
+	struct stat st;
+	size_t n = 0, a, b;
+	ssize_t r;
+	int fd, rc = 0;
+
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+	if (fd < 0)
+		return config_seterr(err, errlen, -errno, "api_key_file %s: %s", path,
+				     strerror(errno));
+	if (fstat(fd, &st) < 0) {
+		rc = config_seterr(err, errlen, -errno, "api_key_file %s: %s", path,
+				   strerror(errno));
+		goto out;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		rc = config_seterr(err, errlen, -EINVAL, "api_key_file %s: not a regular file",
+				   path);
+		goto out;
+	}
+	if (st.st_mode & (S_IROTH | S_IWOTH)) {
+		rc = config_seterr(err, errlen, -EPERM,
+				   "api_key_file %s: other users may read or write it (mode "
+				   "%04o); make it private: chmod o-rwx %s",
+				   path, (unsigned)(st.st_mode & 07777), path);
+		goto out;
+	}
+	while (n < sizeof(buf) && (r = read(fd, buf + n, sizeof(buf) - n)) != 0) {
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0) {
+			rc = config_seterr(err, errlen, -errno, "api_key_file %s: %s", path,
+					   strerror(errno));
+			goto out;
+		}
+		n += (size_t)r;
+	}
+	if (n > KEY_FILE_MAX) {
+		rc = config_seterr(err, errlen, -EFBIG,
+				   "api_key_file %s: larger than %d bytes: not an API key",
+				   path, KEY_FILE_MAX);
+		goto out;
+	}
+	for (a = 0; a < n && isspace((unsigned char)buf[a]); a++)
+		;
+	for (b = n; b > a && isspace((unsigned char)buf[b - 1]); b--)
+		;
+	if (a == b) {
+		rc = config_seterr(err, errlen, -EINVAL, "api_key_file %s: is empty", path);
+		goto out;
+	}
+	if (!(*out = strndup(buf + a, b - a)))
+		rc = -ENOMEM;
+out:
+	explicit_bzero(buf, sizeof(buf));
+	close(fd);
+	return rc;
+}
+
+int config_load_api_key(struct config *c, char *err, size_t errlen)
+{
+	char *key = NULL, *path;
+	int rc;
+
+	if (c->api_key_file) {
+		if (!(path = config_expand_home(c->api_key_file)))
+			return -ENOMEM;
+		rc = read_key_file(path, &key, err, errlen);
+		free(path);
+		if (rc)
+			return rc;
+		free(c->api_key);
+		c->api_key = key;
+	}
+	/* It goes into a header line: a line break would end it. */
+	for (const char *p = c->api_key; p && *p; p++)
+		if ((unsigned char)*p < 0x20 || *p == 0x7f)
+			return config_seterr(err, errlen, -EINVAL,
+					     "%s: the API key holds a line break or another "
+					     "control character",
+					     c->api_key_file ? c->api_key_file : "api_key");
+	return 0;
+}

@@ -43,6 +43,7 @@ int conv_n_workers;
 int conv_stopping;
 static int root_fd = -1;
 static conv_loaded_fn loaded; /* set once at init */
+static conv_stop_fn stopped;  /* set once at init */
 static struct conv *table[NBUCKETS]; /* conv_table_lock */
 
 static unsigned hash(const char *s)
@@ -51,11 +52,13 @@ static unsigned hash(const char *s)
 }
 
 int conv_registry_init(const struct config *c, int state_dirfd,
-		       const struct conv_hooks *h, conv_loaded_fn on_loaded)
+		       const struct conv_hooks *h, conv_loaded_fn on_loaded,
+		       conv_stop_fn on_stop)
 {
 	conv_cfg = c;
 	conv_hook = *h;
 	loaded = on_loaded;
+	stopped = on_stop;
 	if (mkdirat(state_dirfd, "conversations", 0700) < 0 && errno != EEXIST)
 		return -errno;
 	root_fd = openat(state_dirfd, "conversations", O_DIRECTORY | O_RDONLY | O_CLOEXEC);
@@ -291,6 +294,7 @@ int conv_rmdir(const char *name)
 			c->cancel_seq = c->running_seq;
 			pthread_mutex_unlock(&c->lock);
 			unhash(c);
+			stopped(c);
 		}
 		/* A cancelled answer may still drop a private file or two
 		 * while it stops: clear again when only those are in the way. */
@@ -418,8 +422,10 @@ int conv_shutdown(void)
 	conv_stopping = 1;
 	/* GEN_STOPPING, not a cancel: the answers were interrupted. */
 	for (int i = 0; i < NBUCKETS; i++)
-		for (struct conv *c = table[i]; c; c = c->hnext)
+		for (struct conv *c = table[i]; c; c = c->hnext) {
 			flag_set(&c->cancel, GEN_STOPPING);
+			stopped(c);
+		}
 	clock_gettime(CLOCK_REALTIME, &ts);
 	ts.tv_sec += 5;
 	while (__atomic_load_n(&conv_n_workers, __ATOMIC_ACQUIRE) > 0)

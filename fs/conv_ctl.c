@@ -45,6 +45,16 @@ static int check_attachments(int dirfd, const char *id, char **files, char *why,
 	return ret;
 }
 
+/* Why the conversation's directory did not open (-errno): gone, or the
+ * daemon is out of descriptors, say. */
+static void dir_failed(int err, char *why, size_t whylen)
+{
+	if (err == -ENOENT)
+		snprintf(why, whylen, "conversation is gone");
+	else
+		snprintf(why, whylen, "cannot open the conversation: %s", strerror(-err));
+}
+
 int conv_precheck(struct conv *c, char *why, size_t whylen)
 {
 	int bad, ret;
@@ -71,8 +81,8 @@ int conv_precheck(struct conv *c, char *why, size_t whylen)
 		return -EBUSY;
 	dirfd = conv_dirfd(c);
 	if (dirfd < 0) {
-		snprintf(why, whylen, "conversation is gone");
-		return -ENOENT;
+		dir_failed(dirfd, why, whylen);
+		return dirfd == -ENOENT ? -ENOENT : dirfd;
 	}
 	want = store_setting(dirfd, "model");
 	id = models_resolve(want, &cls, why, whylen);
@@ -144,7 +154,7 @@ int conv_submit(struct conv *c, const char *text, size_t len, char *why,
 	if (dirfd < 0) {
 		free(j->text);
 		free(j);
-		snprintf(why, whylen, "conversation is gone");
+		dir_failed(dirfd, why, whylen);
 		return dirfd;
 	}
 	pthread_mutex_lock(&c->lock);
@@ -192,6 +202,8 @@ int conv_cancel(struct conv *c, char *why, size_t whylen)
 		flag_set(&c->cancel, 1);
 	} else if (c->qhead) {
 		c->cancel_seq = c->qhead->seq;
+		/* Waiting for a slot (max_active): a cancel needs none. */
+		conv_slot_skip_line(c);
 	} else {
 		snprintf(why, whylen, "nothing to cancel: no answer is running");
 		ret = -EINVAL;
@@ -209,7 +221,7 @@ int conv_retry(struct conv *c, char *why, size_t whylen)
 
 	dirfd = conv_dirfd(c);
 	if (dirfd < 0) {
-		snprintf(why, whylen, "conversation is gone");
+		dir_failed(dirfd, why, whylen);
 		return dirfd;
 	}
 	pthread_mutex_lock(&c->lock);

@@ -2,7 +2,8 @@
  * the worker) share: the conversation object and its locks.
  *
  * Lock order: conv_table_lock -> conv->lock -> conv->hist (callers from
- * the FUSE layer may hold a file handle's lock first; see fs_int.h).
+ * the FUSE layer may hold a file handle's lock first; see fs_int.h);
+ * conv->lock -> slots_lock (conv_slots.c, a leaf).
  * conv_table_lock protects the table, every conv's name and dead flag,
  * conv_n_workers and conv_stopping; refs is atomic (the table holds one
  * reference while the conv is in it, each worker one). conv->lock
@@ -64,6 +65,10 @@ struct conv {
 	int attempts, retries;
 	char rejected[512];
 	double finished_at;
+	/* protected by slots_lock (conv_slots.c): */
+	struct conv *wnext; /* the line of conversations waiting for a slot */
+	int waiting;        /* in that line (no worker thread meanwhile) */
+	int has_slot;       /* its worker may generate */
 };
 
 extern const struct config *conv_cfg;
@@ -81,13 +86,33 @@ int conv_dirfd(struct conv *c);
  * what recovery found when a conversation is first loaded. */
 struct recover_result;
 typedef void (*conv_loaded_fn)(struct conv *c, struct recover_result *r, int err);
+/* on_stop is called, conv_table_lock held, when c will answer nothing more
+ * (removed, or the daemon stops). */
+typedef void (*conv_stop_fn)(struct conv *c);
 int conv_registry_init(const struct config *cfg, int state_dirfd,
-		       const struct conv_hooks *hooks, conv_loaded_fn on_loaded);
+		       const struct conv_hooks *hooks, conv_loaded_fn on_loaded,
+		       conv_stop_fn on_stop);
 
 /* conv_run.c, with c->lock held: the in-memory queue (the spool on disk
  * mirrors it) and the worker thread that answers it. */
 void conv_enqueue(struct conv *c, struct job *j);
 void conv_start_worker(struct conv *c);
+/* conv_run.c: a thread for c's worker, which already holds its reference
+ * (from the line of conversations waiting for a slot). 0 or -1. */
+int conv_spawn_worker(struct conv *c);
+
+/* conv_slots.c: the cap on answers at once (max_active). take, with
+ * c->lock held: 1 when c's worker holds a slot (now or already), else 0 and
+ * c is in the line (its worker ends; the line keeps its reference). give:
+ * after an answer, no lock held; the first in line gets the slot.
+ * skip_line: c needs no slot (its prompt is cancelled, or it will answer
+ * nothing more): if it waits in line, its worker starts now, without one
+ * (conv_table_lock or c->lock may be held). place: c's place in the line
+ * (1 = next; 0 = not in it) and how many answers run. */
+int conv_slot_take(struct conv *c);
+void conv_slot_give(struct conv *c);
+void conv_slot_skip_line(struct conv *c);
+int conv_slot_place(struct conv *c, int *active);
 /* A spool unreadable at load is read (and the conversation recovered)
  * again; 0 or -errno. No lock held. */
 int conv_recover_again(struct conv *c);

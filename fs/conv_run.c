@@ -123,7 +123,7 @@ static int take_prompt(struct conv *c, struct job *j, int dirfd, struct gen_resu
 	}
 	if (ret == 0)
 		return 0;
-	res->err = EC_STORAGE;
+	res->err = errclass_of_local(ret, EC_STORAGE);
 	res->sys_errno = -ret;
 	snprintf(res->errmsg, sizeof(res->errmsg),
 		 "cannot store the prompt in messages.jsonl: %s; it stays queued (send a "
@@ -192,6 +192,7 @@ static void record(struct conv *c, struct job *j, struct gen_result *res, const 
 static void *worker(void *arg)
 {
 	struct conv *c = arg;
+	int in_line = 0;
 
 	for (;;) {
 		struct job *j;
@@ -225,8 +226,16 @@ static void *worker(void *arg)
 			}
 			c->worker = 0;
 			pthread_mutex_unlock(&c->lock);
+			conv_slot_give(c); /* if a slot came with nothing to do */
 			if (drained && conv_hook.answer_done)
 				conv_hook.answer_done(c);
+			break;
+		}
+		/* Over max_active, the conversation waits its turn without a
+		 * thread. A cancelled prompt sends nothing: no slot needed. */
+		if (c->cancel_seq != c->qhead->seq && !conv_slot_take(c)) {
+			pthread_mutex_unlock(&c->lock);
+			in_line = 1;
 			break;
 		}
 		j = c->qhead;
@@ -250,7 +259,7 @@ static void *worker(void *arg)
 		} else if (dirfd < 0) {
 			/* The directory is there but cannot be opened now: the
 			 * prompt stays queued, like one that cannot be stored. */
-			res.err = EC_STORAGE;
+			res.err = errclass_of_local(dirfd, EC_STORAGE);
 			res.sys_errno = -dirfd;
 			snprintf(res.errmsg, sizeof(res.errmsg),
 				 "cannot open the conversation directory: %s; the prompt "
@@ -293,6 +302,8 @@ static void *worker(void *arg)
 
 		record(c, j, &res, name, stalled, sub_start);
 		gen_result_free(&res);
+		/* One answer per turn: others in line go first. */
+		conv_slot_give(c);
 		if (!stalled) {
 			free(j->text);
 			free(j->files);
@@ -306,33 +317,51 @@ static void *worker(void *arg)
 	__atomic_sub_fetch(&conv_n_workers, 1, __ATOMIC_ACQ_REL);
 	pthread_cond_broadcast(&conv_workers_cv);
 	pthread_mutex_unlock(&conv_table_lock);
-	conv_put(c);
+	if (!in_line)
+		conv_put(c); /* else the line keeps the worker's reference */
 	return NULL;
+}
+
+int conv_spawn_worker(struct conv *c)
+{
+	pthread_t t;
+	pthread_attr_t a;
+	int rc;
+
+	__atomic_add_fetch(&conv_n_workers, 1, __ATOMIC_SEQ_CST);
+	pthread_attr_init(&a);
+	pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+	pthread_attr_setstacksize(&a, 256 * 1024);
+	rc = pthread_create(&t, &a, worker, c);
+	pthread_attr_destroy(&a);
+	if (rc != 0) {
+		__atomic_sub_fetch(&conv_n_workers, 1, __ATOMIC_SEQ_CST);
+		log_warnx("cannot start a conversation worker: %s", strerror(rc));
+		return -1;
+	}
+	return 0;
 }
 
 /* c->lock held; conv_table_lock may be held (conv_get) or not. */
 void conv_start_worker(struct conv *c)
 {
-	pthread_t t;
-	pthread_attr_t a;
-
 	if (c->worker)
 		return;
 	c->worker = 1;
 	/* The worker's reference; refs is protected by conv_table_lock, which our
 	 * callers hold or take here. */
 	__atomic_add_fetch(&c->refs, 1, __ATOMIC_SEQ_CST);
-	__atomic_add_fetch(&conv_n_workers, 1, __ATOMIC_SEQ_CST);
-	pthread_attr_init(&a);
-	pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
-	pthread_attr_setstacksize(&a, 256 * 1024);
-	if (pthread_create(&t, &a, worker, c) != 0) {
+	if (conv_spawn_worker(c) != 0) {
 		c->worker = 0;
 		__atomic_sub_fetch(&c->refs, 1, __ATOMIC_SEQ_CST);
-		__atomic_sub_fetch(&conv_n_workers, 1, __ATOMIC_SEQ_CST);
-		log_warn("cannot start a conversation worker");
 	}
-	pthread_attr_destroy(&a);
+}
+
+/* c will answer nothing more: if it waits in line, its worker starts now,
+ * without a slot, and empties its queue (conv_table_lock held). */
+static void on_stop(struct conv *c)
+{
+	conv_slot_skip_line(c);
 }
 
 /* --- loading ------------------------------------------------------------ */
@@ -403,7 +432,7 @@ static void on_loaded(struct conv *c, struct recover_result *r, int err)
 
 int conv_init(const struct config *cfg, int state_dirfd, const struct conv_hooks *hooks)
 {
-	return conv_registry_init(cfg, state_dirfd, hooks, on_loaded);
+	return conv_registry_init(cfg, state_dirfd, hooks, on_loaded, on_stop);
 }
 
 int conv_recover_again(struct conv *c)

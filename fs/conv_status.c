@@ -3,6 +3,7 @@
 #include "conv.h"
 #include "conv_int.h"
 
+#include "config.h"
 #include "util.h"
 
 #include <cjson/cJSON.h>
@@ -48,17 +49,21 @@ char *conv_status_json(struct conv *c)
 	cJSON *o = cJSON_CreateObject(), *e, *l;
 	char *s;
 	const char *state;
+	int place, active = 0;
 
 	pthread_mutex_lock(&conv_table_lock);
 	cJSON_AddStringToObject(o, "name", c->name);
 	pthread_mutex_unlock(&conv_table_lock);
 	pthread_mutex_lock(&c->lock);
+	place = conv_slot_place(c, &active);
 	if (c->generating && __atomic_load_n(&c->progress.loading, __ATOMIC_RELAXED))
 		state = "loading"; /* the model is loaded just in time */
 	else if (c->generating)
 		state = "generating";
 	else if (c->stalled)
 		state = "failed";
+	else if (c->qhead && place)
+		state = "waiting";
 	else if (c->qhead)
 		state = "queued";
 	else if (c->err != EC_NONE)
@@ -69,6 +74,18 @@ char *conv_status_json(struct conv *c)
 	cJSON_AddNumberToObject(o, "queued", c->qlen);
 	cJSON_AddNumberToObject(o, "submitted", (double)c->submitted);
 	cJSON_AddNumberToObject(o, "answered", (double)c->finished);
+	if (place && c->qhead) {
+		char why[160];
+		cJSON *w = cJSON_AddObjectToObject(o, "waiting");
+		snprintf(why, sizeof(why),
+			 "%d answers are being generated (max_active %d); this "
+			 "conversation is number %d in line",
+			 active, conv_cfg->max_active, place);
+		cJSON_AddStringToObject(w, "reason", why);
+		cJSON_AddNumberToObject(w, "position", place);
+		cJSON_AddNumberToObject(w, "active", active);
+		cJSON_AddNumberToObject(w, "max_active", conv_cfg->max_active);
+	}
 	if (c->generating) {
 		cJSON *g = cJSON_AddObjectToObject(o, "generating");
 		double now = now_s(), ft = dbl_get(&c->progress.first_token);

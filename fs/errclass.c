@@ -19,6 +19,7 @@ enum {
 	CURL_COULDNT_CONNECT = 7,
 	CURL_PARTIAL_FILE = 18,
 	CURL_WRITE_ERROR = 23,
+	CURL_OUT_OF_MEMORY = 27,
 	CURL_OPERATION_TIMEDOUT = 28,
 	CURL_ABORTED_BY_CALLBACK = 42,
 	CURL_GOT_NOTHING = 52,
@@ -51,6 +52,7 @@ static const struct {
 	[EC_CANCELLED] = {"cancelled", ECANCELED, 0, EV_NONE, 0},
 	[EC_INTERRUPTED] = {"interrupted", EIO, 0, EV_NONE, 0},
 	[EC_STORAGE] = {"storage", EIO, 0, EV_NONE, 0},
+	[EC_RESOURCES] = {"resources", EMFILE, 1, EV_NONE, 0},
 };
 
 static int valid(enum err_class c)
@@ -86,6 +88,18 @@ int errclass_server_answered(enum err_class c)
 enum err_class errclass_of_model_listing(enum err_class list_class)
 {
 	return list_class == EC_AUTH ? EC_AUTH : EC_UNREACHABLE;
+}
+
+static int out_of_resources(int err)
+{
+	if (err < 0)
+		err = -err;
+	return err == EMFILE || err == ENFILE || err == ENOMEM || err == ENOBUFS;
+}
+
+enum err_class errclass_of_local(int err, enum err_class otherwise)
+{
+	return out_of_resources(err) ? EC_RESOURCES : otherwise;
 }
 
 static int contains(const char *hay, const char *needle)
@@ -229,8 +243,10 @@ enum err_class errclass_from_curl(int rc, const struct errclass_transfer *t,
 	msg[0] = '\0';
 	if (rc == CURL_OK)
 		return EC_NONE;
-	if (rc == CURL_WRITE_ERROR && t->sink_stopped)
-		return EC_NONE; /* the sink had what it needed */
+	if (t->sink_stopped)
+		return EC_NONE; /* the sink had what it needed; whatever became
+				 * of the rest of the reply (read to its end,
+				 * cut, bounded) tells nothing */
 	if (rc == CURL_WRITE_ERROR && t->error_body_cut)
 		return EC_NONE; /* an error reply, its body cut at the cap */
 	if (rc == CURL_ABORTED_BY_CALLBACK && t->silent) {
@@ -242,6 +258,12 @@ enum err_class errclass_from_curl(int rc, const struct errclass_transfer *t,
 		snprintf(msg, msglen, "response larger than %zu bytes",
 			 t->body_cap);
 		return EC_PROTOCOL;
+	}
+	if (out_of_resources(t->sys_errno) || rc == CURL_OUT_OF_MEMORY) {
+		int e = out_of_resources(t->sys_errno) ? abs(t->sys_errno) : ENOMEM;
+		snprintf(msg, msglen, "cannot make the request: %s (the daemon is out of %s)",
+			 strerror(e), e == EMFILE || e == ENFILE ? "file descriptors" : "memory");
+		return EC_RESOURCES;
 	}
 	if ((rc == CURL_WRITE_ERROR || rc == CURL_ABORTED_BY_CALLBACK) &&
 	    t->cancelled) {

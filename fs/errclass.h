@@ -36,6 +36,7 @@ enum err_class {
 	EC_CANCELLED,     /* user cancelled */
 	EC_INTERRUPTED,   /* daemon stopped mid-answer */
 	EC_STORAGE,       /* the answer could not be written to disk */
+	EC_RESOURCES,     /* the daemon ran out of file descriptors or memory */
 	EC__COUNT
 };
 
@@ -76,6 +77,8 @@ struct errclass_transfer {
 	long silence_ms;      /* the bound on silence (streams), for messages */
 	size_t body_cap;      /* the body's cap, for messages */
 	const char *curl_msg; /* curl's text for the result (may be NULL) */
+	int sys_errno;        /* errno of a local failure (opening a socket),
+				 0 when none */
 };
 
 /* Classifies the transfer from curl's result (a CURLcode as an int; 0 is
@@ -85,6 +88,13 @@ struct errclass_transfer {
 enum err_class errclass_from_curl(int curl_code,
 				  const struct errclass_transfer *t, char *msg,
 				  size_t msglen);
+
+/* A local system call failed with errno err (positive or negative): out
+ * of file descriptors or memory (EMFILE, ENFILE, ENOMEM, ENOBUFS) is
+ * EC_RESOURCES, a local failure worth another try that says nothing about
+ * the server and is never the request's fault; anything else is
+ * `otherwise`. */
+enum err_class errclass_of_local(int err, enum err_class otherwise);
 
 /* Classifies an HTTP reply that was not 2xx, or a 2xx body that carried an
  * "error" member. `body` may be NULL. Writes a readable message (the

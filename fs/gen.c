@@ -86,7 +86,7 @@ static enum err_class storage_failed(struct gen_result *res, int err, const char
 	res->sys_errno = -err;
 	snprintf(res->errmsg, sizeof(res->errmsg), "cannot store %s in messages.jsonl: %s",
 		 what, strerror(-err));
-	return EC_STORAGE;
+	return errclass_of_local(err, EC_STORAGE);
 }
 
 struct stream_ctx {
@@ -357,19 +357,20 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 		struct buf msgs;
 		cJSON *tools;
 		char *body;
-		int stream;
+		int stream, hrc;
 
 		store_partial_set(job->dirfd);
 		/* Room for the history and its attachments in base64. */
 		buf_init(&msgs, STORE_HISTORY_MAX + (1u << 20) +
 					(size_t)cfg->max_attach_request_bytes / 3 * 4 + 4096);
 		/* The system prompt leads, unless the history starts with one. */
-		if (store_hist_for_request_files(job->dirfd, &msgs, first_role,
-						 sizeof(first_role), why, sizeof(why),
-						 cfg->max_attach_bytes,
-						 cfg->max_attach_request_bytes) != 0) {
+		if ((hrc = store_hist_for_request_files(job->dirfd, &msgs, first_role,
+							sizeof(first_role), why, sizeof(why),
+							cfg->max_attach_bytes,
+							cfg->max_attach_request_bytes)) != 0) {
 			buf_free(&msgs);
-			cls = EC_BAD_REQUEST;
+			/* Out of descriptors or memory is no bad request. */
+			cls = errclass_of_local(hrc, EC_BAD_REQUEST);
 			snprintf(res->errmsg, sizeof(res->errmsg), "%s", why);
 			goto fail;
 		}

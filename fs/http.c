@@ -1,10 +1,13 @@
 /* http.c - libcurl wrapper with a pool of easy handles.
  *
- * Connections live in each easy handle's own cache; handles go back to a
- * pool of max_idle_connections after a request, so the next request (from
- * any thread) reuses a warm connection. libcurl warns that sharing the
- * connection cache itself between concurrent threads is unsafe, so only DNS
- * and TLS sessions are shared.
+ * Each pooled handle is an easy handle and the multi handle that runs it,
+ * whose cache keeps its one connection; handles go back to a pool of
+ * max_idle_connections after a request, so the next request (from any
+ * thread, any conversation) reuses a warm connection. libcurl warns that
+ * sharing the connection cache itself between concurrent threads is
+ * unsafe, so only DNS and TLS sessions are shared. The multi handle is
+ * there so that a transfer is looked at every POLL_MS (curl_easy_perform
+ * waits up to a second between two looks).
  *
  * Silence on a stream is measured against the last byte that reached the
  * socket, whatever it belongs to: body, a header line still being sent, a
@@ -13,6 +16,16 @@
  * through our callbacks: a reused connection's socket is known too) and,
  * before declaring silence, asks the kernel when data last arrived on them
  * (TCP_INFO's tcpi_last_data_recv).
+ *
+ * A streamed answer is complete at its [DONE] (or error event), but the
+ * reply is not: the terminating chunk follows. Stopping the transfer there
+ * would make curl close the connection, so every streamed turn would open
+ * a new one (a TLS handshake per turn behind an HTTPS gateway). Instead the
+ * rest of the body is read and dropped, bounded by DRAIN_MAX bytes and
+ * DRAIN_MS milliseconds; a server that keeps sending, or keeps the reply
+ * open, loses its connection and delays nothing much: the answer is
+ * already whole. A transfer that fails (cancelled, cut, refused) is
+ * dropped with its handle, so no half-read connection is ever reused.
  *
  * Lock order: pool_lock and the share locks are leaves.
  */
@@ -35,13 +48,19 @@
 #include <unistd.h>
 
 #define HANDLE_SOCKS 4 /* a connection, plus attempts racing to replace it */
+#define DRAIN_MAX (64 * 1024) /* body bytes read after the sink is done */
+#define DRAIN_MS 250          /* and how long they may take */
+#define POLL_MS 100           /* longest wait between two looks at a
+				 transfer (cancel, silence, drain) */
 
 /* An easy handle and the sockets its connections hold. Used by one thread
  * at a time (it is in the pool or in one request); curl calls the socket
  * callbacks from that thread, or from curl_easy_cleanup(). */
 struct handle {
 	CURL *h;
+	CURLM *m; /* runs h, and keeps its connection between requests */
 	curl_socket_t socks[HANDLE_SOCKS]; /* CURL_SOCKET_BAD: free slot */
+	int open_errno; /* why the last socket could not be opened, or 0 */
 };
 
 static CURLSH *share;
@@ -68,17 +87,52 @@ static struct handle *handle_get(void)
 	for (int i = 0; i < HANDLE_SOCKS; i++)
 		hd->socks[i] = CURL_SOCKET_BAD;
 	hd->h = curl_easy_init();
-	if (!hd->h) {
+	hd->m = curl_multi_init();
+	if (!hd->h || !hd->m) {
+		curl_easy_cleanup(hd->h);
+		curl_multi_cleanup(hd->m);
 		free(hd);
 		return NULL;
 	}
+	curl_multi_setopt(hd->m, CURLMOPT_MAXCONNECTS, 1L); /* the pool bounds the total */
 	return hd;
 }
 
 static void handle_free(struct handle *hd)
 {
-	curl_easy_cleanup(hd->h); /* closes its sockets through on_close */
+	/* The multi handle holds the connection: it closes its socket
+	 * through on_close. */
+	curl_multi_cleanup(hd->m);
+	curl_easy_cleanup(hd->h);
 	free(hd);
+}
+
+/* curl_easy_perform, but curl looks at the transfer (and calls
+ * on_progress) at least every POLL_MS, not once a second: a cancel, the
+ * end of a drain or a silence is seen within that. */
+static CURLcode perform(struct handle *hd)
+{
+	CURLcode rc = CURLE_OK;
+	CURLMcode mc;
+	CURLMsg *msg;
+	int running = 1, left;
+
+	if (curl_multi_add_handle(hd->m, hd->h) != CURLM_OK)
+		return CURLE_OUT_OF_MEMORY;
+	while (running) {
+		mc = curl_multi_perform(hd->m, &running);
+		if (mc == CURLM_OK && running)
+			mc = curl_multi_poll(hd->m, NULL, 0, POLL_MS, NULL);
+		if (mc != CURLM_OK) {
+			rc = mc == CURLM_OUT_OF_MEMORY ? CURLE_OUT_OF_MEMORY : CURLE_RECV_ERROR;
+			break;
+		}
+	}
+	while ((msg = curl_multi_info_read(hd->m, &left)))
+		if (msg->msg == CURLMSG_DONE && msg->easy_handle == hd->h)
+			rc = msg->data.result;
+	curl_multi_remove_handle(hd->m, hd->h);
+	return rc;
 }
 
 static void handle_put(struct handle *hd)
@@ -105,8 +159,10 @@ static curl_socket_t on_open(void *u, curlsocktype purpose,
 #else
 	s = socket(a->family, a->socktype, a->protocol);
 #endif
-	if (s == CURL_SOCKET_BAD)
+	if (s == CURL_SOCKET_BAD) {
+		hd->open_errno = errno; /* out of descriptors is not the server's fault */
 		return s;
+	}
 	for (int i = 0; i < HANDLE_SOCKS; i++)
 		if (hd->socks[i] == CURL_SOCKET_BAD) {
 			hd->socks[i] = s;
@@ -218,6 +274,9 @@ struct xfer {
 	long long last_byte;  /* now_ms() of the last byte heard (streams) */
 	long silence_ms;      /* > 0: abort after this long without a byte */
 	int silent;           /* aborted for silence */
+	int draining;         /* the sink is done: the rest is read, dropped */
+	size_t drained;       /* bytes dropped so far */
+	long long drain_from; /* now_ms() when draining began */
 	size_t body_bytes;    /* body bytes received */
 	long code;            /* status of this reply (0: none yet); a pooled
 				 handle still reports its previous one */
@@ -232,13 +291,23 @@ static size_t on_data(char *p, size_t sz, size_t n, void *u)
 	status = x->code;
 	x->last_byte = now_ms();
 	x->body_bytes += len;
+	if (x->draining) {
+		x->drained += len;
+		return x->drained > DRAIN_MAX ? 0 : len;
+	}
 	if (flag_get(x->cancel))
 		return 0;
 	if (x->sink && status >= 200 && status < 300) {
-		if (x->sink(x->ctx, p, len) != 0) {
-			x->r->sink_stopped = 1;
+		int rc = x->sink(x->ctx, p, len);
+		if (rc == 0)
+			return len;
+		x->r->sink_stopped = 1;
+		if (rc < 0)
 			return 0;
-		}
+		/* Done: read the reply to its end, so that the connection
+		 * can serve the next request. */
+		x->draining = 1;
+		x->drain_from = now_ms();
 		return len;
 	}
 	if (buf_append(&x->r->body, p, len) != 0) {
@@ -290,6 +359,8 @@ static int on_progress(void *u, curl_off_t a, curl_off_t b, curl_off_t c,
 {
 	(void)a; (void)b; (void)c; (void)d;
 	struct xfer *x = u;
+	if (x->draining)
+		return now_ms() - x->drain_from > DRAIN_MS;
 	if (flag_get(x->cancel))
 		return 1;
 	if (x->silence_ms > 0 && now_ms() - x->last_byte > x->silence_ms) {
@@ -325,6 +396,7 @@ int http_request(const char *method, const char *path, const char *json,
 						  sizeof(r->err));
 		return -ENOMEM;
 	}
+	x.hd->open_errno = 0;
 	x.r = r;
 	x.sink = sink;
 	x.ctx = ctx;
@@ -355,7 +427,6 @@ int http_request(const char *method, const char *path, const char *json,
 			 cfg->keep_alive_ms / 1000 > 0 ? cfg->keep_alive_ms / 1000 : 1L);
 	curl_easy_setopt(x.h, CURLOPT_MAXAGE_CONN,
 			 cfg->keep_alive_ms / 1000 > 0 ? cfg->keep_alive_ms / 1000 : 1L);
-	curl_easy_setopt(x.h, CURLOPT_MAXCONNECTS, 1L); /* the pool bounds the total */
 	curl_easy_setopt(x.h, CURLOPT_TCP_NODELAY, 1L);
 	curl_easy_setopt(x.h, CURLOPT_USERAGENT, "lmsfs/" LMSFS_VERSION);
 	curl_easy_setopt(x.h, CURLOPT_WRITEFUNCTION, on_data);
@@ -386,7 +457,7 @@ int http_request(const char *method, const char *path, const char *json,
 		curl_easy_setopt(x.h, CURLOPT_CUSTOMREQUEST, method);
 	curl_easy_setopt(x.h, CURLOPT_HTTPHEADER, hdrs);
 
-	rc = curl_easy_perform(x.h);
+	rc = perform(x.hd);
 	r->status = x.code;
 
 	t.status = r->status;
@@ -400,6 +471,7 @@ int http_request(const char *method, const char *path, const char *json,
 	t.silence_ms = x.silence_ms;
 	t.body_cap = r->body.max;
 	t.curl_msg = errbuf[0] ? errbuf : curl_easy_strerror(rc);
+	t.sys_errno = x.hd->open_errno;
 	r->transport = errclass_from_curl((int)rc, &t, r->err, sizeof(r->err));
 	if (r->transport != EC_NONE) {
 		log_debug("%s %s: curl %d, HTTP %ld: %s", method, path, (int)rc, r->status,

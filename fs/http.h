@@ -1,8 +1,10 @@
-/* http.h - the HTTP client: libcurl with a shared connection cache.
+/* http.h - the HTTP client: libcurl with a pool of warm easy handles.
  *
- * Thread-safe: every call uses its own easy handle; connections, DNS and TLS
- * sessions are shared between threads through one curl share object, so a
- * connection opened by one generation is reused by the next.
+ * Thread-safe: every call takes an easy handle from a pool (at most
+ * max_idle_connections are kept), each with the connection it last used;
+ * DNS and TLS sessions are shared through one curl share object. So a
+ * connection opened by one generation is reused by the next, in any
+ * conversation, streamed or not.
  */
 #ifndef LMSFS_HTTP_H
 #define LMSFS_HTTP_H
@@ -22,7 +24,11 @@ struct http_reply {
 	long timeout_ms;         /* input: overrides `timeout` when > 0 */
 };
 
-/* Data callback for streamed 2xx bodies. Return 0 to go on. */
+/* Data callback for streamed 2xx bodies. Return 0 to go on; > 0 when the
+ * answer is complete (the rest of the body is read and dropped, within a
+ * small bound, so that the connection is kept for the next request); < 0 to
+ * abort at once (the connection is closed). Either way r->sink_stopped is
+ * set and the request returns 0 whatever happens to the rest. */
 typedef int (*http_sink_fn)(void *ctx, const char *p, size_t n);
 
 /* Call once before threads start. Returns 0 or -ENOMEM. */

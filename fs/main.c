@@ -19,8 +19,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+extern char **environ;
 
 static const char usage_text[] =
 	"usage: lmsfs [SOURCE] MOUNTPOINT [-o opt[,opt...]] [-f] [-d] [-c FILE]\n"
@@ -151,6 +155,69 @@ static void parse_cli(int argc, char **argv, struct cli *c)
 	}
 }
 
+/* Overwrites, in place, the value of every api_key=... item of the -o
+ * arguments, so that ps and /proc/PID/cmdline (readable by every local
+ * user) no longer show it; parse_cli has taken its own copy (libfuse never
+ * sees our argv). The length stays: the kernel shows the original area. */
+static void scrub_argv(int argc, char **argv)
+{
+	static const char key[] = "api_key=";
+
+	for (int i = 1; i < argc; i++) {
+		char *list;
+		if (!strcmp(argv[i], "-o") && i + 1 < argc)
+			list = argv[++i];
+		else if (!strncmp(argv[i], "-o", 2))
+			list = argv[i] + 2;
+		else
+			continue;
+		/* Items start at the beginning or after an unescaped ','. */
+		for (char *p = list; *p;) {
+			char *end = p;
+			while (*end && *end != ',')
+				end += (*end == '\\' && end[1]) ? 2 : 1;
+			if (!strncmp(p, key, sizeof(key) - 1))
+				memset(p + sizeof(key) - 1, '*', (size_t)(end - p) - (sizeof(key) - 1));
+			p = *end ? end + 1 : end;
+		}
+	}
+}
+
+/* LMSFS_API_KEY is of no use once read: it goes from the environment (and
+ * from the bytes /proc/PID/environ shows) before any thread starts. */
+static void scrub_env(void)
+{
+	static const char var[] = "LMSFS_API_KEY=";
+
+	for (char **e = environ; e && *e; e++)
+		if (!strncmp(*e, var, sizeof(var) - 1))
+			memset(*e + sizeof(var) - 1, '*', strlen(*e + sizeof(var) - 1));
+	unsetenv("LMSFS_API_KEY");
+}
+
+/* One descriptor per open connection, conversation directory and stream:
+ * the soft limit (1024 under systemd) goes up to the hard one. */
+static void raise_fd_limit(void)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= rl.rlim_max)
+		return;
+	rlim_t was = rl.rlim_cur;
+	rl.rlim_cur = rl.rlim_max;
+	if (setrlimit(RLIMIT_NOFILE, &rl) != 0) {
+		/* An unlimited hard limit is refused above fs.nr_open. */
+		rl.rlim_cur = 1 << 20;
+		if (rl.rlim_cur > rl.rlim_max || setrlimit(RLIMIT_NOFILE, &rl) != 0) {
+			log_warn("cannot raise the open files limit from %llu",
+				 (unsigned long long)was);
+			return;
+		}
+	}
+	log_info("open files limit raised from %llu to %llu", (unsigned long long)was,
+		 (unsigned long long)rl.rlim_cur);
+}
+
 /* Whether path is already the mountpoint of an lmsfs instance. */
 static int already_mounted(const char *path)
 {
@@ -207,8 +274,13 @@ int main(int argc, char **argv)
 	char *conf;
 	int rc, state_fd, ret;
 
+	/* Not dumpable: tools and other processes of the same user cannot
+	 * read our environment or memory (/proc/PID/environ, mem), where the
+	 * API key lives; no core dump holds it either. */
+	prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
 	log_init("lmsfs", LOG_LVL_INFO);
 	parse_cli(argc, argv, &cli);
+	scrub_argv(argc, argv);
 
 	config_init(&cfg);
 	conf = cli.conf ? strdup(cli.conf) : config_default_path();
@@ -236,7 +308,11 @@ int main(int argc, char **argv)
 		cfg.log_level = LOG_LVL_DEBUG;
 	if (config_check(&cfg, err, sizeof(err)) != 0)
 		fatalx("%s", err);
+	if (config_load_api_key(&cfg, err, sizeof(err)) != 0)
+		fatalx("%s", err);
+	scrub_env();
 	log_set_level(cfg.log_level);
+	raise_fd_limit();
 
 	if (stat(cli.mountpoint, &st) < 0)
 		fatalx("%s: %s", cli.mountpoint, strerror(errno));

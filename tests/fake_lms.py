@@ -45,6 +45,12 @@ Knobs (plain attributes, change them at any time):
     srv.chunked          False (default): streams are sent without a length
                          and with "Connection: close"; True: streams use
                          Transfer-Encoding: chunked and keep the connection
+    srv.linger           0.0 (default); chunked streams only: seconds the
+                         reply stays open after its last event ([DONE])
+                         before the terminating chunk, as a slow or odd
+                         server may; srv.linger_data (bytes, default b"")
+                         is sent as one chunk at the start of the linger,
+                         e.g. b": keep-alive\n\n" comments, or more
     srv.strict_messages  False (default); True: like chat templates that
                          insist (Mistral, Gemma) and servers that want a
                          result for every tool call, a request with two
@@ -82,7 +88,12 @@ Recording:
     srv.requests            every request, in arrival order, as dicts:
                             method, path (with query), headers (dict,
                             lower-case keys), body (parsed JSON or None),
-                            raw (bytes), t (time.monotonic() at arrival)
+                            raw (bytes), t (time.monotonic() at arrival),
+                            conn (the TCP connection's number: 1 for the
+                            first accepted, 2 for the next, ...), peer
+                            (the client's port)
+    srv.connections         how many TCP connections were accepted
+    srv.conns_of(reqs)      the set of connection numbers of those requests
     srv.chat_requests()     only the chat completion requests
     srv.wait_requests(n, timeout=10)  waits until >= n chat requests have
                             arrived and returns chat_requests(); raises
@@ -579,6 +590,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.chunked_out = False
         with self.fake._lock:
             self.fake._conns.add(self.connection)
+            self.fake.connections += 1
+            self.conn_no = self.fake.connections
 
     def finish(self):
         try:
@@ -730,9 +743,18 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _end_stream(self):
         if self.chunked_out:
+            self._linger()
             self._out(b"0\r\n\r\n")
         else:
             self.close_connection = True
+
+    def _linger(self):
+        """srv.linger: the reply stays open a while after its last event
+        (with srv.linger_data sent first)."""
+        fake = self.fake
+        if fake.linger_data:
+            self._stream_write(fake.linger_data)
+        self._sleep(fake.linger)
 
     def _event(self, obj, eol="\n", write_size=None, ascii_json=False):
         payload = obj if isinstance(obj, str) else json.dumps(
@@ -757,6 +779,8 @@ class _Handler(BaseHTTPRequestHandler):
             "body": body,
             "raw": raw,
             "t": time.monotonic(),
+            "conn": self.conn_no,
+            "peer": self.client_address[1],
         }
         fake = self.fake
         fake._record(req)
@@ -1231,6 +1255,9 @@ class FakeLMS:
         self.validate_model = True
         self.strict_messages = False
         self.refuse_images = True
+        self.linger = 0.0
+        self.linger_data = b""
+        self.connections = 0
         self.routes = {}
         self.requests = []
         self._queue = deque()
@@ -1350,6 +1377,9 @@ class FakeLMS:
                             "%s %s" % (r["method"], r["path"])
                             for r in self.requests]))
                 self._cond.wait(min(left, 0.1))
+
+    def conns_of(self, reqs):
+        return {r["conn"] for r in reqs}
 
     def loaded_ids(self):
         return [i for m in self.models for i in instances_of(m)]

@@ -143,7 +143,8 @@ def metrics(m):
 CLASSES = ["unreachable", "timeout", "rate_limited", "auth",
            "model_not_found", "no_model", "model_not_allowed",
            "context_too_long", "bad_request", "server_error", "protocol",
-           "circuit_open", "cancelled", "interrupted", "storage"]
+           "circuit_open", "cancelled", "interrupted", "storage",
+           "resources"]
 
 
 def timed_prompt_write(m, name, text):

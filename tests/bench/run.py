@@ -344,6 +344,33 @@ def p6(m, work, reps):
         "ms", added / hand, "<=hand+5 ms", added <= hand + 5)
 
 
+def p7(work, n):
+    """P7: TCP connections opened for n streamed turns (two conversations,
+    turns alternating) against a keep-alive server: the fake LM Studio of
+    the tests, which numbers its connections. Baseline: one connection."""
+    sys.path.insert(0, str(HERE.parent))
+    from fake_lms import FakeLMS
+    srv = FakeLMS()
+    srv.chunked = True
+    srv.start()
+    m = Mount(work, srv.url, "p7")
+    try:
+        m.start()
+        cs = [m.conv("p7-a"), m.conv("p7-b")]
+        # default_model is the bench server's: name one the fake has.
+        for c in cs:
+            (c / "model").write_text("meta-llama-3.1-8b-instruct")
+        for i in range(n):
+            ask(cs[i % 2], "turn %d" % i)
+    finally:
+        m.stop()
+        srv.stop()
+    chats = srv.chat_requests()
+    conns = len(srv.conns_of(chats))
+    row("P7", "connections for %d streamed turns" % len(chats), conns, 1,
+        "conns", conns / 1, "1", conns == 1 and len(chats) == n)
+
+
 def main():
     if not os.access(BIN, os.X_OK):
         raise SystemExit("no lmsfs binary at %s (make first)" % BIN)
@@ -362,6 +389,7 @@ def main():
         p6(m, work, 5 if QUICK else 20)
         m.stop()
         p4(work, srv.url, 1000 if QUICK else 10000)
+        p7(work, 10 if QUICK else 40)
     finally:
         if m.proc and m.proc.poll() is None:
             m.stop()

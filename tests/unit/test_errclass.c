@@ -35,6 +35,9 @@ static void test_table(void)
 	    {EC_CANCELLED, "cancelled", ECANCELED, 0, EV_NONE, 1},
 	    {EC_INTERRUPTED, "interrupted", EIO, 0, EV_NONE, 1},
 	    {EC_STORAGE, "storage", EIO, 0, EV_NONE, 1},
+	    /* Out of descriptors or memory: a local failure worth another
+	     * try, never the server's (nor the request's) fault. */
+	    {EC_RESOURCES, "resources", EMFILE, 1, EV_NONE, 1},
 	};
 
 	CHECK_INT(sizeof(want) / sizeof(want[0]), EC__COUNT);
@@ -46,10 +49,11 @@ static void test_table(void)
 		CHECK_INT(errclass_verdict(want[i].c), want[i].verdict);
 		CHECK_INT(errclass_server_answered(want[i].c),
 			  want[i].answered);
-		/* Every retryable failure is the server's, or a 429. */
+		/* Every retryable failure is the server's, or a 429, or
+		 * the daemon's own lack of resources. */
 		CHECK(!errclass_retryable(want[i].c) ||
 		      errclass_verdict(want[i].c) == EV_FAILED ||
-		      want[i].c == EC_RATE_LIMITED);
+		      want[i].c == EC_RATE_LIMITED || want[i].c == EC_RESOURCES);
 	}
 	/* Out-of-range values are safe. */
 	CHECK_STR(errclass_name(EC__COUNT), "unknown");
@@ -101,7 +105,7 @@ static void test_curl_codes(void)
 	    {CURLE_SSL_CONNECT_ERROR, EC_PROTOCOL},
 	    {CURLE_PEER_FAILED_VERIFICATION, EC_PROTOCOL},
 	    {CURLE_HTTP2, EC_PROTOCOL},
-	    {CURLE_OUT_OF_MEMORY, EC_PROTOCOL},
+	    {CURLE_OUT_OF_MEMORY, EC_RESOURCES},
 	    {CURLE_UNSUPPORTED_PROTOCOL, EC_PROTOCOL},
 	    {CURLE_URL_MALFORMAT, EC_PROTOCOL},
 	    {CURLE_BAD_CONTENT_ENCODING, EC_PROTOCOL},
@@ -109,8 +113,27 @@ static void test_curl_codes(void)
 	for (size_t i = 0; i < sizeof(map) / sizeof(map[0]); i++) {
 		CHECK_INT(curl_class(map[i].rc, &t, msg, sizeof(msg)),
 			  map[i].c);
-		CHECK_STR(msg, "curl says no");
+		if (map[i].c != EC_RESOURCES)
+			CHECK_STR(msg, "curl says no");
 	}
+
+	/* No descriptor left for the socket: never "unreachable" (which
+	 * counts against the server), nor a bad request. */
+	t.sys_errno = EMFILE;
+	CHECK_INT(curl_class(CURLE_COULDNT_CONNECT, &t, msg, sizeof(msg)), EC_RESOURCES);
+	CHECK(strstr(msg, "Too many open files") != NULL);
+	CHECK(strstr(msg, "file descriptors") != NULL);
+	t.sys_errno = ENFILE;
+	CHECK_INT(curl_class(CURLE_COULDNT_CONNECT, &t, msg, sizeof(msg)), EC_RESOURCES);
+	t.sys_errno = EACCES; /* not a lack of resources */
+	CHECK_INT(curl_class(CURLE_COULDNT_CONNECT, &t, msg, sizeof(msg)), EC_UNREACHABLE);
+	t.sys_errno = 0;
+	CHECK_INT(errclass_of_local(-EMFILE, EC_BAD_REQUEST), EC_RESOURCES);
+	CHECK_INT(errclass_of_local(ENFILE, EC_STORAGE), EC_RESOURCES);
+	CHECK_INT(errclass_of_local(-ENOMEM, EC_STORAGE), EC_RESOURCES);
+	CHECK_INT(errclass_of_local(-ENOBUFS, EC_STORAGE), EC_RESOURCES);
+	CHECK_INT(errclass_of_local(-EACCES, EC_BAD_REQUEST), EC_BAD_REQUEST);
+	CHECK_INT(errclass_of_local(-ENOSPC, EC_STORAGE), EC_STORAGE);
 
 	/* After body bytes, a dropped connection is a truncated reply. */
 	t.body_bytes = 1;
@@ -139,6 +162,16 @@ static void test_curl_facts(void)
 	t.sink_stopped = 1;
 	CHECK_INT(curl_class(CURLE_WRITE_ERROR, &t, msg, sizeof(msg)), EC_NONE);
 	CHECK_STR(msg, "");
+	/* After the sink was done, the rest of the reply is read and dropped
+	 * within a bound: cut at the bound, cut by the server or by a cancel,
+	 * the answer is whole all the same. */
+	t.cancelled = 1;
+	CHECK_INT(curl_class(CURLE_ABORTED_BY_CALLBACK, &t, msg, sizeof(msg)), EC_NONE);
+	t.cancelled = 0;
+	t.body_bytes = 100;
+	CHECK_INT(curl_class(CURLE_PARTIAL_FILE, &t, msg, sizeof(msg)), EC_NONE);
+	CHECK_INT(curl_class(CURLE_RECV_ERROR, &t, msg, sizeof(msg)), EC_NONE);
+	t.body_bytes = 0;
 	t.sink_stopped = 0;
 	t.error_body_cut = 1;
 	CHECK_INT(curl_class(CURLE_WRITE_ERROR, &t, msg, sizeof(msg)), EC_NONE);
