@@ -79,7 +79,7 @@ OBJS := $(patsubst fs/%.c,$(BUILD)/%.o,$(SRCS))
 DEPS := $(OBJS:.o=.d)
 
 # Pure modules that unit tests link against (no FUSE, no curl).
-PURE := buf utf8 sse jsonl config config_value config_file log names util msgs fsio store spool recover errclass u16 api
+PURE := buf utf8 sse jsonl config config_value config_file log names util msgs fsio store spool recover errclass u16 api think
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/unit/%,$(UNIT_SRCS))
 

@@ -43,6 +43,7 @@ static const struct special {
 	{STORE_PROMPT, K_CFILE, &prompt_ops, SP_EMPTY},
 	{STORE_HISTORY, K_CFILE, &hist_ops, 0},
 	{STORE_STREAM, K_CFILE, &stream_ops, 0},
+	{STORE_REASONING, K_CFILE, &stream_ops, 0},
 	{"model", K_CFILE, &plain_ops, 0},
 	{"system", K_CFILE, &plain_ops, 0},
 	{"params.json", K_CFILE, &plain_ops, 0},

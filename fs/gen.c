@@ -9,10 +9,12 @@
 #include "log.h"
 #include "metrics.h"
 #include "models.h"
+#include "msgs.h"
 #include "recover.h"
 #include "store.h"
 #include "tooldef.h"
 #include "toolrun.h"
+#include "utf8.h"
 #include "util.h"
 
 #include <cjson/cJSON.h>
@@ -86,9 +88,9 @@ static enum err_class storage_failed(struct gen_result *res, int err, const char
 /* Ends the answer's text in stream with a newline and appends the
  * assistant message (status marks an unfinished one) to the history. */
 static int save_assistant(const struct gen_job *job, const struct api_answer *ans,
-			  const char *status, int how, char **saved, off_t *at)
+			  const cJSON *stats, int how, char **saved, off_t *at)
 {
-	char *line = api_assistant_line(ans, status);
+	char *line = api_assistant_line(ans, NULL, stats);
 	int ret;
 	if (ans->content.len)
 		store_stream_write(job->dirfd, "\n", 1);
@@ -98,6 +100,33 @@ static int save_assistant(const struct gen_job *job, const struct api_answer *an
 	else
 		free(line);
 	return ret;
+}
+
+/* A marked line (taken over) with the turn's reasoning and lmsfs_stats
+ * added, when there are any. */
+static char *with_turn(char *line, const struct buf *reasoning, const cJSON *stats)
+{
+	cJSON *m;
+	char *out;
+
+	if (!line || ((!reasoning || !reasoning->len) && !stats))
+		return line;
+	m = cJSON_Parse(line);
+	if (!m)
+		return line;
+	if (reasoning && reasoning->len) {
+		char *fixed = utf8_repair(reasoning->data, reasoning->len);
+		cJSON_AddStringToObject(m, "reasoning_content", fixed ? fixed : "");
+		free(fixed);
+	}
+	if (stats)
+		cJSON_AddItemToObject(m, "lmsfs_stats", cJSON_Duplicate(stats, 1));
+	out = cJSON_PrintUnformatted(m);
+	cJSON_Delete(m);
+	if (!out)
+		return line;
+	free(line);
+	return out;
 }
 
 /* A reply that names no function for one of its calls, or that ends with
@@ -127,9 +156,10 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 	char *want = NULL, *model = NULL, *system = NULL, *params_txt = NULL;
 	cJSON *params = NULL;
 	cJSON *offered = NULL; /* the tools the last request offered, by name */
+	cJSON *stats = NULL;   /* the last request's lmsfs_stats */
 	struct api_answer ans;
 	enum err_class cls = EC_NONE;
-	int stream_fd = -1;
+	struct gen_out out = {.stream_fd = -1, .reason_fd = -1};
 	int rounds = 0;
 	int keep_text = 1; /* the marked line of a failure holds the text */
 
@@ -137,7 +167,7 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 	/* The one place that creates stream: later writes (marks, newlines)
 	 * only append, so that a conversation being removed (rm -r) is not
 	 * filled again behind the user's back. */
-	stream_fd = store_stream_open(job->dirfd);
+	out.stream_fd = store_stream_open(job->dirfd);
 
 	params_txt = store_setting(job->dirfd, "params.json");
 	if (params_txt) {
@@ -165,15 +195,18 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 
 		store_partial_set(job->dirfd);
 		buf_init(&msgs, STORE_HISTORY_MAX + (1u << 20));
-		/* The system prompt leads, unless the history starts with one. */
-		if (store_hist_for_request(job->dirfd, &msgs, first_role, sizeof(first_role),
-					   why, sizeof(why)) != 0) {
+		/* The system prompt leads: the system file, else a system
+		 * message that starts the history, else system_prompt. */
+		if (store_hist_for_request_ex(job->dirfd, &msgs, first_role, sizeof(first_role),
+					      why, sizeof(why),
+					      (cfg->send_reasoning ? MSGS_KEEP_REASONING : 0) |
+						      (system ? MSGS_DROP_SYSTEM : 0)) != 0) {
 			buf_free(&msgs);
 			cls = EC_BAD_REQUEST;
 			snprintf(res->errmsg, sizeof(res->errmsg), "%s", why);
 			goto fail;
 		}
-		if (strcmp(first_role, "system") != 0) {
+		if (system || strcmp(first_role, "system") != 0) {
 			const char *sp = system ? system : cfg->system_prompt;
 			if (sp && sp[0]) {
 				cJSON *sm = cJSON_CreateObject();
@@ -208,8 +241,13 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 			snprintf(res->errmsg, sizeof(res->errmsg), "out of memory");
 			goto fail;
 		}
-		cls = gen_request(cfg, job, body, stream, &ans, res, stream_fd);
+		cls = gen_request(cfg, job, body, stream, &ans, res, &out);
 		free(body);
+		cJSON_Delete(stats);
+		stats = gen_turn_stats(&ans, &out, model);
+		if (ans.prompt_tokens >= 0 || ans.completion_tokens >= 0)
+			metrics_model_tokens(ans.model[0] ? ans.model : model, ans.prompt_tokens,
+					     ans.completion_tokens, ans.reasoning_tokens);
 		if (ans.prompt_tokens >= 0)
 			res->prompt_tokens = ans.prompt_tokens;
 		if (ans.completion_tokens >= 0)
@@ -227,7 +265,7 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 		}
 
 		if (ans.n_calls == 0) {
-			int rc = save_assistant(job, &ans, NULL, STORE_SYNC, NULL, NULL);
+			int rc = save_assistant(job, &ans, stats, STORE_SYNC, NULL, NULL);
 			if (rc != 0) {
 				/* Never "ok" for an answer that is not on disk; its
 				 * text stays in stream. */
@@ -258,7 +296,7 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 		{
 			char *round_line = NULL;
 			off_t round_at = -1;
-			int rc = save_assistant(job, &ans, NULL, 0, &round_line, &round_at);
+			int rc = save_assistant(job, &ans, stats, 0, &round_line, &round_at);
 			if (rc != 0) {
 				cls = storage_failed(res, rc, "a tool call");
 				goto fail;
@@ -327,6 +365,7 @@ fail:
 		if (tl)
 			store_stream_write(job->dirfd, "\n", 1);
 		line = store_marked_answer_line(ans.content.data, tl, status);
+		line = with_turn(line, keep_text ? &ans.reasoning : NULL, stats);
 		rc = line ? append_history(job, line, STORE_SYNC, NULL) : -ENOMEM;
 		free(line);
 		if (rc != 0) {
@@ -353,8 +392,11 @@ done:
 		if (dt > 0)
 			res->tps = toks / dt;
 	}
-	if (stream_fd >= 0)
-		close(stream_fd);
+	if (out.stream_fd >= 0)
+		close(out.stream_fd);
+	if (out.reason_fd >= 0)
+		close(out.reason_fd);
+	cJSON_Delete(stats);
 	api_answer_free(&ans);
 	cJSON_Delete(offered);
 	cJSON_Delete(params);

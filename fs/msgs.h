@@ -23,4 +23,13 @@
 int msgs_from_history(const char *data, size_t len, struct buf *out, char *first_role,
 		      size_t rolelen);
 
+/* Flags for msgs_from_history_ex. Without MSGS_KEEP_REASONING an
+ * assistant message's "reasoning_content" is left out (servers that get
+ * it back may refuse it, and it costs context); MSGS_DROP_SYSTEM leaves out
+ * a system message that starts the history (the caller sends its own). A
+ * UTF-8 BOM that starts a line is dropped, whatever the flags. */
+enum { MSGS_KEEP_REASONING = 1, MSGS_DROP_SYSTEM = 2 };
+int msgs_from_history_ex(const char *data, size_t len, struct buf *out, char *first_role,
+			 size_t rolelen, unsigned flags);
+
 #endif

@@ -180,6 +180,12 @@ int store_awaits_answer(const cJSON *m)
 int store_hist_for_request(int dirfd, struct buf *out, char *first_role, size_t rolelen,
 			   char *why, size_t whylen)
 {
+	return store_hist_for_request_ex(dirfd, out, first_role, rolelen, why, whylen, 0);
+}
+
+int store_hist_for_request_ex(int dirfd, struct buf *out, char *first_role, size_t rolelen,
+			      char *why, size_t whylen, unsigned flags)
+{
 	char *data = NULL;
 	size_t len;
 	int rc = store_hist_read(dirfd, &data, &len);
@@ -191,7 +197,7 @@ int store_hist_for_request(int dirfd, struct buf *out, char *first_role, size_t 
 		snprintf(why, whylen, "cannot read messages.jsonl: %s", strerror(-rc));
 		return rc;
 	}
-	rc = msgs_from_history(data, len, out, first_role, rolelen);
+	rc = msgs_from_history_ex(data, len, out, first_role, rolelen, flags);
 	free(data);
 	if (rc) {
 		snprintf(why, whylen, "the history is too large to send");
@@ -248,6 +254,11 @@ char *store_marked_answer_line(const char *text, size_t len, const char *status)
 int store_stream_open(int dirfd)
 {
 	return fsio_open(dirfd, STORE_STREAM, O_WRONLY | O_APPEND | O_CREAT, 0644);
+}
+
+int store_reasoning_open(int dirfd)
+{
+	return fsio_open(dirfd, STORE_REASONING, O_WRONLY | O_APPEND | O_CREAT, 0644);
 }
 
 int store_stream_write(int dirfd, const char *text, size_t len)
