@@ -12,6 +12,7 @@
  *                 generated files
  *   fs_prompt.c   prompt and .ctl
  *   fs_hist.c     messages.jsonl written by users: checks, commits, merges
+ *   fs_setting.c  model, system, params.json: checked, committed whole
  *   fs_temp.c     temporaries renamed over messages.jsonl (sed -i)
  *   fs_wait.c     .reply readers that wait without holding a thread
  *   ops.c         the operations table, init and shutdown
@@ -176,6 +177,7 @@ extern const struct file_ops plain_ops, stream_ops, generated_ops; /* fs_file.c 
 extern const struct file_ops prompt_ops, ctl_ops;                   /* fs_prompt.c */
 extern const struct file_ops hist_ops;                              /* fs_hist.c */
 extern const struct file_ops reply_ops;                             /* fs_wait.c */
+extern const struct file_ops setting_ops;                           /* fs_setting.c */
 
 struct fh *fh_new(const struct file_ops *ops, uint64_t ino);
 void fh_free(struct fh *f);
