@@ -231,6 +231,13 @@ int rename_over_history(struct conv *c, const char *conv, const char *name,
 			const char *from, const char *to, unsigned flags, char *why,
 			size_t whylen);
 
+/* --- fs_setting.c -------------------------------------------------------- */
+
+/* A file (from, relative to the conversations directory) renamed over the
+ * settings file `name`: 0, or -EINVAL / -EFBIG with why set, when it
+ * cannot be used (0 for names that are not settings). */
+int setting_rename_check(const char *name, const char *from, char *why, size_t whylen);
+
 /* --- fs_temp.c ----------------------------------------------------------- */
 
 /* A file created in a conversation (maybe a temporary to rename over). */

@@ -5,6 +5,7 @@
  * with the reason in .status, and the old content stays. */
 #include "fs_int.h"
 
+#include "conv.h"
 #include "fsio.h"
 #include "log.h"
 #include "utf8.h"
@@ -313,6 +314,23 @@ static int setting_truncate(const struct nodeinfo *ni, struct fh *f, off_t size)
 		ret = setting_commit(ni, d, (size_t)size);
 	else if (why[0])
 		note_reject(ni->conv, ni->name, why);
+	free(d);
+	return ret;
+}
+
+int setting_rename_check(const char *name, const char *from, char *why, size_t whylen)
+{
+	char *d = NULL;
+	size_t len = 0;
+	int ret;
+
+	if (strcmp(name, "model") && strcmp(name, "system") && strcmp(name, "params.json"))
+		return 0;
+	ret = fsio_read(conv_root_fd(), from, SETTING_MAX, &d, &len);
+	if (ret == -EFBIG)
+		snprintf(why, whylen, "larger than 1 MiB (settings files are read whole)");
+	else if (ret == 0)
+		ret = setting_check(name, d, len, 1, why, whylen);
 	free(d);
 	return ret;
 }

@@ -389,6 +389,12 @@ void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 			}
 		}
 		char why[300] = "";
+		ret = setting_rename_check(newname, from, why, sizeof(why));
+		if (ret) {
+			if (why[0])
+				note_reject(npi.conv, newname, why);
+			goto out;
+		}
 		c = conv_get(npi.conv);
 		if (c)
 			conv_hist_lock(c);

@@ -130,6 +130,22 @@ def test_good_settings_still_written_every_way(fake, mount):
     assert read_text(c / "system") == "thXee"
 
 
+def test_unusable_file_renamed_over_a_setting_refused(fake, mount):
+    m = cmount(mount)
+    c = mkconv(m, "mv")
+    assert sh(m, "echo '{\"seed\": 3}' > mv/params.json").returncode == 0
+    assert sh(m, "printf '{nope' > mv/tmp1").returncode == 0
+    assert os_errno(os.rename, c / "tmp1", c / "params.json") == errno.EINVAL
+    assert sh(m, "mv mv/tmp1 mv/params.json").returncode != 0
+    assert json.loads(read_text(c / "params.json")) == {"seed": 3}
+    assert (c / "tmp1").exists()
+    assert "params.json" in status(m, "mv")["rejected_write"]
+    # A good one goes in (an editor's save by rename).
+    assert sh(m, "printf '{\"seed\": 4}' > mv/tmp2 && "
+                 "mv mv/tmp2 mv/params.json").returncode == 0
+    assert json.loads(read_text(c / "params.json")) == {"seed": 4}
+
+
 # -------------------------------------------------------------------- BOM
 
 def test_bom_at_start_of_history_line_is_dropped_not_the_line(fake, mount):
