@@ -186,6 +186,9 @@ struct fh *FH(struct fuse_file_info *fi);
 int fh_new_fd(const struct file_ops *ops, uint64_t ino, int fd, struct fh **out);
 /* Replies with f->fd's data (spliced, no copy). */
 void read_fd(fuse_req_t req, struct fh *f, size_t size, off_t off);
+/* Keeps the mode and times of a setattr on f (takes f's lock), for a
+ * commit that writes a new file to apply them again. */
+void fh_record_times(struct fh *f, int to_set, const struct stat *attr);
 /* Calls fn on every open file handle (handles_lock held). */
 void fh_each(void (*fn)(struct fh *f, void *arg), void *arg);
 
