@@ -240,6 +240,8 @@ int rename_over_history(struct conv *c, const char *conv, const char *name,
  * settings file `name`: 0, or -EINVAL / -EFBIG with why set, when it
  * cannot be used (0 for names that are not settings). */
 int setting_rename_check(const char *name, const char *from, char *why, size_t whylen);
+/* Times or mode set on a settings file while a writer holds it open. */
+void setting_note_times(uint64_t ino, int to_set, const struct stat *attr);
 
 /* --- fs_temp.c ----------------------------------------------------------- */
 

@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* The largest settings file lmsfs reads (fsio_read_setting). */
@@ -120,15 +121,45 @@ static int setting_check(const char *name, const char *data, size_t len, int fin
 	return 0;
 }
 
-/* Puts data in place of the file, atomically. */
-static int setting_commit(const struct nodeinfo *ni, const char *data, size_t len)
+/* Puts data in place of the file, atomically; then the mode and times a
+ * writer's handle was given meanwhile (f may be NULL). */
+static int setting_commit(const struct nodeinfo *ni, struct fh *f, const char *data,
+			  size_t len)
 {
 	int dfd = conv_dir(ni->conv), ret;
 	if (dfd < 0)
 		return dfd;
 	ret = fsio_replace(dfd, ni->name, data, len);
+	if (ret == 0 && f && f->mode_set && fchmodat(dfd, ni->name, f->new_mode, 0) < 0)
+		log_warn("conversation %s: cannot set the mode of %s", ni->conv, ni->name);
+	if (ret == 0 && f && f->times_set &&
+	    utimensat(dfd, ni->name, f->times, AT_SYMLINK_NOFOLLOW) < 0)
+		log_warn("conversation %s: cannot set the times of %s", ni->conv, ni->name);
 	close(dfd);
 	return ret;
+}
+
+/* Times or mode set (cp -a, tar: futimens before close) while a writer
+ * holds a settings file open: the commit writes a new file, which must
+ * carry them too. */
+struct times_arg {
+	uint64_t ino;
+	int to_set;
+	const struct stat *attr;
+};
+
+static void note_times(struct fh *f, void *arg)
+{
+	const struct times_arg *t = arg;
+	if (f->ops != &setting_ops || !f->writable || f->ino != t->ino)
+		return;
+	fh_record_times(f, t->to_set, t->attr);
+}
+
+void setting_note_times(uint64_t ino, int to_set, const struct stat *attr)
+{
+	struct times_arg t = {ino, to_set, attr};
+	fh_each(note_times, &t);
 }
 
 static int setting_open(fuse_ino_t ino, const struct nodeinfo *ni, int flags, mode_t mode,
@@ -237,7 +268,7 @@ static int setting_commit_fh(struct fh *f, const struct nodeinfo *ni)
 		note_reject(ni->conv, ni->name, why);
 		return ret;
 	}
-	ret = setting_commit(ni, f->data.data ? f->data.data : "", f->data.len);
+	ret = setting_commit(ni, f, f->data.data ? f->data.data : "", f->data.len);
 	if (ret == 0)
 		f->dirty = 0;
 	return ret;
@@ -311,7 +342,7 @@ static int setting_truncate(const struct nodeinfo *ni, struct fh *f, off_t size)
 	if (ret == 0)
 		ret = setting_check(ni->name, d, (size_t)size, 1, why, sizeof(why));
 	if (ret == 0)
-		ret = setting_commit(ni, d, (size_t)size);
+		ret = setting_commit(ni, NULL, d, (size_t)size);
 	else if (why[0])
 		note_reject(ni->conv, ni->name, why);
 	free(d);
