@@ -7,14 +7,12 @@ every assistant line, tokens per model in metrics."""
 import json
 import os
 import re
-import time
 
 import pytest
 
 from conftest import read_text, run, wait_for
 from conv_helpers import (LLAMA, Bg, cdir, chat_bodies, cmount, convs,
-                          history_text, mkconv, prompt, reply, sh, status,
-                          wait_answered)
+                          history_text, mkconv, prompt, reply, sh, status)
 from fake_lms import Reply
 
 MARK = "[lmsfs] reasoning\n"
@@ -51,11 +49,25 @@ def test_reasoning_followed_live_while_stream_has_one_line(fake, mount,
                                                           tmp_path):
     m = cmount(mount)
     mkconv(m, "r")
+    # An answer without reasoning makes no reasoning file.
+    fake.enqueue(Reply(text="Plain."))
+    prompt(m, "r", "plain")
+    assert reply(m, "r") == "Plain."
+    assert not (cdir(m, "r") / "reasoning").exists()
+    # The first reasoning makes it; from then on tail -f follows it.
+    fake.enqueue(Reply(text="Warm.", reasoning="warming up",
+                       reasoning_key="reasoning_content"))
+    prompt(m, "r", "warm up")
+    assert reply(m, "r") == "Warm."
+    assert reasoning_text(m, "r") == "warming up\n"
     words = ["thinking%d " % i for i in range(12)]
     fake.enqueue(Reply(text="The answer.", reasoning=words, delay=0.2,
                        reasoning_key="reasoning_content"))
-    tail_r = Bg("tail -F -s 0.1 r/reasoning", tmp_path / "r.out", convs(m))
-    tail_s = Bg("tail -F -s 0.1 r/stream", tmp_path / "s.out", convs(m))
+    tail_r = Bg("tail -f -s 0.1 r/reasoning", tmp_path / "r.out", convs(m))
+    # stream from what comes after the first two answers on.
+    skip = len("Plain.\n" + MARK + "Warm.\n")
+    tail_s = Bg("tail -c +%d -f -s 0.1 r/stream" % (skip + 1),
+                tmp_path / "s.out", convs(m))
     try:
         prompt(m, "r", "think about it")
         # Some reasoning is visible while the answer is still being made.
@@ -74,9 +86,14 @@ def test_reasoning_followed_live_while_stream_has_one_line(fake, mount,
     finally:
         tail_r.kill()
         tail_s.kill()
-    assert read_text(cdir(m, "r") / "stream") == MARK + "The answer.\n"
-    assert reasoning_text(m, "r") == "".join(words) + "\n"
-    (a,) = assistants(m, "r")
+    assert read_text(cdir(m, "r") / "stream") == (
+        "Plain.\n" + MARK + "Warm.\n" + MARK + "The answer.\n")
+    want = "warming up\n\n" + "".join(words) + "\n"
+    assert reasoning_text(m, "r") == want
+    # Append-only, like stream.
+    assert sh(m, ": > r/reasoning").returncode != 0
+    assert reasoning_text(m, "r") == want
+    _, _, a = assistants(m, "r")
     assert a["content"] == "The answer."
     assert a["reasoning_content"] == "".join(words)
 

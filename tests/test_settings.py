@@ -12,9 +12,8 @@ import os
 import pytest
 
 from conftest import read_bytes, read_text
-from conv_helpers import (chat_bodies, cdir, cmount, mkconv,
+from conv_helpers import (chat_bodies, cmount, mkconv,
                           os_errno, prompt, raw_write, reply, sh, status)
-from fake_lms import Reply
 
 BOM = "\ufeff"
 
