@@ -170,7 +170,7 @@ FUZZ_CFLAGS := -g -O1 -fsanitize=fuzzer,address,undefined -std=gnu11 -D_GNU_SOUR
                -DLMSFS_VERSION=\"$(VERSION)\" -Ifs $(shell pkg-config --cflags libcjson inih 2>/dev/null)
 FUZZ_LIBS := $(shell pkg-config --libs libcjson inih 2>/dev/null)
 FUZZ_SRC_sse := fs/sse.c fs/buf.c
-FUZZ_SRC_chunk := fs/api.c fs/u16.c fs/buf.c fs/errclass.c fs/util.c fs/utf8.c
+FUZZ_SRC_chunk := fs/api.c fs/u16.c fs/buf.c fs/errclass.c fs/util.c fs/utf8.c fs/think.c
 FUZZ_SRC_jsonl := fs/jsonl.c fs/buf.c fs/utf8.c
 FUZZ_SRC_config := fs/config.c fs/config_value.c fs/config_file.c fs/log.c fs/buf.c
 
