@@ -301,6 +301,10 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 				cls = storage_failed(res, rc, "a tool call");
 				goto fail;
 			}
+			/* Counted once: a failure before the next request marks
+			 * a line without them. */
+			cJSON_Delete(stats);
+			stats = NULL;
 			store_partial_set(job->dirfd);
 			/* Every call gets its result, in order. A call past the
 			 * first TOOLRUN_MAX_CALLS, or to a tool this request did
@@ -365,6 +369,10 @@ fail:
 		if (tl)
 			store_stream_write(job->dirfd, "\n", 1);
 		line = store_marked_answer_line(ans.content.data, tl, status);
+		/* Cut between requests: the model, no figures (those of the
+		 * last request are on its own line). */
+		if (!stats && model && (stats = cJSON_CreateObject()))
+			cJSON_AddStringToObject(stats, "model", model);
 		line = with_turn(line, keep_text ? &ans.reasoning : NULL, stats);
 		rc = line ? append_history(job, line, STORE_SYNC, NULL) : -ENOMEM;
 		free(line);

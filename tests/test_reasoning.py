@@ -300,3 +300,28 @@ def test_metrics_tokens_per_model(fake, mount):
                    (LLAMA, "reasoning"): 4, (q, "in"): 10, (q, "out"): 5,
                    (q, "reasoning"): 2}, text
     assert "# TYPE lmsfs_model_tokens_total counter" in text
+
+
+def test_stats_counted_once_when_cancelled_in_a_tool_round(fake, mount,
+                                                           tmp_path):
+    m = cmount(mount)
+    add_tool(m, tmp_path, "slow", "#!/bin/sh\nsleep 1\necho late\n")
+    mkconv(m, "cx")
+    fake.enqueue(Reply(tool_calls=[{"name": "slow", "arguments": {}}],
+                       usage={"prompt_tokens": 10, "completion_tokens": 7,
+                              "total_tokens": 17}))
+    prompt(m, "cx", "go")
+    wait_for(lambda: "[lmsfs] tool slow" in read_text(cdir(m, "cx") /
+                                                        "stream"),
+             timeout=10)
+    assert sh(m, "echo cancel > cx/.ctl").returncode == 0
+    # (The tool is not stopped by a cancel on this branch: the round ends
+    # when it does, then the answer is marked cancelled.)
+    wait_for(lambda: status(m, "cx")["state"] != "generating", timeout=15)
+    call, marked = assistants(m, "cx")
+    assert call["lmsfs_stats"]["completion_tokens"] == 7
+    assert marked["lmsfs_status"] == "cancelled"
+    assert marked["lmsfs_stats"] == {"model": LLAMA}, marked
+    r = sh(m, "jq -s '[.[].lmsfs_stats.completion_tokens // 0] | add' "
+              "cx/messages.jsonl")
+    assert r.returncode == 0 and int(r.stdout) == 7, (r.stdout, r.stderr)
