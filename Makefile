@@ -79,7 +79,7 @@ OBJS := $(patsubst fs/%.c,$(BUILD)/%.o,$(SRCS))
 DEPS := $(OBJS:.o=.d)
 
 # Pure modules that unit tests link against (no FUSE, no curl).
-PURE := buf utf8 sse jsonl config config_value config_file log names util msgs fsio store spool recover errclass u16 api
+PURE := buf utf8 sse jsonl config config_value config_file log names util msgs fsio store spool recover errclass u16 api think
 # attachments (store layer, used by store.c and recover.c)
 PURE += attach attach_send
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
@@ -192,7 +192,7 @@ FUZZ_CFLAGS := -g -O1 -fsanitize=fuzzer,address,undefined -std=gnu11 -D_GNU_SOUR
                -DLMSFS_VERSION=\"$(VERSION)\" -Ifs $(shell pkg-config --cflags libcjson inih 2>/dev/null)
 FUZZ_LIBS := $(shell pkg-config --libs libcjson inih 2>/dev/null)
 FUZZ_SRC_sse := fs/sse.c fs/buf.c
-FUZZ_SRC_chunk := fs/api.c fs/u16.c fs/buf.c fs/errclass.c fs/util.c fs/utf8.c
+FUZZ_SRC_chunk := fs/api.c fs/u16.c fs/buf.c fs/errclass.c fs/util.c fs/utf8.c fs/think.c
 FUZZ_SRC_jsonl := fs/jsonl.c fs/buf.c fs/utf8.c
 FUZZ_SRC_config := fs/config.c fs/config_value.c fs/config_file.c fs/log.c fs/buf.c
 

@@ -14,6 +14,8 @@
 #include <string.h>
 
 #define ARGS_MAX (1u << 20)
+/* Reasoning kept for the history (the reasoning file gets all of it). */
+#define REASONING_MAX (1u << 20)
 
 void api_answer_init(struct api_answer *a)
 {
@@ -25,6 +27,9 @@ void api_answer_init(struct api_answer *a)
 		buf_init(&a->calls[i].args, ARGS_MAX);
 	a->prompt_tokens = a->completion_tokens = -1;
 	a->tps = a->ttft = -1;
+	buf_init(&a->reasoning, REASONING_MAX);
+	a->reasoning_tokens = -1;
+	think_init(&a->think);
 }
 
 void api_answer_free(struct api_answer *a)
@@ -32,6 +37,9 @@ void api_answer_free(struct api_answer *a)
 	if (!a)
 		return;
 	buf_free(&a->content);
+	buf_free(&a->reasoning);
+	cJSON_Delete(a->stats);
+	a->stats = NULL;
 	for (int i = 0; i < API_MAX_TOOL_CALLS; i++) {
 		free(a->calls[i].id);
 		free(a->calls[i].name);
@@ -68,9 +76,50 @@ static int bad_shape(struct api_answer *a, const char *what)
 	return -EPROTO;
 }
 
-/* Adds text that is already mended. */
+/* Adds reasoning that is already mended: kept up to its cap, shown
+ * whole. */
+static int add_reasoning_mended(struct api_answer *a, const char *s, size_t n, void *ctx)
+{
+	if (n == 0)
+		return 0;
+	if (a->reasoning.len < a->reasoning.max) {
+		size_t room = a->reasoning.max - a->reasoning.len;
+		buf_append(&a->reasoning, s, n < room ? n : room);
+	}
+	a->chunks++;
+	return a->reason_fn ? a->reason_fn(ctx, s, n) : 0;
+}
+
+static int add_content_mended(struct api_answer *a, const char *s, size_t n,
+			      api_text_fn fn, void *ctx);
+
+struct think_pass {
+	struct api_answer *a;
+	api_text_fn fn;
+	void *ctx;
+};
+
+static int think_out(void *u, int reasoning, const char *s, size_t n)
+{
+	struct think_pass *p = u;
+	return reasoning ? add_reasoning_mended(p->a, s, n, p->ctx)
+			 : add_content_mended(p->a, s, n, p->fn, p->ctx);
+}
+
+/* Adds text that is already mended (a leading <think> block goes to the
+ * reasoning when split_think is set). */
 static int add_mended(struct api_answer *a, const char *s, size_t n,
 		      api_text_fn fn, void *ctx)
+{
+	if (n && a->split_think && !think_done(&a->think)) {
+		struct think_pass p = {a, fn, ctx};
+		return think_feed(&a->think, s, n, think_out, &p);
+	}
+	return add_content_mended(a, s, n, fn, ctx);
+}
+
+static int add_content_mended(struct api_answer *a, const char *s, size_t n,
+			      api_text_fn fn, void *ctx)
 {
 	if (n == 0)
 		return 0;
@@ -84,8 +133,9 @@ static int add_mended(struct api_answer *a, const char *s, size_t n,
 	return fn ? fn(ctx, s, n) : 0;
 }
 
-static int add_text(struct api_answer *a, const char *s, api_text_fn fn,
-		    void *ctx)
+/* Adds a piece of content (reasoning 0) or of reasoning (1). */
+static int add_piece(struct api_answer *a, const char *s, int reasoning, api_text_fn fn,
+		     void *ctx)
 {
 	size_t n;
 	char small[256], *m;
@@ -100,8 +150,8 @@ static int add_text(struct api_answer *a, const char *s, api_text_fn fn,
 		snprintf(a->errmsg, sizeof(a->errmsg), "out of memory");
 		return -ENOMEM;
 	}
-	n = u16_mend(s, n, &a->hi, m);
-	ret = add_mended(a, m, n, fn, ctx);
+	n = u16_mend(s, n, reasoning ? &a->rhi : &a->hi, m);
+	ret = reasoning ? add_reasoning_mended(a, m, n, ctx) : add_mended(a, m, n, fn, ctx);
 	if (m != small)
 		free(m);
 	return ret;
@@ -111,15 +161,26 @@ static int add_text(struct api_answer *a, const char *s, api_text_fn fn,
  * a high half still held had no partner. */
 static int end_halves(struct api_answer *a, api_text_fn fn, void *ctx)
 {
+	int rc = 0;
 	for (int i = 0; i < a->n_calls; i++)
 		if (a->calls[i].hi) {
 			a->calls[i].hi = 0;
 			buf_append(&a->calls[i].args, U16_FFFD, 3);
 		}
-	if (!a->hi)
-		return 0;
-	a->hi = 0;
-	return add_mended(a, U16_FFFD, 3, fn, ctx);
+	if (a->rhi) {
+		a->rhi = 0;
+		rc = add_reasoning_mended(a, U16_FFFD, 3, ctx);
+	}
+	if (rc == 0 && a->hi) {
+		a->hi = 0;
+		rc = add_mended(a, U16_FFFD, 3, fn, ctx);
+	}
+	/* The text ended: a <think> start held back was text after all. */
+	if (rc == 0 && a->split_think && !think_done(&a->think)) {
+		struct think_pass p = {a, fn, ctx};
+		rc = think_end(&a->think, think_out, &p);
+	}
+	return rc;
 }
 
 static int add_call_delta(struct api_answer *a, const cJSON *tc, int fallback)
@@ -180,8 +241,20 @@ static void take_usage(struct api_answer *a, const cJSON *root)
 		v = cJSON_GetObjectItemCaseSensitive(u, "completion_tokens");
 		if (cJSON_IsNumber(v))
 			a->completion_tokens = (long)v->valuedouble;
+		v = cJSON_GetObjectItemCaseSensitive(
+			cJSON_GetObjectItemCaseSensitive(u, "completion_tokens_details"),
+			"reasoning_tokens");
+		if (cJSON_IsNumber(v))
+			a->reasoning_tokens = (long)v->valuedouble;
+	}
+	v = cJSON_GetObjectItemCaseSensitive(root, "model");
+	if (cJSON_IsString(v) && !a->model[0]) {
+		snprintf(a->model, sizeof(a->model), "%s", v->valuestring);
+		u16_mend_in_place(a->model);
 	}
 	if (cJSON_IsObject(s)) {
+		cJSON_Delete(a->stats);
+		a->stats = cJSON_Duplicate(s, 1);
 		v = cJSON_GetObjectItemCaseSensitive(s, "tokens_per_second");
 		if (cJSON_IsNumber(v))
 			a->tps = v->valuedouble;
@@ -282,9 +355,13 @@ int api_feed_event(struct api_answer *a, const char *data, size_t len,
 			ret = bad_shape(a, "\"content\" is not a string");
 			break;
 		}
-		/* Reasoning deltas ("reasoning", "reasoning_content") are not
-		 * part of the answer: they are passed over. */
-		ret = add_text(a, str(d, "content"), fn, ctx);
+		/* Reasoning ("reasoning_content", else "reasoning") is not
+		 * part of the answer: it goes its own way. */
+		ret = add_piece(a, str(d, "reasoning_content") ? str(d, "reasoning_content")
+							       : str(d, "reasoning"),
+				1, fn, ctx);
+		if (!ret)
+			ret = add_piece(a, str(d, "content"), 0, fn, ctx);
 		if (ret)
 			break;
 		tcs = cJSON_GetObjectItemCaseSensitive(d, "tool_calls");
@@ -452,7 +529,8 @@ char *api_build_request_buf(const struct config *cfg, const char *model, struct 
 	return buf_take(msgs);
 }
 
-char *api_assistant_line(const struct api_answer *a, const char *status)
+char *api_assistant_line(const struct api_answer *a, const char *status,
+			 const cJSON *stats)
 {
 	cJSON *m = cJSON_CreateObject();
 	char *out;
@@ -493,6 +571,13 @@ char *api_assistant_line(const struct api_answer *a, const char *status)
 			cJSON_AddItemToArray(arr, o);
 		}
 	}
+	if (a->reasoning.len) {
+		char *fixed = utf8_repair(a->reasoning.data, a->reasoning.len);
+		cJSON_AddStringToObject(m, "reasoning_content", fixed ? fixed : "");
+		free(fixed);
+	}
+	if (stats)
+		cJSON_AddItemToObject(m, "lmsfs_stats", cJSON_Duplicate(stats, 1));
 	if (status)
 		cJSON_AddStringToObject(m, "lmsfs_status", status);
 	out = cJSON_PrintUnformatted(m);

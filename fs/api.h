@@ -20,6 +20,7 @@
 
 #include "buf.h"
 #include "errclass.h"
+#include "think.h"
 
 struct config;
 typedef struct cJSON cJSON;
@@ -50,6 +51,18 @@ struct api_answer {
 	char errmsg[512];
 	unsigned hi;          /* a UTF-16 high surrogate that ended the last
 			       * content piece, not yet shown (0: none) */
+	/* Reasoning (delta or message "reasoning_content" / "reasoning",
+	 * and with split_think a leading <think> block of the content). */
+	struct buf reasoning; /* kept up to its cap; what is over is only shown */
+	unsigned rhi;         /* like hi, for reasoning */
+	int (*reason_fn)(void *ctx, const char *text, size_t len);
+			      /* set by the caller after init: called with the
+			       * text callback's ctx for each reasoning piece */
+	int split_think;      /* set by the caller: split_think_tags */
+	struct think think;
+	long reasoning_tokens; /* usage.completion_tokens_details, -1 unknown */
+	cJSON *stats;         /* the server's "stats" object (a copy), NULL */
+	char model[256];      /* the reply's "model", "" when not sent */
 };
 
 /* Called with each new piece of visible text (content, not reasoning). */
@@ -82,10 +95,13 @@ char *api_build_request_buf(const struct config *cfg, const char *model, struct 
 			    const cJSON *params, cJSON *tools, int *stream_out);
 
 /* The assistant message for the history: content (or null) plus
- * tool_calls / function_call as the API expects them back. `status`, when
- * not NULL, marks an unfinished answer ("cancelled", "failed: ...") in an
- * "lmsfs_status" member that is stripped before anything is sent. Returns a
- * malloc'd one-line JSON string. */
-char *api_assistant_line(const struct api_answer *a, const char *status);
+ * tool_calls / function_call as the API expects them back, and the
+ * reasoning as "reasoning_content" when there was any. `status`, when not
+ * NULL, marks an unfinished answer ("cancelled", "failed: ...") in an
+ * "lmsfs_status" member; `stats` (may be NULL) is copied into an
+ * "lmsfs_stats" member; lmsfs_* members are stripped before anything is
+ * sent. Returns a malloc'd one-line JSON string. */
+char *api_assistant_line(const struct api_answer *a, const char *status,
+			 const cJSON *stats);
 
 #endif

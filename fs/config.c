@@ -65,6 +65,9 @@ const struct key config_keys[] = {
     {"seed", K_OPTLONG, OFF(seed), OFF(has_seed), -INF, INF, 0},
     {"system_prompt", K_OPTSTR, OFF(system_prompt), 0, 0, 0, 0},
     {"stream", K_BOOL, OFF(stream), 0, 0, 1, 0},
+    /* reasoning */
+    {"send_reasoning", K_BOOL, OFF(send_reasoning), 0, 0, 1, 0},
+    {"split_think_tags", K_BOOL, OFF(split_think_tags), 0, 0, 1, 0},
     /* resilience */
     {"max_retries", K_INT, OFF(max_retries), 0, 0, 100, 0},
     {"max_retries_stream", K_INT, OFF(max_retries_stream), 0, 0, 100, 0},

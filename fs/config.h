@@ -44,6 +44,9 @@ struct config {
 	char *system_prompt;     /* "You are a helpful assistant."; NULL when
 				    set empty: send no system message */
 	int stream;              /* 1 */
+	/* reasoning */
+	int send_reasoning;      /* 0: reasoning_content stays out of requests */
+	int split_think_tags;    /* 0: <think> in an answer's text is text */
 	/* resilience */
 	int max_retries;         /* 3 */
 	int max_retries_stream;  /* 2 */

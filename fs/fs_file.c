@@ -74,6 +74,29 @@ void fh_free(struct fh *f)
 	free(f);
 }
 
+void fh_record_times(struct fh *f, int to_set, const struct stat *attr)
+{
+	pthread_mutex_lock(&f->lock);
+	if (to_set & FUSE_SET_ATTR_MODE) {
+		f->mode_set = 1;
+		f->new_mode = attr->st_mode & 07777;
+	}
+	if (to_set & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME)) {
+		f->times_set = 1;
+		f->times[0].tv_sec = f->times[1].tv_sec = 0;
+		f->times[0].tv_nsec = f->times[1].tv_nsec = UTIME_OMIT;
+		if (to_set & FUSE_SET_ATTR_ATIME_NOW)
+			f->times[0].tv_nsec = UTIME_NOW;
+		else if (to_set & FUSE_SET_ATTR_ATIME)
+			f->times[0] = attr->st_atim;
+		if (to_set & FUSE_SET_ATTR_MTIME_NOW)
+			f->times[1].tv_nsec = UTIME_NOW;
+		else if (to_set & FUSE_SET_ATTR_MTIME)
+			f->times[1] = attr->st_mtim;
+	}
+	pthread_mutex_unlock(&f->lock);
+}
+
 int fh_new_fd(const struct file_ops *ops, uint64_t ino, int fd, struct fh **out)
 {
 	struct fh *f = fh_new(ops, ino);

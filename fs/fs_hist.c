@@ -330,25 +330,7 @@ static void note_times(struct fh *f, void *arg)
 	const struct times_arg *t = arg;
 	if (f->kind != FH_HIST || !f->writable || f->ino != t->ino)
 		return;
-	pthread_mutex_lock(&f->lock);
-	if (t->to_set & FUSE_SET_ATTR_MODE) {
-		f->mode_set = 1;
-		f->new_mode = t->attr->st_mode & 07777;
-	}
-	if (t->to_set & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME)) {
-		f->times_set = 1;
-		f->times[0].tv_sec = f->times[1].tv_sec = 0;
-		f->times[0].tv_nsec = f->times[1].tv_nsec = UTIME_OMIT;
-		if (t->to_set & FUSE_SET_ATTR_ATIME_NOW)
-			f->times[0].tv_nsec = UTIME_NOW;
-		else if (t->to_set & FUSE_SET_ATTR_ATIME)
-			f->times[0] = t->attr->st_atim;
-		if (t->to_set & FUSE_SET_ATTR_MTIME_NOW)
-			f->times[1].tv_nsec = UTIME_NOW;
-		else if (t->to_set & FUSE_SET_ATTR_MTIME)
-			f->times[1] = t->attr->st_mtim;
-	}
-	pthread_mutex_unlock(&f->lock);
+	fh_record_times(f, t->to_set, t->attr);
 }
 
 void hist_note_times(uint64_t ino, int to_set, const struct stat *attr)

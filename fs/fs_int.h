@@ -12,6 +12,7 @@
  *                 generated files
  *   fs_prompt.c   prompt and .ctl
  *   fs_hist.c     messages.jsonl written by users: checks, commits, merges
+ *   fs_setting.c  model, system, params.json: checked, committed whole
  *   fs_temp.c     temporaries renamed over messages.jsonl (sed -i)
  *   fs_wait.c     .reply readers that wait without holding a thread
  *   fs_models.c   models/: touch or write to load, rm to unload (replies
@@ -206,6 +207,7 @@ extern const struct file_ops mcpconf_ops;                           /* fs_mcpcon
  * for tools/.status) when it is not a valid mcp.json. */
 int mcpconf_check_rename(const char *from);
 extern const struct file_ops model_ops;                             /* fs_models.c */
+extern const struct file_ops setting_ops;                           /* fs_setting.c */
 
 struct fh *fh_new(const struct file_ops *ops, uint64_t ino);
 void fh_free(struct fh *f);
@@ -214,6 +216,9 @@ struct fh *FH(struct fuse_file_info *fi);
 int fh_new_fd(const struct file_ops *ops, uint64_t ino, int fd, struct fh **out);
 /* Replies with f->fd's data (spliced, no copy). */
 void read_fd(fuse_req_t req, struct fh *f, size_t size, off_t off);
+/* Keeps the mode and times of a setattr on f (takes f's lock), for a
+ * commit that writes a new file to apply them again. */
+void fh_record_times(struct fh *f, int to_set, const struct stat *attr);
 /* Calls fn on every open file handle (handles_lock held). */
 void fh_each(void (*fn)(struct fh *f, void *arg), void *arg);
 
@@ -258,6 +263,15 @@ void hist_note_times(uint64_t ino, int to_set, const struct stat *attr);
 int rename_over_history(struct conv *c, const char *conv, const char *name,
 			const char *from, const char *to, unsigned flags, char *why,
 			size_t whylen);
+
+/* --- fs_setting.c -------------------------------------------------------- */
+
+/* A file (from, relative to the conversations directory) renamed over the
+ * settings file `name`: 0, or -EINVAL / -EFBIG with why set, when it
+ * cannot be used (0 for names that are not settings). */
+int setting_rename_check(const char *name, const char *from, char *why, size_t whylen);
+/* Times or mode set on a settings file while a writer holds it open. */
+void setting_note_times(uint64_t ino, int to_set, const struct stat *attr);
 
 /* --- fs_temp.c ----------------------------------------------------------- */
 

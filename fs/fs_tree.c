@@ -255,6 +255,9 @@ void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 	if (ni.kind == K_CFILE && special_ops(&ni) == &hist_ops &&
 	    (to_set & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME)))
 		hist_note_times(ino, to_set, attr);
+	if (ni.kind == K_CFILE && special_ops(&ni) == &setting_ops &&
+	    (to_set & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME)))
+		setting_note_times(ino, to_set, attr);
 	if ((ni.kind == K_CFILE || ni.kind == K_TFILE || ni.kind == K_SFILE) &&
 	    fstatat(dfd, rel, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode)) {
 		log_warnx("refused to change a symlink: %s", rel);
@@ -510,6 +513,12 @@ void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 			}
 		}
 		char why[300] = "";
+		ret = setting_rename_check(newname, from, why, sizeof(why));
+		if (ret) {
+			if (why[0])
+				note_reject(npi.conv, newname, why);
+			goto out;
+		}
 		c = conv_get(npi.conv);
 		if (c)
 			conv_hist_lock(c);

@@ -124,7 +124,11 @@ char *fsio_read_setting(int dirfd, const char *path)
 
 	if (fsio_read(dirfd, path, 1u << 20, &data, &len) != 0)
 		return NULL;
-	t = trim(data);
+	t = data;
+	/* A UTF-8 byte order mark (Windows editors) is not part of it. */
+	if (len >= 3 && memcmp(t, "\xEF\xBB\xBF", 3) == 0)
+		t += 3;
+	t = trim(t);
 	if (!*t) {
 		free(data);
 		return NULL;

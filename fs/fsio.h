@@ -24,8 +24,9 @@ int fsio_write_all(int fd, const void *p, size_t n);
  * max bytes (-EFBIG when larger). */
 int fsio_read(int dirfd, const char *path, size_t max, char **out, size_t *len);
 
-/* Reads a small settings file (at most 1 MiB), trimmed; malloc'd. NULL
- * when absent, empty, too large or refused. */
+/* Reads a small settings file (at most 1 MiB), a leading UTF-8 BOM
+ * dropped, trimmed; malloc'd. NULL when absent, empty, too large or
+ * refused. */
 char *fsio_read_setting(int dirfd, const char *path);
 
 /* Flags for fsio_append. */

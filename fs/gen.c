@@ -1,22 +1,20 @@
 /* gen.c - one answer: build the request from the conversation's files,
  * send it with retries and the breaker, stream the text into `stream`,
  * run tool rounds, and append the result to messages.jsonl. */
-#include "gen.h"
+#include "gen_int.h"
 
 #include "api.h"
 #include "config.h"
 #include "fsio.h"
-#include "http.h"
 #include "log.h"
 #include "metrics.h"
-#include "mock.h"
 #include "models.h"
-#include "retry.h"
+#include "msgs.h"
 #include "recover.h"
-#include "sse.h"
 #include "store.h"
 #include "tooldef.h"
 #include "toolrun.h"
+#include "utf8.h"
 #include "util.h"
 
 #include <cjson/cJSON.h>
@@ -28,8 +26,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
-
-#define ERROR_BODY_MAX (64u << 10)
 
 static const struct config *cfg;
 
@@ -89,200 +85,12 @@ static enum err_class storage_failed(struct gen_result *res, int err, const char
 	return errclass_of_local(err, EC_STORAGE);
 }
 
-struct stream_ctx {
-	const struct gen_job *job;
-	struct api_answer *ans;
-	struct sse_parser *sse;
-	int stream_fd;
-	int write_err;
-	int batching;       /* inside on_bytes: text is written once per read */
-	struct buf pending; /* text not yet in stream */
-};
-
-static void flush_text(struct stream_ctx *s)
-{
-	if (s->pending.len && s->stream_fd >= 0 &&
-	    fsio_write_all(s->stream_fd, s->pending.data, s->pending.len) != 0)
-		s->write_err = 1;
-	buf_reset(&s->pending);
-}
-
-static int on_text(void *u, const char *text, size_t len)
-{
-	struct stream_ctx *s = u;
-	struct gen_progress *pg = s->job->progress;
-	if (dbl_get(&pg->first_token) == 0)
-		dbl_set(&pg->first_token, now_s());
-	__atomic_add_fetch(&pg->tokens, 1, __ATOMIC_RELAXED);
-	if (s->batching && buf_append(&s->pending, text, len) == 0)
-		return 0;
-	flush_text(s);
-	if (s->stream_fd >= 0 && fsio_write_all(s->stream_fd, text, len) != 0)
-		s->write_err = 1;
-	return 0;
-}
-
-static int on_event(void *u, const char *event, const char *data, size_t len)
-{
-	(void)event;
-	struct stream_ctx *s = u;
-	int rc = api_feed_event(s->ans, data, len, on_text, s);
-	if (rc)
-		return rc;
-	/* An error event ends the answer; [DONE] too. */
-	return (s->ans->err || s->ans->done) ? 1 : 0;
-}
-
-static int on_bytes(void *u, const char *p, size_t n)
-{
-	struct stream_ctx *s = u;
-	int rc;
-
-	/* The first byte: a model loaded just in time is loaded. */
-	__atomic_store_n(&s->job->progress->loading, 0, __ATOMIC_RELAXED);
-	/* Everything that arrived in one read reaches stream in one write:
-	 * readers see it at the same moment, with one syscall instead of one
-	 * per token. */
-	s->batching = 1;
-	rc = sse_feed(s->sse, p, n);
-	s->batching = 0;
-	flush_text(s);
-	if (rc == -EMSGSIZE) {
-		s->ans->err = EC_PROTOCOL;
-		snprintf(s->ans->errmsg, sizeof(s->ans->errmsg),
-			 "an event from the server is larger than 16 MiB");
-	}
-	return rc;
-}
-
-static void sleep_ms_cancellable(long ms, const volatile int *cancel)
-{
-	while (ms > 0 && !flag_get(cancel)) {
-		long step = ms > 50 ? 50 : ms;
-		struct timespec ts = {0, step * 1000000L};
-		nanosleep(&ts, NULL);
-		ms -= step;
-	}
-}
-
-/* One request with retries. Fills ans; returns the class of failure. The
- * breaker sees the request once, before its first attempt and after its
- * last (retry.h): it counts failed requests, not attempts. */
-static enum err_class request(const struct gen_job *job, const char *body,
-			      int stream, struct api_answer *ans,
-			      struct gen_result *res, int stream_fd)
-{
-	int max_retries = stream ? cfg->max_retries_stream : cfg->max_retries;
-	enum err_class cls = EC_NONE;
-	struct breaker_ticket ticket = {0, 0};
-	int admitted = 0, held_back = 0;
-
-	for (int attempt = 0;; attempt++) {
-		struct http_reply r;
-		struct stream_ctx s = {job, ans, NULL, stream_fd, 0, 0, {0}};
-		long retry_after = -1;
-		int rc;
-
-		api_answer_free(ans);
-		api_answer_init(ans);
-		if (flag_get(job->cancel)) {
-			cls = EC_CANCELLED;
-			snprintf(res->errmsg, sizeof(res->errmsg), "cancelled");
-			break;
-		}
-		if (cfg->provider == PROVIDER_MOCK) {
-			res->attempts++;
-			metrics_request();
-			cls = mock_complete(cfg, body, ans, on_text, &s, job->cancel,
-					    res->errmsg, sizeof(res->errmsg));
-			break;
-		}
-		if (!admitted) {
-			if (breaker_enter(&ticket, res->errmsg, sizeof(res->errmsg)) != 0) {
-				cls = EC_BREAKER;
-				break;
-			}
-			admitted = 1;
-		}
-		res->attempts++;
-		metrics_request();
-		buf_init(&s.pending, 1u << 20);
-		http_reply_init(&r, ERROR_BODY_MAX);
-		if (stream) {
-			s.sse = sse_new(16u << 20, on_event, &s);
-			rc = http_request("POST", "/v1/chat/completions", body, on_bytes, &s,
-					  job->cancel, &r);
-			if (rc == 0 && !ans->err && !ans->done)
-				sse_finish(s.sse);
-			sse_free(s.sse);
-		} else {
-			r.body.max = 64u << 20;
-			rc = http_request("POST", "/v1/chat/completions", body, NULL, NULL,
-					  job->cancel, &r);
-			if (rc == 0 && r.status >= 200 && r.status < 300)
-				api_decode_completion(ans, r.body.data, r.body.len, on_text, &s);
-		}
-		flush_text(&s);
-		buf_free(&s.pending);
-		retry_after = r.retry_after_ms;
-		struct errclass_attempt at = {
-			.transport = r.transport,
-			.transport_msg = r.err,
-			.status = r.status,
-			.body = r.body.data,
-			.body_len = r.body.len,
-			.answer_err = ans->err,
-			.answer_msg = ans->errmsg,
-			.streamed = stream,
-			.chunks = ans->chunks,
-			.done = ans->done,
-			.finished = ans->finish[0] != '\0',
-			.has_content = ans->content.len > 0,
-			.n_calls = ans->n_calls,
-		};
-		cls = errclass_of_attempt(&at, res->errmsg, sizeof(res->errmsg));
-		http_reply_free(&r);
-		if (cls == EC_NONE || cls == EC_CANCELLED)
-			break;
-		if (!errclass_retryable(cls) || ans->chunks > 0 ||
-		    attempt >= max_retries || flag_get(job->cancel))
-			break;
-		/* Other requests opened the breaker (before or during the
-		 * backoff): this one ends with its own failure, not
-		 * circuit_open. */
-		if (!breaker_may_retry(&ticket)) {
-			held_back = 1;
-			break;
-		}
-		long d = retry_backoff_ms(attempt + 1, retry_after);
-		log_info("%s: %s (%s); retry %d in %ld ms", job->conv_name,
-			 errclass_name(cls), res->errmsg, attempt + 1, d);
-		sleep_ms_cancellable(d, job->cancel);
-		if (!flag_get(job->cancel) && !breaker_may_retry(&ticket)) {
-			held_back = 1;
-			break;
-		}
-		res->retries++;
-		metrics_retry();
-	}
-	/* However the request ended (a cancelled probe too), the breaker
-	 * hears of it once. */
-	if (admitted)
-		breaker_done(&ticket, cls, res->errmsg);
-	if (held_back) {
-		size_t n = strlen(res->errmsg);
-		snprintf(res->errmsg + n, sizeof(res->errmsg) - n,
-			 "; not retried: the circuit breaker opened meanwhile");
-	}
-	return cls;
-}
-
 /* Ends the answer's text in stream with a newline and appends the
  * assistant message (status marks an unfinished one) to the history. */
 static int save_assistant(const struct gen_job *job, const struct api_answer *ans,
-			  const char *status, int how, char **saved, off_t *at)
+			  const cJSON *stats, int how, char **saved, off_t *at)
 {
-	char *line = api_assistant_line(ans, status);
+	char *line = api_assistant_line(ans, NULL, stats);
 	int ret;
 	if (ans->content.len)
 		store_stream_write(job->dirfd, "\n", 1);
@@ -292,6 +100,33 @@ static int save_assistant(const struct gen_job *job, const struct api_answer *an
 	else
 		free(line);
 	return ret;
+}
+
+/* A marked line (taken over) with the turn's reasoning and lmsfs_stats
+ * added, when there are any. */
+static char *with_turn(char *line, const struct buf *reasoning, const cJSON *stats)
+{
+	cJSON *m;
+	char *out;
+
+	if (!line || ((!reasoning || !reasoning->len) && !stats))
+		return line;
+	m = cJSON_Parse(line);
+	if (!m)
+		return line;
+	if (reasoning && reasoning->len) {
+		char *fixed = utf8_repair(reasoning->data, reasoning->len);
+		cJSON_AddStringToObject(m, "reasoning_content", fixed ? fixed : "");
+		free(fixed);
+	}
+	if (stats)
+		cJSON_AddItemToObject(m, "lmsfs_stats", cJSON_Duplicate(stats, 1));
+	out = cJSON_PrintUnformatted(m);
+	cJSON_Delete(m);
+	if (!out)
+		return line;
+	free(line);
+	return out;
 }
 
 /* A reply that names no function for one of its calls, or that ends with
@@ -321,9 +156,10 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 	char *want = NULL, *model = NULL, *system = NULL, *params_txt = NULL;
 	cJSON *params = NULL;
 	cJSON *offered = NULL; /* the tools the last request offered, by name */
+	cJSON *stats = NULL;   /* the last request's lmsfs_stats */
 	struct api_answer ans;
 	enum err_class cls = EC_NONE;
-	int stream_fd = -1;
+	struct gen_out out = {.stream_fd = -1, .reason_fd = -1};
 	int rounds = 0, jit = 0;
 	int keep_text = 1; /* the marked line of a failure holds the text */
 
@@ -331,7 +167,7 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 	/* The one place that creates stream: later writes (marks, newlines)
 	 * only append, so that a conversation being removed (rm -r) is not
 	 * filled again behind the user's back. */
-	stream_fd = store_stream_open(job->dirfd);
+	out.stream_fd = store_stream_open(job->dirfd);
 
 	params_txt = store_setting(job->dirfd, "params.json");
 	if (params_txt) {
@@ -363,18 +199,20 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 		/* Room for the history and its attachments in base64. */
 		buf_init(&msgs, STORE_HISTORY_MAX + (1u << 20) +
 					(size_t)cfg->max_attach_request_bytes / 3 * 4 + 4096);
-		/* The system prompt leads, unless the history starts with one. */
-		if ((hrc = store_hist_for_request_files(job->dirfd, &msgs, first_role,
-							sizeof(first_role), why, sizeof(why),
-							cfg->max_attach_bytes,
-							cfg->max_attach_request_bytes)) != 0) {
+		/* The system prompt leads: the system file, else a system
+		 * message that starts the history, else system_prompt. */
+		if ((hrc = store_hist_for_request_files(
+			     job->dirfd, &msgs, first_role, sizeof(first_role), why, sizeof(why),
+			     cfg->max_attach_bytes, cfg->max_attach_request_bytes,
+			     (cfg->send_reasoning ? MSGS_KEEP_REASONING : 0) |
+				     (system ? MSGS_DROP_SYSTEM : 0))) != 0) {
 			buf_free(&msgs);
 			/* Out of descriptors or memory is no bad request. */
 			cls = errclass_of_local(hrc, EC_BAD_REQUEST);
 			snprintf(res->errmsg, sizeof(res->errmsg), "%s", why);
 			goto fail;
 		}
-		if (strcmp(first_role, "system") != 0) {
+		if (system || strcmp(first_role, "system") != 0) {
 			const char *sp = system ? system : cfg->system_prompt;
 			if (sp && sp[0]) {
 				cJSON *sm = cJSON_CreateObject();
@@ -403,9 +241,14 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 			snprintf(res->errmsg, sizeof(res->errmsg), "out of memory");
 			goto fail;
 		}
-		cls = request(job, body, stream, &ans, res, stream_fd);
+		cls = gen_request(cfg, job, body, stream, &ans, res, &out);
 		__atomic_store_n(&job->progress->loading, 0, __ATOMIC_RELAXED);
 		free(body);
+		cJSON_Delete(stats);
+		stats = gen_turn_stats(&ans, &out, model);
+		if (ans.prompt_tokens >= 0 || ans.completion_tokens >= 0)
+			metrics_model_tokens(ans.model[0] ? ans.model : model, ans.prompt_tokens,
+					     ans.completion_tokens, ans.reasoning_tokens);
 		if (ans.prompt_tokens >= 0)
 			res->prompt_tokens = ans.prompt_tokens;
 		if (ans.completion_tokens >= 0)
@@ -423,7 +266,7 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 		}
 
 		if (ans.n_calls == 0) {
-			int rc = save_assistant(job, &ans, NULL, STORE_SYNC, NULL, NULL);
+			int rc = save_assistant(job, &ans, stats, STORE_SYNC, NULL, NULL);
 			if (rc != 0) {
 				/* Never "ok" for an answer that is not on disk; its
 				 * text stays in stream. */
@@ -454,11 +297,15 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 		{
 			char *round_line = NULL;
 			off_t round_at = -1;
-			int rc = save_assistant(job, &ans, NULL, 0, &round_line, &round_at);
+			int rc = save_assistant(job, &ans, stats, 0, &round_line, &round_at);
 			if (rc != 0) {
 				cls = storage_failed(res, rc, "a tool call");
 				goto fail;
 			}
+			/* Counted once: a failure before the next request marks
+			 * a line without them. */
+			cJSON_Delete(stats);
+			stats = NULL;
 			store_partial_set(job->dirfd);
 			/* Every call gets its result, in order. A call past the
 			 * first TOOLRUN_MAX_CALLS, or to a tool this request did
@@ -523,6 +370,11 @@ fail:
 		if (tl)
 			store_stream_write(job->dirfd, "\n", 1);
 		line = store_marked_answer_line(ans.content.data, tl, status);
+		/* Cut between requests: the model, no figures (those of the
+		 * last request are on its own line). */
+		if (!stats && model && (stats = cJSON_CreateObject()))
+			cJSON_AddStringToObject(stats, "model", model);
+		line = with_turn(line, keep_text ? &ans.reasoning : NULL, stats);
 		rc = line ? append_history(job, line, STORE_SYNC, NULL) : -ENOMEM;
 		free(line);
 		if (rc != 0) {
@@ -549,8 +401,11 @@ done:
 		if (dt > 0)
 			res->tps = toks / dt;
 	}
-	if (stream_fd >= 0)
-		close(stream_fd);
+	if (out.stream_fd >= 0)
+		close(out.stream_fd);
+	if (out.reason_fd >= 0)
+		close(out.reason_fd);
+	cJSON_Delete(stats);
 	api_answer_free(&ans);
 	cJSON_Delete(offered);
 	cJSON_Delete(params);

@@ -8,6 +8,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <string.h>
 #include <time.h>
 
 static atomic_long requests, retries, tokens_in, tokens_out, answers_ok,
@@ -113,6 +114,75 @@ static int render_hist(struct buf *b, const char *name, const char *help,
 	return r;
 }
 
+/* --- tokens by model ------------------------------------------------------ */
+
+struct model_tokens {
+	char name[256];
+	long in, out, reasoning;
+};
+static pthread_mutex_t models_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct model_tokens by_model[METRICS_MAX_MODELS + 1]; /* models_lock; the
+								last is "other" */
+static size_t n_models;                                       /* models_lock */
+
+void metrics_model_tokens(const char *model, long in, long out, long reasoning)
+{
+	size_t i;
+
+	if (!model || !*model)
+		model = "unknown";
+	pthread_mutex_lock(&models_lock);
+	for (i = 0; i < n_models && strcmp(by_model[i].name, model) != 0; i++)
+		;
+	if (i == n_models) {
+		if (n_models < METRICS_MAX_MODELS) {
+			snprintf(by_model[i].name, sizeof(by_model[i].name), "%s", model);
+			n_models++;
+		} else {
+			i = METRICS_MAX_MODELS;
+			snprintf(by_model[i].name, sizeof(by_model[i].name), "other");
+		}
+	}
+	by_model[i].in += in > 0 ? in : 0;
+	by_model[i].out += out > 0 ? out : 0;
+	by_model[i].reasoning += reasoning > 0 ? reasoning : 0;
+	pthread_mutex_unlock(&models_lock);
+}
+
+/* A label value: backslash, quote and newline escaped. */
+static int put_label(struct buf *b, const char *v)
+{
+	int r = 0;
+	for (; *v && r == 0; v++)
+		r = *v == '\\'  ? buf_puts(b, "\\\\")
+		    : *v == '"'  ? buf_puts(b, "\\\"")
+		    : *v == '\n' ? buf_puts(b, "\\n")
+				 : buf_putc(b, *v);
+	return r;
+}
+
+static int render_model_tokens(struct buf *b)
+{
+	static const char *dir[] = {"in", "out", "reasoning"};
+	int r = buf_printf(b, "# HELP lmsfs_model_tokens_total Tokens by the model that "
+			      "answered and direction (reasoning: part of out).\n"
+			      "# TYPE lmsfs_model_tokens_total counter\n");
+	pthread_mutex_lock(&models_lock);
+	for (size_t i = 0; i <= METRICS_MAX_MODELS && r == 0; i++) {
+		const struct model_tokens *m = &by_model[i];
+		long v[3] = {m->in, m->out, m->reasoning};
+		if (!m->name[0]) /* unused (past n_models), or no "other" yet */
+			continue;
+		for (int d = 0; d < 3 && r == 0; d++) {
+			r |= buf_puts(b, "lmsfs_model_tokens_total{model=\"");
+			r |= put_label(b, m->name);
+			r |= buf_printf(b, "\",direction=\"%s\"} %ld\n", dir[d], v[d]);
+		}
+	}
+	pthread_mutex_unlock(&models_lock);
+	return r;
+}
+
 int metrics_render(struct buf *b)
 {
 	static const char *tool_names[TOOL__COUNT] = {"ok", "failed", "timeout", "unknown"};
@@ -148,6 +218,7 @@ int metrics_render(struct buf *b)
 			   "lmsfs_tokens_total{direction=\"in\"} %ld\n"
 			   "lmsfs_tokens_total{direction=\"out\"} %ld\n",
 			atomic_load(&tokens_in), atomic_load(&tokens_out));
+	r |= render_model_tokens(b);
 	r |= render_hist(b, "lmsfs_ttft_seconds", "Time to first token.", &ttft);
 	r |= render_hist(b, "lmsfs_generation_seconds", "Duration of an answer.", &gentime);
 	r |= buf_printf(b, "# HELP lmsfs_queue_length Prompts waiting for an answer.\n"

@@ -39,6 +39,11 @@ void metrics_tool(enum tool_outcome o);
 void metrics_active(int delta);  /* generations running */
 void metrics_queued(int delta);  /* prompts waiting */
 void metrics_answer(int ok);
+/* Tokens one request used, by the model that answered (negative: not
+ * known). The first METRICS_MAX_MODELS models get their own series, the
+ * rest are counted under model="other". */
+#define METRICS_MAX_MODELS 64
+void metrics_model_tokens(const char *model, long in, long out, long reasoning);
 /* Appends the Prometheus text exposition to b. */
 int metrics_render(struct buf *b);
 

@@ -19,6 +19,7 @@ struct state {
 	void *file_arg;
 	char *why;
 	size_t whylen;
+	unsigned flags; /* MSGS_* */
 };
 
 static void emit(struct state *st, const char *text);
@@ -156,16 +157,20 @@ static size_t id_suffix_stripped(const char *b, size_t n)
 	return (size_t)(s - b);
 }
 
-/* The line without lmsfs* members, as text (malloc'd); NULL when it is not
- * a JSON object (or out of memory: *rc says which). Lines without lmsfs
- * members are copied, the prompt id is cut as text, the rest parsed. */
-static char *stripped(const char *b, size_t n, int *rc)
+/* The line without lmsfs* members (nor reasoning_content, unless flags
+ * keep it), as text (malloc'd); NULL when it is not a JSON object (or out
+ * of memory: *rc says which). Lines without such members are copied, the
+ * prompt id is cut as text, the rest parsed. */
+static char *stripped(const char *b, size_t n, unsigned flags, int *rc)
 {
 	cJSON *m, *it, *next;
 	char *s;
 	size_t keep;
+	int strip_r = !(flags & MSGS_KEEP_REASONING) &&
+		      memmem(b, n, "\"reasoning_content\"", 19) != NULL;
 
-	if (!memmem(b, n, "\"lmsfs", 6) || (keep = id_suffix_stripped(b, n))) {
+	if (!strip_r &&
+	    (!memmem(b, n, "\"lmsfs", 6) || (keep = id_suffix_stripped(b, n)))) {
 		size_t l = memmem(b, n, "\"lmsfs", 6) ? keep : n;
 		s = malloc(l + 2);
 		if (!s) {
@@ -185,7 +190,8 @@ static char *stripped(const char *b, size_t n, int *rc)
 	}
 	for (it = m->child; it; it = next) {
 		next = it->next;
-		if (it->string && strncmp(it->string, "lmsfs", 5) == 0)
+		if (it->string && (strncmp(it->string, "lmsfs", 5) == 0 ||
+				   (strip_r && strcmp(it->string, "reasoning_content") == 0)))
 			cJSON_DeleteItemFromObjectCaseSensitive(m, it->string);
 	}
 	s = cJSON_PrintUnformatted(m);
@@ -364,15 +370,23 @@ int msgs_from_history(const char *data, size_t len, struct buf *out, char *first
 		      size_t rolelen)
 {
 	char why[8] = "";
-	return msgs_from_history_files(data, len, out, first_role, rolelen, NULL, NULL, why,
+	return msgs_from_history_files(data, len, out, first_role, rolelen, 0, NULL, NULL, why,
 				       sizeof(why));
 }
 
-int msgs_from_history_files(const char *data, size_t len, struct buf *out, char *first_role,
-			    size_t rolelen, msgs_file_fn fn, void *arg, char *why,
-			    size_t whylen)
+int msgs_from_history_ex(const char *data, size_t len, struct buf *out, char *first_role,
+			 size_t rolelen, unsigned flags)
 {
-	struct state st = {out, NULL, 0, 0, NULL, 0, fn, arg, why, whylen};
+	char why[8] = "";
+	return msgs_from_history_files(data, len, out, first_role, rolelen, flags, NULL, NULL,
+				       why, sizeof(why));
+}
+
+int msgs_from_history_files(const char *data, size_t len, struct buf *out, char *first_role,
+			    size_t rolelen, unsigned flags, msgs_file_fn fn, void *arg,
+			    char *why, size_t whylen)
+{
+	struct state st = {out, NULL, 0, 0, NULL, 0, fn, arg, why, whylen, flags};
 	const char *p = data, *end = data + len;
 
 	first_role[0] = '\0';
@@ -384,11 +398,15 @@ int msgs_from_history_files(const char *data, size_t len, struct buf *out, char 
 		p += l + 1;
 		while (b < e && (*b == ' ' || *b == '\t' || *b == '\r'))
 			b++;
+		/* A byte order mark that starts the line is not part of it. */
+		if (e - b >= 3 && memcmp(b, "\xEF\xBB\xBF", 3) == 0)
+			for (b += 3; b < e && (*b == ' ' || *b == '\t' || *b == '\r');)
+				b++;
 		while (e > b && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\r'))
 			e--;
 		if (b == e || *b != '{' || e[-1] != '}')
 			continue; /* blank, or not an object: never sent */
-		text = stripped(b, (size_t)(e - b), &st.rc);
+		text = stripped(b, (size_t)(e - b), flags, &st.rc);
 		if (!text)
 			continue;
 		if (!role_of(text, strlen(text), role, sizeof(role))) {
@@ -397,8 +415,13 @@ int msgs_from_history_files(const char *data, size_t len, struct buf *out, char 
 			snprintf(role, sizeof(role), "%s", cJSON_IsString(r) ? r->valuestring : "?");
 			cJSON_Delete(m);
 		}
-		if (!first_role[0])
+		if (!first_role[0]) {
 			snprintf(first_role, rolelen, "%s", role);
+			if ((flags & MSGS_DROP_SYSTEM) && strcmp(role, "system") == 0) {
+				free(text);
+				continue;
+			}
+		}
 		if (strcmp(role, "tool") == 0) {
 			flush_held(&st);
 			take_result(&st, text);

@@ -25,15 +25,24 @@
 int msgs_from_history(const char *data, size_t len, struct buf *out, char *first_role,
 		      size_t rolelen);
 
+/* Flags for msgs_from_history_ex. Without MSGS_KEEP_REASONING an
+ * assistant message's "reasoning_content" is left out (servers that get
+ * it back may refuse it, and it costs context); MSGS_DROP_SYSTEM leaves out
+ * a system message that starts the history (the caller sends its own). A
+ * UTF-8 BOM that starts a line is dropped, whatever the flags. */
+enum { MSGS_KEEP_REASONING = 1, MSGS_DROP_SYSTEM = 2 };
+int msgs_from_history_ex(const char *data, size_t len, struct buf *out, char *first_role,
+			 size_t rolelen, unsigned flags);
+
 /* Expands a file reference part of a user message,
  * {"type":"file","file":{"path":PATH}}, by appending the part to send in
  * its place to out. 0 or -errno with a reason in why. */
 typedef int (*msgs_file_fn)(void *arg, const char *path, struct buf *out, char *why,
 			    size_t whylen);
-/* msgs_from_history, with every file reference of a user message
+/* msgs_from_history_ex, with every file reference of a user message
  * expanded by fn (NULL: sent as written). On failure why says why. */
 int msgs_from_history_files(const char *data, size_t len, struct buf *out, char *first_role,
-			    size_t rolelen, msgs_file_fn fn, void *arg, char *why,
-			    size_t whylen);
+			    size_t rolelen, unsigned flags, msgs_file_fn fn, void *arg,
+			    char *why, size_t whylen);
 
 #endif

@@ -182,12 +182,12 @@ int store_awaits_answer(const cJSON *m)
 int store_hist_for_request(int dirfd, struct buf *out, char *first_role, size_t rolelen,
 			   char *why, size_t whylen)
 {
-	return store_hist_for_request_files(dirfd, out, first_role, rolelen, why, whylen, 0, 0);
+	return store_hist_for_request_files(dirfd, out, first_role, rolelen, why, whylen, 0, 0, 0);
 }
 
 int store_hist_for_request_files(int dirfd, struct buf *out, char *first_role,
 				 size_t rolelen, char *why, size_t whylen, long max_file,
-				 long max_total)
+				 long max_total, unsigned flags)
 {
 	struct attach_budget budget = {dirfd, max_file, max_total, 0};
 	char *data = NULL;
@@ -202,7 +202,7 @@ int store_hist_for_request_files(int dirfd, struct buf *out, char *first_role,
 		return rc;
 	}
 	why[0] = '\0';
-	rc = msgs_from_history_files(data, len, out, first_role, rolelen,
+	rc = msgs_from_history_files(data, len, out, first_role, rolelen, flags,
 				     max_file > 0 ? attach_expand : NULL, &budget, why, whylen);
 	free(data);
 	if (rc) {
@@ -283,6 +283,11 @@ char *store_marked_answer_line(const char *text, size_t len, const char *status)
 int store_stream_open(int dirfd)
 {
 	return fsio_open(dirfd, STORE_STREAM, O_WRONLY | O_APPEND | O_CREAT, 0644);
+}
+
+int store_reasoning_open(int dirfd)
+{
+	return fsio_open(dirfd, STORE_REASONING, O_WRONLY | O_APPEND | O_CREAT, 0644);
 }
 
 int store_stream_write(int dirfd, const char *text, size_t len)

@@ -4,6 +4,8 @@
  * Files of a conversation directory (dirfd below is that directory):
  *   messages.jsonl   the history, one JSON message per line
  *   stream           the append-only transcript, with "[lmsfs] ..." lines
+ *   reasoning        the append-only transcript of the model's reasoning,
+ *                    a blank line between turns (created at the first)
  *   prompt           always empty on disk (prompts go to the spool)
  *   model, system, params.json   settings, read when an answer starts
  *   .lmsfs.queue     the prompt spool (spool.h)
@@ -35,7 +37,7 @@
  *     spool entry (which lists the moves) is synced, and are moved again
  *     by recovery or the worker if a crash cut the moves (attach.h);
  *     both directories are synced after the moves;
- *   - stream and .lmsfs.partial are never synced: stream is a transcript
+ *   - stream, reasoning and .lmsfs.partial are never synced: stream is a transcript
  *     (a failed write may leave part of a token there), and recovery does
  *     not trust the partial marker alone.
  *
@@ -60,6 +62,7 @@
 
 #define STORE_HISTORY "messages.jsonl"
 #define STORE_STREAM "stream"
+#define STORE_REASONING "reasoning"
 #define STORE_PROMPT "prompt"
 #define STORE_SPOOL NAMES_PRIVATE_PREFIX "queue"
 #define STORE_PARTIAL NAMES_PRIVATE_PREFIX "partial"
@@ -109,11 +112,13 @@ int store_hist_open(int dirfd);
 int store_hist_for_request(int dirfd, struct buf *out, char *first_role, size_t rolelen,
 			   char *why, size_t whylen);
 
-/* The same, with every file reference of a user message expanded
- * (attach.h): at most max_file bytes a file, max_total in all. */
+/* The same, with msgs.h flags (MSGS_KEEP_REASONING, MSGS_DROP_SYSTEM) and
+ * every file reference of a user message expanded (attach.h): at most
+ * max_file bytes a file, max_total in all (max_file 0: references sent as
+ * written). */
 int store_hist_for_request_files(int dirfd, struct buf *out, char *first_role,
 				 size_t rolelen, char *why, size_t whylen, long max_file,
-				 long max_total);
+				 long max_total, unsigned flags);
 
 /* History lines (malloc'd JSON text, no newline). */
 char *store_user_line(const char *text, const char *id);
@@ -133,6 +138,9 @@ char *store_marked_answer_line(const char *text, size_t len, const char *status)
 int store_stream_open(int dirfd);
 /* Appends text to an existing stream; never creates it. */
 int store_stream_write(int dirfd, const char *text, size_t len);
+/* Opens reasoning for the worker's appends, creating it (fd or -errno);
+ * written like stream (never synced). */
+int store_reasoning_open(int dirfd);
 /* Appends one marked line ("[lmsfs] ...", made a single line). */
 void store_mark(int dirfd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* stream's current size (0 when absent). */
@@ -151,8 +159,9 @@ void store_partial_clear(int dirfd);
 
 /* --- settings and ids ----------------------------------------------------- */
 
-/* A settings file (model, system, params.json), trimmed; malloc'd, NULL
- * when absent, empty, over 1 MiB or a symlink. */
+/* A settings file (model, system, params.json), a leading UTF-8 BOM
+ * dropped and trimmed; malloc'd, NULL when absent, empty, over 1 MiB or a
+ * symlink. */
 char *store_setting(int dirfd, const char *name);
 /* A fresh random prompt id. */
 void store_new_id(char id[STORE_ID_LEN]);

@@ -125,8 +125,10 @@ def history_text(m, name):
 def without_id(msg):
     """A history message without the prompt id lmsfs adds to the user lines
     it writes ("lmsfs_id": bookkeeping that ties a spooled prompt to its
-    line)."""
-    return {k: v for k, v in msg.items() if k != "lmsfs_id"}
+    line) and without the stats it adds to assistant lines
+    ("lmsfs_stats", see test_reasoning.py)."""
+    return {k: v for k, v in msg.items()
+            if k not in ("lmsfs_id", "lmsfs_stats")}
 
 
 def history(m, name):

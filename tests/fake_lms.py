@@ -109,7 +109,8 @@ Reply(text=None, chunks=None, delay=None, usage=True, finish_reason=DEFAULT,
       interleave=False, model=None, finish_chunk=True,
       reasoning_key="reasoning", head_delay=0.0, write_size=None,
       eol="\\n", status=200, headers=None, first_delay=0.0,
-      ascii_json=False)
+      ascii_json=False, think=None, stream_stats=False,
+      reasoning_tokens=None)
     A successful answer. For a request with "stream": true it sends SSE as
     LM Studio does: a role chunk {role: assistant, content: ""} (unless
     role_chunk=False), `reasoning` chunks as delta[reasoning_key] (reasoning
@@ -153,6 +154,16 @@ Reply(text=None, chunks=None, delay=None, usage=True, finish_reason=DEFAULT,
     (\\uXXXX), as many servers do; a str holding a lone UTF-16 half (a
     chunk "abcd\\ud83d", the next "\\ude00ef") is then sent as its escape,
     the way servers that cut strings between UTF-16 units send it.
+    Reasoning: reasoning_key is "reasoning" (gpt-oss) or
+    "reasoning_content" (DeepSeek-R1, Qwen3), on the deltas and on the
+    non-streamed message. think: a str sent inside the content as
+    "<think>" + think + "</think>" + "\\n\\n" before the text, as servers
+    that do not separate reasoning do; streamed, the tags are cut across
+    chunks ("<thi", "nk>", ..., "</th", "ink>"). stream_stats: True (the
+    computed stats) or a dict: the finish chunk (else the last chunk)
+    carries "stats" like a non-streamed reply. reasoning_tokens: an int (or
+    True: the number of reasoning pieces) sent as
+    usage.completion_tokens_details.reasoning_tokens.
 
 HttpError(status, body, headers=None, delay=0.0)
     body str -> {"error": "..."}; dict -> sent as is; bytes -> sent raw.
@@ -380,7 +391,8 @@ class Reply:
                  chunk_id_per_chunk=False, interleave=False, model=None,
                  finish_chunk=True, reasoning_key="reasoning",
                  head_delay=0.0, write_size=None, eol="\n", status=200,
-                 headers=None, first_delay=0.0, ascii_json=False):
+                 headers=None, first_delay=0.0, ascii_json=False,
+                 think=None, stream_stats=False, reasoning_tokens=None):
         self.text = text
         self.chunks = chunks
         self.delay = delay
@@ -404,6 +416,9 @@ class Reply:
         self.headers = headers or {}
         self.first_delay = first_delay
         self.ascii_json = ascii_json
+        self.think = think
+        self.stream_stats = stream_stats
+        self.reasoning_tokens = reasoning_tokens
 
     def __repr__(self):
         return "Reply(text=%r, tool_calls=%r)" % (self.text, self.tool_calls)
@@ -1017,6 +1032,9 @@ class _Handler(BaseHTTPRequestHandler):
             pieces = []
         else:
             pieces = split_words(fake._echo_text(body))
+        if r.think is not None:
+            pieces = (["<thi", "nk>"] + split_words(r.think) +
+                      ["</th", "ink>\n\n"] + pieces)
         text = "".join(pieces)
         if isinstance(r.reasoning, str):
             rpieces = split_words(r.reasoning)
@@ -1032,7 +1050,18 @@ class _Handler(BaseHTTPRequestHandler):
         n_tokens = len(pieces) + len(rpieces) + sum(
             len(_fragments(c["arguments"])) for c in calls)
         usage = self._usage(r, body, n_tokens)
+        if r.reasoning_tokens is not None and isinstance(usage, dict):
+            usage = dict(usage)
+            usage["completion_tokens_details"] = {"reasoning_tokens": (
+                len(rpieces) if r.reasoning_tokens is True
+                else r.reasoning_tokens)}
         api_v0 = urlsplit(req["path"]).path.startswith("/api/v0/")
+        computed_stats = {
+            "tokens_per_second": 51.4,
+            "time_to_first_token": 0.111,
+            "generation_time": round(0.02 * max(n_tokens, 1), 3),
+            "stop_reason": ("maxPredictedTokensReached"
+                            if fr == "length" else "eosFound")}
 
         if not stream:
             self._sleep(r.first_delay + delay * max(n_tokens, 1))
@@ -1059,12 +1088,8 @@ class _Handler(BaseHTTPRequestHandler):
             if r.usage:
                 out["usage"] = usage
             if r.stats or api_v0:
-                stats = r.stats if isinstance(r.stats, dict) else {
-                    "tokens_per_second": 51.4,
-                    "time_to_first_token": 0.111,
-                    "generation_time": round(0.02 * max(n_tokens, 1), 3),
-                    "stop_reason": ("maxPredictedTokensReached"
-                                    if fr == "length" else "eosFound")}
+                stats = (r.stats if isinstance(r.stats, dict)
+                         else computed_stats)
                 out["stats"] = stats
             if api_v0:
                 out["model_info"] = {"arch": "llama", "quant": "Q4_K_M",
@@ -1087,6 +1112,10 @@ class _Handler(BaseHTTPRequestHandler):
                 cid[0] = fake._new_id()
             obj = {"id": cid[0], "object": "chat.completion.chunk",
                    "created": created, "model": model}
+            if finish is not None and r.stream_stats:
+                obj["stats"] = (r.stream_stats
+                                if isinstance(r.stream_stats, dict)
+                                else computed_stats)
             if choices:
                 obj["choices"] = [{"index": 0, "delta": delta,
                                    "logprobs": None,

@@ -280,20 +280,16 @@ def tool_case(name, text, mode, needle, json_text=None):
 
 
 def params_case(text):
-    """params.json that is not a JSON object: the answer fails with
-    bad_request (EINVAL from .reply) without a request."""
+    """params.json that is not a JSON object: refused at write() or close
+    with EINVAL and the reason in .status; the file stays as it was (here:
+    created empty, which means not set), so nothing else changes."""
     def case(c):
-        assert c.create(c.t / "params.json", text.encode()) == 0
-        got = raw_write(c.t / "prompt", "with params\n", WRITE)
-        assert got == 0, errno_name(got)
-        st = wait_for(lambda: (lambda s: s if s["state"] == "failed"
-                               else None)(status(c.m, "t")), timeout=10)
-        assert st["error"]["class"] == "bad_request", st
-        assert "params.json" in st["error"]["message"], st
-        assert reply_errno(c.m, "t") == errno.EINVAL
+        assert c.create(c.t / "params.json", text.encode()) == errno.EINVAL
+        st = status(c.m, "t")
+        assert "params.json" in st.get("rejected_write", ""), st
+        assert read_bytes(c.t / "params.json") == b""
         assert c.fake.chat_requests() == c.n_chat
         assert c.errno_of(os.unlink, c.t / "params.json") == 0
-        c.server_side = True  # the user message was recorded
     return case
 
 

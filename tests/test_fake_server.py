@@ -968,3 +968,42 @@ def test_split_words_and_parse_sse():
     raw = b"data: a\r\n\r\n: comment\n\ndata: b\ndata: c\n\nevent: x\n\n"
     assert parse_sse(raw) == ["a", "b\nc"]
     assert DEFAULT is not None
+
+
+# ------------------------------------------- think text, stream stats, usage
+
+def test_think_text_cut_across_chunks(srv):
+    srv.enqueue(Reply("Answer.", think="weigh it"),
+                Reply("Answer.", think="weigh it"))
+    ev = sse_json(raw_chat(srv, stream_body())[2])
+    pieces = [e["choices"][0]["delta"].get("content") for e in ev[1:-2]]
+    assert pieces[:2] == ["<thi", "nk>"] and "</th" in pieces, pieces
+    assert content_of(ev) == "<think>weigh it</think>\n\nAnswer."
+    msg = json.loads(chat(srv)[2])["choices"][0]["message"]
+    assert msg["content"] == "<think>weigh it</think>\n\nAnswer."
+
+
+def test_stats_on_the_final_chunk_and_reasoning_tokens(srv):
+    st = {"tokens_per_second": 3.5, "stop_reason": "eosFound"}
+    srv.enqueue(Reply("x y", reasoning="a b", stream_stats=st,
+                      reasoning_tokens=True),
+                Reply("x y", stream_stats=True),
+                Reply("x", reasoning="a b c", reasoning_tokens=5))
+    ev = sse_json(raw_chat(srv, stream_body(
+        stream_options={"include_usage": True}))[2])
+    with_stats = [e for e in ev if isinstance(e, dict) and "stats" in e]
+    assert len(with_stats) == 1 and with_stats[0]["stats"] == st
+    assert with_stats[0]["choices"][0]["finish_reason"] == "stop"
+    usage = [e["usage"] for e in ev if isinstance(e, dict) and "usage" in e]
+    assert usage[0]["completion_tokens_details"] == {"reasoning_tokens": 2}
+    ev = sse_json(raw_chat(srv, stream_body())[2])
+    (fin,) = [e for e in ev if isinstance(e, dict) and "stats" in e]
+    assert fin["stats"]["stop_reason"] == "eosFound"
+    doc = json.loads(chat(srv)[2])
+    assert doc["usage"]["completion_tokens_details"] == {
+        "reasoning_tokens": 5}
+    assert doc["stats"]["stop_reason"] == "eosFound"
+    # Without the option, no chunk carries stats (as before).
+    srv.enqueue(Reply("x"))
+    ev = sse_json(raw_chat(srv, stream_body())[2])
+    assert not [e for e in ev if isinstance(e, dict) and "stats" in e]

@@ -22,6 +22,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *d, size_t n)
 	size_t start = 0;
 
 	api_answer_init(&a);
+	a.split_think = n % 3 == 0;
 	/* Newline-separated payloads, as a stream would deliver them. */
 	for (size_t i = 0; i <= n; i++) {
 		if (i == n || d[i] == '\n') {
@@ -29,7 +30,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *d, size_t n)
 			start = i + 1;
 		}
 	}
-	line = api_assistant_line(&a, n % 2 ? "cancelled" : NULL);
+	line = api_assistant_line(&a, n % 2 ? "cancelled" : NULL, NULL);
 	free(line);
 	api_answer_free(&a);
 	api_answer_init(&a);

@@ -71,7 +71,7 @@ static const char *expanded(const char *history, int *rc, char *why, size_t whyl
 	struct buf b;
 	buf_init(&b, 1 << 20);
 	why[0] = '\0';
-	*rc = msgs_from_history_files(history, strlen(history), &b, role, sizeof(role),
+	*rc = msgs_from_history_files(history, strlen(history), &b, role, sizeof(role), 0,
 				      fake_expand, &calls, why, whylen);
 	snprintf(out, sizeof(out), "%.*s", (int)b.len, b.data ? b.data : "");
 	buf_free(&b);
