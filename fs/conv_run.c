@@ -114,7 +114,7 @@ static int take_prompt(struct conv *c, struct job *j, int dirfd, struct gen_resu
 		/* Moves a crash or a failure cut are finished first. */
 		if (j->files)
 			attach_move(dirfd, j->files);
-		line = store_user_line_files(j->text, j->files, j->id);
+		line = store_user_line_files(dirfd, j->text, j->files, j->id);
 		pthread_mutex_lock(&c->hist);
 		ret = line ? store_hist_append(dirfd, line, strlen(line), STORE_CREATE, NULL)
 			   : -ENOMEM;
