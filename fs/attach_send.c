@@ -70,8 +70,10 @@ static int put_image(int fd, const char *mime, off_t size, struct buf *out)
 	if (ret == 0)
 		ret = buf_printf(out, "{\"type\":\"image_url\",\"image_url\":{\"url\":\"data:%s;base64,",
 				 mime);
-	while (ret == 0) {
-		ssize_t r = read_full(fd, in, B64_IN);
+	/* Never more than the size checked against the caps, even if the
+	 * file grows while it is read. */
+	for (size_t left = (size_t)size; ret == 0 && left;) {
+		ssize_t r = read_full(fd, in, left < B64_IN ? left : B64_IN);
 		if (r < 0) {
 			ret = (int)r;
 			break;
@@ -80,8 +82,9 @@ static int put_image(int fd, const char *mime, off_t size, struct buf *out)
 			break;
 		attach_b64(in, (size_t)r, enc);
 		ret = buf_append(out, enc, ((size_t)r + 2) / 3 * 4);
-		if ((size_t)r < B64_IN)
-			break;
+		left -= (size_t)r;
+		if ((size_t)r < B64_IN && left)
+			break; /* it shrank */
 	}
 	if (ret == 0)
 		ret = buf_puts(out, "\"}}");

@@ -132,3 +132,4 @@ def test_a_later_file_of_the_same_name_stays_for_the_next_prompt(mount, fake):
     assert "files/a.txt" in err["message"], err
     assert listdir(cdir(m, "lt") / "attach") == ["a.txt"]
     assert read_text(cdir(m, "lt") / "attach" / "a.txt") == "for the third"
+
