@@ -19,13 +19,17 @@
 
 #define CHUNK (64u << 10)
 
-/* A file's birth time in ns (0: unknown). With the inode number it tells
- * a moved file from a later one that reuses its freed inode number. */
-static double file_btime(const struct statx *sx)
+/* A file's identity from statx: its inode number and, where the file
+ * system keeps it, its birth time, which tells a moved file from a later
+ * one that reuses its freed inode number. */
+static void fid_of(const struct statx *sx, struct attach_fid *id)
 {
-	if (!(sx->stx_mask & STATX_BTIME))
-		return 0;
-	return (double)sx->stx_btime.tv_sec * 1e9 + (double)sx->stx_btime.tv_nsec;
+	memset(id, 0, sizeof(*id));
+	id->ino = sx->stx_ino;
+	if (sx->stx_mask & STATX_BTIME) {
+		id->bsec = sx->stx_btime.tv_sec;
+		id->bnsec = sx->stx_btime.tv_nsec;
+	}
 }
 
 const char *attach_image_type(const unsigned char *h, size_t n)
@@ -207,11 +211,10 @@ int attach_scan(int dirfd, long max_file, long max_total, struct attach_set *s, 
 			goto fail;
 		}
 		it->size = st.st_size;
-		it->ino = st.st_ino;
 		{
 			struct statx sx;
-			if (statx(fd, "", AT_EMPTY_PATH, STATX_BTIME, &sx) == 0)
-				it->btime = file_btime(&sx);
+			if (statx(fd, "", AT_EMPTY_PATH, STATX_INO | STATX_BTIME, &sx) == 0)
+				fid_of(&sx, &it->id);
 		}
 		if (st.st_size > max_file) {
 			close(fd);
@@ -264,8 +267,13 @@ char *attach_set_json(const struct attach_set *s)
 		cJSON *pair = cJSON_CreateArray();
 		cJSON_AddItemToArray(pair, cJSON_CreateString(s->v[i].from));
 		cJSON_AddItemToArray(pair, cJSON_CreateString(s->v[i].to));
-		cJSON_AddItemToArray(pair, cJSON_CreateNumber((double)s->v[i].ino));
-		cJSON_AddItemToArray(pair, cJSON_CreateNumber(s->v[i].btime));
+		if (s->v[i].id.ino) {
+			/* Text, not a JSON number: exact whatever its size. */
+			char id[64];
+			snprintf(id, sizeof(id), "%llu.%lld.%ld", s->v[i].id.ino, s->v[i].id.bsec,
+				 s->v[i].id.bnsec);
+			cJSON_AddItemToArray(pair, cJSON_CreateString(id));
+		}
 		cJSON_AddItemToArray(a, pair);
 	}
 	out = cJSON_PrintUnformatted(a);
@@ -274,54 +282,59 @@ char *attach_set_json(const struct attach_set *s)
 }
 
 /* The pair's names, checked (no path may leave its directory), and the
- * inode number and birth time the file had in attach/ (0: not recorded). */
-static int pair_names(const cJSON *pair, const char **from, const char **to, ino_t *ino,
-		      double *btime)
+ * identity the file had in attach/ (all 0: not recorded). */
+static int pair_names(const cJSON *pair, const char **from, const char **to,
+		      struct attach_fid *id)
 {
 	const cJSON *f = cJSON_GetArrayItem(pair, 0), *t = cJSON_GetArrayItem(pair, 1);
-	const cJSON *i = cJSON_GetArrayItem(pair, 2), *b = cJSON_GetArrayItem(pair, 3);
+	const cJSON *i = cJSON_GetArrayItem(pair, 2);
 	if (!cJSON_IsString(f) || !cJSON_IsString(t) || names_file_ok(f->valuestring) ||
 	    names_file_ok(t->valuestring))
 		return -EINVAL;
 	*from = f->valuestring;
 	*to = t->valuestring;
-	*ino = cJSON_IsNumber(i) && i->valuedouble > 0 ? (ino_t)i->valuedouble : 0;
-	*btime = cJSON_IsNumber(b) && b->valuedouble > 0 ? b->valuedouble : 0;
+	memset(id, 0, sizeof(*id));
+	if (cJSON_IsString(i) &&
+	    sscanf(i->valuestring, "%llu.%lld.%ld", &id->ino, &id->bsec, &id->bnsec) != 3)
+		memset(id, 0, sizeof(*id));
+	else if (cJSON_IsNumber(i) && i->valuedouble > 0)
+		id->ino = (unsigned long long)i->valuedouble; /* an inode alone */
 	return 0;
 }
 
-/* Whether name in fd (an empty name: fd itself) is the file recorded as
- * (ino, btime), btime 0 meaning unknown. 1 yes, 0 no, -errno. */
-static int same_file(int fd, const char *name, ino_t ino, double btime)
+/* Whether name in fd is the file recorded as id (a birth time of 0 is
+ * unknown: the inode alone decides). 1 yes, 0 no, -errno. */
+static int same_file(int fd, const char *name, const struct attach_fid *id)
 {
 	struct statx sx;
-	double bt;
-	int flags = AT_SYMLINK_NOFOLLOW | (name[0] ? 0 : AT_EMPTY_PATH);
+	struct attach_fid now;
+	int known;
 
-	if (statx(fd, name, flags, STATX_INO | STATX_BTIME, &sx) < 0)
+	if (statx(fd, name, AT_SYMLINK_NOFOLLOW, STATX_INO | STATX_BTIME, &sx) < 0)
 		return -errno;
-	bt = file_btime(&sx);
-	return sx.stx_ino == ino && (!btime || !bt || bt == btime);
+	fid_of(&sx, &now);
+	known = (id->bsec || id->bnsec) && (now.bsec || now.bnsec);
+	return now.ino == id->ino && (!known || (now.bsec == id->bsec && now.bnsec == id->bnsec));
 }
 
-static int has_ino(int fd, const char *name, ino_t ino, double btime)
+static int has_file(int fd, const char *name, const struct attach_fid *id)
 {
-	return same_file(fd, name, ino, btime) == 1;
+	return same_file(fd, name, id) == 1;
 }
 
 /* Moves one file from attach/ (outfd) to files/ (filesfd). 1 when it
  * moved, 0 when there was nothing to move, or -errno. */
-static int move_one(int outfd, int filesfd, const char *from, const char *to, ino_t ino,
-		    double btime)
+static int move_one(int outfd, int filesfd, const char *from, const char *to,
+		    const struct attach_fid *id)
 {
 	int r;
 
-	if (ino && has_ino(filesfd, to, ino, btime))
+	if (id->ino && has_file(filesfd, to, id))
 		return 0; /* moved before */
-	r = same_file(outfd, from, ino, btime);
+	r = same_file(outfd, from, id);
 	if (r < 0)
 		return r == -ENOENT ? 0 : r; /* moved before (or removed) */
-	if (ino && r == 0)
+	if (id->ino && r == 0)
 		return 0; /* moved before; a new file took the name in attach/ */
 	for (unsigned k = 0; k < 100000; k++) {
 		char cand[NAME_MAX + 1];
@@ -332,8 +345,8 @@ static int move_one(int outfd, int filesfd, const char *from, const char *to, in
 			return 1;
 		if (errno != EEXIST)
 			return -errno;
-		if (!ino)
-			return 0; /* no inode recorded: a taken name means moved */
+		if (!id->ino)
+			return 0; /* no identity recorded: a taken name means moved */
 		/* The name was taken after it was chosen (the reference finds
 		 * the file by its inode: attach_add_refs). */
 	}
@@ -373,12 +386,11 @@ int attach_move(int dirfd, const char *json)
 	cJSON_ArrayForEach(pair, a)
 	{
 		const char *from, *to;
-		ino_t ino;
-		double btime;
+		struct attach_fid id;
 		int r;
-		if (ret || outfd < 0 || pair_names(pair, &from, &to, &ino, &btime) != 0)
+		if (ret || outfd < 0 || pair_names(pair, &from, &to, &id) != 0)
 			continue;
-		r = move_one(outfd, filesfd, from, to, ino, btime);
+		r = move_one(outfd, filesfd, from, to, &id);
 		if (r > 0)
 			moved = 1;
 		else if (r < 0)
@@ -400,17 +412,17 @@ int attach_move(int dirfd, const char *json)
 	return ret;
 }
 
-/* The name in files/ (filesfd) of the file with inode ino: to when it is
- * there, else the entry that has it (its name was taken while it moved),
+/* The name in files/ (filesfd) of the file known as id: to when it is
+ * there, else the entry that is it (its name was taken while it moved),
  * else to (gone: sending will say so). */
-static const char *find_moved(int filesfd, const char *to, ino_t ino, double btime,
+static const char *find_moved(int filesfd, const char *to, const struct attach_fid *id,
 			      char name[NAME_MAX + 1])
 {
 	struct dirent *de;
 	DIR *dp;
 	int fd;
 
-	if (!ino || filesfd < 0 || has_ino(filesfd, to, ino, btime))
+	if (!id->ino || filesfd < 0 || has_file(filesfd, to, id))
 		return to;
 	fd = dup(filesfd);
 	dp = fd >= 0 ? fdopendir(fd) : NULL;
@@ -420,7 +432,7 @@ static const char *find_moved(int filesfd, const char *to, ino_t ino, double bti
 		return to;
 	}
 	while ((de = readdir(dp)))
-		if (de->d_name[0] != '.' && has_ino(filesfd, de->d_name, ino, btime)) {
+		if (de->d_name[0] != '.' && has_file(filesfd, de->d_name, id)) {
 			snprintf(name, NAME_MAX + 1, "%s", de->d_name);
 			closedir(dp);
 			return name;
@@ -439,13 +451,11 @@ int attach_add_refs(int dirfd, cJSON *parts, const char *json)
 	{
 		const char *from, *to;
 		char path[NAME_MAX + 8], found[NAME_MAX + 1];
-		ino_t ino;
-		double btime;
+		struct attach_fid id;
 		cJSON *p, *f;
-		if (pair_names(pair, &from, &to, &ino, &btime) != 0)
+		if (pair_names(pair, &from, &to, &id) != 0)
 			continue;
-		snprintf(path, sizeof(path), ATTACH_FILES "/%s",
-			 find_moved(filesfd, to, ino, btime, found));
+		snprintf(path, sizeof(path), ATTACH_FILES "/%s", find_moved(filesfd, to, &id, found));
 		p = cJSON_CreateObject();
 		cJSON_AddStringToObject(p, "type", "file");
 		f = cJSON_AddObjectToObject(p, "file");

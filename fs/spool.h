@@ -1,7 +1,7 @@
 /* spool.h - the durable prompt queue of a conversation (.lmsfs.queue).
  *
  * One JSON object per line: {"id": "<16 hex>", "content": "..."} for a
- * prompt (with "files": [["from", "to", inode, birth_ns], ...] when it
+ * prompt (with "files": [["from", "to", "identity"], ...] when it
  * took attachments; see attach.h),
  * {"id": ..., "regen": true} for a retry. Entries are appended
  * (fsync'd) when a prompt is acknowledged and stay until the queue is

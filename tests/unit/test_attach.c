@@ -188,14 +188,14 @@ static void scan_and_move(void)
 	CHECK_STR(s.v[1].to, "r-1.png");
 	json = attach_set_json(&s);
 	{
-		/* [from, to, inode, birth time] */
+		/* [from, to, "INODE.BSEC.BNSEC"] */
 		cJSON *a = cJSON_Parse(json);
 		CHECK_INT(cJSON_GetArraySize(a), 2);
 		CHECK_STR(cJSON_GetArrayItem(cJSON_GetArrayItem(a, 0), 1)->valuestring, "n.txt");
 		CHECK_STR(cJSON_GetArrayItem(cJSON_GetArrayItem(a, 1), 0)->valuestring, "r.png");
 		CHECK_STR(cJSON_GetArrayItem(cJSON_GetArrayItem(a, 1), 1)->valuestring, "r-1.png");
-		CHECK(cJSON_GetArrayItem(cJSON_GetArrayItem(a, 1), 2)->valuedouble ==
-		      (double)s.v[1].ino);
+		CHECK(strtoull(cJSON_GetArrayItem(cJSON_GetArrayItem(a, 1), 2)->valuestring, NULL,
+			       10) == s.v[1].id.ino);
 		cJSON_Delete(a);
 	}
 	attach_set_free(&s);
