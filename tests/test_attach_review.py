@@ -133,3 +133,28 @@ def test_a_later_file_of_the_same_name_stays_for_the_next_prompt(mount, fake):
     assert listdir(cdir(m, "lt") / "attach") == ["a.txt"]
     assert read_text(cdir(m, "lt") / "attach" / "a.txt") == "for the third"
 
+
+
+# --- special files never block ---------------------------------------------------
+
+def test_a_fifo_in_attach_or_files_is_refused_without_blocking(mount, fake):
+    """A FIFO planted in attach/ is refused at write(); one planted in
+    files/ under a referenced name fails the answer naming it. Neither is
+    ever opened for a blocking read (the worker would hang)."""
+    m = vmount(mount, fake)
+    mkconv(m, "ff")
+    put(m, "ff", "ok.txt", "fine")
+    d = m.state / "conversations" / "ff"
+    os.mkfifo(d / "attach" / "pipe.txt")
+    r = prompt(m, "ff", "with a fifo", check=False)
+    assert r.returncode != 0 and "Invalid argument" in r.stderr, r.stderr
+    assert sorted(listdir(cdir(m, "ff") / "attach")) == ["ok.txt", "pipe.txt"]
+    os.unlink(d / "attach" / "pipe.txt")
+    prompt(m, "ff", "first")
+    reply(m, "ff")
+    os.unlink(d / "files" / "ok.txt")
+    os.mkfifo(d / "files" / "ok.txt")
+    prompt(m, "ff", "again")
+    err = wait_for(lambda: status(m, "ff").get("error"), timeout=10)
+    assert err["class"] == "bad_request"
+    assert "files/ok.txt" in err["message"] and "plain file" in err["message"]
