@@ -184,6 +184,7 @@ int attach_scan(int dirfd, long max_file, long max_total, struct attach_set *s, 
 	int ret, filesfd = -1;
 
 	memset(s, 0, sizeof(*s));
+	why[0] = '\0';
 	ret = list_outbox(dirfd, s);
 	if (ret) {
 		snprintf(why, whylen, "cannot read attach/: %s", strerror(-ret));
@@ -223,8 +224,7 @@ int attach_scan(int dirfd, long max_file, long max_total, struct attach_set *s, 
 			ret = -EFBIG;
 			goto fail;
 		}
-		total += (long)st.st_size;
-		if (total > max_total) {
+		if (st.st_size > max_total - total) {
 			close(fd);
 			snprintf(why, whylen,
 				 "the files in attach/ add up to over max_attach_request_bytes (%ld)",
@@ -232,6 +232,7 @@ int attach_scan(int dirfd, long max_file, long max_total, struct attach_set *s, 
 			ret = -EFBIG;
 			goto fail;
 		}
+		total += (long)st.st_size;
 		ret = classify(fd, it, why, whylen);
 		close(fd);
 		if (ret == 0 && it->mime)
