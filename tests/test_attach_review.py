@@ -95,8 +95,9 @@ def test_a_name_taken_in_files_before_the_move_gets_the_next_one(mount, fake):
 def test_a_symlink_planted_as_files_is_never_moved_through(mount, fake,
                                                             tmp_path):
     """files/ replaced in the state directory by a symlink to a directory
-    outside it: the attachment stays in attach/, nothing lands outside, and
-    the answer fails naming the file."""
+    outside it: the attachment stays in attach/, nothing lands outside, the
+    prompt stays queued with the reason in .status (no history line naming
+    a file that is not in files/), and a retry once it is fixed sends it."""
     m = vmount(mount, fake)
     mkconv(m, "sl")
     put(m, "sl", "a.txt", "secret")
@@ -108,8 +109,19 @@ def test_a_symlink_planted_as_files_is_never_moved_through(mount, fake,
     err = wait_for(lambda: status(m, "sl").get("error"))
     assert os.listdir(outside) == []
     assert os.listdir(d / "attach") == ["a.txt"]
-    assert err["class"] == "bad_request"
-    assert "files/a.txt" in err["message"]
+    assert err["class"] == "storage", err
+    assert "attach/ to files/" in err["message"], err
+    assert "symbolic links" in err["message"], err
+    assert not (d / "messages.jsonl").exists()  # no line was written
+    os.unlink(d / "files")
+    r = sh(m, "echo retry > sl/.ctl")
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: history(m, "sl") and status(m, "sl")["state"] == "idle"
+             and not status(m, "sl").get("error"), message="the retry")
+    assert listdir(cdir(m, "sl") / "attach") == []
+    assert read_text(cdir(m, "sl") / "files" / "a.txt") == "secret"
+    assert history(m, "sl")[0]["content"][1] == file_ref("files/a.txt")
+    assert "[file a.txt]\nsecret" in texts_sent(fake)
 
 
 def test_a_later_file_of_the_same_name_stays_for_the_next_prompt(mount, fake):
