@@ -1,7 +1,8 @@
 #!/bin/sh
 # make demo: mount lmsfs on the built-in mock provider, show a conversation,
-# a fork, a rewind and a tool call, then unmount. Needs no LLM server and no
-# terminal. LMSFS_BIN points at the binary (default build/lmsfs).
+# a fork, a rewind, an attached file and a tool call, then unmount. Needs no
+# LLM server and no terminal. LMSFS_BIN points at the binary (default
+# build/lmsfs).
 set -eu
 BIN=${LMSFS_BIN:-$(pwd)/build/lmsfs}
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -60,6 +61,9 @@ run "echo 'And a second question, only in the fork.' > conversations/demo-fork/p
 run "wc -l conversations/demo/messages.jsonl conversations/demo-fork/messages.jsonl"
 run "sed -i '2,\$d' conversations/demo-fork/messages.jsonl    # rewind to the first question"
 run "cat conversations/demo-fork/messages.jsonl"
+run "mkdir -p conversations/notes/attach && printf 'milk\\neggs\\n' > conversations/notes/attach/list.txt"
+run "echo 'What is on my list?' > conversations/notes/prompt && cat conversations/notes/.reply"
+run "ls conversations/notes/attach conversations/notes/files && cat conversations/notes/messages.jsonl"
 run "cp $HERE/tools/calc tools/ && cat tools/.status"
 run "echo 'Please use calc with expr=(6*7)+0.5 for me' > conversations/demo/prompt && cat conversations/demo/.reply"
 run "cat conversations/demo/stream"

@@ -19,6 +19,19 @@
 
 #define CHUNK (64u << 10)
 
+/* A file's identity from statx: its inode number and, where the file
+ * system keeps it, its birth time, which tells a moved file from a later
+ * one that reuses its freed inode number. */
+static void fid_of(const struct statx *sx, struct attach_fid *id)
+{
+	memset(id, 0, sizeof(*id));
+	id->ino = sx->stx_ino;
+	if (sx->stx_mask & STATX_BTIME) {
+		id->bsec = sx->stx_btime.tv_sec;
+		id->bnsec = sx->stx_btime.tv_nsec;
+	}
+}
+
 const char *attach_image_type(const unsigned char *h, size_t n)
 {
 	static const unsigned char png[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
@@ -86,34 +99,37 @@ static int classify(int fd, struct attach_item *it, char *why, size_t whylen)
 	return 0;
 }
 
-static int exists_at(int dirfd, const char *path)
+/* The k-th name for from in files/: from itself, then stem-k.ext. 0 or
+ * -ENAMETOOLONG. */
+static int candidate(const char *from, unsigned k, char cand[NAME_MAX + 1])
 {
-	struct stat st;
-	return fstatat(dirfd, path, &st, AT_SYMLINK_NOFOLLOW) == 0;
+	const char *dot = strrchr(from, '.');
+	size_t stem = dot && dot != from ? (size_t)(dot - from) : strlen(from);
+	int len;
+
+	if (k == 0)
+		len = snprintf(cand, NAME_MAX + 1, "%s", from);
+	else
+		len = snprintf(cand, NAME_MAX + 1, "%.*s-%u%s", (int)stem, from, k, from + stem);
+	return len < 0 || len > NAME_MAX ? -ENAMETOOLONG : 0;
 }
 
-/* A free name in files/ for item i: its own, else stem-N.ext. */
-static int choose_name(int dirfd, struct attach_set *s, size_t i)
+/* A free name in files/ (filesfd; -1: there is no files/ yet) for item i:
+ * its own, else stem-N.ext. */
+static int choose_name(int filesfd, struct attach_set *s, size_t i)
 {
 	struct attach_item *it = &s->v[i];
-	const char *dot = strrchr(it->from, '.');
-	size_t stem = dot && dot != it->from ? (size_t)(dot - it->from) : strlen(it->from);
-	const char *ext = it->from + stem;
 
 	for (unsigned k = 0; k < 100000; k++) {
-		char cand[NAME_MAX + 1], path[NAME_MAX + 8];
-		int taken = 0, len;
-		if (k == 0)
-			len = snprintf(cand, sizeof(cand), "%s", it->from);
-		else
-			len = snprintf(cand, sizeof(cand), "%.*s-%u%s", (int)stem, it->from, k, ext);
-		if (len < 0 || (size_t)len >= sizeof(cand))
-			return -ENAMETOOLONG;
-		snprintf(path, sizeof(path), ATTACH_FILES "/%s", cand);
+		char cand[NAME_MAX + 1];
+		struct stat st;
+		int taken = 0, ret = candidate(it->from, k, cand);
+		if (ret)
+			return ret;
 		for (size_t j = 0; j < i && !taken; j++)
 			taken = strcmp(s->v[j].to, cand) == 0;
-		if (!taken && !exists_at(dirfd, path)) {
-			memcpy(it->to, cand, (size_t)len + 1);
+		if (!taken && (filesfd < 0 || fstatat(filesfd, cand, &st, AT_SYMLINK_NOFOLLOW) < 0)) {
+			memcpy(it->to, cand, strlen(cand) + 1);
 			return 0;
 		}
 	}
@@ -165,16 +181,17 @@ int attach_scan(int dirfd, long max_file, long max_total, struct attach_set *s, 
 {
 	long total = 0;
 	struct stat st;
-	int ret;
+	int ret, filesfd = -1;
 
 	memset(s, 0, sizeof(*s));
+	why[0] = '\0';
 	ret = list_outbox(dirfd, s);
 	if (ret) {
 		snprintf(why, whylen, "cannot read attach/: %s", strerror(-ret));
 		goto fail;
 	}
-	if (s->n && fstatat(dirfd, ATTACH_FILES, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
-	    !S_ISDIR(st.st_mode)) {
+	if (s->n && (filesfd = fsio_open(dirfd, ATTACH_FILES, O_RDONLY | O_DIRECTORY, 0)) < 0 &&
+	    filesfd != -ENOENT) {
 		snprintf(why, whylen, "files is not a directory: attachments cannot be kept");
 		ret = -EINVAL;
 		goto fail;
@@ -195,6 +212,11 @@ int attach_scan(int dirfd, long max_file, long max_total, struct attach_set *s, 
 			goto fail;
 		}
 		it->size = st.st_size;
+		{
+			struct statx sx;
+			if (statx(fd, "", AT_EMPTY_PATH, STATX_INO | STATX_BTIME, &sx) == 0)
+				fid_of(&sx, &it->id);
+		}
 		if (st.st_size > max_file) {
 			close(fd);
 			snprintf(why, whylen, "attach/%s is %lld bytes, over max_attach_bytes (%ld)",
@@ -202,8 +224,7 @@ int attach_scan(int dirfd, long max_file, long max_total, struct attach_set *s, 
 			ret = -EFBIG;
 			goto fail;
 		}
-		total += (long)st.st_size;
-		if (total > max_total) {
+		if (st.st_size > max_total - total) {
 			close(fd);
 			snprintf(why, whylen,
 				 "the files in attach/ add up to over max_attach_request_bytes (%ld)",
@@ -211,11 +232,12 @@ int attach_scan(int dirfd, long max_file, long max_total, struct attach_set *s, 
 			ret = -EFBIG;
 			goto fail;
 		}
+		total += (long)st.st_size;
 		ret = classify(fd, it, why, whylen);
 		close(fd);
 		if (ret == 0 && it->mime)
 			s->images++;
-		if (ret == 0 && (ret = choose_name(dirfd, s, i)) != 0)
+		if (ret == 0 && (ret = choose_name(filesfd, s, i)) != 0)
 			snprintf(why, whylen, "no free name in files/ for %s", it->from);
 		if (ret) {
 			if (!why[0])
@@ -224,8 +246,12 @@ int attach_scan(int dirfd, long max_file, long max_total, struct attach_set *s, 
 			goto fail;
 		}
 	}
+	if (filesfd >= 0)
+		close(filesfd);
 	return 0;
 fail:
+	if (filesfd >= 0)
+		close(filesfd);
 	attach_set_free(s);
 	return ret;
 }
@@ -242,6 +268,13 @@ char *attach_set_json(const struct attach_set *s)
 		cJSON *pair = cJSON_CreateArray();
 		cJSON_AddItemToArray(pair, cJSON_CreateString(s->v[i].from));
 		cJSON_AddItemToArray(pair, cJSON_CreateString(s->v[i].to));
+		if (s->v[i].id.ino) {
+			/* Text, not a JSON number: exact whatever its size. */
+			char id[64];
+			snprintf(id, sizeof(id), "%llu.%lld.%ld", s->v[i].id.ino, s->v[i].id.bsec,
+				 s->v[i].id.bnsec);
+			cJSON_AddItemToArray(pair, cJSON_CreateString(id));
+		}
 		cJSON_AddItemToArray(a, pair);
 	}
 	out = cJSON_PrintUnformatted(a);
@@ -249,71 +282,181 @@ char *attach_set_json(const struct attach_set *s)
 	return out;
 }
 
-/* The pair's names, checked (no path may leave its directory). */
-static int pair_names(const cJSON *pair, const char **from, const char **to)
+/* The pair's names, checked (no path may leave its directory), and the
+ * identity the file had in attach/ (all 0: not recorded). */
+static int pair_names(const cJSON *pair, const char **from, const char **to,
+		      struct attach_fid *id)
 {
 	const cJSON *f = cJSON_GetArrayItem(pair, 0), *t = cJSON_GetArrayItem(pair, 1);
+	const cJSON *i = cJSON_GetArrayItem(pair, 2);
 	if (!cJSON_IsString(f) || !cJSON_IsString(t) || names_file_ok(f->valuestring) ||
 	    names_file_ok(t->valuestring))
 		return -EINVAL;
 	*from = f->valuestring;
 	*to = t->valuestring;
+	memset(id, 0, sizeof(*id));
+	if (cJSON_IsString(i) &&
+	    sscanf(i->valuestring, "%llu.%lld.%ld", &id->ino, &id->bsec, &id->bnsec) != 3)
+		memset(id, 0, sizeof(*id));
+	else if (cJSON_IsNumber(i) && i->valuedouble > 0)
+		id->ino = (unsigned long long)i->valuedouble; /* an inode alone */
+	return 0;
+}
+
+/* Whether name in fd is the file recorded as id (a birth time of 0 is
+ * unknown: the inode alone decides). 1 yes, 0 no, -errno. */
+static int same_file(int fd, const char *name, const struct attach_fid *id)
+{
+	struct statx sx;
+	struct attach_fid now;
+	int known;
+
+	if (statx(fd, name, AT_SYMLINK_NOFOLLOW, STATX_INO | STATX_BTIME, &sx) < 0)
+		return -errno;
+	fid_of(&sx, &now);
+	known = (id->bsec || id->bnsec) && (now.bsec || now.bnsec);
+	return now.ino == id->ino && (!known || (now.bsec == id->bsec && now.bnsec == id->bnsec));
+}
+
+static int has_file(int fd, const char *name, const struct attach_fid *id)
+{
+	return same_file(fd, name, id) == 1;
+}
+
+/* Moves one file from attach/ (outfd) to files/ (filesfd). 1 when it
+ * moved, 0 when there was nothing to move, or -errno. */
+static int move_one(int outfd, int filesfd, const char *from, const char *to,
+		    const struct attach_fid *id)
+{
+	int r;
+
+	if (id->ino && has_file(filesfd, to, id))
+		return 0; /* moved before */
+	r = same_file(outfd, from, id);
+	if (r < 0)
+		return r == -ENOENT ? 0 : r; /* moved before (or removed) */
+	if (id->ino && r == 0)
+		return 0; /* moved before; a new file took the name in attach/ */
+	for (unsigned k = 0; k < 100000; k++) {
+		char cand[NAME_MAX + 1];
+		int ret = candidate(to, k, cand);
+		if (ret)
+			return ret;
+		if (renameat2(outfd, from, filesfd, cand, RENAME_NOREPLACE) == 0)
+			return 1;
+		if (errno != EEXIST)
+			return -errno;
+		if (!id->ino)
+			return 0; /* no identity recorded: a taken name means moved */
+		/* The name was taken after it was chosen (the reference finds
+		 * the file by its inode: attach_add_refs). */
+	}
+	return -EEXIST;
+}
+
+/* attach/ and files/ (made when missing), opened without following a
+ * symlink: a planted one is never renamed through. */
+static int open_dirs(int dirfd, int *outfd, int *filesfd)
+{
+	*outfd = fsio_open(dirfd, ATTACH_OUTBOX, O_RDONLY | O_DIRECTORY, 0);
+	if (*outfd < 0)
+		return *outfd == -ENOENT ? 0 : *outfd;
+	if (mkdirat(dirfd, ATTACH_FILES, 0755) == 0 && fsync(dirfd) < 0) {
+		int ret = -errno;
+		close(*outfd);
+		return ret;
+	}
+	*filesfd = fsio_open(dirfd, ATTACH_FILES, O_RDONLY | O_DIRECTORY, 0);
+	if (*filesfd < 0) {
+		close(*outfd);
+		return *filesfd;
+	}
 	return 0;
 }
 
 int attach_move(int dirfd, const char *json)
 {
 	cJSON *a = json ? cJSON_Parse(json) : NULL, *pair;
-	int ret = 0, moved = 0;
+	int ret = 0, moved = 0, outfd = -1, filesfd = -1;
 
 	if (!cJSON_IsArray(a)) {
 		cJSON_Delete(a);
 		return json ? -EINVAL : 0;
 	}
-	if (mkdirat(dirfd, ATTACH_FILES, 0755) == 0) {
-		if (fsync(dirfd) < 0)
-			ret = -errno;
-	} else if (errno != EEXIST) {
-		ret = -errno;
-	}
+	ret = open_dirs(dirfd, &outfd, &filesfd);
 	cJSON_ArrayForEach(pair, a)
 	{
 		const char *from, *to;
-		char src[NAME_MAX + 8], dst[NAME_MAX + 8];
-		if (ret || pair_names(pair, &from, &to) != 0)
+		struct attach_fid id;
+		int r;
+		if (ret || outfd < 0 || pair_names(pair, &from, &to, &id) != 0)
 			continue;
-		snprintf(src, sizeof(src), ATTACH_OUTBOX "/%s", from);
-		snprintf(dst, sizeof(dst), ATTACH_FILES "/%s", to);
-		if (renameat2(dirfd, src, dirfd, dst, RENAME_NOREPLACE) == 0)
+		r = move_one(outfd, filesfd, from, to, &id);
+		if (r > 0)
 			moved = 1;
-		else if (errno != ENOENT && errno != EEXIST)
-			ret = -errno; /* ENOENT, EEXIST: moved before */
+		else if (r < 0)
+			ret = r;
 	}
 	cJSON_Delete(a);
 	if (moved) {
-		int r1 = fsio_sync_parent(dirfd, ATTACH_FILES "/x");
-		int r2 = fsio_sync_parent(dirfd, ATTACH_OUTBOX "/x");
+		int r1 = fsync(filesfd) < 0 ? -errno : 0;
+		int r2 = fsync(outfd) < 0 ? -errno : 0;
 		if (!ret)
 			ret = r1 ? r1 : r2;
 	}
+	if (outfd >= 0)
+		close(outfd);
+	if (filesfd >= 0)
+		close(filesfd);
 	if (ret)
 		log_warnx("moving attachments to files/: %s", strerror(-ret));
 	return ret;
 }
 
-int attach_add_refs(cJSON *parts, const char *json)
+/* The name in files/ (filesfd) of the file known as id: to when it is
+ * there, else the entry that is it (its name was taken while it moved),
+ * else to (gone: sending will say so). */
+static const char *find_moved(int filesfd, const char *to, const struct attach_fid *id,
+			      char name[NAME_MAX + 1])
+{
+	struct dirent *de;
+	DIR *dp;
+	int fd;
+
+	if (!id->ino || filesfd < 0 || has_file(filesfd, to, id))
+		return to;
+	fd = dup(filesfd);
+	dp = fd >= 0 ? fdopendir(fd) : NULL;
+	if (!dp) {
+		if (fd >= 0)
+			close(fd);
+		return to;
+	}
+	while ((de = readdir(dp)))
+		if (de->d_name[0] != '.' && has_file(filesfd, de->d_name, id)) {
+			snprintf(name, NAME_MAX + 1, "%s", de->d_name);
+			closedir(dp);
+			return name;
+		}
+	closedir(dp);
+	return to;
+}
+
+int attach_add_refs(int dirfd, cJSON *parts, const char *json)
 {
 	cJSON *a = cJSON_Parse(json), *pair;
 	int ret = cJSON_IsArray(a) ? 0 : -EINVAL;
+	int filesfd = fsio_open(dirfd, ATTACH_FILES, O_RDONLY | O_DIRECTORY, 0);
 
 	cJSON_ArrayForEach(pair, a)
 	{
 		const char *from, *to;
-		char path[NAME_MAX + 8];
+		char path[NAME_MAX + 8], found[NAME_MAX + 1];
+		struct attach_fid id;
 		cJSON *p, *f;
-		if (pair_names(pair, &from, &to) != 0)
+		if (pair_names(pair, &from, &to, &id) != 0)
 			continue;
-		snprintf(path, sizeof(path), ATTACH_FILES "/%s", to);
+		snprintf(path, sizeof(path), ATTACH_FILES "/%s", find_moved(filesfd, to, &id, found));
 		p = cJSON_CreateObject();
 		cJSON_AddStringToObject(p, "type", "file");
 		f = cJSON_AddObjectToObject(p, "file");
@@ -324,5 +467,7 @@ int attach_add_refs(cJSON *parts, const char *json)
 		}
 	}
 	cJSON_Delete(a);
+	if (filesfd >= 0)
+		close(filesfd);
 	return ret;
 }

@@ -11,12 +11,13 @@
  * extension (receipt-1.jpg).
  *
  * Durability: the prompt's spool entry (spool.h) lists the moves
- * ("files": [["from","to"], ...]) and is synced before anything moves;
- * attach_move then renames and syncs both directories. attach_move is
- * idempotent (a move whose source is gone or whose target exists is
- * skipped), so recovery and the worker run it again for a prompt whose
- * moves a crash cut: after kill -9 either the spool entry is there and
- * the files end up in files/, or nothing moved.
+ * ("files": [["from","to","INODE.BSEC.BNSEC"], ...], the file's
+ * identity: inode number and birth time) and is synced before
+ * anything moves; attach_move then renames and syncs both directories.
+ * attach_move is idempotent (a move whose file is already in files/, or
+ * no longer in attach/, is skipped), so recovery and the worker run it
+ * again for a prompt whose moves a crash cut: after kill -9 either the
+ * spool entry is there and the files end up in files/, or nothing moved.
  */
 #ifndef LMSFS_ATTACH_H
 #define LMSFS_ATTACH_H
@@ -30,11 +31,20 @@
 #define ATTACH_OUTBOX "attach"
 #define ATTACH_FILES "files"
 
+/* Which file a move is about, found again after a crash: its inode number
+ * and birth time (0: unknown). */
+struct attach_fid {
+	unsigned long long ino;
+	long long bsec;
+	long bnsec;
+};
+
 struct attach_item {
 	char from[NAME_MAX + 1]; /* its name in attach/ */
 	char to[NAME_MAX + 1];   /* its name in files/ */
 	const char *mime;        /* an image's type; NULL for UTF-8 text */
 	off_t size;
+	struct attach_fid id;
 };
 
 struct attach_set {
@@ -50,17 +60,23 @@ struct attach_set {
 int attach_scan(int dirfd, long max_file, long max_total, struct attach_set *s, char *why,
 		size_t whylen);
 void attach_set_free(struct attach_set *s);
-/* The moves as JSON text, [["from","to"],...] (malloc'd; NULL when the
- * set is empty or out of memory). */
+/* The moves as JSON text, [["from","to","INODE.BSEC.BNSEC"],...]
+ * (malloc'd; NULL when the set is empty or out of memory). */
 char *attach_set_json(const struct attach_set *s);
 /* Moves attach/from to files/to for each pair of json (creating files/),
- * skipping pairs already moved, then syncs both directories. 0 or the
- * first -errno. */
+ * skipping pairs already moved, then syncs both directories. Neither
+ * directory may be a symlink (-ELOOP). A pair's inode and birth time tell
+ * a file that moved from a later one of the same name in attach/ (which
+ * stays for the next prompt); when to was taken
+ * after it was chosen, the file gets the next free name (to-1.ext...).
+ * 0 or the first -errno. */
 int attach_move(int dirfd, const char *json);
 /* Adds the reference part of each of json's moves to the array parts
- * ({"type":"file","file":{"path":"files/TO"}}). 0 or -ENOMEM. */
+ * ({"type":"file","file":{"path":"files/TO"}}), TO being the name in
+ * files/ the file has (found by inode and birth time when not to). 0 or
+ * -ENOMEM. */
 struct cJSON;
-int attach_add_refs(struct cJSON *parts, const char *json);
+int attach_add_refs(int dirfd, struct cJSON *parts, const char *json);
 
 /* "image/png", "image/jpeg" or NULL, by the first bytes of a file. */
 const char *attach_image_type(const unsigned char *head, size_t n);

@@ -70,8 +70,10 @@ static int put_image(int fd, const char *mime, off_t size, struct buf *out)
 	if (ret == 0)
 		ret = buf_printf(out, "{\"type\":\"image_url\",\"image_url\":{\"url\":\"data:%s;base64,",
 				 mime);
-	while (ret == 0) {
-		ssize_t r = read_full(fd, in, B64_IN);
+	/* Never more than the size checked against the caps, even if the
+	 * file grows while it is read. */
+	for (size_t left = (size_t)size; ret == 0 && left;) {
+		ssize_t r = read_full(fd, in, left < B64_IN ? left : B64_IN);
 		if (r < 0) {
 			ret = (int)r;
 			break;
@@ -80,8 +82,9 @@ static int put_image(int fd, const char *mime, off_t size, struct buf *out)
 			break;
 		attach_b64(in, (size_t)r, enc);
 		ret = buf_append(out, enc, ((size_t)r + 2) / 3 * 4);
-		if ((size_t)r < B64_IN)
-			break;
+		left -= (size_t)r;
+		if ((size_t)r < B64_IN && left)
+			break; /* it shrank */
 	}
 	if (ret == 0)
 		ret = buf_puts(out, "\"}}");
@@ -156,15 +159,16 @@ static int put_text(int fd, const char *name, off_t size, struct buf *out, char 
 int attach_expand(void *arg, const char *path, struct buf *out, char *why, size_t whylen)
 {
 	struct attach_budget *b = arg;
-	const char *name = path + strlen(ATTACH_FILES "/");
+	const char *name = path;
 	unsigned char head[16];
 	const char *mime;
 	struct stat st;
 	ssize_t r;
 	int fd, ret;
 
-	if (strncmp(path, ATTACH_FILES "/", strlen(ATTACH_FILES "/")) != 0 ||
-	    names_file_ok(name) != 0 || strchr(name, '/')) {
+	if (strncmp(path, ATTACH_FILES "/", strlen(ATTACH_FILES "/")) == 0)
+		name = path + strlen(ATTACH_FILES "/");
+	if (name == path || names_file_ok(name) != 0) {
 		snprintf(why, whylen,
 			 "a file reference names %s: it must be files/NAME, a file in the "
 			 "conversation's files/",
@@ -182,7 +186,7 @@ int attach_expand(void *arg, const char *path, struct buf *out, char *why, size_
 		snprintf(why, whylen, "%s, attached in messages.jsonl, is not a plain file", path);
 		return -EINVAL;
 	}
-	if (st.st_size > b->max_file || b->used + (long)st.st_size > b->max_total) {
+	if (st.st_size > b->max_file || st.st_size > b->max_total - b->used) {
 		close(fd);
 		if (st.st_size > b->max_file)
 			snprintf(why, whylen, "%s is %lld bytes, over max_attach_bytes (%ld)", path,

@@ -109,12 +109,20 @@ static int take_prompt(struct conv *c, struct job *j, int dirfd, struct gen_resu
 
 	if (c->owed_mark)
 		ret = pay_owed_mark(c, dirfd);
+	if (ret == 0 && !j->regen && j->files && (ret = attach_move(dirfd, j->files)) != 0) {
+		/* Moves a crash or a failure cut are finished first; a line
+		 * naming files that are not in files/ is never written. */
+		res->err = EC_STORAGE;
+		res->sys_errno = -ret;
+		snprintf(res->errmsg, sizeof(res->errmsg),
+			 "cannot move the prompt's attachments from attach/ to files/: %s; it "
+			 "stays queued (send a prompt or write retry to .ctl once that is fixed)",
+			 strerror(-ret));
+		store_mark(dirfd, "[lmsfs] error storage: %s", res->errmsg);
+		return ret;
+	}
 	if (ret == 0 && !j->regen) {
-		char *line;
-		/* Moves a crash or a failure cut are finished first. */
-		if (j->files)
-			attach_move(dirfd, j->files);
-		line = store_user_line_files(j->text, j->files, j->id);
+		char *line = store_user_line_files(dirfd, j->text, j->files, j->id);
 		pthread_mutex_lock(&c->hist);
 		ret = line ? store_hist_append(dirfd, line, strlen(line), STORE_CREATE, NULL)
 			   : -ENOMEM;

@@ -3,6 +3,7 @@
 #include "fs_int.h"
 
 #include "conv.h"
+#include "fsio.h"
 #include "models.h"
 #include "names.h"
 
@@ -134,10 +135,14 @@ void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		ret = list_backing(d, fs_tools_fd, ".", 0);
 		break;
 	case K_SUBDIR: {
+		/* Opened without following a symlink planted since lookup. */
 		char p[PATH_MAX];
+		int fd;
 		ret = cpath(p, sizeof(p), ni.conv, ni.name);
-		if (ret == 0)
-			ret = list_backing(d, conv_root_fd(), p, 0);
+		fd = ret ? ret : fsio_open(conv_root_fd(), p, O_RDONLY | O_DIRECTORY, 0);
+		ret = fd < 0 ? fd : list_backing(d, fd, ".", 0);
+		if (fd >= 0)
+			close(fd);
 		break;
 	}
 	default:

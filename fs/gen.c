@@ -221,8 +221,9 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 				cJSON_AddStringToObject(sm, "content", sp);
 				t = cJSON_PrintUnformatted(sm);
 				cJSON_Delete(sm);
-				if (t) {
-					/* In place: the messages may hold images. */
+				/* In place: the messages may hold images. Room
+				 * first, so that a "," never goes in alone. */
+				if (t && buf_grow(&msgs, strlen(t) + 1) == 0) {
 					if (msgs.len)
 						buf_prepend(&msgs, ",", 1);
 					buf_prepend(&msgs, t, strlen(t));

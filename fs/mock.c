@@ -1,6 +1,8 @@
 /* mock.c - the built-in provider: deterministic answers without a server.
  *
- * Reads the request body as a server would. When the request offers tools
+ * Reads the request body as a server would (a user message's content may
+ * be an array of parts: its text parts are what was said, and the files
+ * attached to it are named in the answer). When the request offers tools
  * and the last user message names one, it calls it, taking arguments from
  * "key=value" words in the prompt; after a tool result it answers with that
  * result. A prompt containing "mock:error" fails like a server error (for
@@ -97,6 +99,47 @@ static int emit_words(const struct config *cfg, const char *text, api_text_fn fn
 	return 0;
 }
 
+/* What a user message says: its content, or for an array of content
+ * parts its text parts, then what was attached ("[file NAME]" text parts
+ * and images). Malloc'd; NULL when out of memory. */
+static char *said(const cJSON *content)
+{
+	struct buf t, att;
+	const cJSON *p;
+	int nfiles = 0;
+	char *out;
+
+	if (cJSON_IsString(content))
+		return strdup(content->valuestring);
+	if (!cJSON_IsArray(content))
+		return strdup("");
+	buf_init(&t, 0);
+	buf_init(&att, 0);
+	cJSON_ArrayForEach(p, content)
+	{
+		const char *type = str(p, "type"), *text = str(p, "text");
+		if (type && !strcmp(type, "text") && text && !strncmp(text, "[file ", 6)) {
+			const char *end = strstr(text, "]\n");
+			size_t n = end ? (size_t)(end - text - 6) : strlen(text + 6);
+			buf_puts(&att, nfiles++ ? ", " : "");
+			buf_append(&att, text + 6, n);
+		} else if (type && !strcmp(type, "text") && text) {
+			buf_puts(&t, t.len ? " " : "");
+			buf_puts(&t, text);
+		} else if (type && !strcmp(type, "image_url")) {
+			buf_puts(&att, nfiles++ ? ", " : "");
+			buf_puts(&att, "an image");
+		}
+	}
+	if (nfiles)
+		buf_printf(&t, " (%d file%s attached: %s)", nfiles, nfiles == 1 ? "" : "s",
+			   att.data);
+	out = t.data ? buf_take(&t) : strdup("");
+	buf_free(&t);
+	buf_free(&att);
+	return out;
+}
+
 enum err_class mock_complete(const struct config *cfg, const char *body,
 			     struct api_answer *ans, api_text_fn fn, void *ctx,
 			     const volatile int *cancel, char *msg, size_t msglen)
@@ -106,9 +149,9 @@ enum err_class mock_complete(const struct config *cfg, const char *body,
 	const cJSON *tools = cJSON_GetObjectItemCaseSensitive(req, "tools");
 	const cJSON *fns = cJSON_GetObjectItemCaseSensitive(req, "functions");
 	const cJSON *last = cJSON_GetArrayItem(msgs, cJSON_GetArraySize(msgs) - 1);
-	const char *role = str(last, "role"), *prompt = "";
+	const char *role = str(last, "role");
 	enum err_class ret = EC_NONE;
-	char *text = NULL;
+	char *text = NULL, *prompt = NULL;
 	int n_user = 0;
 	const cJSON *m;
 
@@ -116,9 +159,14 @@ enum err_class mock_complete(const struct config *cfg, const char *body,
 	{
 		if (str(m, "role") && !strcmp(str(m, "role"), "user")) {
 			n_user++;
-			prompt = str(m, "content") ? str(m, "content") : "";
+			free(prompt);
+			prompt = said(cJSON_GetObjectItemCaseSensitive(m, "content"));
+			if (!prompt)
+				goto oom;
 		}
 	}
+	if (!prompt && !(prompt = strdup("")))
+		goto oom;
 	if (role && (!strcmp(role, "tool") || !strcmp(role, "function"))) {
 		const char *res = str(last, "content");
 		size_t n = strlen(res ? res : "") + 64;
@@ -162,6 +210,7 @@ enum err_class mock_complete(const struct config *cfg, const char *body,
 				 prompt);
 	}
 	if (!text) {
+oom:
 		snprintf(msg, msglen, "out of memory");
 		ret = EC_PROTOCOL;
 		goto out;
@@ -175,6 +224,7 @@ enum err_class mock_complete(const struct config *cfg, const char *body,
 	ans->done = 1;
 out:
 	free(text);
+	free(prompt);
 	cJSON_Delete(req);
 	return ret;
 }

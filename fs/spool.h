@@ -1,7 +1,8 @@
 /* spool.h - the durable prompt queue of a conversation (.lmsfs.queue).
  *
  * One JSON object per line: {"id": "<16 hex>", "content": "..."} for a
- * prompt (with "files": [["from", "to"], ...] when it took attachments),
+ * prompt (with "files": [["from", "to", "identity"], ...] when it
+ * took attachments; see attach.h),
  * {"id": ..., "regen": true} for a retry. Entries are appended
  * (fsync'd) when a prompt is acknowledged and stay until the queue is
  * empty, when the file is emptied; which of them were taken into the

@@ -230,7 +230,7 @@ char *store_user_line(const char *text, const char *id)
 	return print_line(m);
 }
 
-char *store_user_line_files(const char *text, const char *files, const char *id)
+char *store_user_line_files(int dirfd, const char *text, const char *files, const char *id)
 {
 	cJSON *m, *parts, *t;
 
@@ -243,7 +243,7 @@ char *store_user_line_files(const char *text, const char *files, const char *id)
 	cJSON_AddStringToObject(t, "type", "text");
 	cJSON_AddStringToObject(t, "text", text);
 	cJSON_AddItemToArray(parts, t);
-	if (attach_add_refs(parts, files) != 0) {
+	if (attach_add_refs(dirfd, parts, files) != 0) {
 		cJSON_Delete(m);
 		return NULL;
 	}

@@ -123,8 +123,9 @@ int store_hist_for_request_files(int dirfd, struct buf *out, char *first_role,
 /* History lines (malloc'd JSON text, no newline). */
 char *store_user_line(const char *text, const char *id);
 /* A user line with attachments: content [{"type":"text",...}, one file
- * reference per move of files (attach.h's JSON); files NULL: as above. */
-char *store_user_line_files(const char *text, const char *files, const char *id);
+ * reference per move of files (attach.h's JSON), naming the file where it
+ * is in dirfd's files/; files NULL: as above. */
+char *store_user_line_files(int dirfd, const char *text, const char *files, const char *id);
 /* The answer to a tool call: {"role":"tool","tool_call_id","content"} or,
  * legacy, {"role":"function","name","content"}. */
 char *store_tool_result_line(const char *name, const char *call_id, const char *content,

@@ -376,7 +376,9 @@ def test_kill9_after_submit_keeps_prompt_and_files(mount, fake):
     m.start()
     assert listdir(cdir(m, "k2") / "files") == ["a.txt"]
     assert listdir(cdir(m, "k2") / "attach") == []
-    h = history(m, "k2")
+    # The line is written when the prompt is taken, which kill -9 may have
+    # cut: then the restarted worker writes it.
+    h = wait_for(lambda: history(m, "k2"), message="the prompt's line")
     assert h[0]["content"][1] == file_ref("files/a.txt")
 
 

@@ -180,6 +180,7 @@ def check_demo_output(r):
     out = r.stdout
     assert mock_text(1, "What is a FUSE filesystem?") in out, out
     assert "The tool answered: 42.5" in out, out
+    assert "What is on my list? (1 file attached: list.txt)" in out, out
     mo = re.search(r"mounted on (\S+)", out)
     if mo:
         mnt = mo.group(1)

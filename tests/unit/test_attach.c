@@ -187,7 +187,17 @@ static void scan_and_move(void)
 	CHECK(s.v[0].mime == NULL);
 	CHECK_STR(s.v[1].to, "r-1.png");
 	json = attach_set_json(&s);
-	CHECK_STR(json, "[[\"n.txt\",\"n.txt\"],[\"r.png\",\"r-1.png\"]]");
+	{
+		/* [from, to, "INODE.BSEC.BNSEC"] */
+		cJSON *a = cJSON_Parse(json);
+		CHECK_INT(cJSON_GetArraySize(a), 2);
+		CHECK_STR(cJSON_GetArrayItem(cJSON_GetArrayItem(a, 0), 1)->valuestring, "n.txt");
+		CHECK_STR(cJSON_GetArrayItem(cJSON_GetArrayItem(a, 1), 0)->valuestring, "r.png");
+		CHECK_STR(cJSON_GetArrayItem(cJSON_GetArrayItem(a, 1), 1)->valuestring, "r-1.png");
+		CHECK(strtoull(cJSON_GetArrayItem(cJSON_GetArrayItem(a, 1), 2)->valuestring, NULL,
+			       10) == s.v[1].id.ino);
+		cJSON_Delete(a);
+	}
 	attach_set_free(&s);
 	CHECK_INT(attach_move(d, json), 0);
 	CHECK(!exists(d, "attach/r.png") && exists(d, "files/r-1.png"));
@@ -196,6 +206,21 @@ static void scan_and_move(void)
 	put(d, "attach/r.png", "new", 3);
 	CHECK_INT(attach_move(d, json), 0);
 	CHECK(exists(d, "attach/r.png"));
+	free(json);
+	/* A name taken in files/ after it was chosen: the next free one, and
+	 * the reference names the file where it went (found by inode). */
+	CHECK_INT(attach_scan(d, 1000, 2000, &s, why, sizeof(why)), 0);
+	CHECK_STR(s.v[0].to, "r-2.png");
+	json = attach_set_json(&s);
+	attach_set_free(&s);
+	put(d, "files/r-2.png", "user's", 6);
+	CHECK_INT(attach_move(d, json), 0);
+	CHECK(!exists(d, "attach/r.png") && exists(d, "files/r-2-1.png"));
+	{
+		char *l = store_user_line_files(d, "q", json, NULL);
+		CHECK_STR(l, "{\"role\":\"user\",\"content\":[" TXT("q") "," REF("files/r-2-1.png") "]}");
+		free(l);
+	}
 	free(json);
 	/* Refusals. */
 	put(d, "attach/bin", "\x00\x01", 2);
@@ -232,7 +257,7 @@ static void recovery_rolls_forward(void)
 	recover_result_free(&r);
 	/* The user line it becomes. */
 	{
-		char *l = store_user_line_files("q", "[[\"a.txt\",\"a-1.txt\"]]", "00000000000000aa");
+		char *l = store_user_line_files(d, "q", "[[\"a.txt\",\"a-1.txt\"]]", "00000000000000aa");
 		CHECK_STR(l, "{\"role\":\"user\",\"content\":[" TXT("q") "," REF("files/a-1.txt") "],\"lmsfs_id\":\"00000000000000aa\"}");
 		free(l);
 	}
