@@ -18,6 +18,8 @@
 
 struct dirh {
 	struct hlink link; /* first, as in struct fh */
+	uint64_t ino;
+	struct nodeinfo ni; /* the directory, as of the last listing */
 	size_t n;
 	char **names;
 	unsigned char *types;
@@ -42,13 +44,21 @@ static int dir_add(struct dirh *d, const char *name, unsigned char type)
 	return 0;
 }
 
-static void dir_free(struct dirh *d)
+static void dir_clear(struct dirh *d)
 {
-	hlink_del(&d->link);
 	for (size_t i = 0; i < d->n; i++)
 		free(d->names[i]);
 	free(d->names);
 	free(d->types);
+	d->names = NULL;
+	d->types = NULL;
+	d->n = 0;
+}
+
+static void dir_free(struct dirh *d)
+{
+	hlink_del(&d->link);
+	dir_clear(d);
 	free(d);
 }
 
@@ -85,30 +95,26 @@ static int list_backing(struct dirh *d, int dfd, const char *rel, int dirs_only)
 	return ret;
 }
 
-void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+/* Lists directory d->ino, by its current name, into d (0 or -errno). */
+static int dir_fill(struct dirh *d)
 {
-	struct nodeinfo ni;
-	struct dirh *d;
-	int ret = node_info(ino, &ni);
+	int ret = node_info(d->ino, &d->ni);
 
-	if (ret) {
-		fuse_reply_err(req, -ret);
-		return;
-	}
-	d = calloc(1, sizeof(*d));
-	if (!d) {
-		fuse_reply_err(req, ENOMEM);
-		return;
-	}
-	hlink_add(&d->link, 1, dir_free_link);
-	dir_add(d, ".", DT_DIR);
-	dir_add(d, "..", DT_DIR);
-	switch (ni.kind) {
+	dir_clear(d);
+	if (ret == 0)
+		ret = dir_add(d, ".", DT_DIR);
+	if (ret == 0)
+		ret = dir_add(d, "..", DT_DIR);
+	if (ret)
+		return ret;
+	switch (d->ni.kind) {
 	case K_ROOT:
-		for (size_t i = 0; i < fs_n_root_entries; i++)
-			dir_add(d, fs_root_entries[i].name,
-				fs_root_entries[i].kind == K_HEALTH || fs_root_entries[i].kind == K_METRICS ? DT_REG
-											: DT_DIR);
+		for (size_t i = 0; i < fs_n_root_entries && ret == 0; i++)
+			ret = dir_add(d, fs_root_entries[i].name,
+				      fs_root_entries[i].kind == K_HEALTH ||
+						      fs_root_entries[i].kind == K_METRICS
+					      ? DT_REG
+					      : DT_DIR);
 		break;
 	case K_MODELS: {
 		struct model_list *l = models_get(0);
@@ -128,7 +134,7 @@ void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		ret = list_backing(d, conv_root_fd(), ".", 1);
 		break;
 	case K_CONV:
-		ret = list_backing(d, conv_root_fd(), ni.name, 0);
+		ret = list_backing(d, conv_root_fd(), d->ni.name, 0);
 		break;
 	case K_TOOLS:
 		ret = list_backing(d, fs_tools_fd, ".", 0);
@@ -136,6 +142,25 @@ void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	default:
 		ret = -ENOTDIR;
 	}
+	return ret;
+}
+
+void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct dirh *d;
+	int ret;
+
+	d = calloc(1, sizeof(*d));
+	if (!d) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	hlink_add(&d->link, 1, dir_free_link);
+	d->ino = ino;
+	ret = node_info(ino, &d->ni);
+	if (ret == 0 && !(d->ni.kind == K_ROOT || d->ni.kind == K_MODELS || d->ni.kind == K_CONVS ||
+			  d->ni.kind == K_CONV || d->ni.kind == K_TOOLS))
+		ret = -ENOTDIR;
 	if (ret) {
 		dir_free(d);
 		fuse_reply_err(req, -ret);
@@ -145,8 +170,8 @@ void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	/* conversations/ changes only through the mount (mkdir, rmdir, mv),
 	 * which the kernel sees: its listing may be cached. Inside a
 	 * conversation lmsfs itself creates files, so that one is not. */
-	fi->cache_readdir = ni.kind == K_CONVS;
-	fi->keep_cache = ni.kind == K_CONVS;
+	fi->cache_readdir = d->ni.kind == K_CONVS;
+	fi->keep_cache = d->ni.kind == K_CONVS;
 	if (fuse_reply_open(req, fi) == -ENOENT)
 		dir_free(d);
 }
@@ -156,9 +181,19 @@ void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 {
 	(void)ino;
 	struct dirh *d = (struct dirh *)(uintptr_t)fi->fh;
-	char *out = malloc(size);
+	char *out;
 	size_t used = 0;
+	int ret;
 
+	/* Listed when read from the start, and again after rewinddir: a
+	 * snapshot taken at opendir would still show a conversation renamed
+	 * or removed since (the kernel may have served the first reading of
+	 * this handle from its cache). */
+	if (off == 0 && (ret = dir_fill(d)) != 0) {
+		fuse_reply_err(req, -ret);
+		return;
+	}
+	out = malloc(size);
 	if (!out) {
 		fuse_reply_err(req, ENOMEM);
 		return;
