@@ -128,8 +128,12 @@ def test_tail_f_sees_every_token(fake, mount, tmp_path):
 def test_files_created_by_the_daemon_are_listed(fake, mount):
     m = cmount(mount)
     c = mkconv(m, "n")
-    # An empty conversation, listed (the kernel may cache the listing).
+    # An empty conversation, listed (the kernel may cache the listing);
+    # prompt is there before the question, so that asking creates nothing
+    # through the mount (which the kernel would see by itself).
     assert sh(m, "ls -a n").stdout.split() == [".", ".."]
+    assert sh(m, "touch n/prompt").returncode == 0
+    assert sh(m, "ls -a n").stdout.split() == [".", "..", "prompt"]
     assert sh(m, "ls -l n").returncode == 0
     assert sh(m, "ls -l").returncode == 0
     r = sh(m, "stat n/stream")
