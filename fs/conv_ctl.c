@@ -135,6 +135,7 @@ int conv_submit(struct conv *c, const char *text, size_t len, char *why,
 		return -EBUSY;
 	}
 	ret = spool_job(c, dirfd, j);
+	conv_changed(c, NULL); /* the queue's private file */
 	pthread_mutex_unlock(&c->lock);
 	close(dirfd);
 	if (ret != 0) {
@@ -222,6 +223,7 @@ int conv_retry(struct conv *c, char *why, size_t whylen)
 	}
 	pthread_mutex_unlock(&c->hist);
 	cJSON_Delete(lm);
+	conv_changed(c, marked ? STORE_HISTORY : NULL);
 	if (ret != 0) {
 		free(j);
 		goto out;

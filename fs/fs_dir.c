@@ -168,18 +168,79 @@ void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	}
 	fi->fh = (uintptr_t)d;
 	/* conversations/ changes only through the mount (mkdir, rmdir, mv),
-	 * which the kernel sees: its listing may be cached. Inside a
-	 * conversation lmsfs itself creates files, so that one is not. */
-	fi->cache_readdir = d->ni.kind == K_CONVS;
-	fi->keep_cache = d->ni.kind == K_CONVS;
+	 * which the kernel sees: its listing may be cached. So may a
+	 * conversation's: the files lmsfs creates there are announced
+	 * (conv_changed drops the cached listing). */
+	fi->cache_readdir = d->ni.kind == K_CONVS || d->ni.kind == K_CONV;
+	fi->keep_cache = fi->cache_readdir;
 	if (fuse_reply_open(req, fi) == -ENOENT)
 		dir_free(d);
 }
 
-void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
-		       struct fuse_file_info *fi)
+/* What an entry of directory d is (kind, names) for a lookup. */
+static int child_info(const struct dirh *d, uint64_t dino, const char *name,
+		      struct nodeinfo *ni)
 {
-	(void)ino;
+	memset(ni, 0, sizeof(*ni));
+	snprintf(ni->name, sizeof(ni->name), "%s", name);
+	ni->parent = dino;
+	switch (d->ni.kind) {
+	case K_ROOT:
+		for (size_t i = 0; i < fs_n_root_entries; i++)
+			if (strcmp(fs_root_entries[i].name, name) == 0)
+				ni->kind = fs_root_entries[i].kind;
+		return ni->kind ? 0 : -ENOENT;
+	case K_CONVS:
+		ni->kind = K_CONV;
+		snprintf(ni->conv, sizeof(ni->conv), "%s", name);
+		return 0;
+	case K_CONV:
+		ni->kind = K_CFILE;
+		snprintf(ni->conv, sizeof(ni->conv), "%s", d->ni.name);
+		return 0;
+	case K_TOOLS:
+		ni->kind = K_TFILE;
+		return 0;
+	default:
+		return -ENOENT; /* models/: looked up one by one */
+	}
+}
+
+/* READDIRPLUS: each entry with its attributes, counted as a lookup, so
+ * that ls -l, find and du ask nothing more per entry. */
+static size_t add_plus(fuse_req_t req, struct dirh *d, uint64_t dino, size_t i, char *out,
+		       size_t room)
+{
+	struct fuse_entry_param e;
+	struct nodeinfo ni;
+	struct stat st;
+	uint64_t ino = 0;
+	size_t need;
+	const char *name = d->names[i];
+	int dot = !strcmp(name, ".") || !strcmp(name, "..");
+
+	memset(&e, 0, sizeof(e));
+	if (!dot && child_info(d, dino, name, &ni) == 0 && attr_of(0, &ni, &st) == 0 &&
+	    !(ni.kind == K_CONV && !S_ISDIR(st.st_mode)) &&
+	    (d->ni.kind == K_ROOT ? (ino = node_find(INO_ROOT, name)) != 0
+				  : names_file_ok(name) == 0 &&
+					    node_get(dino, name, ni.kind, &ino) != NULL)) {
+		fill_entry(&e, ino, &ni, &st);
+	} else {
+		/* No attributes: the kernel looks it up if it needs to. */
+		e.attr.st_ino = 0x7fffffff00000000ull + i;
+		e.attr.st_mode = (mode_t)(d->types[i] == DT_DIR ? S_IFDIR : S_IFREG);
+	}
+	need = fuse_add_direntry_plus(req, out, room, name, &e, (off_t)(i + 1));
+	if (need > room && ino)
+		node_forget(ino, 1); /* not sent: the kernel never counts it
+					(fixed numbers are never counted) */
+	return need;
+}
+
+static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		       struct fuse_file_info *fi, int plus)
+{
 	struct dirh *d = (struct dirh *)(uintptr_t)fi->fh;
 	char *out;
 	size_t used = 0;
@@ -201,17 +262,33 @@ void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	for (size_t i = (size_t)off; i < d->n; i++) {
 		struct stat st;
 		size_t need;
-		memset(&st, 0, sizeof(st));
-		st.st_ino = 0x7fffffff00000000ull + i;
-		st.st_mode = (mode_t)(d->types[i] == DT_DIR ? S_IFDIR : S_IFREG);
-		need = fuse_add_direntry(req, out + used, size - used, d->names[i], &st,
-					 (off_t)(i + 1));
+		if (plus) {
+			need = add_plus(req, d, ino, i, out + used, size - used);
+		} else {
+			memset(&st, 0, sizeof(st));
+			st.st_ino = 0x7fffffff00000000ull + i;
+			st.st_mode = (mode_t)(d->types[i] == DT_DIR ? S_IFDIR : S_IFREG);
+			need = fuse_add_direntry(req, out + used, size - used, d->names[i], &st,
+						 (off_t)(i + 1));
+		}
 		if (need > size - used)
 			break;
 		used += need;
 	}
 	fuse_reply_buf(req, out, used);
 	free(out);
+}
+
+void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		struct fuse_file_info *fi)
+{
+	do_readdir(req, ino, size, off, fi, 0);
+}
+
+void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		    struct fuse_file_info *fi)
+{
+	do_readdir(req, ino, size, off, fi, 1);
 }
 
 void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)

@@ -366,6 +366,9 @@ static void reply_open(fuse_req_t req, struct fuse_file_info *fi, struct fh *f, 
 	fi->fh = (uintptr_t)f;
 	fi->direct_io = cache == CACHE_NONE;
 	fi->keep_cache = cache == CACHE_KEEP;
+	/* A reader's close() has nothing to commit (every flush acts on
+	 * what was written): no FLUSH round trip. */
+	fi->noflush = (fi->flags & O_ACCMODE) == O_RDONLY;
 	if (fuse_reply_open(req, fi) == -ENOENT)
 		fh_free(f); /* the opener went away */
 }
@@ -445,11 +448,7 @@ void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 		return;
 	}
 	f->ino = ino;
-	memset(&e, 0, sizeof(e));
-	e.ino = ino;
-	e.attr = st;
-	e.attr.st_ino = ino;
-	e.entry_timeout = 1.0;
+	fill_entry(&e, ino, &ni, &st);
 	fi->fh = (uintptr_t)f;
 	fi->direct_io = cache == CACHE_NONE;
 	fi->keep_cache = cache == CACHE_KEEP;

@@ -52,6 +52,13 @@ void gen_result_free(struct gen_result *r)
 		buf_free(&r->text);
 }
 
+/* Announces a change to a file of the conversation (conv_changed). */
+static void changed(const struct gen_job *job, const char *file)
+{
+	if (job->changed)
+		job->changed(job->ctx, file);
+}
+
 /* Appends history lines under the history lock; 0 or -errno (the file is
  * as before on failure). */
 static int append_history(const struct gen_job *job, const char *line, int how, off_t *at)
@@ -60,6 +67,7 @@ static int append_history(const struct gen_job *job, const char *line, int how, 
 	job->hist_lock(job->ctx);
 	ret = store_hist_append(job->dirfd, line, strlen(line), how, at);
 	job->hist_unlock(job->ctx);
+	changed(job, STORE_HISTORY);
 	return ret;
 }
 
@@ -76,6 +84,7 @@ static void undo_history(const struct gen_job *job, off_t at, const char *line)
 	    memcmp(got, line, n) == 0 && store_hist_truncate(job->dirfd, at) == 0)
 		job->hist_replaced(job->ctx); /* writers holding it open must know */
 	job->hist_unlock(job->ctx);
+	changed(job, STORE_HISTORY);
 	free(got);
 }
 
@@ -101,10 +110,13 @@ struct stream_ctx {
 
 static void flush_text(struct stream_ctx *s)
 {
-	if (s->pending.len && s->stream_fd >= 0 &&
+	if (!s->pending.len)
+		return;
+	if (s->stream_fd >= 0 &&
 	    fsio_write_all(s->stream_fd, s->pending.data, s->pending.len) != 0)
 		s->write_err = 1;
 	buf_reset(&s->pending);
+	changed(s->job, STORE_STREAM);
 }
 
 static int on_text(void *u, const char *text, size_t len)
@@ -119,6 +131,7 @@ static int on_text(void *u, const char *text, size_t len)
 	flush_text(s);
 	if (s->stream_fd >= 0 && fsio_write_all(s->stream_fd, text, len) != 0)
 		s->write_err = 1;
+	changed(s->job, STORE_STREAM);
 	return 0;
 }
 
@@ -282,8 +295,10 @@ static int save_assistant(const struct gen_job *job, const struct api_answer *an
 {
 	char *line = api_assistant_line(ans, status);
 	int ret;
-	if (ans->content.len)
+	if (ans->content.len) {
 		store_stream_write(job->dirfd, "\n", 1);
+		changed(job, STORE_STREAM);
+	}
 	ret = line ? append_history(job, line, how, at) : -ENOMEM;
 	if (saved && ret == 0)
 		*saved = line;
@@ -330,6 +345,7 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 	 * only append, so that a conversation being removed (rm -r) is not
 	 * filled again behind the user's back. */
 	stream_fd = store_stream_open(job->dirfd);
+	changed(job, STORE_STREAM);
 
 	params_txt = store_setting(job->dirfd, "params.json");
 	if (params_txt) {
@@ -356,6 +372,7 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 		int stream;
 
 		store_partial_set(job->dirfd);
+		changed(job, NULL);
 		buf_init(&msgs, STORE_HISTORY_MAX + (1u << 20));
 		/* The system prompt leads, unless the history starts with one. */
 		if (store_hist_for_request(job->dirfd, &msgs, first_role, sizeof(first_role),
@@ -470,6 +487,7 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 				result = toolrun_call(c->name, c->args.data ? c->args.data : "",
 						      c->id, job->conv_name, job->dirfd,
 						      ans.legacy_call, gate);
+				changed(job, STORE_STREAM); /* the tool's [lmsfs] lines */
 				rc = result ? append_history(job, result, 0, NULL) : -ENOMEM;
 				free(result);
 			}
@@ -533,6 +551,7 @@ fail:
 		store_mark(job->dirfd, "[lmsfs] cancelled");
 	else
 		store_mark(job->dirfd, "[lmsfs] error %s: %s", errclass_name(cls), res->errmsg);
+	changed(job, STORE_STREAM);
 done:
 	res->err = cls;
 	double first = dbl_get(&job->progress->first_token);

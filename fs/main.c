@@ -197,7 +197,7 @@ int main(int argc, char **argv)
 {
 	struct cli cli = {0};
 	struct config cfg;
-	struct conv_hooks hooks = {.answer_done = ops_answer_done};
+	struct conv_hooks hooks = {.answer_done = ops_answer_done, .changed = ops_conv_changed};
 	struct fuse_args fargs = FUSE_ARGS_INIT(0, NULL);
 	struct fuse_session *se;
 	struct fuse_loop_config *lc;
@@ -292,6 +292,8 @@ int main(int argc, char **argv)
 		fatalx("cannot install signal handlers");
 	if (fuse_session_mount(se, mnt) != 0)
 		fatalx("%s: cannot mount (is /dev/fuse there and fusermount3 installed?)", mnt);
+	if (ops_notify_start(se) != 0)
+		fatalx("cannot start the kernel notifier thread");
 	log_info("mounted %s on %s (state in %s, provider %s)", cfg.base_url, mnt,
 		 cfg.state_dir,
 		 cfg.provider == PROVIDER_MOCK ? "mock" : cfg.provider == PROVIDER_OPENAI ? "openai" : "lmstudio");

@@ -28,6 +28,12 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 		conn->want |= FUSE_CAP_AUTO_INVAL_DATA;
 	/* Bigger requests: 1 MiB per read/write instead of 128 KiB. */
 	conn->max_write = 1u << 20;
+	/* Reads of backing files are spliced from the file to the kernel
+	 * (read_fd): no copy through a buffer of ours. */
+	if (conn->capable & FUSE_CAP_SPLICE_WRITE)
+		conn->want |= FUSE_CAP_SPLICE_WRITE;
+	if (conn->capable & FUSE_CAP_SPLICE_MOVE)
+		conn->want |= FUSE_CAP_SPLICE_MOVE;
 }
 
 int ops_init(const struct config *c, int sfd)
@@ -68,6 +74,7 @@ const struct fuse_lowlevel_ops ops_table = {
 	.fsync = op_fsync,
 	.opendir = op_opendir,
 	.readdir = op_readdir,
+	.readdirplus = op_readdirplus,
 	.releasedir = op_releasedir,
 	.statfs = op_statfs,
 	.create = op_create,
