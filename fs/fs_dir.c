@@ -1,5 +1,11 @@
 /* fs_dir.c - directory listings: the root, models/, conversations/, a
- * conversation (hidden and private files left out) and tools/. */
+ * conversation (hidden and private files left out) and tools/.
+ *
+ * Where the kernel allows it, directories are not opened at all (no
+ * OPENDIR and RELEASEDIR round trips per directory: find, du and grep -r
+ * enter thousands) and every listing is cached by the kernel; readdir
+ * then lists by inode number, from a listing made when reading starts at
+ * offset 0 and kept for the reads that follow (listings_lock, a leaf). */
 #include "fs_int.h"
 
 #include "conv.h"
@@ -17,7 +23,8 @@
 /* --- directories ------------------------------------------------------------ */
 
 struct dirh {
-	struct hlink link; /* first, as in struct fh */
+	struct hlink link; /* first, as in struct fh (opened directories) */
+	int refs;          /* listings_lock (kept listings) */
 	uint64_t ino;
 	struct nodeinfo ni; /* the directory, as of the last listing */
 	size_t n;
@@ -145,11 +152,19 @@ static int dir_fill(struct dirh *d)
 	return ret;
 }
 
+int fs_no_opendir;
+
 void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct dirh *d;
 	int ret;
 
+	if (fs_no_opendir) {
+		/* From now on the kernel opens directories by itself and caches
+		 * every listing (FUSE_CAP_NO_OPENDIR_SUPPORT). */
+		fuse_reply_err(req, ENOSYS);
+		return;
+	}
 	d = calloc(1, sizeof(*d));
 	if (!d) {
 		fuse_reply_err(req, ENOMEM);
@@ -238,10 +253,79 @@ static size_t add_plus(fuse_req_t req, struct dirh *d, uint64_t dino, size_t i, 
 	return need;
 }
 
+/* --- listings of directories never opened --------------------------------- */
+
+#define NLISTINGS 16
+
+static pthread_mutex_t listings_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct dirh *listings[NLISTINGS]; /* listings_lock; each holds a ref */
+static unsigned next_slot;               /* listings_lock */
+
+static void listing_put(struct dirh *d)
+{
+	int last;
+
+	if (!d)
+		return;
+	pthread_mutex_lock(&listings_lock);
+	last = --d->refs == 0;
+	pthread_mutex_unlock(&listings_lock);
+	if (last) {
+		dir_clear(d);
+		free(d);
+	}
+}
+
+/* The listing of directory ino to read from offset off: made afresh at
+ * offset 0 (the start of a reading, or rewinddir), else the one kept. */
+static int listing_get(uint64_t ino, off_t off, struct dirh **out)
+{
+	struct dirh *d = NULL, *old = NULL;
+	unsigned slot;
+	int ret;
+
+	pthread_mutex_lock(&listings_lock);
+	for (slot = 0; slot < NLISTINGS; slot++)
+		if (listings[slot] && listings[slot]->ino == ino)
+			break;
+	if (off > 0 && slot < NLISTINGS) {
+		d = listings[slot];
+		d->refs++;
+	}
+	pthread_mutex_unlock(&listings_lock);
+	if (d) {
+		*out = d;
+		return 0;
+	}
+	d = calloc(1, sizeof(*d));
+	if (!d)
+		return -ENOMEM;
+	d->ino = ino;
+	ret = dir_fill(d);
+	if (ret) {
+		dir_clear(d);
+		free(d);
+		return ret;
+	}
+	d->refs = 2; /* ours and the table's */
+	pthread_mutex_lock(&listings_lock);
+	for (slot = 0; slot < NLISTINGS; slot++)
+		if (listings[slot] && listings[slot]->ino == ino)
+			break;
+	if (slot == NLISTINGS)
+		slot = next_slot++ % NLISTINGS;
+	old = listings[slot];
+	listings[slot] = d;
+	pthread_mutex_unlock(&listings_lock);
+	listing_put(old);
+	*out = d;
+	return 0;
+}
+
 static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		       struct fuse_file_info *fi, int plus)
 {
-	struct dirh *d = (struct dirh *)(uintptr_t)fi->fh;
+	struct dirh *d = (struct dirh *)(uintptr_t)fi->fh, *kept = NULL;
 	char *out;
 	size_t used = 0;
 	int ret;
@@ -250,12 +334,19 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	 * snapshot taken at opendir would still show a conversation renamed
 	 * or removed since (the kernel may have served the first reading of
 	 * this handle from its cache). */
-	if (off == 0 && (ret = dir_fill(d)) != 0) {
+	if (!d)
+		ret = listing_get(ino, off, &kept);
+	else
+		ret = off == 0 ? dir_fill(d) : 0;
+	if (ret) {
 		fuse_reply_err(req, -ret);
 		return;
 	}
+	if (!d)
+		d = kept;
 	out = malloc(size);
 	if (!out) {
+		listing_put(kept);
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
@@ -275,6 +366,7 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 			break;
 		used += need;
 	}
+	listing_put(kept);
 	fuse_reply_buf(req, out, used);
 	free(out);
 }

@@ -239,7 +239,9 @@ static int stream_open(fuse_ino_t ino, const struct nodeinfo *ni, int flags, mod
 	if (fd < 0 || (fd = fh_new_fd(&stream_ops, ino, fd, out)) < 0)
 		return fd;
 	(*out)->writable = wr;
-	*cache = CACHE_NONE;
+	/* Readers keep their pages: every append lmsfs makes drops them
+	 * (conv_changed), and so does a size the kernel sees grow. */
+	*cache = wr ? CACHE_NONE : CACHE_KEEP;
 	return 0;
 }
 
@@ -257,6 +259,14 @@ static ssize_t stream_write(struct fh *f, const struct nodeinfo *ni, const char 
 		return -EPERM;
 	}
 	n = pwrite(f->fd, data, size, st.st_size);
+	if (n > 0) {
+		char p[PATH_MAX];
+		/* Readers' cached pages: the kernel does not drop them for a
+		 * write it did not cache. */
+		if (snprintf(p, sizeof(p), "conversations/%s/%s", ni->conv, ni->name) <
+		    (int)sizeof(p))
+			fs_notify_path(p);
+	}
 	return n < 0 ? -errno : n;
 }
 

@@ -288,6 +288,8 @@ int temp_take(const char *conv, const char *name, off_t *size, uint64_t *gen);
 
 /* --- fs_dir.c ------------------------------------------------------------ */
 
+/* Set by init when the kernel opens directories itself (no OPENDIR). */
+extern int fs_no_opendir;
 void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
 void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		struct fuse_file_info *fi);

@@ -164,6 +164,11 @@ int attr_of(uint64_t ino, const struct nodeinfo *ni, struct stat *st)
 	case K_ROOT:
 	case K_MODELS:
 		synth_attr(st, ino, S_IFDIR | (ni->kind == K_ROOT ? 0755 : 0555), 0);
+		/* models/ changes with the server: a new time each time it is
+		 * looked at makes the kernel list it again (its listing is
+		 * cached, and dropped when the directory's mtime changed). */
+		if (ni->kind == K_MODELS)
+			clock_gettime(CLOCK_REALTIME, &st->st_mtim);
 		return 0;
 	case K_CONVS:
 		if (fstatat(conv_root_fd(), ".", st, 0) < 0)
@@ -228,13 +233,15 @@ void cache_policy(const struct nodeinfo *ni, struct cache_policy *p)
 	p->entry = p->attr = FS_CACHE_LONG;
 	switch (ni->kind) {
 	case K_ROOT:
-	case K_MODELS:
 	case K_CONVS:
 	case K_TOOLS:
 	case K_CONV:
 	case K_TFILE:
 	case K_TSTATUS:
 		break; /* changed through the mount, or synthesised and fixed */
+	case K_MODELS:
+		p->attr = 0; /* see attr_of */
+		break;
 	case K_HEALTH:
 	case K_METRICS:
 		p->attr = 0; /* their time is the time they are looked at */

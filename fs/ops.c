@@ -28,6 +28,12 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 		conn->want |= FUSE_CAP_AUTO_INVAL_DATA;
 	/* Bigger requests: 1 MiB per read/write instead of 128 KiB. */
 	conn->max_write = 1u << 20;
+	/* No OPENDIR/RELEASEDIR per directory, and every listing cached
+	 * (fs_dir.c); lmsfs announces the changes it makes. */
+	if (conn->capable & FUSE_CAP_NO_OPENDIR_SUPPORT) {
+		conn->want |= FUSE_CAP_NO_OPENDIR_SUPPORT;
+		fs_no_opendir = 1;
+	}
 	/* Reads of backing files are spliced from the file to the kernel
 	 * (read_fd): no copy through a buffer of ours. */
 	if (conn->capable & FUSE_CAP_SPLICE_WRITE)

@@ -257,3 +257,34 @@ def test_status_and_health_changes_seen(fake, mount):
     h = read_json(health)
     assert h["reachable"] is False and h["last_failure"] is not None, h
     assert read_json(st)["state"] == "failed"
+
+
+def test_users_append_to_stream_seen_by_readers(fake, mount):
+    m = cmount(mount)
+    mkconv(m, "w")
+    ask(m, "w", "one")
+    prime(m, "w")
+    with open(cdir(m, "w") / "stream") as held:
+        assert call_with_timeout(held.read) == echo_of("one") + "\n"
+        r = sh(m, "echo note >> w/stream")
+        assert r.returncode == 0, r.stderr
+        disk = backing(m, "w", "stream").read_text()
+        assert disk.endswith("note\n")
+        assert mount_cat(m, "w", "stream") == disk
+        assert mount_stat(m, "w", "stream") == len(disk.encode())
+        held.seek(0)
+        assert call_with_timeout(held.read) == disk
+    ask(m, "w", "two")
+    assert mount_cat(m, "w", "stream") == backing(m, "w", "stream").read_text()
+
+
+def test_models_listing_follows_the_server(fake, mount):
+    m = cmount(mount, models_ttl="100ms")
+    first = sorted(os.listdir(m.path / "models"))
+    assert len(first) == 2
+    sorted(os.listdir(m.path / "models"))
+    # The server unloads one: models/ stops listing it (no stale cache).
+    loaded = [x for x in fake.models if x.get("state") == "loaded"]
+    fake.models = [x for x in fake.models if x is not loaded[0]]
+    wait_for(lambda: len(os.listdir(m.path / "models")) == 1, timeout=10,
+             message="models/ listing one model")
