@@ -92,23 +92,28 @@ void fs_notify_path(const char *path)
 }
 
 /* Drops what the kernel holds of the node `name` under parent (its entry
- * when the name is gone, else its attributes and pages). */
-static void forget_node(struct fuse_session *se, uint64_t parent, const char *name)
+ * when the name is gone, else its attributes and pages). Returns 1 when
+ * the directory's listing may be stale too: the name went, or the kernel
+ * does not know it (it may be new). */
+static int forget_node(struct fuse_session *se, uint64_t parent, const char *name)
 {
 	struct nodeinfo ni;
 	struct stat st;
 	uint64_t ino = node_find(parent, name);
 
 	if (!ino)
-		return; /* the kernel holds nothing of it */
-	if (node_info(ino, &ni) == 0 && attr_of(ino, &ni, &st) == -ENOENT)
+		return 1;
+	if (node_info(ino, &ni) == 0 && attr_of(ino, &ni, &st) == -ENOENT) {
 		fuse_lowlevel_notify_inval_entry(se, parent, name, strlen(name));
-	else
-		fuse_lowlevel_notify_inval_inode(se, ino, 0, 0);
+		return 1;
+	}
+	fuse_lowlevel_notify_inval_inode(se, ino, 0, 0);
+	return 0;
 }
 
 /* Walks path (components separated by '/') from dir; the last
- * component's node is dropped, and so is its directory's listing. */
+ * component's node is dropped, and its directory's listing and
+ * attributes when the name came or went. */
 static void forget_path(struct fuse_session *se, uint64_t dir, char *path)
 {
 	char *slash;
@@ -120,10 +125,8 @@ static void forget_path(struct fuse_session *se, uint64_t dir, char *path)
 			return;
 		path = slash + 1;
 	}
-	if (dir != INO_ROOT)
+	if ((!path[0] || forget_node(se, dir, path)) && dir != INO_ROOT)
 		fuse_lowlevel_notify_inval_inode(se, dir, 0, 0);
-	if (path[0])
-		forget_node(se, dir, path);
 }
 
 static void send_item(struct fuse_session *se, struct item *it)

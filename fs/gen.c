@@ -104,9 +104,23 @@ struct stream_ctx {
 	struct sse_parser *sse;
 	int stream_fd;
 	int write_err;
+	int announced;      /* stream's change was announced (conv_changed) */
 	int batching;       /* inside on_bytes: text is written once per read */
 	struct buf pending; /* text not yet in stream */
 };
+
+/* Announced once per request: the conversation is busy from its prompt
+ * on, and the attributes of a busy conversation's stream are not cached
+ * (fs_special.c), so one announcement drops what was cached before and
+ * the tokens after it are seen without one each. The answer's end is
+ * announced again (save_assistant, the marks). */
+static void stream_grew(struct stream_ctx *s)
+{
+	if (!s->announced) {
+		s->announced = 1;
+		changed(s->job, STORE_STREAM);
+	}
+}
 
 static void flush_text(struct stream_ctx *s)
 {
@@ -116,7 +130,7 @@ static void flush_text(struct stream_ctx *s)
 	    fsio_write_all(s->stream_fd, s->pending.data, s->pending.len) != 0)
 		s->write_err = 1;
 	buf_reset(&s->pending);
-	changed(s->job, STORE_STREAM);
+	stream_grew(s);
 }
 
 static int on_text(void *u, const char *text, size_t len)
@@ -131,7 +145,7 @@ static int on_text(void *u, const char *text, size_t len)
 	flush_text(s);
 	if (s->stream_fd >= 0 && fsio_write_all(s->stream_fd, text, len) != 0)
 		s->write_err = 1;
-	changed(s->job, STORE_STREAM);
+	stream_grew(s);
 	return 0;
 }
 
@@ -190,7 +204,7 @@ static enum err_class request(const struct gen_job *job, const char *body,
 
 	for (int attempt = 0;; attempt++) {
 		struct http_reply r;
-		struct stream_ctx s = {job, ans, NULL, stream_fd, 0, 0, {0}};
+		struct stream_ctx s = {job, ans, NULL, stream_fd, 0, 0, 0, {0}};
 		long retry_after = -1;
 		int rc;
 

@@ -55,13 +55,16 @@ static void event(struct client *c, const char *data)
 static size_t on_data(char *p, size_t sz, size_t nm, void *u)
 {
 	struct client *c = u;
-	size_t n = sz * nm;
+	size_t n = sz * nm, i = 0;
 
-	for (size_t i = 0; i < n; i++) {
-		if (p[i] != '\n') {
-			put(&c->line, &c->len, &c->cap, p + i, 1);
-			continue;
-		}
+	while (i < n) {
+		char *nl = memchr(p + i, '\n', n - i);
+		size_t k = nl ? (size_t)(nl - (p + i)) : n - i;
+		put(&c->line, &c->len, &c->cap, p + i, k);
+		i += k;
+		if (!nl)
+			break;
+		i++;
 		if (c->len && c->line[c->len - 1] == '\r')
 			c->line[--c->len] = '\0';
 		if (c->len > 5 && strncmp(c->line, "data:", 5) == 0)
