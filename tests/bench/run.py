@@ -284,13 +284,13 @@ def p2_rows(rs):
     row("P2", "stream: lmsfs vs C client with cJSON (tok/s)",
         [r["lm"] for r in rs], [r["client"] for r in rs], "tok/s", ">= 0.9x",
         lambda L, B, R: R[1] >= 0.9)
-    row("P2j", "stream: lmsfs vs curl | jq -Rrj (tok/s)",
+    row("P2j", "stream: lmsfs vs curl piped to jq -Rrj (tok/s)",
         [r["lm"] for r in rs], [r["jq"] for r in rs], "tok/s", ">= 5x",
         lambda L, B, R: R[1] >= 5)
     row("P2cpu", "CPU s per million tokens: lmsfs vs C client",
         [r["lm_cpu"] for r in rs], [r["client_cpu"] for r in rs], "s/Mtok", "info",
         lambda L, B, R: True)
-    row("P2jcpu", "CPU s per million tokens: curl | jq",
+    row("P2jcpu", "CPU s per million tokens: curl piped to jq",
         [r["jq_cpu"] for r in rs], [r["client_cpu"] for r in rs], "s/Mtok", "info",
         lambda L, B, R: True)
     row("P2n", "stream: lmsfs vs curl > /dev/null (tok/s)",
