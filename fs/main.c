@@ -292,8 +292,6 @@ int main(int argc, char **argv)
 		fatalx("cannot install signal handlers");
 	if (fuse_session_mount(se, mnt) != 0)
 		fatalx("%s: cannot mount (is /dev/fuse there and fusermount3 installed?)", mnt);
-	if (ops_notify_start(se) != 0)
-		fatalx("cannot start the kernel notifier thread");
 	log_info("mounted %s on %s (state in %s, provider %s)", cfg.base_url, mnt,
 		 cfg.state_dir,
 		 cfg.provider == PROVIDER_MOCK ? "mock" : cfg.provider == PROVIDER_OPENAI ? "openai" : "lmstudio");
@@ -303,6 +301,9 @@ int main(int argc, char **argv)
 			fatalx("cannot daemonize");
 		log_to_syslog();
 	}
+	/* After fuse_daemonize: threads do not survive its fork. */
+	if (ops_notify_start(se) != 0)
+		fatalx("cannot start the kernel notifier thread");
 	/* Before serving anything: what a crash left behind is repaired and
 	 * queued prompts resume, so that no reader sees a history before its
 	 * recovery. Only conversations with private files pending are

@@ -288,3 +288,20 @@ def test_models_listing_follows_the_server(fake, mount):
     fake.models = [x for x in fake.models if x is not loaded[0]]
     wait_for(lambda: len(os.listdir(m.path / "models")) == 1, timeout=10,
              message="models/ listing one model")
+
+
+def test_daemonized_mount_announces_changes(fake, mount):
+    # The notifier thread must run in the daemon, not in the process that
+    # forked it: answers are seen at once and .reply does not wait for it.
+    from conv_helpers import LLAMA, opts
+    m = mount(args=opts(default_model=LLAMA), foreground=False)
+    mkconv(m, "d")
+    ask(m, "d", "one")
+    prime(m, "d")
+    t0 = time.monotonic()
+    ask(m, "d", "two")
+    assert time.monotonic() - t0 < 1.5
+    for f in ("stream", "messages.jsonl"):
+        disk = backing(m, "d", f).read_text()
+        assert mount_cat(m, "d", f) == disk, f
+        assert mount_stat(m, "d", f) == len(disk.encode()), f
