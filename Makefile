@@ -24,6 +24,9 @@ PKGS     := fuse3 libcurl libcjson inih
 DEB_PKGS := fuse3 libfuse3-dev libcurl4-openssl-dev libcjson-dev libinih-dev \
             pkg-config python3-pytest python3-pytest-xdist rsync man-db bc \
             clang libclang-rt-14-dev valgrind
+# make bench: jq is a baseline (P2, P5); libcurl and cJSON headers (above)
+# build its C client.
+DEB_PKGS += jq
 CC       ?= cc
 
 comma := ,

@@ -77,6 +77,32 @@ void conv_name(struct conv *c, char *buf, size_t len)
 	pthread_mutex_unlock(&conv_table_lock);
 }
 
+void conv_changed(struct conv *c, const char *file)
+{
+	if (!c || !conv_hook.changed)
+		return;
+	__atomic_add_fetch(&c->refs, 1, __ATOMIC_ACQ_REL); /* the hook's */
+	conv_hook.changed(c, file);
+}
+
+static struct conv *find_locked(const char *name);
+
+int conv_busy(const char *name)
+{
+	struct conv *c;
+	int busy = 0;
+
+	pthread_mutex_lock(&conv_table_lock);
+	c = find_locked(name);
+	if (c) {
+		pthread_mutex_lock(&c->lock);
+		busy = c->worker || c->qhead || c->generating;
+		pthread_mutex_unlock(&c->lock);
+	}
+	pthread_mutex_unlock(&conv_table_lock);
+	return busy;
+}
+
 static void conv_free(struct conv *c)
 {
 	struct job *j, *n;
@@ -172,6 +198,10 @@ static void recover(struct conv *c, int dirfd)
 	loaded(c, ret == 0 ? &r : NULL, ret);
 	if (ret == 0)
 		recover_result_free(&r);
+	/* Recovery may have marked or completed the history and stream. */
+	conv_changed(c, STORE_HISTORY);
+	conv_changed(c, STORE_STREAM);
+	conv_changed(c, NULL);
 }
 
 struct conv *conv_get(const char *name)

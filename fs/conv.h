@@ -24,6 +24,9 @@ struct conv_hooks {
 	/* An answer finished (ok or not): wake readers waiting for it.
 	 * Conversations are identified by pointer: a rename keeps waiters. */
 	void (*answer_done)(struct conv *c);
+	/* lmsfs changed something the kernel may have cached (see
+	 * conv_changed); owns one reference to c. */
+	void (*changed)(struct conv *c, const char *file);
 };
 
 int conv_init(const struct config *cfg, int state_dirfd,
@@ -77,6 +80,18 @@ int conv_answer(struct conv *c, uint64_t seq, char **text, size_t *len,
 		int *err);
 /* .status content (malloc'd JSON text). */
 char *conv_status_json(struct conv *c);
+/* THE hook for every change lmsfs itself makes under a conversation's
+ * directory: call it after creating, writing, cutting, replacing or
+ * removing `file` (a name in the directory, or a path below it such as
+ * "files/x.png"; NULL: the directory itself, e.g. a private file came or
+ * went). The kernel caches entries, attributes and pages for a long time
+ * and learns of such changes only through this call (fs_int.h: caching);
+ * a change not announced is seen late. Cheap (queued), any lock held or
+ * none, any thread. Changes users make through the mount need no call. */
+void conv_changed(struct conv *c, const char *file);
+/* 1 when the conversation is loaded and answering or has prompts queued
+ * (its files are changing); never loads it. */
+int conv_busy(const char *name);
 /* Copies the conversation's current name into buf. */
 void conv_name(struct conv *c, char *buf, size_t len);
 /* Recovery of every conversation with a queue or a running answer, at

@@ -178,9 +178,13 @@ int conv_submit(struct conv *c, const char *text, size_t len, char *why,
 	if (ret == 0) {
 		/* Durable in the spool: now the files move (again by the
 		 * worker or recovery if this is cut short). */
-		if (j->files)
+		if (j->files) {
 			attach_move(dirfd, j->files);
+			conv_changed(c, "attach");
+			conv_changed(c, "files");
+		}
 		queue_job(c, j);
+		conv_changed(c, NULL); /* the queue's private file */
 	}
 	pthread_mutex_unlock(&c->lock);
 	close(dirfd);
@@ -271,6 +275,7 @@ int conv_retry(struct conv *c, char *why, size_t whylen)
 	}
 	pthread_mutex_unlock(&c->hist);
 	cJSON_Delete(lm);
+	conv_changed(c, marked ? STORE_HISTORY : NULL);
 	if (ret != 0) {
 		free(j);
 		goto out;

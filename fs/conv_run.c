@@ -39,6 +39,11 @@ static void hist_lock_cb(void *ctx)
 	pthread_mutex_lock(&((struct conv *)ctx)->hist);
 }
 
+static void changed_cb(void *ctx, const char *file)
+{
+	conv_changed(ctx, file);
+}
+
 /* --- the in-memory queue (the spool on disk mirrors it) -------------- */
 
 void conv_enqueue(struct conv *c, struct job *j)
@@ -85,6 +90,7 @@ static int pay_owed_mark(struct conv *c, int dirfd)
 		ret = line ? store_hist_append(dirfd, line, strlen(line), STORE_SYNC, NULL)
 			   : -ENOMEM;
 		free(line);
+		conv_changed(c, STORE_HISTORY);
 	}
 	pthread_mutex_unlock(&c->hist);
 	cJSON_Delete(lm);
@@ -128,6 +134,7 @@ static int take_prompt(struct conv *c, struct job *j, int dirfd, struct gen_resu
 			   : -ENOMEM;
 		pthread_mutex_unlock(&c->hist);
 		free(line);
+		conv_changed(c, STORE_HISTORY);
 	}
 	if (ret == 0)
 		return 0;
@@ -139,6 +146,7 @@ static int take_prompt(struct conv *c, struct job *j, int dirfd, struct gen_resu
 		 strerror(-ret),
 		 ret == -ENOSPC || ret == -EDQUOT ? "when there is room" : "once that is fixed");
 	store_mark(dirfd, "[lmsfs] error storage: %s", res->errmsg);
+	conv_changed(c, STORE_STREAM);
 	return ret;
 }
 
@@ -282,6 +290,7 @@ static void *worker(void *arg)
 					      .hist_lock = hist_lock_cb,
 					      .hist_unlock = hist_unlock_cb,
 					      .hist_replaced = hist_replaced_cb,
+					      .changed = changed_cb,
 					      .ctx = c};
 			if (take_prompt(c, j, dirfd, &res) != 0) {
 				stalled = 1;
@@ -299,6 +308,7 @@ static void *worker(void *arg)
 				if (!c->qhead && !res.unmarked && !c->owed_mark)
 					spool_clear(dirfd);
 				pthread_mutex_unlock(&c->lock);
+				conv_changed(c, NULL); /* private files went */
 			}
 			close(dirfd);
 		}
@@ -458,6 +468,8 @@ int conv_recover_again(struct conv *c)
 	ret = recover_conversation(dirfd, name, &r);
 	pthread_mutex_unlock(&c->hist);
 	close(dirfd);
+	conv_changed(c, STORE_HISTORY);
+	conv_changed(c, STORE_STREAM);
 	pthread_mutex_lock(&c->lock);
 	if (ret == 0 && c->spool_bad) {
 		c->spool_bad = 0;

@@ -109,15 +109,6 @@ int fh_new_fd(const struct file_ops *ops, uint64_t ino, int fd, struct fh **out)
 	return 0;
 }
 
-void read_fd(fuse_req_t req, struct fh *f, size_t size, off_t off)
-{
-	struct fuse_bufvec bv = FUSE_BUFVEC_INIT(size);
-	bv.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
-	bv.buf[0].fd = f->fd;
-	bv.buf[0].pos = off;
-	fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
-}
-
 struct fh *FH(struct fuse_file_info *fi)
 {
 	return (struct fh *)(uintptr_t)fi->fh;
@@ -262,7 +253,9 @@ static int stream_open(fuse_ino_t ino, const struct nodeinfo *ni, int flags, mod
 	if (fd < 0 || (fd = fh_new_fd(&stream_ops, ino, fd, out)) < 0)
 		return fd;
 	(*out)->writable = wr;
-	*cache = CACHE_NONE;
+	/* Readers keep their pages: every append lmsfs makes drops them
+	 * (conv_changed), and so does a size the kernel sees grow. */
+	*cache = wr ? CACHE_NONE : CACHE_KEEP;
 	return 0;
 }
 
@@ -280,6 +273,14 @@ static ssize_t stream_write(struct fh *f, const struct nodeinfo *ni, const char 
 		return -EPERM;
 	}
 	n = pwrite(f->fd, data, size, st.st_size);
+	if (n > 0) {
+		char p[PATH_MAX];
+		/* Readers' cached pages: the kernel does not drop them for a
+		 * write it did not cache. */
+		if (snprintf(p, sizeof(p), "conversations/%s/%s", ni->conv, ni->name) <
+		    (int)sizeof(p))
+			fs_notify_path(p);
+	}
 	return n < 0 ? -errno : n;
 }
 
@@ -389,6 +390,9 @@ static void reply_open(fuse_req_t req, struct fuse_file_info *fi, struct fh *f, 
 	fi->fh = (uintptr_t)f;
 	fi->direct_io = cache == CACHE_NONE;
 	fi->keep_cache = cache == CACHE_KEEP;
+	/* A reader's close() has nothing to commit (every flush acts on
+	 * what was written): no FLUSH round trip. */
+	fi->noflush = (fi->flags & O_ACCMODE) == O_RDONLY;
 	if (fuse_reply_open(req, fi) == -ENOENT)
 		fh_free(f); /* the opener went away */
 }
@@ -474,11 +478,7 @@ void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 		return;
 	}
 	f->ino = ino;
-	memset(&e, 0, sizeof(e));
-	e.ino = ino;
-	e.attr = st;
-	e.attr.st_ino = ino;
-	e.entry_timeout = ni.kind == K_SFILE ? 0.0 : 1.0; /* attach/ empties itself */
+	fill_entry(&e, ino, &ni, &st);
 	fi->fh = (uintptr_t)f;
 	fi->direct_io = cache == CACHE_NONE;
 	fi->keep_cache = cache == CACHE_KEEP;

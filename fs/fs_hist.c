@@ -202,6 +202,9 @@ static int hist_commit(struct fh *f, const struct nodeinfo *ni)
 	if (ret == 0 && f->times_set)
 		utimensat(dfd, STORE_HISTORY, f->times, AT_SYMLINK_NOFOLLOW);
 	conv_hist_unlock(c);
+	/* What the kernel cached of the file may differ from what is now on
+	 * disk (lines merged in, or a write refused). */
+	conv_changed(c, STORE_HISTORY);
 	conv_put(c);
 	close(dfd);
 	if (ret == 0) {
@@ -306,6 +309,7 @@ static int truncate_history(const struct nodeinfo *ni, off_t size)
 			conv_hist_replaced(c);
 	}
 	conv_hist_unlock(c);
+	conv_changed(c, STORE_HISTORY);
 	conv_put(c);
 	close(dfd);
 	free(data);
@@ -377,8 +381,10 @@ int rename_over_history(struct conv *c, const char *conv, const char *name,
 	free(data);
 	if (ret == 0 && renameat2(conv_root_fd(), from, conv_root_fd(), to, flags) < 0)
 		ret = -errno;
-	if (ret == 0 && c)
+	if (ret == 0 && c) {
 		conv_hist_replaced(c);
+		conv_changed(c, STORE_HISTORY); /* lines merged in */
+	}
 	if (ret == 0)
 		fsio_sync_parent(conv_root_fd(), to);
 	return ret;
@@ -399,9 +405,9 @@ static int hist_open(fuse_ino_t ino, const struct nodeinfo *ni, int flags, mode_
 	f->data.max = STORE_HISTORY_MAX;
 	/* Readers go through the page cache, kept from one open to the next
 	 * (readahead; a second cat or grep costs no FUSE round trips).
-	 * Appends by lmsfs change size and mtime, which the kernel sees on
-	 * its next getattr (attributes are never cached) and then drops the
-	 * stale pages (FUSE_CAP_AUTO_INVAL_DATA). */
+	 * Every change lmsfs makes drops the pages and attributes
+	 * (conv_changed); a change of size or mtime the kernel sees drops
+	 * them too (FUSE_CAP_AUTO_INVAL_DATA). */
 	*cache = wr ? CACHE_NONE : CACHE_KEEP;
 	if (wr && (flags & O_APPEND) && !(flags & O_TRUNC))
 		f->mode = HM_APPEND;

@@ -10,6 +10,7 @@
  *   fs_handle.c   the list of open handles, freed at exit
  *   fs_file.c     file handles and their dispatch; plain files, stream,
  *                 generated files
+ *   fs_read.c     reads of backing files, spliced through a pipe
  *   fs_prompt.c   prompt and .ctl
  *   fs_hist.c     messages.jsonl written by users: checks, commits, merges
  *   fs_setting.c  model, system, params.json: checked, committed whole
@@ -17,13 +18,14 @@
  *   fs_wait.c     .reply readers that wait without holding a thread
  *   fs_models.c   models/: touch or write to load, rm to unload (replies
  *                 later, from the load's thread)
+ *   fs_notify.c   the thread that tells the kernel what lmsfs changed
  *   ops.c         the operations table, init and shutdown
  *
  * Lock order: a handle's lock -> conv.c's locks (table -> conversation ->
  * history) and the model list's; handles_lock -> a handle's lock
- * (fh_each); nodes_lock, waiters_lock, temps_lock and mops_lock are
- * leaves. No FUSE
- * reply is sent while holding any of them: once a reply is out, the reader
+ * (fh_each); nodes_lock, waiters_lock, temps_lock, mops_lock and
+ * notify_lock are leaves. No FUSE reply and no kernel notification is sent
+ * while holding any of them: once a reply is out, the reader
  * may close the file and a release on another thread may free the handle
  * (hence the "prepared" replies).
  */
@@ -79,6 +81,8 @@ void node_forget(uint64_t ino, uint64_t nlookup);
 /* The name (parent, name) no longer exists. */
 void node_drop_name(uint64_t parent, const char *name);
 void node_move(uint64_t parent, const char *name, uint64_t newparent, const char *newname);
+/* The number the kernel knows (parent, name) by, or 0. Counts nothing. */
+uint64_t node_find(uint64_t parent, const char *name);
 
 /* --- fs_special.c -------------------------------------------------------- */
 
@@ -110,6 +114,48 @@ char *model_json(const char *fname);
 const struct file_ops *special_ops(const struct nodeinfo *ni);
 /* Attributes of a node (ino 0: not yet numbered). */
 int attr_of(uint64_t ino, const struct nodeinfo *ni, struct stat *st);
+
+/* --- caching (fs_special.c decides, fs_notify.c keeps it true) -----------
+ *
+ * How long the kernel may keep a node's entry (name -> inode) and its
+ * attributes without asking, and how it may cache an open file's data.
+ * Each special file of a conversation carries its policy in its entry of
+ * the table in fs_special.c. Long timeouts are safe only because every
+ * change lmsfs makes itself is announced to the kernel: the domain calls
+ * conv_changed(conv, file) (conv.h) after each one, which queues an
+ * invalidation that fs_notify.c sends from its own thread. A daemon-written
+ * file that is not announced is seen late (until the timeout). Changes
+ * made through the mount the kernel sees by itself.
+ *
+ * Why directories and files need positive attribute timeouts: the mount
+ * uses default_permissions, so the kernel checks permissions on every
+ * path component of every access from its cached attributes; with a 0 s
+ * timeout each check is a GETATTR round trip (ls -l cost 7 requests per
+ * entry, find 7 per directory, grep -r 14 per conversation). A kind left
+ * at 0 s costs that on every path walk through it. */
+#define FS_CACHE_LONG 3600.0
+
+struct cache_policy {
+	double entry; /* seconds the kernel keeps the name */
+	double attr;  /* seconds it keeps the attributes */
+};
+void cache_policy(const struct nodeinfo *ni, struct cache_policy *p);
+/* fuse_entry_param for a node (its policy's timeouts). */
+void fill_entry(struct fuse_entry_param *e, uint64_t ino, const struct nodeinfo *ni,
+		const struct stat *st);
+
+/* --- fs_notify.c ----------------------------------------------------------- */
+
+/* Queues "the node at path (from the mount's root, e.g. "models/KEY")
+ * changed, appeared or went": its directory's listing, its entry or its
+ * attributes and pages are dropped from the kernel's caches. Any thread,
+ * any lock held (notify_lock is a leaf). For a conversation's files use
+ * conv_changed (conv.h), which follows renames. */
+void fs_notify_path(const char *path);
+/* Waits (2 s at most) until what was queued so far has reached the kernel.
+ * No lock held; never from a request handler. */
+void fs_notify_flush(void);
+void fs_notify_stop(void);
 
 /* --- fs_handle.c --------------------------------------------------------- */
 
@@ -215,6 +261,7 @@ struct fh *FH(struct fuse_file_info *fi);
 /* A new handle reading and writing fd (closed on failure). 0 or -ENOMEM. */
 int fh_new_fd(const struct file_ops *ops, uint64_t ino, int fd, struct fh **out);
 /* Replies with f->fd's data (spliced, no copy). */
+/* fs_read.c: replies to a read of f->fd (a backing file). */
 void read_fd(fuse_req_t req, struct fh *f, size_t size, off_t off);
 /* Keeps the mode and times of a setattr on f (takes f's lock), for a
  * commit that writes a new file to apply them again. */
@@ -296,10 +343,14 @@ int models_created_attr(uint64_t ino, const char *name, struct stat *st);
 
 /* --- fs_dir.c ------------------------------------------------------------ */
 
+/* Set by init when the kernel opens directories itself (no OPENDIR). */
+extern int fs_no_opendir;
 void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
 void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		struct fuse_file_info *fi);
 void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
+void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		    struct fuse_file_info *fi);
 
 /* --- fs_tree.c ----------------------------------------------------------- */
 

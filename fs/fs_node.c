@@ -231,3 +231,24 @@ void node_move(uint64_t parent, const char *name, uint64_t newparent,
 	pthread_mutex_unlock(&nodes_lock);
 	free(nn);
 }
+
+/* The number of (parent, name) if the kernel was given one, else 0. Counts
+ * no lookup. */
+uint64_t node_find(uint64_t parent, const char *name)
+{
+	struct node *n;
+	uint64_t ino = 0;
+
+	if (parent == INO_ROOT) {
+		for (size_t i = 0; i < fs_n_root_entries; i++)
+			if (strcmp(fs_root_entries[i].name, name) == 0)
+				return fs_root_entries[i].ino;
+		return 0;
+	}
+	pthread_mutex_lock(&nodes_lock);
+	n = name_find(parent, name);
+	if (n && n->nlookup > 0)
+		ino = n->ino;
+	pthread_mutex_unlock(&nodes_lock);
+	return ino;
+}

@@ -33,24 +33,33 @@ const size_t fs_n_root_entries = sizeof(fs_root_entries) / sizeof(fs_root_entrie
 enum {
 	SP_HIDDEN = 1, /* not listed by readdir; cannot be created or removed */
 	SP_EMPTY = 2,  /* always shows size 0 */
+	SP_DAEMON = 4, /* lmsfs writes it: while the conversation is busy its
+			  attributes are not cached at all (a change someone
+			  forgot to announce is still seen at once) */
 };
 
+/* Caching (fs_int.h): `timeout` is how long the kernel keeps the entry
+ * and the attributes. lmsfs announces its own changes (conv_changed), so
+ * every file here may be cached long; the data caching of open files is
+ * each file_ops' open (history readers keep their pages, stream and the
+ * generated files are read directly). */
 static const struct special {
 	const char *name;
 	enum kind kind;
 	const struct file_ops *ops;
 	unsigned flags;
+	double timeout;
 } conv_files[] = {
-	{STORE_PROMPT, K_CFILE, &prompt_ops, SP_EMPTY},
-	{STORE_HISTORY, K_CFILE, &hist_ops, 0},
-	{STORE_STREAM, K_CFILE, &stream_ops, 0},
-	{STORE_REASONING, K_CFILE, &stream_ops, 0},
-	{"model", K_CFILE, &setting_ops, 0},
-	{"system", K_CFILE, &setting_ops, 0},
-	{"params.json", K_CFILE, &setting_ops, 0},
-	{".reply", K_REPLY, &reply_ops, SP_HIDDEN},
-	{".status", K_STATUS, &generated_ops, SP_HIDDEN},
-	{".ctl", K_CTL, &ctl_ops, SP_HIDDEN},
+	{STORE_PROMPT, K_CFILE, &prompt_ops, SP_EMPTY, FS_CACHE_LONG},
+	{STORE_HISTORY, K_CFILE, &hist_ops, SP_DAEMON, FS_CACHE_LONG},
+	{STORE_STREAM, K_CFILE, &stream_ops, SP_DAEMON, FS_CACHE_LONG},
+	{STORE_REASONING, K_CFILE, &stream_ops, SP_DAEMON, FS_CACHE_LONG},
+	{"model", K_CFILE, &setting_ops, 0, FS_CACHE_LONG},
+	{"system", K_CFILE, &setting_ops, 0, FS_CACHE_LONG},
+	{"params.json", K_CFILE, &setting_ops, 0, FS_CACHE_LONG},
+	{".reply", K_REPLY, &reply_ops, SP_HIDDEN, FS_CACHE_LONG},
+	{".status", K_STATUS, &generated_ops, SP_HIDDEN, FS_CACHE_LONG},
+	{".ctl", K_CTL, &ctl_ops, SP_HIDDEN, FS_CACHE_LONG},
 };
 #define NCONV_FILES (sizeof(conv_files) / sizeof(conv_files[0]))
 
@@ -186,8 +195,13 @@ int attr_of(uint64_t ino, const struct nodeinfo *ni, struct stat *st)
 	switch (ni->kind) {
 	case K_ROOT:
 	case K_MODELS:
-		/* models/ is writable: touch loads, rm unloads. */
+		/* models/ is writable (touch loads, rm unloads); root too. */
 		synth_attr(st, ino, S_IFDIR | 0755, 0);
+		/* models/ changes with the server: a new time each time it is
+		 * looked at makes the kernel list it again (its listing is
+		 * cached, and dropped when the directory's mtime changed). */
+		if (ni->kind == K_MODELS)
+			clock_gettime(CLOCK_REALTIME, &st->st_mtim);
 		return 0;
 	case K_CONVS:
 		if (fstatat(conv_root_fd(), ".", st, 0) < 0)
@@ -253,4 +267,68 @@ int attr_of(uint64_t ino, const struct nodeinfo *ni, struct stat *st)
 	}
 	st->st_ino = ino;
 	return 0;
+}
+
+/* --- caching ---------------------------------------------------------------- */
+
+void cache_policy(const struct nodeinfo *ni, struct cache_policy *p)
+{
+	const struct special *sp;
+
+	p->entry = p->attr = FS_CACHE_LONG;
+	switch (ni->kind) {
+	case K_ROOT:
+	case K_CONVS:
+	case K_TOOLS:
+	case K_CONV:
+	case K_TFILE:
+	case K_TSTATUS:
+		break; /* changed through the mount, or synthesised and fixed */
+	case K_MODELS:
+		p->attr = 0; /* see attr_of */
+		break;
+	case K_SUBDIR:
+		/* attach/ and files/: lmsfs moves files between them; their
+		 * times, asked each time, tell the kernel when to list again. */
+		p->attr = 0;
+		break;
+	case K_SFILE:
+		/* Moved out of attach/ behind the kernel's back. */
+		p->entry = p->attr = 0;
+		break;
+	case K_HEALTH:
+	case K_METRICS:
+		p->attr = 0; /* their time is the time they are looked at */
+		break;
+	case K_MODEL:
+		/* Models come and go with the server: asked again each time. */
+		p->entry = 1.0;
+		p->attr = 0;
+		break;
+	case K_REPLY:
+	case K_STATUS:
+	case K_CTL:
+	case K_CFILE:
+		sp = conv_file(ni->name);
+		if (!sp)
+			break; /* the user's own files, changed through the mount */
+		p->entry = p->attr = sp->timeout;
+		if ((sp->flags & SP_DAEMON) && conv_busy(ni->conv))
+			p->attr = 0;
+		break;
+	}
+}
+
+void fill_entry(struct fuse_entry_param *e, uint64_t ino, const struct nodeinfo *ni,
+		const struct stat *st)
+{
+	struct cache_policy p;
+
+	cache_policy(ni, &p);
+	memset(e, 0, sizeof(*e));
+	e->ino = ino;
+	e->attr = *st;
+	e->attr.st_ino = ino;
+	e->attr_timeout = p.attr;
+	e->entry_timeout = p.entry;
 }

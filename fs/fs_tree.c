@@ -17,30 +17,18 @@
 #include <string.h>
 #include <unistd.h>
 
-/* Attributes are never cached: answers grow files behind the kernel's back
- * (tail must see the size at once), and lmsfs's private files change the
- * directories' times (tar compares them before and after reading). */
-#define ATTR_TIMEOUT 0.0
-
 static int sub_path(char *out, size_t n, const struct nodeinfo *parent, const char *name);
 
-static void reply_entry_for(fuse_req_t req, uint64_t ino, const struct stat *st,
-			    double entry_timeout)
+/* Entries and attributes are cached as each kind's policy says
+ * (fs_special.c: cache_policy); lmsfs's own changes are announced to the
+ * kernel (fs_notify.c). */
+static void reply_entry(fuse_req_t req, uint64_t ino, const struct nodeinfo *ni,
+			const struct stat *st)
 {
 	struct fuse_entry_param e;
-	memset(&e, 0, sizeof(e));
-	e.ino = ino;
-	e.attr = *st;
-	e.attr.st_ino = ino;
-	e.attr_timeout = ATTR_TIMEOUT;
-	e.entry_timeout = entry_timeout;
+	fill_entry(&e, ino, ni, st);
 	if (fuse_reply_entry(req, &e) != 0)
 		node_forget(ino, 1); /* the kernel never saw it: no FORGET comes */
-}
-
-static void reply_entry(fuse_req_t req, uint64_t ino, const struct stat *st)
-{
-	reply_entry_for(req, ino, st, 1.0);
 }
 
 /* Looks up (parent, name) and, when found, counts the lookup and replies. */
@@ -68,7 +56,7 @@ static void do_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 				if (ret)
 					fuse_reply_err(req, -ret);
 				else
-					reply_entry(req, fs_root_entries[i].ino, &st);
+					reply_entry(req, fs_root_entries[i].ino, &ni, &st);
 				return;
 			}
 		fuse_reply_err(req, ENOENT);
@@ -149,9 +137,7 @@ static void do_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
-	/* lmsfs itself moves files out of attach/ when a prompt takes them:
-	 * the kernel must not keep their names. */
-	reply_entry_for(req, ino, &st, kind == K_SFILE ? 0.0 : 1.0);
+	reply_entry(req, ino, &ni, &st);
 }
 
 void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
@@ -181,10 +167,13 @@ void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	int ret = node_info(ino, &ni);
 	if (ret == 0)
 		ret = attr_of(ino, &ni, &st);
-	if (ret)
+	if (ret) {
 		fuse_reply_err(req, -ret);
-	else
-		fuse_reply_attr(req, &st, ATTR_TIMEOUT);
+	} else {
+		struct cache_policy p;
+		cache_policy(&ni, &p);
+		fuse_reply_attr(req, &st, p.attr);
+	}
 }
 
 void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
@@ -341,7 +330,7 @@ void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
 		fuse_reply_err(req, ret ? -ret : ENOMEM);
 		return;
 	}
-	reply_entry(req, ino, &st);
+	reply_entry(req, ino, &ni, &st);
 }
 
 void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)

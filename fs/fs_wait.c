@@ -98,6 +98,9 @@ void ops_answer_done(struct conv *conv)
 	unsigned stamp;
 	struct waiter *w;
 
+	/* What the answer changed reaches the kernel before its readers
+	 * wake: what they read next is current. */
+	fs_notify_flush();
 	pthread_mutex_lock(&waiters_lock);
 	stamp = ++passes;
 	pthread_mutex_unlock(&waiters_lock);
@@ -220,6 +223,8 @@ static void read_reply(fuse_req_t req, struct fh *f, size_t size, off_t off)
 void ops_shutdown(void)
 {
 	struct waiter *w, **pp, *gone = NULL;
+
+	fs_notify_stop();
 	pthread_mutex_lock(&waiters_lock);
 	shutting_down = 1;
 	for (pp = &waiters; (w = *pp);) {

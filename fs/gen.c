@@ -56,6 +56,7 @@ static int append_history(const struct gen_job *job, const char *line, int how, 
 	job->hist_lock(job->ctx);
 	ret = store_hist_append(job->dirfd, line, strlen(line), how, at);
 	job->hist_unlock(job->ctx);
+	gen_changed(job, STORE_HISTORY);
 	return ret;
 }
 
@@ -72,6 +73,7 @@ static void undo_history(const struct gen_job *job, off_t at, const char *line)
 	    memcmp(got, line, n) == 0 && store_hist_truncate(job->dirfd, at) == 0)
 		job->hist_replaced(job->ctx); /* writers holding it open must know */
 	job->hist_unlock(job->ctx);
+	gen_changed(job, STORE_HISTORY);
 	free(got);
 }
 
@@ -92,8 +94,10 @@ static int save_assistant(const struct gen_job *job, const struct api_answer *an
 {
 	char *line = api_assistant_line(ans, NULL, stats);
 	int ret;
-	if (ans->content.len)
+	if (ans->content.len) {
 		store_stream_write(job->dirfd, "\n", 1);
+		gen_changed(job, STORE_STREAM);
+	}
 	ret = line ? append_history(job, line, how, at) : -ENOMEM;
 	if (saved && ret == 0)
 		*saved = line;
@@ -168,6 +172,7 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 	 * only append, so that a conversation being removed (rm -r) is not
 	 * filled again behind the user's back. */
 	out.stream_fd = store_stream_open(job->dirfd);
+	gen_changed(job, STORE_STREAM);
 
 	params_txt = store_setting(job->dirfd, "params.json");
 	if (params_txt) {
@@ -196,6 +201,7 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 		int stream, hrc;
 
 		store_partial_set(job->dirfd);
+		gen_changed(job, NULL);
 		/* Room for the history and its attachments in base64. */
 		buf_init(&msgs, STORE_HISTORY_MAX + (1u << 20) +
 					(size_t)cfg->max_attach_request_bytes / 3 * 4 + 4096);
@@ -322,6 +328,7 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 				result = toolrun_call(c->name, c->args.data ? c->args.data : "",
 						      c->id, job->conv_name, job->dirfd,
 						      ans.legacy_call, gate, job->cancel);
+				gen_changed(job, STORE_STREAM); /* the tool's [lmsfs] lines */
 				rc = result ? append_history(job, result, 0, NULL) : -ENOMEM;
 				free(result);
 			}
@@ -390,6 +397,7 @@ fail:
 		store_mark(job->dirfd, "[lmsfs] cancelled");
 	else
 		store_mark(job->dirfd, "[lmsfs] error %s: %s", errclass_name(cls), res->errmsg);
+	gen_changed(job, STORE_STREAM);
 done:
 	res->err = cls;
 	double first = dbl_get(&job->progress->first_token);

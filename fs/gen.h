@@ -36,6 +36,8 @@ struct gen_job {
 	void (*hist_lock)(void *ctx);
 	void (*hist_unlock)(void *ctx);
 	void (*hist_replaced)(void *ctx); /* history lock held: lines were cut */
+	/* file (NULL: the directory) was changed: conv_changed (conv.h) */
+	void (*changed)(void *ctx, const char *file);
 	void *ctx;
 };
 

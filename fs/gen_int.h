@@ -7,6 +7,15 @@
 struct api_answer;
 typedef struct cJSON cJSON;
 
+/* Tells the kernel, through the FUSE layer's hook, that file of the
+ * answer's conversation (NULL: its directory) was changed (conv_changed,
+ * conv.h). */
+static inline void gen_changed(const struct gen_job *job, const char *file)
+{
+	if (job->changed)
+		job->changed(job->ctx, file);
+}
+
 /* Where one answer's requests write, and what they measured. */
 struct gen_out {
 	int stream_fd;    /* stream, appended to (-1: none) */

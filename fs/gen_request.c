@@ -36,14 +36,40 @@ struct stream_ctx {
 	struct buf pending;  /* text not yet in stream */
 	struct buf rpending; /* reasoning not yet in the reasoning file */
 	int reasoned;        /* this attempt showed reasoning */
+	int announced;       /* stream's growth was announced (gen_changed) */
+	int rannounced;      /* the reasoning file's, too */
 };
+
+/* Announced once per request: the conversation is busy from its prompt
+ * on, and the attributes of a busy conversation's stream and reasoning are
+ * not cached (fs_special.c), so one announcement drops what was cached
+ * before and the tokens after it are seen without one each. The answer's
+ * end is announced again. */
+static void stream_grew(struct stream_ctx *s)
+{
+	if (!s->announced) {
+		s->announced = 1;
+		gen_changed(s->job, STORE_STREAM);
+	}
+}
+
+static void reasoning_grew(struct stream_ctx *s)
+{
+	if (!s->rannounced) {
+		s->rannounced = 1;
+		gen_changed(s->job, STORE_REASONING);
+	}
+}
 
 static void flush_text(struct stream_ctx *s)
 {
-	if (s->pending.len && s->stream_fd >= 0 &&
+	if (!s->pending.len)
+		return;
+	if (s->stream_fd >= 0 &&
 	    fsio_write_all(s->stream_fd, s->pending.data, s->pending.len) != 0)
 		s->write_err = 1;
 	buf_reset(&s->pending);
+	stream_grew(s);
 }
 
 static void write_reasoning(struct stream_ctx *s, const char *text, size_t len)
@@ -54,6 +80,7 @@ static void write_reasoning(struct stream_ctx *s, const char *text, size_t len)
 		s->write_err = 1;
 	else
 		s->out->reason_last = text[len - 1];
+	reasoning_grew(s);
 }
 
 static void flush_reasoning(struct stream_ctx *s)
@@ -82,6 +109,7 @@ static int on_text(void *u, const char *text, size_t len)
 	flush_text(s);
 	if (s->stream_fd >= 0 && fsio_write_all(s->stream_fd, text, len) != 0)
 		s->write_err = 1;
+	stream_grew(s);
 	return 0;
 }
 
@@ -100,6 +128,8 @@ static void reasoning_starts(struct stream_ctx *s)
 			log_warnx("%s: cannot open the reasoning file: %s", s->job->conv_name,
 				  strerror(-s->out->reason_fd));
 			s->out->reason_fd = -2; /* not tried again */
+		} else {
+			gen_changed(s->job, NULL); /* the listing may show it now */
 		}
 	}
 	if (s->out->reason_fd >= 0 && fstat(s->out->reason_fd, &st) == 0 && st.st_size > 0)
@@ -108,6 +138,7 @@ static void reasoning_starts(struct stream_ctx *s)
 		flush_text(s);
 		if (fsio_write_all(s->stream_fd, mark, sizeof(mark) - 1) != 0)
 			s->write_err = 1;
+		stream_grew(s);
 	}
 }
 
@@ -290,6 +321,8 @@ enum err_class gen_request(const struct config *cfg, const struct gen_job *job,
 		if (fsio_write_all(out->reason_fd, "\n", 1) == 0)
 			out->reason_last = '\n';
 	}
+	if (out->reasoned)
+		gen_changed(job, STORE_REASONING); /* its final size */
 	out->reasoned = 0;
 	/* However the request ended (a cancelled probe too), the breaker
 	 * hears of it once. */

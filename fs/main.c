@@ -265,7 +265,7 @@ int main(int argc, char **argv)
 {
 	struct cli cli = {0};
 	struct config cfg;
-	struct conv_hooks hooks = {.answer_done = ops_answer_done};
+	struct conv_hooks hooks = {.answer_done = ops_answer_done, .changed = ops_conv_changed};
 	struct fuse_args fargs = FUSE_ARGS_INIT(0, NULL);
 	struct fuse_session *se;
 	struct fuse_loop_config *lc;
@@ -379,6 +379,9 @@ int main(int argc, char **argv)
 			fatalx("cannot daemonize");
 		log_to_syslog();
 	}
+	/* After fuse_daemonize: threads do not survive its fork. */
+	if (ops_notify_start(se) != 0)
+		fatalx("cannot start the kernel notifier thread");
 	/* Threads start after daemonizing (fork keeps only the caller). */
 	models_start();
 	/* Before serving anything: what a crash left behind is repaired and

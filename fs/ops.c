@@ -28,6 +28,18 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 		conn->want |= FUSE_CAP_AUTO_INVAL_DATA;
 	/* Bigger requests: 1 MiB per read/write instead of 128 KiB. */
 	conn->max_write = 1u << 20;
+	/* No OPENDIR/RELEASEDIR per directory, and every listing cached
+	 * (fs_dir.c); lmsfs announces the changes it makes. */
+	if (conn->capable & FUSE_CAP_NO_OPENDIR_SUPPORT) {
+		conn->want |= FUSE_CAP_NO_OPENDIR_SUPPORT;
+		fs_no_opendir = 1;
+	}
+	/* Reads of backing files are spliced to the kernel through a pipe
+	 * (fs_read.c): no copy through a buffer of ours. */
+	if (conn->capable & FUSE_CAP_SPLICE_WRITE)
+		conn->want |= FUSE_CAP_SPLICE_WRITE;
+	if (conn->capable & FUSE_CAP_SPLICE_MOVE)
+		conn->want |= FUSE_CAP_SPLICE_MOVE;
 }
 
 int ops_init(const struct config *c, int sfd)
@@ -68,6 +80,7 @@ const struct fuse_lowlevel_ops ops_table = {
 	.fsync = op_fsync,
 	.opendir = op_opendir,
 	.readdir = op_readdir,
+	.readdirplus = op_readdirplus,
 	.releasedir = op_releasedir,
 	.statfs = op_statfs,
 	.create = op_create,

@@ -17,5 +17,12 @@ extern const struct fuse_lowlevel_ops ops_table;
 /* Hook for conv.c: an answer finished in conversation `name`. */
 struct conv;
 void ops_answer_done(struct conv *c);
+/* Hook for conv.c (conv_changed): lmsfs changed file (NULL: the directory)
+ * in conversation c; queues the kernel's invalidation. Owns one reference
+ * to c. */
+void ops_conv_changed(struct conv *c, const char *file);
+/* Starts the thread that sends the kernel's invalidations (after
+ * fuse_session_new; stopped by ops_shutdown). 0 or -errno. */
+int ops_notify_start(struct fuse_session *se);
 
 #endif

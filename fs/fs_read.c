@@ -1,0 +1,139 @@
+/* fs_read.c - replies to reads of backing files: the file's bytes are
+ * spliced into a pipe of the replying thread's own, then from that pipe to
+ * the kernel, so the reply says exactly how many bytes it carries.
+ *
+ * Why not hand libfuse the file itself: its splice path writes the reply's
+ * header (with the length asked for) before it reads the file, so a file cut
+ * shorter meanwhile (a retry, recovery, a user's rewrite) makes the kernel
+ * refuse the whole reply (EINVAL) and the reader waits forever. Here the
+ * length is known before the header is made. When a pipe cannot be had,
+ * the bytes go through memory.
+ */
+#include "fs_int.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+/* Each thread's pipe, closed when the thread ends. */
+struct rpipe {
+	int fd[2];
+	size_t size;
+};
+
+static pthread_key_t rpipe_key;
+static pthread_once_t rpipe_once = PTHREAD_ONCE_INIT;
+
+static void rpipe_free(void *p)
+{
+	struct rpipe *rp = p;
+	close(rp->fd[0]);
+	close(rp->fd[1]);
+	free(rp);
+}
+
+static void rpipe_init(void)
+{
+	if (pthread_key_create(&rpipe_key, rpipe_free) != 0)
+		abort();
+}
+
+/* This thread's pipe, able to hold size bytes, or NULL. */
+static struct rpipe *rpipe_get(size_t size)
+{
+	struct rpipe *rp;
+	int got;
+
+	pthread_once(&rpipe_once, rpipe_init);
+	rp = pthread_getspecific(rpipe_key);
+	if (!rp) {
+		rp = calloc(1, sizeof(*rp));
+		if (!rp)
+			return NULL;
+		if (pipe2(rp->fd, O_CLOEXEC) != 0) {
+			free(rp);
+			return NULL;
+		}
+		if (pthread_setspecific(rpipe_key, rp) != 0) {
+			rpipe_free(rp);
+			return NULL;
+		}
+		got = fcntl(rp->fd[0], F_GETPIPE_SZ);
+		rp->size = got > 0 ? (size_t)got : 0;
+	}
+	if (rp->size < size) {
+		got = fcntl(rp->fd[0], F_SETPIPE_SZ, (int)size);
+		if (got <= 0)
+			return NULL;
+		rp->size = (size_t)got;
+	}
+	return rp;
+}
+
+/* Drops what a failed reply left in the pipe (it must start empty). */
+static void rpipe_drain(struct rpipe *rp)
+{
+	int left = 0;
+	if (ioctl(rp->fd[0], FIONREAD, &left) == 0 && left == 0)
+		return;
+	pthread_setspecific(rpipe_key, NULL);
+	rpipe_free(rp); /* a new one next time */
+}
+
+static void read_via_memory(fuse_req_t req, int fd, size_t size, off_t off)
+{
+	char *b = malloc(size ? size : 1);
+	ssize_t n;
+
+	if (!b) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	do
+		n = pread(fd, b, size, off);
+	while (n < 0 && errno == EINTR);
+	if (n < 0)
+		fuse_reply_err(req, errno);
+	else
+		fuse_reply_buf(req, b, (size_t)n);
+	free(b);
+}
+
+void read_fd(fuse_req_t req, struct fh *f, size_t size, off_t off)
+{
+	struct rpipe *rp = size ? rpipe_get(size) : NULL;
+	struct fuse_bufvec bv = FUSE_BUFVEC_INIT(0);
+	loff_t pos = off;
+	size_t got = 0;
+
+	if (!rp) {
+		read_via_memory(req, f->fd, size, off);
+		return;
+	}
+	/* A short count is the end of the file (the pipe has room for all). */
+	while (got < size) {
+		ssize_t n = splice(f->fd, &pos, rp->fd[1], NULL, size - got, 0);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && got == 0) {
+			/* Nothing in the pipe: this file cannot be spliced. */
+			read_via_memory(req, f->fd, size, off);
+			return;
+		}
+		if (n <= 0)
+			break; /* the end, or an error after some bytes: those */
+		got += (size_t)n;
+	}
+	if (got == 0) {
+		fuse_reply_buf(req, NULL, 0);
+		return;
+	}
+	bv.buf[0].size = got;
+	bv.buf[0].flags = FUSE_BUF_IS_FD;
+	bv.buf[0].fd = rp->fd[0];
+	fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
+	rpipe_drain(rp); /* a reply that failed may have left bytes */
+}
