@@ -345,6 +345,13 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 	}
 	want = store_setting(job->dirfd, "model");
 	model = models_resolve_jit(want, &jit, &cls, res->errmsg, sizeof(res->errmsg));
+	if (!model && models_list_failed()) {
+		/* Refused from a listing that failed (no model named): this
+		 * worker may wait for a new one (a retry once the server is
+		 * back). */
+		models_refresh_wait(job->cancel);
+		model = models_resolve_jit(want, &jit, &cls, res->errmsg, sizeof(res->errmsg));
+	}
 	if (!model)
 		goto fail;
 	/* .status says "loading" until the first byte of the answer. */

@@ -37,6 +37,8 @@ static char last_msg[512];          /* protected by lock */
 static int wanted;                  /* protected by lock: refresh asked */
 static int refreshing;              /* protected by lock */
 static long long refresh_started;   /* protected by lock */
+static long long last_took;         /* protected by lock: ms the last
+				       listing took */
 static unsigned long generation;    /* protected by lock: refreshes done */
 static int thread_running;          /* protected by lock */
 static volatile int stopping;       /* set under lock; read by http */
@@ -109,6 +111,7 @@ static void *refresh_main(void *arg)
 		refresh();
 		pthread_mutex_lock(&lock);
 		refreshing = 0;
+		last_took = now_ms() - refresh_started;
 		generation++;
 		pthread_cond_broadcast(&cv);
 	}
@@ -162,9 +165,13 @@ static void ask_refresh(void)
 		pthread_cond_broadcast(&cv);
 	}
 	/* A refresh that has run longer than the grace is hanging: use what
-	 * is cached at once. */
+	 * is cached at once. Nothing cached, or a listing that failed at
+	 * once (a server that refuses connections: the next one is as quick,
+	 * or the server is back): the longer grace. */
 	deadline = refresh_started +
-		   (generation == 0 ? MODELS_FIRST_GRACE_MS : MODELS_GRACE_MS);
+		   (generation == 0 || (last_cls != EC_NONE && last_took < MODELS_GRACE_MS)
+			? MODELS_FIRST_GRACE_MS
+			: MODELS_GRACE_MS);
 	while (generation == gen && !stopping && now_ms() < deadline) {
 		long long left = deadline - now_ms();
 		clock_gettime(CLOCK_REALTIME, &until);
@@ -183,7 +190,10 @@ struct model_list *models_get(int force)
 	struct model_list *l;
 
 	pthread_mutex_lock(&lock);
-	if (force || fetched_at == 0 || now_ms() - fetched_at >= cfg->models_ttl_ms)
+	/* A listing that failed is stale at once: a server that is back is
+	 * seen by the next reader, not models_ttl later. */
+	if (force || fetched_at == 0 || last_cls != EC_NONE ||
+	    now_ms() - fetched_at >= cfg->models_ttl_ms)
 		ask_refresh();
 	l = current;
 	l->refs++;
@@ -473,6 +483,16 @@ void models_refresh_wait(const volatile int *cancel)
 		}
 	}
 	pthread_mutex_unlock(&lock);
+}
+
+int models_list_failed(void)
+{
+	int failed;
+
+	pthread_mutex_lock(&lock);
+	failed = fetched_at != 0 && last_cls != EC_NONE;
+	pthread_mutex_unlock(&lock);
+	return failed;
 }
 
 enum models_api models_known(const char *id, int *loaded, int *downloaded)

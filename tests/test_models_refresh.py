@@ -148,3 +148,62 @@ def test_listing_failure_reason_cached_for_unnamed(mount):
     r = prompt(m, "c", "x", check=False)
     assert r.returncode != 0
     assert "unreachable" in status(m, "c")["rejected_write"]
+
+
+def one_loaded(srv):
+    """Only LLAMA loaded: a conversation without a model file uses it."""
+    for mdl in srv.models:
+        if mdl["id"] != LLAMA and mdl.get("state") == "loaded":
+            mdl["state"] = "not-loaded"
+
+
+def test_unnamed_model_prompt_and_retry_right_after_server_is_back(mount):
+    """No model named (the single loaded one is used): a listing that
+    failed is not kept for models_ttl; once the server is back, a new
+    prompt and a retry work at once."""
+    srv = FakeLMS(port=free_port()).start()
+    one_loaded(srv)
+    try:
+        m = mount(base_url=srv.url, args=opts(models_ttl="60s", **FAST_FAIL))
+        mkconv(m, "c")
+        prompt(m, "c", "before")
+        assert "before" in reply(m, "c")
+        mkconv(m, "d")
+        srv.stop()
+        wait_for(lambda: read_json(m.path / "health")["reachable"] is False,
+                 timeout=10, message="health sees the server gone")
+        # Refused from the cached failure, at once.
+        r = prompt(m, "d", "refused", check=False)
+        assert r.returncode != 0
+        srv.start()
+        one_loaded(srv)
+        r = prompt(m, "c", "back", check=False)
+        assert r.returncode == 0, (r.stderr, status(m, "c"))
+        assert "back" in reply(m, "c")
+    finally:
+        srv.stop()
+
+
+def test_unnamed_model_retry_right_after_server_is_back(mount):
+    srv = FakeLMS(port=free_port()).start()
+    one_loaded(srv)
+    try:
+        m = mount(base_url=srv.url, args=opts(models_ttl="60s", **FAST_FAIL))
+        mkconv(m, "c")
+        prompt(m, "c", "before")
+        assert "before" in reply(m, "c")
+        srv.stop()
+        prompt(m, "c", "lost")
+        wait_for(lambda: status(m, "c")["state"] == "failed", timeout=10)
+        wait_for(lambda: read_json(m.path / "health")["reachable"] is False,
+                 timeout=10, message="health sees the server gone")
+        srv.start()
+        one_loaded(srv)
+        r = sh(m, "echo retry > c/.ctl")
+        assert r.returncode == 0, r.stderr
+        wait_for(lambda: status(m, "c")["state"] in ("idle", "failed"),
+                 timeout=10)
+        assert status(m, "c")["error"] is None, status(m, "c")
+        assert "lost" in reply(m, "c")
+    finally:
+        srv.stop()
