@@ -544,6 +544,9 @@ fail:
 	else
 		store_mark(job->dirfd, "[lmsfs] error %s: %s", errclass_name(cls), res->errmsg);
 done:
+	/* Whatever ended the run (a failure before any request too), the
+	 * next one does not start as "loading". */
+	__atomic_store_n(&job->progress->loading, 0, __ATOMIC_RELAXED);
 	res->err = cls;
 	double first = dbl_get(&job->progress->first_token);
 	if (first > 0 && res->ttft < 0)
