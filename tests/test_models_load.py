@@ -212,3 +212,27 @@ def test_concurrent_touches_share_one_load(fake, mount):
     assert time.monotonic() - t0 >= 1.4
     assert loads(fake) == [{"model": QWEN3}]
     assert EQWEN3 in listdir(m.path / "models")
+
+
+@pytest.mark.xdist_group("timing")
+def test_daemon_stop_answers_a_waiting_touch(fake, mount):
+    """SIGTERM while a touch waits for a slow load: the touch is answered
+    (it fails) and the daemon ends in a few seconds, not after the load."""
+    v1(fake)
+    fake.load_delay = 60
+    m = mount()
+    p = subprocess.Popen(["touch", str(m.path / "models" / EQWEN3)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: len(loads(fake)) == 1, timeout=10,
+                 message="the load under way")
+        t0 = time.monotonic()
+        os.kill(m.pid, signal.SIGTERM)
+        assert p.wait(10) != 0
+        m.proc.wait(10)
+        assert time.monotonic() - t0 < 5.0
+        assert m.proc.returncode == 0, m.log()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(5)

@@ -207,3 +207,24 @@ def test_unnamed_model_retry_right_after_server_is_back(mount):
         assert "lost" in reply(m, "c")
     finally:
         srv.stop()
+
+
+@pytest.mark.xdist_group("timing")
+def test_unmount_while_listing_hangs(fake, mount):
+    """The refresher is stuck in a listing that hangs: unmount does not
+    wait for it (connect_timeout is 30 s here)."""
+    m = hmount(mount, connect_timeout="30s")
+    assert LLAMA in listdir(m.path / "models")
+    def listings():
+        return sum(len(fake.requests_to(p, "GET")) for p in LISTINGS)
+    n = listings()
+    hang_listings(fake, seconds=120)
+    # A reader asks for a refresh, which hangs.
+    listdir(m.path / "models")
+    wait_for(lambda: listings() > n, timeout=10,
+             message="a listing under way")
+    t0 = time.monotonic()
+    rc = m.umount()
+    took = time.monotonic() - t0
+    assert took < 5.0, "unmount took %.1f s" % took
+    assert rc == 0, m.log()
