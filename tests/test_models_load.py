@@ -236,3 +236,36 @@ def test_daemon_stop_answers_a_waiting_touch(fake, mount):
         if p.poll() is None:
             p.kill()
             p.wait(5)
+
+
+@pytest.mark.xdist_group("timing")
+def test_rm_waits_for_the_unload_and_ctrl_c_ends_it(fake, mount):
+    """rm returns once the server has unloaded. Meanwhile only models/
+    waits (the kernel locks the directory during an unlink): health and
+    prompts answer at once; Ctrl-C ends the rm, and models/ with it."""
+    v1(fake)
+    fake.unload_delay = 60
+    m = mount()
+    conv = m.path / "conversations" / "c"
+    os.mkdir(conv)
+    p = subprocess.Popen(["rm", str(m.path / "models" / LLAMA)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: len(unloads(fake)) == 1, timeout=10,
+                 message="the unload under way")
+        t0 = time.monotonic()
+        assert read_json(m.path / "health")["reachable"] is True
+        r = run(["bash", "-c", "echo %s > %s/model && echo hi > %s/prompt"
+                 % (LLAMA, conv, conv)], timeout=20)
+        assert r.returncode == 0, r.stderr
+        assert time.monotonic() - t0 < 2.0
+        assert p.poll() is None  # still waiting for the unload
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGINT)
+        assert p.wait(5) != 0
+        assert LLAMA in listdir(m.path / "models")
+        assert time.monotonic() - t0 < 3.0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(5)
