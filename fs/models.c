@@ -23,6 +23,9 @@
  * for it a little longer (a listing that falls back takes two round
  * trips); one that hangs is given up on after this. */
 #define MODELS_FIRST_GRACE_MS 500
+/* A listing that failed within this (a refused connection, an error
+ * answered at once) did not hang: the next one gets the longer grace. */
+#define MODELS_QUICK_FAIL_MS 250
 
 static const struct config *cfg;
 /* lock is a leaf: nothing else is taken while it is held, and no HTTP
@@ -165,11 +168,12 @@ static void ask_refresh(void)
 		pthread_cond_broadcast(&cv);
 	}
 	/* A refresh that has run longer than the grace is hanging: use what
-	 * is cached at once. Nothing cached, or a listing that failed at
-	 * once (a server that refuses connections: the next one is as quick,
-	 * or the server is back): the longer grace. */
+	 * is cached at once. Nothing cached, or a listing that could not
+	 * reach the server and failed at once (a refused connection: the
+	 * next one is as quick, or the server is back): the longer grace. */
 	deadline = refresh_started +
-		   (generation == 0 || (last_cls != EC_NONE && last_took < MODELS_GRACE_MS)
+		   (generation == 0 ||
+			    (last_cls != EC_NONE && !reachable && last_took < MODELS_QUICK_FAIL_MS)
 			? MODELS_FIRST_GRACE_MS
 			: MODELS_GRACE_MS);
 	while (generation == gen && !stopping && now_ms() < deadline) {
@@ -190,9 +194,10 @@ struct model_list *models_get(int force)
 	struct model_list *l;
 
 	pthread_mutex_lock(&lock);
-	/* A listing that failed is stale at once: a server that is back is
-	 * seen by the next reader, not models_ttl later. */
-	if (force || fetched_at == 0 || last_cls != EC_NONE ||
+	/* A listing that did not reach the server is stale at once: a server
+	 * that is back is seen by the next reader, not models_ttl later (one
+	 * that answered with an error is not asked again before models_ttl). */
+	if (force || fetched_at == 0 || (last_cls != EC_NONE && !reachable) ||
 	    now_ms() - fetched_at >= cfg->models_ttl_ms)
 		ask_refresh();
 	l = current;

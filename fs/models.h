@@ -11,10 +11,11 @@
  * One thread (models_start) does every listing. A reader that finds the
  * list older than models_ttl asks for a refresh and waits at most a short
  * grace (40 ms; 500 ms from mount for the very first listing, when
- * nothing is cached, and after a listing that failed at once) for it; a
- * listing that takes longer is not waited for: readers get what is
- * cached. A failed listing is stale at once. No FUSE request waits on a
- * listing beyond that.
+ * nothing is cached, and after a listing that could not reach the server
+ * and failed at once) for it; a listing that takes longer is not waited
+ * for: readers get what is cached. A listing that did not reach the
+ * server is stale at once. No FUSE request waits on a listing beyond
+ * that.
  */
 #ifndef LMSFS_MODELS_H
 #define LMSFS_MODELS_H
