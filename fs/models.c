@@ -457,6 +457,8 @@ int models_available_text(struct buf *b)
 		e = names_model_encode(l->avail[i].key);
 		if (!e)
 			ret = -ENOMEM;
+		else if (names_file_ok(e) != 0)
+			; /* no file can be named so (nor a line hold it) */
 		else if (buf_puts(b, e) != 0 || buf_putc(b, '\n') != 0)
 			ret = -ENOMEM;
 		free(e);

@@ -101,7 +101,8 @@ int models_capability(const char *id, const char *cap);
 #define MODELS_AVAILABLE ".available"
 
 /* models/.available: every downloaded model that allowed_models permits,
- * one per line, named as its file in models/ would be. Appends to b. */
+ * one per line, named as its file in models/ would be (a key that cannot
+ * be a file name is left out). Appends to b. */
 int models_available_text(struct buf *b);
 
 /* Asks for a listing and waits until one that started after the call is
