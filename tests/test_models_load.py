@@ -269,3 +269,24 @@ def test_rm_waits_for_the_unload_and_ctrl_c_ends_it(fake, mount):
         if p.poll() is None:
             p.kill()
             p.wait(5)
+
+
+def test_touch_after_load_while_first_file_still_open(fake, mount):
+    """touch's first close loads; its file stays open a moment longer
+    (touch closes a dup of it at exit). A touch in that moment finds the
+    model loaded and loads nothing (no second instance)."""
+    v1(fake)
+    m = mount()
+    path = str(m.path / "models" / EQWEN3)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    fd2 = os.dup(fd)
+    try:
+        os.close(fd)  # loads, returns once loaded
+        assert len(loads(fake)) == 1
+        r = run(["touch", path], timeout=20)
+        assert r.returncode == 0, r.stderr
+        assert loads(fake) == [{"model": QWEN3}]
+    finally:
+        os.close(fd2)
+    assert listdir(m.path / "models").count(EQWEN3) == 1
+    assert EQWEN3 + ":2" not in listdir(m.path / "models")
