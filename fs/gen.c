@@ -350,7 +350,13 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 		 * worker may wait for a new one (a retry once the server is
 		 * back). */
 		models_refresh_wait(job->cancel);
-		model = models_resolve_jit(want, &jit, &cls, res->errmsg, sizeof(res->errmsg));
+		if (flag_get(job->cancel)) {
+			cls = EC_CANCELLED;
+			snprintf(res->errmsg, sizeof(res->errmsg), "cancelled");
+		} else {
+			model = models_resolve_jit(want, &jit, &cls, res->errmsg,
+						   sizeof(res->errmsg));
+		}
 	}
 	if (!model)
 		goto fail;

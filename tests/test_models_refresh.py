@@ -9,8 +9,8 @@ import time
 import pytest
 
 from conftest import listdir, read_json, run, wait_for
-from conv_helpers import (FAST_FAIL, LLAMA, cdir, mkconv, opts, prompt,
-                          reply, sh, status)
+from conv_helpers import (FAST_FAIL, LLAMA, cdir, history_text, mkconv,
+                          opts, prompt, reply, sh, status)
 from fake_lms import FakeLMS, Hang, free_port
 
 LISTINGS = ("/api/v1/models", "/api/v0/models", "/v1/models")
@@ -229,3 +229,36 @@ def test_unmount_while_listing_hangs(fake, mount):
     took = time.monotonic() - t0
     assert took < 5.0, "unmount took %.1f s" % took
     assert rc == 0, m.log()
+
+
+def test_retry_waiting_for_a_listing_is_cancelled(mount):
+    """A retry without a model named waits for a new listing (the last
+    one failed); cancel ends that wait at once, as a cancel."""
+    srv = FakeLMS(port=free_port()).start()
+    one_loaded(srv)
+    try:
+        m = mount(base_url=srv.url, args=opts(
+            models_ttl="60s", connect_timeout="30s", **FAST_FAIL))
+        mkconv(m, "c")
+        prompt(m, "c", "before")
+        assert "before" in reply(m, "c")
+        srv.stop()
+        prompt(m, "c", "lost")
+        wait_for(lambda: status(m, "c")["state"] == "failed", timeout=10)
+        wait_for(lambda: read_json(m.path / "health")["reachable"] is False,
+                 timeout=10, message="health sees the server gone")
+        srv.start()
+        hang_listings(srv, seconds=120)
+        r = sh(m, "echo retry > c/.ctl")
+        assert r.returncode == 0, r.stderr
+        wait_for(lambda: status(m, "c")["state"] == "generating", timeout=10)
+        t0 = time.monotonic()
+        r = sh(m, "echo cancel > c/.ctl")
+        assert r.returncode == 0, r.stderr
+        wait_for(lambda: status(m, "c")["state"] != "generating", timeout=5)
+        assert time.monotonic() - t0 < 3.0
+        st = status(m, "c")
+        assert st["error"] is None or st["error"]["class"] == "cancelled", st
+        assert "cancelled" in history_text(m, "c").splitlines()[-1]
+    finally:
+        srv.stop()
