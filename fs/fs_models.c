@@ -507,10 +507,20 @@ static void model_write(fuse_req_t req, struct fh *f, const struct nodeinfo *ni,
 static void model_flush(fuse_req_t req, struct fh *f, const struct nodeinfo *ni)
 {
 	struct mop *m = mop_new(req, MOP_FLUSH, ni->parent, ni->name);
-	int ret = 0, load = 0, partial = 0;
+	int ret = 0, load = 0, partial = 0, loaded = 0;
 
 	if (!m)
 		return;
+	if (f->model_touch) {
+		/* A touch whose file was created by one still open: when
+		 * that one's load is over, the model is loaded and there is
+		 * nothing to do (no second instance). */
+		char *id = names_model_decode(ni->name);
+		int downloaded;
+		if (id)
+			models_known(id, &loaded, &downloaded);
+		free(id);
+	}
 	pthread_mutex_lock(&f->lock);
 	if (!f->writable) {
 		ret = 0;
@@ -520,6 +530,8 @@ static void model_flush(fuse_req_t req, struct fh *f, const struct nodeinfo *ni)
 		f->model_asked = 1;
 		ret = f->model_err = -EINVAL;
 		partial = 1;
+	} else if (f->model_touch && loaded) {
+		f->model_asked = 1;
 	} else if (f->model_touch) {
 		f->model_asked = 1;
 		f->model_op = m->id;

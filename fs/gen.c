@@ -186,6 +186,19 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 	}
 	want = store_setting(job->dirfd, "model");
 	model = models_resolve_jit(want, &jit, &cls, res->errmsg, sizeof(res->errmsg));
+	if (!model && models_list_failed()) {
+		/* Refused from a listing that failed (no model named): this
+		 * worker may wait for a new one (a retry once the server is
+		 * back). */
+		models_refresh_wait(job->cancel);
+		if (flag_get(job->cancel)) {
+			cls = EC_CANCELLED;
+			snprintf(res->errmsg, sizeof(res->errmsg), "cancelled");
+		} else {
+			model = models_resolve_jit(want, &jit, &cls, res->errmsg,
+						   sizeof(res->errmsg));
+		}
+	}
 	if (!model)
 		goto fail;
 	/* .status says "loading" until the first byte of the answer. */
@@ -399,6 +412,9 @@ fail:
 		store_mark(job->dirfd, "[lmsfs] error %s: %s", errclass_name(cls), res->errmsg);
 	gen_changed(job, STORE_STREAM);
 done:
+	/* Whatever ended the run (a failure before any request too), the
+	 * next one does not start as "loading". */
+	__atomic_store_n(&job->progress->loading, 0, __ATOMIC_RELAXED);
 	res->err = cls;
 	double first = dbl_get(&job->progress->first_token);
 	if (first > 0 && res->ttft < 0)

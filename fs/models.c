@@ -23,6 +23,9 @@
  * for it a little longer (a listing that falls back takes two round
  * trips); one that hangs is given up on after this. */
 #define MODELS_FIRST_GRACE_MS 500
+/* A listing that failed within this (a refused connection, an error
+ * answered at once) did not hang: the next one gets the longer grace. */
+#define MODELS_QUICK_FAIL_MS 250
 
 static const struct config *cfg;
 /* lock is a leaf: nothing else is taken while it is held, and no HTTP
@@ -37,6 +40,8 @@ static char last_msg[512];          /* protected by lock */
 static int wanted;                  /* protected by lock: refresh asked */
 static int refreshing;              /* protected by lock */
 static long long refresh_started;   /* protected by lock */
+static long long last_took;         /* protected by lock: ms the last
+				       listing took */
 static unsigned long generation;    /* protected by lock: refreshes done */
 static int thread_running;          /* protected by lock */
 static volatile int stopping;       /* set under lock; read by http */
@@ -109,6 +114,7 @@ static void *refresh_main(void *arg)
 		refresh();
 		pthread_mutex_lock(&lock);
 		refreshing = 0;
+		last_took = now_ms() - refresh_started;
 		generation++;
 		pthread_cond_broadcast(&cv);
 	}
@@ -162,9 +168,14 @@ static void ask_refresh(void)
 		pthread_cond_broadcast(&cv);
 	}
 	/* A refresh that has run longer than the grace is hanging: use what
-	 * is cached at once. */
+	 * is cached at once. Nothing cached, or a listing that could not
+	 * reach the server and failed at once (a refused connection: the
+	 * next one is as quick, or the server is back): the longer grace. */
 	deadline = refresh_started +
-		   (generation == 0 ? MODELS_FIRST_GRACE_MS : MODELS_GRACE_MS);
+		   (generation == 0 ||
+			    (last_cls != EC_NONE && !reachable && last_took < MODELS_QUICK_FAIL_MS)
+			? MODELS_FIRST_GRACE_MS
+			: MODELS_GRACE_MS);
 	while (generation == gen && !stopping && now_ms() < deadline) {
 		long long left = deadline - now_ms();
 		clock_gettime(CLOCK_REALTIME, &until);
@@ -183,7 +194,11 @@ struct model_list *models_get(int force)
 	struct model_list *l;
 
 	pthread_mutex_lock(&lock);
-	if (force || fetched_at == 0 || now_ms() - fetched_at >= cfg->models_ttl_ms)
+	/* A listing that did not reach the server is stale at once: a server
+	 * that is back is seen by the next reader, not models_ttl later (one
+	 * that answered with an error is not asked again before models_ttl). */
+	if (force || fetched_at == 0 || (last_cls != EC_NONE && !reachable) ||
+	    now_ms() - fetched_at >= cfg->models_ttl_ms)
 		ask_refresh();
 	l = current;
 	l->refs++;
@@ -442,6 +457,8 @@ int models_available_text(struct buf *b)
 		e = names_model_encode(l->avail[i].key);
 		if (!e)
 			ret = -ENOMEM;
+		else if (names_file_ok(e) != 0)
+			; /* no file can be named so (nor a line hold it) */
 		else if (buf_puts(b, e) != 0 || buf_putc(b, '\n') != 0)
 			ret = -ENOMEM;
 		free(e);
@@ -473,6 +490,16 @@ void models_refresh_wait(const volatile int *cancel)
 		}
 	}
 	pthread_mutex_unlock(&lock);
+}
+
+int models_list_failed(void)
+{
+	int failed;
+
+	pthread_mutex_lock(&lock);
+	failed = fetched_at != 0 && last_cls != EC_NONE;
+	pthread_mutex_unlock(&lock);
+	return failed;
 }
 
 enum models_api models_known(const char *id, int *loaded, int *downloaded)

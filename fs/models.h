@@ -11,9 +11,11 @@
  * One thread (models_start) does every listing. A reader that finds the
  * list older than models_ttl asks for a refresh and waits at most a short
  * grace (40 ms; 500 ms from mount for the very first listing, when
- * nothing is cached) for it; a listing that takes longer is not waited
- * for: readers get what is cached. No FUSE request waits on a listing
- * beyond that.
+ * nothing is cached, and after a listing that could not reach the server
+ * and failed at once) for it; a listing that takes longer is not waited
+ * for: readers get what is cached. A listing that did not reach the
+ * server is stale at once. No FUSE request waits on a listing beyond
+ * that.
  */
 #ifndef LMSFS_MODELS_H
 #define LMSFS_MODELS_H
@@ -99,13 +101,16 @@ int models_capability(const char *id, const char *cap);
 #define MODELS_AVAILABLE ".available"
 
 /* models/.available: every downloaded model that allowed_models permits,
- * one per line, named as its file in models/ would be. Appends to b. */
+ * one per line, named as its file in models/ would be (a key that cannot
+ * be a file name is left out). Appends to b. */
 int models_available_text(struct buf *b);
 
 /* Asks for a listing and waits until one that started after the call is
  * done (or the daemon stops, or *cancel is set). Not for FUSE threads: it
  * waits on HTTP. */
 void models_refresh_wait(const volatile int *cancel);
+/* Whether the last listing failed (the cached list is empty for it). */
+int models_list_failed(void);
 /* What the cached list knows of id: whether it is a loaded instance's id,
  * a downloaded model's key; returns where the list came from
  * (MODELS_API_NONE: no list yet). */

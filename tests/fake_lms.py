@@ -27,6 +27,7 @@ Knobs (plain attributes, change them at any time):
                          /api/v1/models/unload, see v1_model());
                          "openai": only /v1 (every /api/* path is 404)
     srv.load_delay       seconds POST /api/v1/models/load takes (0.0)
+    srv.unload_delay     seconds POST /api/v1/models/unload takes (0.0)
     srv.load_fail        None; "oom": the load fails with HTTP 500 and an
                          out-of-memory message (oom_error()); a str: HTTP
                          500 with that message; an HttpError: sent as is
@@ -917,6 +918,7 @@ class _Handler(BaseHTTPRequestHandler):
                          "status": "loaded"})
         if self.command == "POST" and path == "/api/v1/models/unload":
             iid = body.get("instance_id")
+            self._sleep(fake.unload_delay)
             with fake._lock:
                 m = fake._find_instance(iid) if isinstance(iid, str) else None
                 if m is not None:
@@ -1274,6 +1276,7 @@ class FakeLMS:
         self.no_api_v0 = False
         self.mode = "v0"
         self.load_delay = 0.0
+        self.unload_delay = 0.0
         self.load_fail = None
         self.jit_delay = 0.0
         self.jit_loads = []

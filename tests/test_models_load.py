@@ -212,3 +212,81 @@ def test_concurrent_touches_share_one_load(fake, mount):
     assert time.monotonic() - t0 >= 1.4
     assert loads(fake) == [{"model": QWEN3}]
     assert EQWEN3 in listdir(m.path / "models")
+
+
+@pytest.mark.xdist_group("timing")
+def test_daemon_stop_answers_a_waiting_touch(fake, mount):
+    """SIGTERM while a touch waits for a slow load: the touch is answered
+    (it fails) and the daemon ends in a few seconds, not after the load."""
+    v1(fake)
+    fake.load_delay = 60
+    m = mount()
+    p = subprocess.Popen(["touch", str(m.path / "models" / EQWEN3)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: len(loads(fake)) == 1, timeout=10,
+                 message="the load under way")
+        t0 = time.monotonic()
+        os.kill(m.pid, signal.SIGTERM)
+        assert p.wait(10) != 0
+        m.proc.wait(10)
+        assert time.monotonic() - t0 < 5.0
+        assert m.proc.returncode == 0, m.log()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(5)
+
+
+@pytest.mark.xdist_group("timing")
+def test_rm_waits_for_the_unload_and_ctrl_c_ends_it(fake, mount):
+    """rm returns once the server has unloaded. Meanwhile only models/
+    waits (the kernel locks the directory during an unlink): health and
+    prompts answer at once; Ctrl-C ends the rm, and models/ with it."""
+    v1(fake)
+    fake.unload_delay = 60
+    m = mount()
+    conv = m.path / "conversations" / "c"
+    os.mkdir(conv)
+    p = subprocess.Popen(["rm", str(m.path / "models" / LLAMA)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: len(unloads(fake)) == 1, timeout=10,
+                 message="the unload under way")
+        t0 = time.monotonic()
+        assert read_json(m.path / "health")["reachable"] is True
+        r = run(["bash", "-c", "echo %s > %s/model && echo hi > %s/prompt"
+                 % (LLAMA, conv, conv)], timeout=20)
+        assert r.returncode == 0, r.stderr
+        assert time.monotonic() - t0 < 2.0
+        assert p.poll() is None  # still waiting for the unload
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGINT)
+        assert p.wait(5) != 0
+        assert LLAMA in listdir(m.path / "models")
+        assert time.monotonic() - t0 < 3.0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(5)
+
+
+def test_touch_after_load_while_first_file_still_open(fake, mount):
+    """touch's first close loads; its file stays open a moment longer
+    (touch closes a dup of it at exit). A touch in that moment finds the
+    model loaded and loads nothing (no second instance)."""
+    v1(fake)
+    m = mount()
+    path = str(m.path / "models" / EQWEN3)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    fd2 = os.dup(fd)
+    try:
+        os.close(fd)  # loads, returns once loaded
+        assert len(loads(fake)) == 1
+        r = run(["touch", path], timeout=20)
+        assert r.returncode == 0, r.stderr
+        assert loads(fake) == [{"model": QWEN3}]
+    finally:
+        os.close(fd2)
+    assert listdir(m.path / "models").count(EQWEN3) == 1
+    assert EQWEN3 + ":2" not in listdir(m.path / "models")

@@ -155,3 +155,17 @@ def test_unknown_model_refused_listing_downloaded(fake, mount, mode):
     for k in (QWEN, LLAMA, EMBED):
         assert k in why, why
     assert fake.chat_requests() == []
+
+
+def test_available_lists_only_usable_names(fake, mount):
+    """A key that cannot be a file name (a control character, over 255
+    bytes once encoded) is not in .available: every line is a name that
+    touch can use, and no key is split across lines."""
+    fake.mode = "v1"
+    fake.models += [dict(default_models()[1], id=k, state="not-loaded")
+                    for k in ("bad\nkey", "x" * 300, "ok-key")]
+    m = mount(args=opts(models_ttl="60s"))
+    lines = read_text(m.path / "models" / ".available").splitlines()
+    assert "ok-key" in lines
+    assert "bad" not in lines and "key" not in lines, lines
+    assert all(len(n) <= 255 for n in lines), [len(n) for n in lines]
