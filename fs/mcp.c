@@ -20,6 +20,7 @@ void mcp_srv_init(struct mcp_server *s)
 	pthread_mutex_init(&s->wlock, NULL);
 	pthread_mutex_init(&s->lock, NULL);
 	pthread_cond_init(&s->cv, NULL);
+	buf_init(&s->outq, MCP_OUTQ_MAX);
 	s->state = MS_IDLE;
 	s->in_fd = -1;
 	s->tree.pid = -1;
@@ -32,6 +33,7 @@ void mcp_srv_destroy(struct mcp_server *s)
 		close(s->in_fd);
 	proctree_close(&s->tree);
 	cJSON_Delete(s->tools);
+	buf_free(&s->outq);
 	mcp_conf_server_free(&s->conf);
 	pthread_mutex_destroy(&s->wlock);
 	pthread_mutex_destroy(&s->lock);
@@ -173,6 +175,7 @@ static int spawn(struct mcp_server *s, char *why, size_t n)
 	fcntl(in[1], F_SETFL, O_NONBLOCK);
 	pthread_mutex_lock(&s->wlock);
 	pthread_mutex_lock(&s->lock);
+	mcp_outq_reset(s);
 	s->in_fd = in[1];
 	s->garbage[0] = '\0';
 	s->started_at = now_ms();
@@ -288,6 +291,7 @@ int mcp_srv_ensure(struct mcp_server *s, char *why, size_t n)
 	if (s->in_fd >= 0)
 		close(s->in_fd);
 	s->in_fd = -1;
+	mcp_outq_reset(s);
 	pthread_mutex_unlock(&s->wlock);
 	pthread_mutex_lock(&s->lock);
 	proctree_close(&s->tree);
@@ -325,7 +329,7 @@ int mcp_srv_rpc(struct mcp_server *s, const char *method, cJSON *params, long ti
 	cJSON *req = cJSON_CreateObject();
 	char *text;
 	long long deadline = now_ms() + timeout_ms;
-	int rc = -1, gave_up = 0;
+	int rc = -1, gave_up = 0, sent = -1;
 	long gen;
 
 	*result = NULL;
@@ -352,13 +356,20 @@ int mcp_srv_rpc(struct mcp_server *s, const char *method, cJSON *params, long ti
 		char *line = realloc(text, l + 2);
 		if (line) {
 			memcpy(line + l, "\n", 2);
-			mcp_write_line(s, line);
+			sent = mcp_write_line(s, line);
 			text = line;
 		}
 	}
 	free(text);
 
 	pthread_mutex_lock(&s->lock);
+	if (sent != 0 && !p.done) {
+		p.done = 1;
+		snprintf(p.err, sizeof(p.err),
+			 "cannot send %.40s to the MCP server %.60s: it is not running, or does not "
+			 "read its input",
+			 method, s->conf.name);
+	}
 	while (!p.done) {
 		struct timespec ts;
 		long long now = now_ms();
@@ -453,6 +464,7 @@ void mcp_srv_stop(struct mcp_server *s)
 	if (s->in_fd >= 0)
 		close(s->in_fd);
 	s->in_fd = -1;
+	mcp_outq_reset(s);
 	pthread_mutex_unlock(&s->wlock);
 	pthread_mutex_lock(&s->lock);
 	while (s->reader_running && now_ms() < deadline)

@@ -6,6 +6,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 
+#include "buf.h"
 #include "mcp_conf.h"
 #include "proctree.h"
 
@@ -25,6 +26,9 @@ struct config;
 #define MCP_STOP_WAIT_MS 1000
 /* Longest line taken from a server's stdout. */
 #define MCP_LINE_MAX (16u << 20)
+/* Most bytes waiting for a server to read its stdin; past this a request
+ * fails at once (the server does not read). */
+#define MCP_OUTQ_MAX (32u << 20)
 
 enum mcp_state {
 	MS_IDLE,     /* not running: never started, or exited (why says so) */
@@ -48,7 +52,8 @@ struct mcp_server {
 	int removed;               /* mcp_lock: gone from mcp.json */
 	struct mcp_conf_server conf;
 
-	pthread_mutex_t wlock;     /* serialises writes to in_fd */
+	pthread_mutex_t wlock;     /* in_fd and outq */
+	struct buf outq;           /* whole lines not yet written to in_fd */
 	pthread_mutex_t lock;      /* everything below */
 	pthread_cond_t cv;         /* state, pending answers, reader exit */
 	enum mcp_state state;
@@ -88,9 +93,15 @@ struct mcp_reader_arg {
  * server's stdout closes, kills and reaps the tree and fails the calls in
  * flight. */
 void *mcp_reader_main(void *arg);
-/* Writes one line to the server's stdin (wlock taken inside; gives up
- * after a second if the server does not read). */
-void mcp_write_line(struct mcp_server *s, const char *text);
+/* Queues one whole line for the server's stdin and writes what the pipe
+ * takes now, never waiting (wlock taken inside): a line is never cut, the
+ * rest goes as the server reads (mcp_flush). 0, or -1 when the server is
+ * not running or the queue is over MCP_OUTQ_MAX. */
+int mcp_write_line(struct mcp_server *s, const char *text);
+/* Writes what the pipe takes of the queue now; returns how much is left. */
+size_t mcp_flush(struct mcp_server *s);
+/* Forgets the queue when in_fd is closed or replaced; wlock held. */
+void mcp_outq_reset(struct mcp_server *s);
 /* The delay before the next start after `exits` exits in a row. */
 long long mcp_backoff_ms(int exits);
 

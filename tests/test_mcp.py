@@ -525,3 +525,28 @@ def test_mcp_json_created_emptied_and_removed(fake, mount, tmp_path):
     fake.enqueue(Reply(text="fine"))
     _, bodies = ask_fake(m, fake, "c", "hi")
     assert "tools" not in bodies[0] or not functions_of(bodies[0])
+
+
+def test_a_big_request_to_a_busy_server_is_not_cut(fake, mount, tmp_path):
+    """A server at work does not read its input for a while: a request
+    bigger than the pipe waits for it (no conversation blocks on the
+    write meanwhile) and reaches it whole, so that its answer comes."""
+    m = mount_with(mount, tmp_path, {"h": hostile_entry("good")},
+                   tool_timeout="15s")
+    mkconv(m, "busy")
+    mkconv(m, "big")
+    fake.enqueue(Reply(text="fine"))
+    ask_fake(m, fake, "big", "hi")
+    fake.enqueue(Reply(tool_calls=[{"id": "call_b", "name": "h__shout",
+                                    "arguments": json.dumps(
+                                        {"text": "a", "busy": 3})}]))
+    prompt(m, "busy", "go")
+    wait_for(lambda: "[lmsfs] tool h__shout" in stream_text(m, "busy"),
+             timeout=15, message="the busy call started")
+    content, _ = call(m, fake, "h__shout", {"text": "b" * 200000},
+                      conv="big", call_id="call_g")
+    assert content.startswith("BBBB") and "error" not in content, \
+        content[:300]
+    assert reply(m, "busy", timeout=20).strip() == "Echo: go"
+    assert '"content":"A"' in read_text(cdir(m, "busy") / "messages.jsonl")
+    assert "not JSON-RPC" not in m.log()

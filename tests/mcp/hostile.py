@@ -28,6 +28,9 @@ MODE
     stubborn    good, but ignores SIGTERM and the end of its input (only
                 SIGKILL stops it)
 
+In every mode, a tools/call with arguments.busy first sleeps that many
+seconds without reading its input (a single-threaded server at work).
+
 With PIDFILE, writes its PID there (appending a line per start).
 Logs to stderr ("hostile: ...") as a server would.
 """
@@ -134,6 +137,7 @@ def main():
                 threading.Thread(target=answer_later, daemon=True, args=(
                     mid, msg["params"]["arguments"])).start()
                 continue
+            time.sleep(float(msg["params"]["arguments"].get("busy", 0)))
             if mode == "env":
                 fds = sorted(int(x) for x in os.listdir("/proc/self/fd"))
                 text = json.dumps({"env": dict(os.environ), "fds": fds})
