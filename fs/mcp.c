@@ -456,16 +456,18 @@ void mcp_srv_kill(struct mcp_server *s, const char *why)
 	proctree_kill(&s->tree);
 }
 
-void mcp_srv_stop(struct mcp_server *s)
+void mcp_srv_stop_begin(struct mcp_server *s)
 {
-	long long deadline = now_ms() + MCP_STOP_WAIT_MS;
-
 	pthread_mutex_lock(&s->wlock);
 	if (s->in_fd >= 0)
 		close(s->in_fd);
 	s->in_fd = -1;
 	mcp_outq_reset(s);
 	pthread_mutex_unlock(&s->wlock);
+}
+
+void mcp_srv_stop_end(struct mcp_server *s, long long deadline)
+{
 	pthread_mutex_lock(&s->lock);
 	while (s->reader_running && now_ms() < deadline)
 		wait_cv(s, 50);
@@ -480,4 +482,10 @@ void mcp_srv_stop(struct mcp_server *s)
 	s->state = MS_IDLE;
 	snprintf(s->why, sizeof(s->why), "stopped");
 	pthread_mutex_unlock(&s->lock);
+}
+
+void mcp_srv_stop(struct mcp_server *s)
+{
+	mcp_srv_stop_begin(s);
+	mcp_srv_stop_end(s, now_ms() + MCP_STOP_WAIT_MS);
 }

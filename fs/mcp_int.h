@@ -120,6 +120,11 @@ void mcp_srv_kill(struct mcp_server *s, const char *why);
 /* Closes stdin, waits up to MCP_STOP_WAIT_MS, kills, joins the reader;
  * s->lock not held. */
 void mcp_srv_stop(struct mcp_server *s);
+/* mcp_srv_stop in two halves, so that several servers share one grace
+ * period: stdin closed; then waits until deadline (now_ms()), kills what
+ * is left and joins the reader. */
+void mcp_srv_stop_begin(struct mcp_server *s);
+void mcp_srv_stop_end(struct mcp_server *s, long long deadline);
 void mcp_srv_init(struct mcp_server *s);
 void mcp_srv_destroy(struct mcp_server *s);
 

@@ -225,13 +225,18 @@ static void servers_put(struct mcp_server **v, size_t n)
 void mcp_shutdown(void)
 {
 	struct mcp_server *s, *next;
+	long long deadline;
 	pthread_mutex_lock(&mcp_lock);
 	s = servers;
 	servers = NULL;
 	pthread_mutex_unlock(&mcp_lock);
+	/* Every stdin closed first: one grace period for all of them. */
+	for (struct mcp_server *t = s; t; t = t->next)
+		mcp_srv_stop_begin(t);
+	deadline = now_ms() + MCP_STOP_WAIT_MS;
 	for (; s; s = next) {
 		next = s->next;
-		mcp_srv_stop(s);
+		mcp_srv_stop_end(s, deadline);
 		mcp_srv_put(s);
 	}
 }

@@ -550,3 +550,25 @@ def test_a_big_request_to_a_busy_server_is_not_cut(fake, mount, tmp_path):
     assert reply(m, "busy", timeout=20).strip() == "Echo: go"
     assert '"content":"A"' in read_text(cdir(m, "busy") / "messages.jsonl")
     assert "not JSON-RPC" not in m.log()
+
+
+@pytest.mark.xdist_group("timing")
+def test_unmount_stops_several_stuck_servers_together(fake, mount, tmp_path):
+    """Servers that ignore the end of their input and SIGTERM get one
+    grace period between them at unmount, not one each."""
+    pids = tmp_path / "pids"
+    names = ["s1", "s2", "s3", "s4"]
+    m = mount_with(mount, tmp_path,
+                   {n: hostile_entry("stubborn", pids) for n in names})
+    mkconv(m, "c")
+    fake.enqueue(Reply(text="fine"))
+    ask_fake(m, fake, "c", "hi")
+    started = [int(p) for p in pids.read_text().split()]
+    assert len(started) == len(names)
+    t0 = time.monotonic()
+    m.umount()
+    assert m.pid is None
+    took = time.monotonic() - t0
+    wait_for(lambda: all(proc_gone(p) for p in started), timeout=10,
+             message="the servers stopped at unmount")
+    assert took < 3, "unmount took %.1f s" % took
