@@ -11,6 +11,16 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+/* fork() for a child of a threaded process: _Fork() runs none of the
+ * fork handlers libraries registered (they may take locks that some
+ * thread of the daemon held at the first fork), and is async-signal-safe.
+ * glibc has it since 2.34; elsewhere the raw system call does the same. */
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 34))
+#define safe_fork() _Fork()
+#else
+#define safe_fork() ((pid_t)syscall(SYS_fork))
+#endif
+
 /* The shepherd's report: a tag and a number, one write each (atomic). */
 #define MSG_LEN (1 + (int)sizeof(int))
 
@@ -149,7 +159,7 @@ shepherd(const char *path, char *const argv[], char *const envp[], const char *c
 		put_msg(report, 'E', errno);
 		_exit(0);
 	}
-	prog = fork();
+	prog = safe_fork();
 	if (prog == 0) {
 		close(xp[0]);
 		start_program(path, argv, envp, cwd, fds, xp[1]);

@@ -1,0 +1,59 @@
+/* test_proctree.c - unit tests for the shepherd that runs a program and kills its tree. */
+#include "check.h"
+#include "proctree.h"
+
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static pid_t main_pid;
+
+/* Runs in whichever process calls fork(): outside the daemon's own
+ * process it stands for a library's handler that cannot run after fork
+ * in a child of a threaded process (a lock some other thread held). */
+static void prepare(void)
+{
+	if (getpid() != main_pid)
+		_exit(99);
+}
+
+static int run(const char *cmd, int *status)
+{
+	struct proctree t;
+	char *argv[] = {"sh", "-c", (char *)cmd, NULL};
+	char *envp[] = {"PATH=/usr/bin:/bin", NULL};
+	int fd = open("/dev/null", O_RDWR | O_CLOEXEC), rc;
+
+	rc = proctree_spawn(&t, "/bin/sh", argv, envp, "/", fd, fd, fd, 0);
+	close(fd);
+	if (rc)
+		return rc;
+	proctree_reap(&t, 1);
+	*status = t.status;
+	proctree_close(&t);
+	/* Reaped: signalling it again is a no-op. */
+	proctree_kill(&t);
+	proctree_term(&t);
+	return 0;
+}
+
+/* The shepherd (a child of a threaded daemon) starts the program without
+ * running the daemon's fork handlers: only async-signal-safe calls after
+ * fork. */
+static void test_no_fork_handlers_in_the_shepherd(void)
+{
+	int status = -1;
+	main_pid = getpid();
+	pthread_atfork(prepare, NULL, NULL);
+	CHECK_INT(run("exit 7", &status), 0);
+	CHECK(WIFEXITED(status));
+	CHECK_INT(WEXITSTATUS(status), 7);
+}
+
+int main(void)
+{
+	test_no_fork_handlers_in_the_shepherd();
+	return CHECK_DONE();
+}
