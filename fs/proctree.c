@@ -99,6 +99,22 @@ static int kill_all(pid_t prog)
 	return status;
 }
 
+/* Closes every descriptor from 3 up but keep1 and keep2. */
+static void close_all_but(int keep1, int keep2)
+{
+	int k[2] = {keep1 < keep2 ? keep1 : keep2, keep1 < keep2 ? keep2 : keep1};
+	unsigned lo = 3;
+
+	for (int i = 0; i < 2; i++) {
+		if (k[i] < (int)lo)
+			continue;
+		if ((unsigned)k[i] > lo)
+			syscall(SYS_close_range, lo, (unsigned)k[i] - 1, 0u);
+		lo = (unsigned)k[i] + 1;
+	}
+	syscall(SYS_close_range, lo, ~0u, 0u);
+}
+
 /* In the program's process, between fork and exec. */
 static void __attribute__((noreturn))
 start_program(const char *path, char *const argv[], char *const envp[], const char *cwd,
@@ -171,10 +187,9 @@ shepherd(const char *path, char *const argv[], char *const envp[], const char *c
 		_exit(0);
 	}
 	setpgid(prog, prog);
-	/* Nothing of the daemon's stays open here but the report pipe. */
-	if (report > 3)
-		syscall(SYS_close_range, 3u, (unsigned)report - 1, 0u);
-	syscall(SYS_close_range, (unsigned)(report < 3 ? 3 : report + 1), ~0u, 0u);
+	/* Nothing of the daemon's stays open here but the report pipe (and
+	 * the pipe that says whether the exec worked). */
+	close_all_but(report, xp[0]);
 	while ((n = read(xp[0], &e, sizeof(e))) < 0 && errno == EINTR)
 		;
 	close(xp[0]);

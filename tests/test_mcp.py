@@ -261,10 +261,18 @@ def test_mcp_json_changes_refresh_the_tools(fake, mount, tmp_path):
     ("silent", "did not answer initialize within 2000 ms"),
     ("old", "speaks MCP protocol 2023-01-01; lmsfs needs 2025-06-18 or "
             "later"),
+    ("noexec", "cannot run %s: Permission denied"),
 ])
 def test_a_server_that_cannot_start(fake, mount, tmp_path, mode, why):
     entry = {"command": "no-such-mcp-server-xyz"} if mode == "missing" \
         else hostile_entry(mode)
+    if mode == "noexec":
+        # Named with a '/': run as given, and execve says why it cannot.
+        prog = tmp_path / "server.sh"
+        prog.write_text("#!/bin/sh\n")
+        prog.chmod(0o644)
+        entry = {"command": str(prog)}
+        why = why % prog
     m = mount_with(mount, tmp_path, {"bad": entry,
                                      "h": hostile_entry("good")},
                    tool_timeout="2s")

@@ -52,8 +52,21 @@ static void test_no_fork_handlers_in_the_shepherd(void)
 	CHECK_INT(WEXITSTATUS(status), 7);
 }
 
+static void test_exec_failure(void)
+{
+	struct proctree t;
+	char *argv[] = {"nope", NULL};
+	char *envp[] = {NULL};
+	int fd = open("/dev/null", O_RDWR | O_CLOEXEC);
+	CHECK_INT(proctree_spawn(&t, "/nonexistent/nope", argv, envp, "/", fd, fd, fd, 0), 2);
+	close(fd);
+	/* Nothing left to reap. */
+	CHECK_INT(waitpid(-1, NULL, WNOHANG), -1);
+}
+
 int main(void)
 {
 	test_no_fork_handlers_in_the_shepherd();
+	test_exec_failure();
 	return CHECK_DONE();
 }
