@@ -580,3 +580,22 @@ def test_unmount_stops_several_stuck_servers_together(fake, mount, tmp_path):
     wait_for(lambda: all(proc_gone(p) for p in started), timeout=10,
              message="the servers stopped at unmount")
     assert took < 3, "unmount took %.1f s" % took
+
+
+def test_an_endless_line_from_a_server_is_dropped_not_kept(fake, mount,
+                                                           tmp_path):
+    """A server prints a line far over the cap before its answer: the line
+    is dropped as it comes (the daemon's memory stays bounded) and the
+    answer after it is taken."""
+    m = mount_with(mount, tmp_path, {"h": hostile_entry("good")},
+                   tool_timeout="20s")
+    mkconv(m, "c")
+    content, _ = call(m, fake, "h__shout", {"text": "ok", "flood": 80 << 20},
+                      timeout=40)
+    assert content == "OK", content[:200]
+    rss = 0
+    with open("/proc/%d/status" % m.pid) as f:
+        for ln in f:
+            if ln.startswith("VmHWM:"):
+                rss = int(ln.split()[1]) * 1024
+    assert rss < 60 << 20, "the daemon peaked at %d MiB" % (rss >> 20)
