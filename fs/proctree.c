@@ -165,6 +165,9 @@ shepherd(const char *path, char *const argv[], char *const envp[], const char *c
 	for (int s = 1; s < NSIG; s++)
 		if (s != SIGKILL && s != SIGSTOP)
 			sigaction(s, &dfl, NULL);
+	/* A copy of the daemon's memory, environment included: nothing of
+	 * it may be read through /proc by the program it starts. */
+	prctl(PR_SET_DUMPABLE, 0);
 	prctl(PR_SET_CHILD_SUBREAPER, 1);
 	if (flags & PROCTREE_PDEATH) {
 		prctl(PR_SET_PDEATHSIG, SIGTERM);

@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdlib.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -64,8 +65,31 @@ static void test_exec_failure(void)
 	CHECK_INT(waitpid(-1, NULL, WNOHANG), -1);
 }
 
+/* As an unprivileged user (root reads any /proc file): the program
+ * cannot read its parent's - the shepherd's, a copy of the daemon's -
+ * environment. */
+static void test_shepherd_not_readable(void)
+{
+	pid_t p = fork();
+	int st = -1;
+	if (p == 0) {
+		int status = -1;
+		if (getuid() == 0 && (setgid(65534) != 0 || setuid(65534) != 0))
+			_exit(2);
+		/* As a daemon started by that user is (setuid cleared it). */
+		prctl(PR_SET_DUMPABLE, 1);
+		if (run("cat /proc/$PPID/environ >/dev/null 2>&1", &status) != 0)
+			_exit(3);
+		_exit(WIFEXITED(status) && WEXITSTATUS(status) != 0 ? 0 : 1);
+	}
+	waitpid(p, &st, 0);
+	CHECK(WIFEXITED(st));
+	CHECK_INT(WEXITSTATUS(st), 0);
+}
+
 int main(void)
 {
+	test_shepherd_not_readable();
 	test_no_fork_handlers_in_the_shepherd();
 	test_exec_failure();
 	return CHECK_DONE();
