@@ -16,7 +16,7 @@
  * little, then kills their trees.
  *
  * Locks: mcp_lock (the server list and the configuration) -> a server's
- * wlock (writes to its stdin) -> a server's lock (its state). All are
+ * wlock (its stdin and the lines queued for it) -> a server's lock (its state). All are
  * leaves with respect to every other lock of the daemon: nothing else is
  * called with them held but the log.
  *
