@@ -599,3 +599,25 @@ def test_an_endless_line_from_a_server_is_dropped_not_kept(fake, mount,
             if ln.startswith("VmHWM:"):
                 rss = int(ln.split()[1]) * 1024
     assert rss < 60 << 20, "the daemon peaked at %d MiB" % (rss >> 20)
+
+
+@pytest.mark.xdist_group("timing")
+def test_a_late_answer_does_not_reach_the_next_call(fake, mount, tmp_path):
+    """A call times out; the server answers it later anyway. That answer
+    is dropped: the next call gets its own (ids are never reused)."""
+    pids = tmp_path / "pids"
+    m = mount_with(mount, tmp_path, {"h": hostile_entry("parallel", pids)},
+                   tool_timeout="1s")
+    mkconv(m, "c")
+    content, _ = call(m, fake, "h__shout", {"text": "late", "delay": 2})
+    assert content == ("error: h__shout did not finish within 1000 ms and "
+                       "was cancelled"), content
+    # Still the same process (it answered the ping); the late answer
+    # comes and goes.
+    wait_for(lambda: "hostile: answered request" in m.log(), timeout=10,
+             message="the late answer sent")
+    content, _ = call(m, fake, "h__shout", {"text": "fresh", "delay": 0.2},
+                      call_id="call_2")
+    assert content == "FRESH", content
+    assert len(pids.read_text().split()) == 1
+    assert "LATE" not in read_text(cdir(m, "c") / "messages.jsonl")

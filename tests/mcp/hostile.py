@@ -59,6 +59,8 @@ def answer_later(mid, args):
         args.get("text", "").upper()
     send({"jsonrpc": "2.0", "id": mid, "result": {
         "content": [{"type": "text", "text": text}]}})
+    sys.stderr.write("hostile: answered request %s late\n" % mid)
+    sys.stderr.flush()
 
 
 def main():
