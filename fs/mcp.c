@@ -266,6 +266,10 @@ int mcp_srv_ensure(struct mcp_server *s, char *why, size_t n)
 	for (;;) {
 		if (s->state == MS_READY)
 			return 0;
+		if (atomic_load(&mcp_quitting)) {
+			snprintf(why, n, "lmsfs is stopping");
+			return -1;
+		}
 		if ((s->state == MS_IDLE || s->state == MS_FAILED) && now_ms() < s->next_start) {
 			snprintf(why, n, "MCP server %s is down (%s); next start in %lld ms",
 				 s->conf.name, s->why, s->next_start - now_ms());
@@ -274,10 +278,6 @@ int mcp_srv_ensure(struct mcp_server *s, char *why, size_t n)
 		if ((s->state == MS_IDLE || s->state == MS_FAILED) && !s->reader_running)
 			break;
 		/* Starting elsewhere, or the last run's reader finishing. */
-		if (atomic_load(&mcp_quitting)) {
-			snprintf(why, n, "lmsfs is stopping");
-			return -1;
-		}
 		if (now_ms() >= deadline) {
 			snprintf(why, n, "MCP server %s is still starting", s->conf.name);
 			return -1;

@@ -621,3 +621,23 @@ def test_a_late_answer_does_not_reach_the_next_call(fake, mount, tmp_path):
     assert content == "FRESH", content
     assert len(pids.read_text().split()) == 1
     assert "LATE" not in read_text(cdir(m, "c") / "messages.jsonl")
+
+
+@pytest.mark.xdist_group("timing")
+def test_no_server_starts_once_unmount_began(fake, mount, tmp_path):
+    """A request waits for one server's start when the unmount comes: the
+    servers after it in mcp.json are not started on the way out."""
+    first, second = tmp_path / "pids1", tmp_path / "pids2"
+    m = tmount(mount)
+    r = put_conf(m, tmp_path, None, raw=json.dumps({"mcpServers": {
+        "s": hostile_entry("silent", first),
+        "t": hostile_entry("good", second)}}))
+    assert r.returncode == 0, r.stderr
+    mkconv(m, "c")
+    prompt(m, "c", "go")
+    wait_for(lambda: first.exists() and first.read_text().strip(),
+             timeout=15, message="the first server started")
+    m.umount()
+    assert m.pid is None
+    assert not second.exists(), "a server was started during the unmount"
+    assert "mcp t:" not in m.log(), m.log()
