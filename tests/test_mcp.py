@@ -641,3 +641,33 @@ def test_no_server_starts_once_unmount_began(fake, mount, tmp_path):
     assert m.pid is None
     assert not second.exists(), "a server was started during the unmount"
     assert "mcp t:" not in m.log(), m.log()
+
+
+def daemon_children(pid):
+    kids = []
+    for t in os.listdir("/proc/%d/task" % pid):
+        with open("/proc/%d/task/%s/children" % (pid, t)) as f:
+            kids += [int(k) for k in f.read().split()]
+    return kids
+
+
+def test_no_zombies_are_left(fake, mount, tmp_path):
+    """Tools that ran, a server that crashed and was started again: the
+    daemon has reaped every process it started but the server running."""
+    m = mount_with(mount, tmp_path, {"h": hostile_entry("crash")})
+    add_tool(m, tmp_path, "quick", QUICK_TOOL)
+    mkconv(m, "c")
+    content, _ = call(m, fake, "h__shout", {"text": "x"})
+    assert "stopped during the call" in content, content
+    for i in range(3):
+        fake.enqueue(Reply(tool_calls=[{"id": "q%d" % i, "name": "quick",
+                                        "arguments": "{}"}]))
+        ask_fake(m, fake, "c", "go")
+
+    def settled():
+        kids = daemon_children(m.pid)
+        # One shepherd: the server started again by the turn's next
+        # request.
+        return len(kids) == 1 and not proc_gone(kids[0])
+    wait_for(settled, timeout=10, message="only the running server's "
+             "shepherd is a child: %r" % daemon_children(m.pid))
