@@ -270,6 +270,10 @@ int mcp_srv_ensure(struct mcp_server *s, char *why, size_t n)
 			snprintf(why, n, "lmsfs is stopping");
 			return -1;
 		}
+		if (s->retired) {
+			snprintf(why, n, "MCP server %s is no longer in mcp.json", s->conf.name);
+			return -1;
+		}
 		if ((s->state == MS_IDLE || s->state == MS_FAILED) && now_ms() < s->next_start) {
 			snprintf(why, n, "MCP server %s is down (%s); next start in %lld ms",
 				 s->conf.name, s->why, s->next_start - now_ms());
@@ -458,6 +462,9 @@ void mcp_srv_kill(struct mcp_server *s, const char *why)
 
 void mcp_srv_stop_begin(struct mcp_server *s)
 {
+	pthread_mutex_lock(&s->lock);
+	s->retired = 1;
+	pthread_mutex_unlock(&s->lock);
 	pthread_mutex_lock(&s->wlock);
 	if (s->in_fd >= 0)
 		close(s->in_fd);

@@ -57,6 +57,7 @@ struct mcp_server {
 	pthread_mutex_t lock;      /* everything below */
 	pthread_cond_t cv;         /* state, pending answers, reader exit */
 	enum mcp_state state;
+	int retired;               /* stopped for good: never started again */
 	char why[400];             /* MS_IDLE / MS_FAILED: what happened */
 	long gen;                  /* incarnation: bumped at each start */
 	struct proctree tree;
@@ -121,8 +122,8 @@ void mcp_srv_kill(struct mcp_server *s, const char *why);
  * s->lock not held. */
 void mcp_srv_stop(struct mcp_server *s);
 /* mcp_srv_stop in two halves, so that several servers share one grace
- * period: stdin closed; then waits until deadline (now_ms()), kills what
- * is left and joins the reader. */
+ * period: stdin closed (and s never started again); then waits until
+ * deadline (now_ms()), kills what is left and joins the reader. */
 void mcp_srv_stop_begin(struct mcp_server *s);
 void mcp_srv_stop_end(struct mcp_server *s, long long deadline);
 void mcp_srv_init(struct mcp_server *s);

@@ -671,3 +671,27 @@ def test_no_zombies_are_left(fake, mount, tmp_path):
         return len(kids) == 1 and not proc_gone(kids[0])
     wait_for(settled, timeout=10, message="only the running server's "
              "shepherd is a child: %r" % daemon_children(m.pid))
+
+
+@pytest.mark.xdist_group("timing")
+def test_a_server_dropped_from_mcp_json_is_not_started_again(fake, mount,
+                                                             tmp_path):
+    """A request still waits for one server's start when mcp.json drops
+    another: the dropped one is not started afterwards (it would run on,
+    listed nowhere, until the unmount)."""
+    first, second = tmp_path / "pids1", tmp_path / "pids2"
+    m = tmount(mount, tool_timeout="3s")
+    s_entry = hostile_entry("silent", first)
+    r = put_conf(m, tmp_path, None, raw=json.dumps({"mcpServers": {
+        "s": s_entry, "t": hostile_entry("good", second)}}))
+    assert r.returncode == 0, r.stderr
+    mkconv(m, "c")
+    fake.enqueue(Reply(text="fine"))
+    prompt(m, "c", "go")
+    wait_for(lambda: first.exists() and first.read_text().strip(),
+             timeout=15, message="the first server started")
+    r = put_conf(m, tmp_path, {"s": s_entry})
+    assert r.returncode == 0, r.stderr
+    assert "mcp t" not in tstatus(m)
+    assert reply(m, "c", timeout=20).strip() == "fine"
+    assert not second.exists(), "the dropped server was started"
