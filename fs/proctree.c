@@ -7,6 +7,7 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -99,6 +100,21 @@ static int kill_all(pid_t prog)
 	return status;
 }
 
+/* Closes descriptors lo to hi; one by one, up to the descriptor limit,
+ * on a kernel without close_range (before 5.9). */
+static void close_fds(unsigned lo, unsigned hi)
+{
+	struct rlimit rl;
+
+	if (lo > hi || syscall(SYS_close_range, lo, hi, 0u) == 0)
+		return;
+	if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY ||
+	    rl.rlim_cur > (1u << 20))
+		rl.rlim_cur = 1u << 20;
+	for (unsigned fd = lo; fd <= hi && fd < rl.rlim_cur; fd++)
+		close((int)fd);
+}
+
 /* Closes every descriptor from 3 up but keep1 and keep2. */
 static void close_all_but(int keep1, int keep2)
 {
@@ -109,10 +125,10 @@ static void close_all_but(int keep1, int keep2)
 		if (k[i] < (int)lo)
 			continue;
 		if ((unsigned)k[i] > lo)
-			syscall(SYS_close_range, lo, (unsigned)k[i] - 1, 0u);
+			close_fds(lo, (unsigned)k[i] - 1);
 		lo = (unsigned)k[i] + 1;
 	}
-	syscall(SYS_close_range, lo, ~0u, 0u);
+	close_fds(lo, ~0u);
 }
 
 /* In the program's process, between fork and exec. */
@@ -133,8 +149,8 @@ start_program(const char *path, char *const argv[], char *const envp[], const ch
 			goto fail;
 	if (ew < 0)
 		goto fail;
-	syscall(SYS_close_range, 3u, (unsigned)ew - 1, 0u);
-	syscall(SYS_close_range, (unsigned)ew + 1, ~0u, 0u);
+	close_fds(3u, (unsigned)ew - 1);
+	close_fds((unsigned)ew + 1, ~0u);
 	if (cwd && chdir(cwd) < 0)
 		goto fail;
 	sigemptyset(&none);

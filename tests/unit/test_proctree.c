@@ -2,7 +2,12 @@
 #include "check.h"
 #include "proctree.h"
 
+#include <errno.h>
 #include <fcntl.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
+#include <sys/syscall.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <sys/prctl.h>
@@ -87,8 +92,42 @@ static void test_shepherd_not_readable(void)
 	CHECK_INT(WEXITSTATUS(st), 0);
 }
 
+/* On a kernel without close_range (before 5.9; here a seccomp filter
+ * makes it fail with ENOSYS) no descriptor of the daemon's reaches the
+ * program either. */
+static void test_without_close_range(void)
+{
+	pid_t p = fork();
+	int st = -1;
+	if (p == 0) {
+		struct sock_filter f[] = {
+			BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+			BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_close_range, 0, 1),
+			BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
+			BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+		};
+		struct sock_fprog prog = {sizeof(f) / sizeof(f[0]), f};
+		int status = -1, fd = open("/dev/null", O_RDONLY);
+		/* Not O_CLOEXEC, as a library's descriptor might be. */
+		if (fd < 0 || dup2(fd, 40) != 40)
+			_exit(2);
+		if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 ||
+		    prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) != 0)
+			_exit(3);
+		if (syscall(SYS_close_range, 100u, 101u, 0u) == 0 || errno != ENOSYS)
+			_exit(4);
+		if (run("[ -e /proc/self/fd/40 ] && exit 1; exit 0", &status) != 0)
+			_exit(5);
+		_exit(WIFEXITED(status) ? WEXITSTATUS(status) : 6);
+	}
+	waitpid(p, &st, 0);
+	CHECK(WIFEXITED(st));
+	CHECK_INT(WEXITSTATUS(st), 0);
+}
+
 int main(void)
 {
+	test_without_close_range();
 	test_shepherd_not_readable();
 	test_no_fork_handlers_in_the_shepherd();
 	test_exec_failure();
