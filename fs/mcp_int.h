@@ -54,6 +54,7 @@ struct mcp_server {
 
 	pthread_mutex_t wlock;     /* in_fd and outq */
 	struct buf outq;           /* whole lines not yet written to in_fd */
+	size_t outq_off;           /* how much of outq was written already */
 	pthread_mutex_t lock;      /* everything below */
 	pthread_cond_t cv;         /* state, pending answers, reader exit */
 	enum mcp_state state;

@@ -23,27 +23,35 @@ long long mcp_backoff_ms(int exits)
 }
 
 
-/* wlock held. */
+/* wlock held. What was written is dropped from the front of the queue
+ * only once it is over half of it: linear time for any backlog. */
 static size_t flush_locked(struct mcp_server *s)
 {
-	while (s->in_fd >= 0 && s->outq.len) {
-		ssize_t n = write(s->in_fd, s->outq.data, s->outq.len);
+	while (s->in_fd >= 0 && s->outq_off < s->outq.len) {
+		ssize_t n = write(s->in_fd, s->outq.data + s->outq_off, s->outq.len - s->outq_off);
 		if (n > 0) {
-			buf_consume(&s->outq, (size_t)n);
+			s->outq_off += (size_t)n;
 			continue;
 		}
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0 && errno != EAGAIN)
-			buf_reset(&s->outq); /* EPIPE: the reader sees the end */
+			s->outq_off = s->outq.len; /* EPIPE: the reader sees the end */
 		break;
 	}
-	return s->outq.len;
+	if (s->outq_off == s->outq.len) {
+		mcp_outq_reset(s);
+	} else if (s->outq_off > s->outq.len / 2) {
+		buf_consume(&s->outq, s->outq_off);
+		s->outq_off = 0;
+	}
+	return s->outq.len - s->outq_off;
 }
 
 void mcp_outq_reset(struct mcp_server *s)
 {
 	buf_reset(&s->outq);
+	s->outq_off = 0;
 }
 
 size_t mcp_flush(struct mcp_server *s)
