@@ -212,7 +212,7 @@ static int version_ok(const char *v)
 }
 
 /* initialize, notifications/initialized, tools/list; s->lock not held. */
-static int handshake(struct mcp_server *s, char *why, size_t n)
+static int handshake(struct mcp_server *s, const volatile int *cancel, char *why, size_t n)
 {
 	cJSON *params = cJSON_CreateObject(), *info, *res = NULL;
 	const cJSON *v;
@@ -223,8 +223,8 @@ static int handshake(struct mcp_server *s, char *why, size_t n)
 	info = cJSON_AddObjectToObject(params, "clientInfo");
 	cJSON_AddStringToObject(info, "name", "lmsfs");
 	cJSON_AddStringToObject(info, "version", LMSFS_VERSION);
-	if (mcp_srv_rpc(s, "initialize", params, mcp_cfg->tool_timeout_ms, NULL, 0, &res, why, n, &to,
-			NULL) < 0) {
+	if (mcp_srv_rpc(s, "initialize", params, mcp_cfg->tool_timeout_ms, cancel, 0, &res, why, n,
+			&to, NULL) < 0) {
 		if (to)
 			snprintf(why, n, "did not answer initialize within %ld ms%s%.120s%s",
 				 mcp_cfg->tool_timeout_ms, s->garbage[0] ? " (it printed: " : "",
@@ -243,7 +243,7 @@ static int handshake(struct mcp_server *s, char *why, size_t n)
 	pthread_mutex_unlock(&s->lock);
 	cJSON_Delete(res);
 	mcp_write_line(s, "{\"jsonrpc\":\"2.0\",\"method\":\"notifications/initialized\"}\n");
-	return mcp_tools_fetch(s, why, n);
+	return mcp_tools_fetch(s, cancel, why, n);
 }
 
 static void wait_cv(struct mcp_server *s, long ms)
@@ -258,7 +258,7 @@ static void wait_cv(struct mcp_server *s, long ms)
 	pthread_cond_timedwait(&s->cv, &s->lock, &ts);
 }
 
-int mcp_srv_ensure(struct mcp_server *s, char *why, size_t n)
+int mcp_srv_ensure(struct mcp_server *s, const volatile int *cancel, char *why, size_t n)
 {
 	long long deadline = now_ms() + mcp_cfg->tool_timeout_ms + 2000;
 	int rc;
@@ -268,6 +268,10 @@ int mcp_srv_ensure(struct mcp_server *s, char *why, size_t n)
 			return 0;
 		if (atomic_load(&mcp_quitting)) {
 			snprintf(why, n, "lmsfs is stopping");
+			return -1;
+		}
+		if (cancel && *cancel) {
+			snprintf(why, n, "cancelled");
 			return -1;
 		}
 		if (s->retired) {
@@ -302,11 +306,20 @@ int mcp_srv_ensure(struct mcp_server *s, char *why, size_t n)
 	pthread_mutex_unlock(&s->lock);
 	rc = spawn(s, why, n);
 	if (rc == 0)
-		rc = handshake(s, why, n);
+		rc = handshake(s, cancel, why, n);
 	pthread_mutex_lock(&s->lock);
 	if (rc == 0 && s->state == MS_STARTING) {
 		s->state = MS_READY;
 		log_info("mcp %s: ready (protocol %s)", s->conf.name, s->version);
+	} else if ((cancel && *cancel) || atomic_load(&mcp_quitting)) {
+		/* Given up by the caller: not the server's fault. The next
+		 * need starts it again at once. */
+		s->state = MS_IDLE;
+		snprintf(s->why, sizeof(s->why), "its start was given up (cancelled)");
+		if (s->reader_running)
+			proctree_kill(&s->tree);
+		log_info("mcp %s: start given up: cancelled", s->conf.name);
+		rc = -1;
 	} else {
 		if (rc == 0)
 			snprintf(why, n, "the server stopped while starting: %s", s->why);

@@ -109,8 +109,10 @@ long long mcp_backoff_ms(int exits);
 
 /* mcp.c */
 /* Starts s unless it is running (waits while another thread starts it).
- * s->lock held on entry and on return. 0, or -1 with why. */
-int mcp_srv_ensure(struct mcp_server *s, char *why, size_t n);
+ * s->lock held on entry and on return. 0, or -1 with why. When *cancel
+ * (may be NULL) becomes nonzero the wait or the start is given up: a
+ * start given up is no fault of the server's (no delay before the next). */
+int mcp_srv_ensure(struct mcp_server *s, const volatile int *cancel, char *why, size_t n);
 /* One request; s->lock not held. 0 with *result (owned), or -1 with why;
  * *timed_out / *cancelled say which (may be NULL). With cancel_notify, a
  * request given up is followed by notifications/cancelled. */
@@ -140,6 +142,6 @@ struct mcp_server *mcp_owner(const char *fn);
 void mcp_srv_hold(struct mcp_server *s);
 void mcp_srv_put(struct mcp_server *s);
 /* Fetches tools/list (every page) into s->tools; s->lock not held. */
-int mcp_tools_fetch(struct mcp_server *s, char *why, size_t n);
+int mcp_tools_fetch(struct mcp_server *s, const volatile int *cancel, char *why, size_t n);
 
 #endif

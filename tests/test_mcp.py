@@ -695,3 +695,29 @@ def test_a_server_dropped_from_mcp_json_is_not_started_again(fake, mount,
     assert "mcp t" not in tstatus(m)
     assert reply(m, "c", timeout=20).strip() == "fine"
     assert not second.exists(), "the dropped server was started"
+
+
+@pytest.mark.xdist_group("timing")
+def test_cancel_while_a_server_starts(fake, mount, tmp_path):
+    """The answer is cancelled while its request waits for a server's
+    start (it does not answer initialize): the turn ends at once, not at
+    tool_timeout, and the conversation goes on."""
+    pids = tmp_path / "pids"
+    m = mount_with(mount, tmp_path, {"s": hostile_entry("silent", pids)},
+                   tool_timeout="20s")
+    mkconv(m, "c")
+    prompt(m, "c", "go")
+    wait_for(lambda: pids.exists() and pids.read_text().strip(), timeout=15,
+             message="the server started")
+    t0 = time.monotonic()
+    write_text(cdir(m, "c") / ".ctl", "cancel\n")
+    r = sh(m, "cat c/.reply", timeout=30)
+    assert r.returncode != 0
+    assert time.monotonic() - t0 < 3, "cancel waited for the server's start"
+    wait_for(lambda: "busy" not in read_text(cdir(m, "c") / ".status"),
+             timeout=5, message="the conversation idle again")
+    # The half-started server is gone; no delay holds its next start.
+    wait_for(lambda: proc_gone(int(pids.read_text().split()[0])), timeout=5,
+             message="the server given up is killed")
+    assert "mcp s: down: its start was given up (cancelled) (restarted " \
+        "on next use)" in tstatus(m), tstatus(m)
