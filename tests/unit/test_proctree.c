@@ -121,6 +121,10 @@ static void test_without_close_range(void)
 		_exit(WIFEXITED(status) ? WEXITSTATUS(status) : 6);
 	}
 	waitpid(p, &st, 0);
+	if (WIFEXITED(st) && WEXITSTATUS(st) == 3) {
+		printf("skipped: no seccomp filters here\n");
+		return;
+	}
 	CHECK(WIFEXITED(st));
 	CHECK_INT(WEXITSTATUS(st), 0);
 }
