@@ -85,6 +85,8 @@ DEPS := $(OBJS:.o=.d)
 PURE := buf utf8 sse jsonl config config_value config_file log names util msgs fsio store spool recover errclass u16 api think
 # attachments (store layer, used by store.c and recover.c)
 PURE += attach attach_send
+# a program's process tree (tools and MCP servers)
+PURE += proctree
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/unit/%,$(UNIT_SRCS))
 

@@ -250,7 +250,7 @@ void gen_run(const struct gen_job *job, struct gen_result *res)
 				free(t);
 			}
 		}
-		tools = tooldef_definitions(params);
+		tools = tooldef_definitions(params, job->cancel);
 		/* Only what this request offers may run when it answers. */
 		cJSON_Delete(offered);
 		offered = tooldef_offered_names(tools, params);

@@ -20,6 +20,7 @@ void mcp_srv_init(struct mcp_server *s)
 	pthread_mutex_init(&s->wlock, NULL);
 	pthread_mutex_init(&s->lock, NULL);
 	pthread_cond_init(&s->cv, NULL);
+	buf_init(&s->outq, MCP_OUTQ_MAX);
 	s->state = MS_IDLE;
 	s->in_fd = -1;
 	s->tree.pid = -1;
@@ -32,6 +33,7 @@ void mcp_srv_destroy(struct mcp_server *s)
 		close(s->in_fd);
 	proctree_close(&s->tree);
 	cJSON_Delete(s->tools);
+	buf_free(&s->outq);
 	mcp_conf_server_free(&s->conf);
 	pthread_mutex_destroy(&s->wlock);
 	pthread_mutex_destroy(&s->lock);
@@ -173,6 +175,7 @@ static int spawn(struct mcp_server *s, char *why, size_t n)
 	fcntl(in[1], F_SETFL, O_NONBLOCK);
 	pthread_mutex_lock(&s->wlock);
 	pthread_mutex_lock(&s->lock);
+	mcp_outq_reset(s);
 	s->in_fd = in[1];
 	s->garbage[0] = '\0';
 	s->started_at = now_ms();
@@ -209,7 +212,7 @@ static int version_ok(const char *v)
 }
 
 /* initialize, notifications/initialized, tools/list; s->lock not held. */
-static int handshake(struct mcp_server *s, char *why, size_t n)
+static int handshake(struct mcp_server *s, const volatile int *cancel, char *why, size_t n)
 {
 	cJSON *params = cJSON_CreateObject(), *info, *res = NULL;
 	const cJSON *v;
@@ -220,8 +223,8 @@ static int handshake(struct mcp_server *s, char *why, size_t n)
 	info = cJSON_AddObjectToObject(params, "clientInfo");
 	cJSON_AddStringToObject(info, "name", "lmsfs");
 	cJSON_AddStringToObject(info, "version", LMSFS_VERSION);
-	if (mcp_srv_rpc(s, "initialize", params, mcp_cfg->tool_timeout_ms, NULL, 0, &res, why, n, &to,
-			NULL) < 0) {
+	if (mcp_srv_rpc(s, "initialize", params, mcp_cfg->tool_timeout_ms, cancel, 0, &res, why, n,
+			&to, NULL) < 0) {
 		if (to)
 			snprintf(why, n, "did not answer initialize within %ld ms%s%.120s%s",
 				 mcp_cfg->tool_timeout_ms, s->garbage[0] ? " (it printed: " : "",
@@ -240,7 +243,7 @@ static int handshake(struct mcp_server *s, char *why, size_t n)
 	pthread_mutex_unlock(&s->lock);
 	cJSON_Delete(res);
 	mcp_write_line(s, "{\"jsonrpc\":\"2.0\",\"method\":\"notifications/initialized\"}\n");
-	return mcp_tools_fetch(s, why, n);
+	return mcp_tools_fetch(s, cancel, why, n);
 }
 
 static void wait_cv(struct mcp_server *s, long ms)
@@ -255,7 +258,7 @@ static void wait_cv(struct mcp_server *s, long ms)
 	pthread_cond_timedwait(&s->cv, &s->lock, &ts);
 }
 
-int mcp_srv_ensure(struct mcp_server *s, char *why, size_t n)
+int mcp_srv_ensure(struct mcp_server *s, const volatile int *cancel, char *why, size_t n)
 {
 	long long deadline = now_ms() + mcp_cfg->tool_timeout_ms + 2000;
 	int rc;
@@ -263,6 +266,18 @@ int mcp_srv_ensure(struct mcp_server *s, char *why, size_t n)
 	for (;;) {
 		if (s->state == MS_READY)
 			return 0;
+		if (atomic_load(&mcp_quitting)) {
+			snprintf(why, n, "lmsfs is stopping");
+			return -1;
+		}
+		if (cancel && *cancel) {
+			snprintf(why, n, "cancelled");
+			return -1;
+		}
+		if (s->retired) {
+			snprintf(why, n, "MCP server %s is no longer in mcp.json", s->conf.name);
+			return -1;
+		}
 		if ((s->state == MS_IDLE || s->state == MS_FAILED) && now_ms() < s->next_start) {
 			snprintf(why, n, "MCP server %s is down (%s); next start in %lld ms",
 				 s->conf.name, s->why, s->next_start - now_ms());
@@ -271,10 +286,6 @@ int mcp_srv_ensure(struct mcp_server *s, char *why, size_t n)
 		if ((s->state == MS_IDLE || s->state == MS_FAILED) && !s->reader_running)
 			break;
 		/* Starting elsewhere, or the last run's reader finishing. */
-		if (atomic_load(&mcp_quitting)) {
-			snprintf(why, n, "lmsfs is stopping");
-			return -1;
-		}
 		if (now_ms() >= deadline) {
 			snprintf(why, n, "MCP server %s is still starting", s->conf.name);
 			return -1;
@@ -288,17 +299,27 @@ int mcp_srv_ensure(struct mcp_server *s, char *why, size_t n)
 	if (s->in_fd >= 0)
 		close(s->in_fd);
 	s->in_fd = -1;
+	mcp_outq_reset(s);
 	pthread_mutex_unlock(&s->wlock);
 	pthread_mutex_lock(&s->lock);
 	proctree_close(&s->tree);
 	pthread_mutex_unlock(&s->lock);
 	rc = spawn(s, why, n);
 	if (rc == 0)
-		rc = handshake(s, why, n);
+		rc = handshake(s, cancel, why, n);
 	pthread_mutex_lock(&s->lock);
 	if (rc == 0 && s->state == MS_STARTING) {
 		s->state = MS_READY;
 		log_info("mcp %s: ready (protocol %s)", s->conf.name, s->version);
+	} else if ((cancel && *cancel) || atomic_load(&mcp_quitting)) {
+		/* Given up by the caller: not the server's fault. The next
+		 * need starts it again at once. */
+		s->state = MS_IDLE;
+		snprintf(s->why, sizeof(s->why), "its start was given up (cancelled)");
+		if (s->reader_running)
+			proctree_kill(&s->tree);
+		log_info("mcp %s: start given up: cancelled", s->conf.name);
+		rc = -1;
 	} else {
 		if (rc == 0)
 			snprintf(why, n, "the server stopped while starting: %s", s->why);
@@ -325,7 +346,7 @@ int mcp_srv_rpc(struct mcp_server *s, const char *method, cJSON *params, long ti
 	cJSON *req = cJSON_CreateObject();
 	char *text;
 	long long deadline = now_ms() + timeout_ms;
-	int rc = -1, gave_up = 0;
+	int rc = -1, gave_up = 0, sent = -1;
 	long gen;
 
 	*result = NULL;
@@ -352,13 +373,20 @@ int mcp_srv_rpc(struct mcp_server *s, const char *method, cJSON *params, long ti
 		char *line = realloc(text, l + 2);
 		if (line) {
 			memcpy(line + l, "\n", 2);
-			mcp_write_line(s, line);
+			sent = mcp_write_line(s, line);
 			text = line;
 		}
 	}
 	free(text);
 
 	pthread_mutex_lock(&s->lock);
+	if (sent != 0 && !p.done) {
+		p.done = 1;
+		snprintf(p.err, sizeof(p.err),
+			 "cannot send %.40s to the MCP server %.60s: it is not running, or does not "
+			 "read its input",
+			 method, s->conf.name);
+	}
 	while (!p.done) {
 		struct timespec ts;
 		long long now = now_ms();
@@ -445,15 +473,21 @@ void mcp_srv_kill(struct mcp_server *s, const char *why)
 	proctree_kill(&s->tree);
 }
 
-void mcp_srv_stop(struct mcp_server *s)
+void mcp_srv_stop_begin(struct mcp_server *s)
 {
-	long long deadline = now_ms() + MCP_STOP_WAIT_MS;
-
+	pthread_mutex_lock(&s->lock);
+	s->retired = 1;
+	pthread_mutex_unlock(&s->lock);
 	pthread_mutex_lock(&s->wlock);
 	if (s->in_fd >= 0)
 		close(s->in_fd);
 	s->in_fd = -1;
+	mcp_outq_reset(s);
 	pthread_mutex_unlock(&s->wlock);
+}
+
+void mcp_srv_stop_end(struct mcp_server *s, long long deadline)
+{
 	pthread_mutex_lock(&s->lock);
 	while (s->reader_running && now_ms() < deadline)
 		wait_cv(s, 50);
@@ -468,4 +502,10 @@ void mcp_srv_stop(struct mcp_server *s)
 	s->state = MS_IDLE;
 	snprintf(s->why, sizeof(s->why), "stopped");
 	pthread_mutex_unlock(&s->lock);
+}
+
+void mcp_srv_stop(struct mcp_server *s)
+{
+	mcp_srv_stop_begin(s);
+	mcp_srv_stop_end(s, now_ms() + MCP_STOP_WAIT_MS);
 }

@@ -16,7 +16,7 @@
  * little, then kills their trees.
  *
  * Locks: mcp_lock (the server list and the configuration) -> a server's
- * wlock (writes to its stdin) -> a server's lock (its state). All are
+ * wlock (its stdin and the lines queued for it) -> a server's lock (its state). All are
  * leaves with respect to every other lock of the daemon: nothing else is
  * called with them held but the log.
  *
@@ -48,9 +48,10 @@ void mcp_note_write(const char *why);
 /* The function definitions of the MCP tools for a request, narrowed by
  * params' "lmsfs_tools" (a server's name allows all its tools); starts
  * servers as needed (waits at most tool_timeout for each). Function
- * names in `taken` (may be NULL: executables of tools/) are skipped. An
+ * names in `taken` (may be NULL: executables of tools/) are skipped; a
+ * start is given up when *cancel (may be NULL) becomes nonzero. An
  * array, maybe empty; NULL only when out of memory. */
-cJSON *mcp_definitions(const cJSON *params, const cJSON *taken);
+cJSON *mcp_definitions(const cJSON *params, const cJSON *taken, const volatile int *cancel);
 /* 1 when name is SERVER__TOOL of a configured server (the tool may be
  * unknown: mcp_call says so). */
 int mcp_owns(const char *name);

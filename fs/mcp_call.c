@@ -67,8 +67,13 @@ char *mcp_call(const char *name, const char *args, const volatile int *cancel,
 		goto out;
 	}
 	pthread_mutex_lock(&s->lock);
-	rc = mcp_srv_ensure(s, why, sizeof(why));
+	rc = mcp_srv_ensure(s, cancel, why, sizeof(why));
 	pthread_mutex_unlock(&s->lock);
+	if (rc != 0 && cancel && *cancel) {
+		*outcome = MCP_CANCELLED;
+		buf_printf(&b, "error: %s was stopped: the answer was cancelled", name);
+		goto out;
+	}
 	if (rc != 0) {
 		buf_printf(&b, "error: %s: %s", name, why);
 		goto out;

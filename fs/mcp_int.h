@@ -6,6 +6,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 
+#include "buf.h"
 #include "mcp_conf.h"
 #include "proctree.h"
 
@@ -25,6 +26,9 @@ struct config;
 #define MCP_STOP_WAIT_MS 1000
 /* Longest line taken from a server's stdout. */
 #define MCP_LINE_MAX (16u << 20)
+/* Most bytes waiting for a server to read its stdin; past this a request
+ * fails at once (the server does not read). */
+#define MCP_OUTQ_MAX (32u << 20)
 
 enum mcp_state {
 	MS_IDLE,     /* not running: never started, or exited (why says so) */
@@ -48,10 +52,13 @@ struct mcp_server {
 	int removed;               /* mcp_lock: gone from mcp.json */
 	struct mcp_conf_server conf;
 
-	pthread_mutex_t wlock;     /* serialises writes to in_fd */
+	pthread_mutex_t wlock;     /* in_fd and outq */
+	struct buf outq;           /* whole lines not yet written to in_fd */
+	size_t outq_off;           /* how much of outq was written already */
 	pthread_mutex_t lock;      /* everything below */
 	pthread_cond_t cv;         /* state, pending answers, reader exit */
 	enum mcp_state state;
+	int retired;               /* stopped for good: never started again */
 	char why[400];             /* MS_IDLE / MS_FAILED: what happened */
 	long gen;                  /* incarnation: bumped at each start */
 	struct proctree tree;
@@ -88,16 +95,24 @@ struct mcp_reader_arg {
  * server's stdout closes, kills and reaps the tree and fails the calls in
  * flight. */
 void *mcp_reader_main(void *arg);
-/* Writes one line to the server's stdin (wlock taken inside; gives up
- * after a second if the server does not read). */
-void mcp_write_line(struct mcp_server *s, const char *text);
+/* Queues one whole line for the server's stdin and writes what the pipe
+ * takes now, never waiting (wlock taken inside): a line is never cut, the
+ * rest goes as the server reads (mcp_flush). 0, or -1 when the server is
+ * not running or the queue is over MCP_OUTQ_MAX. */
+int mcp_write_line(struct mcp_server *s, const char *text);
+/* Writes what the pipe takes of the queue now; returns how much is left. */
+size_t mcp_flush(struct mcp_server *s);
+/* Forgets the queue when in_fd is closed or replaced; wlock held. */
+void mcp_outq_reset(struct mcp_server *s);
 /* The delay before the next start after `exits` exits in a row. */
 long long mcp_backoff_ms(int exits);
 
 /* mcp.c */
 /* Starts s unless it is running (waits while another thread starts it).
- * s->lock held on entry and on return. 0, or -1 with why. */
-int mcp_srv_ensure(struct mcp_server *s, char *why, size_t n);
+ * s->lock held on entry and on return. 0, or -1 with why. When *cancel
+ * (may be NULL) becomes nonzero the wait or the start is given up: a
+ * start given up is no fault of the server's (no delay before the next). */
+int mcp_srv_ensure(struct mcp_server *s, const volatile int *cancel, char *why, size_t n);
 /* One request; s->lock not held. 0 with *result (owned), or -1 with why;
  * *timed_out / *cancelled say which (may be NULL). With cancel_notify, a
  * request given up is followed by notifications/cancelled. */
@@ -109,6 +124,11 @@ void mcp_srv_kill(struct mcp_server *s, const char *why);
 /* Closes stdin, waits up to MCP_STOP_WAIT_MS, kills, joins the reader;
  * s->lock not held. */
 void mcp_srv_stop(struct mcp_server *s);
+/* mcp_srv_stop in two halves, so that several servers share one grace
+ * period: stdin closed (and s never started again); then waits until
+ * deadline (now_ms()), kills what is left and joins the reader. */
+void mcp_srv_stop_begin(struct mcp_server *s);
+void mcp_srv_stop_end(struct mcp_server *s, long long deadline);
 void mcp_srv_init(struct mcp_server *s);
 void mcp_srv_destroy(struct mcp_server *s);
 
@@ -122,6 +142,6 @@ struct mcp_server *mcp_owner(const char *fn);
 void mcp_srv_hold(struct mcp_server *s);
 void mcp_srv_put(struct mcp_server *s);
 /* Fetches tools/list (every page) into s->tools; s->lock not held. */
-int mcp_tools_fetch(struct mcp_server *s, char *why, size_t n);
+int mcp_tools_fetch(struct mcp_server *s, const volatile int *cancel, char *why, size_t n);
 
 #endif

@@ -23,27 +23,56 @@ long long mcp_backoff_ms(int exits)
 }
 
 
-void mcp_write_line(struct mcp_server *s, const char *text)
+/* wlock held. What was written is dropped from the front of the queue
+ * only once it is over half of it: linear time for any backlog. */
+static size_t flush_locked(struct mcp_server *s)
 {
-	size_t len = strlen(text);
-	pthread_mutex_lock(&s->wlock);
-	if (s->in_fd >= 0) {
-		long long deadline = now_ms() + 1000;
-		size_t off = 0;
-		while (off < len) {
-			ssize_t n = write(s->in_fd, text + off, len - off);
-			struct pollfd p = {.fd = s->in_fd, .events = POLLOUT};
-			if (n > 0) {
-				off += (size_t)n;
-				continue;
-			}
-			if (n < 0 && errno != EAGAIN && errno != EINTR)
-				break;
-			if (now_ms() >= deadline || poll(&p, 1, 100) < 0)
-				break;
+	while (s->in_fd >= 0 && s->outq_off < s->outq.len) {
+		ssize_t n = write(s->in_fd, s->outq.data + s->outq_off, s->outq.len - s->outq_off);
+		if (n > 0) {
+			s->outq_off += (size_t)n;
+			continue;
 		}
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && errno != EAGAIN)
+			s->outq_off = s->outq.len; /* EPIPE: the reader sees the end */
+		break;
+	}
+	if (s->outq_off == s->outq.len) {
+		mcp_outq_reset(s);
+	} else if (s->outq_off > s->outq.len / 2) {
+		buf_consume(&s->outq, s->outq_off);
+		s->outq_off = 0;
+	}
+	return s->outq.len - s->outq_off;
+}
+
+void mcp_outq_reset(struct mcp_server *s)
+{
+	buf_reset(&s->outq);
+	s->outq_off = 0;
+}
+
+size_t mcp_flush(struct mcp_server *s)
+{
+	size_t left;
+	pthread_mutex_lock(&s->wlock);
+	left = flush_locked(s);
+	pthread_mutex_unlock(&s->wlock);
+	return left;
+}
+
+int mcp_write_line(struct mcp_server *s, const char *text)
+{
+	int rc = -1;
+	pthread_mutex_lock(&s->wlock);
+	if (s->in_fd >= 0 && buf_append(&s->outq, text, strlen(text)) == 0) {
+		flush_locked(s);
+		rc = 0;
 	}
 	pthread_mutex_unlock(&s->wlock);
+	return rc;
 }
 
 /* Answers a request the server sent us: ping is answered, anything else
@@ -188,7 +217,11 @@ void *mcp_reader_main(void *arg)
 	while (a.out >= 0) {
 		struct pollfd p[2] = {{.fd = a.out, .events = POLLIN}, {.fd = a.err, .events = POLLIN}};
 		int np = a.err >= 0 ? 2 : 1;
-		if (poll(p, (nfds_t)np, -1) < 0) {
+		/* What the server's stdin did not take yet goes as it reads:
+		 * looked at often while some is left, now and then else (a
+		 * writer may have left some meanwhile). */
+		int wait = mcp_flush(s) ? 20 : 250;
+		if (poll(p, (nfds_t)np, wait) < 0) {
 			if (errno == EINTR)
 				continue;
 			break;

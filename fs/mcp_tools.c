@@ -225,20 +225,25 @@ static void servers_put(struct mcp_server **v, size_t n)
 void mcp_shutdown(void)
 {
 	struct mcp_server *s, *next;
+	long long deadline;
 	pthread_mutex_lock(&mcp_lock);
 	s = servers;
 	servers = NULL;
 	pthread_mutex_unlock(&mcp_lock);
+	/* Every stdin closed first: one grace period for all of them. */
+	for (struct mcp_server *t = s; t; t = t->next)
+		mcp_srv_stop_begin(t);
+	deadline = now_ms() + MCP_STOP_WAIT_MS;
 	for (; s; s = next) {
 		next = s->next;
-		mcp_srv_stop(s);
+		mcp_srv_stop_end(s, deadline);
 		mcp_srv_put(s);
 	}
 }
 
 /* --- tools ---------------------------------------------------------------- */
 
-int mcp_tools_fetch(struct mcp_server *s, char *why, size_t n)
+int mcp_tools_fetch(struct mcp_server *s, const volatile int *cancel, char *why, size_t n)
 {
 	cJSON *all = cJSON_CreateArray(), *res = NULL;
 	char *cursor = NULL;
@@ -253,8 +258,8 @@ int mcp_tools_fetch(struct mcp_server *s, char *why, size_t n)
 		}
 		free(cursor);
 		cursor = NULL;
-		if (mcp_srv_rpc(s, "tools/list", params, mcp_cfg->tool_timeout_ms, NULL, 0, &res, why, n,
-				NULL, NULL) < 0) {
+		if (mcp_srv_rpc(s, "tools/list", params, mcp_cfg->tool_timeout_ms, cancel, 0, &res, why,
+				n, NULL, NULL) < 0) {
 			cJSON_Delete(all);
 			return -1;
 		}
@@ -336,7 +341,7 @@ static int taken_name(const cJSON *taken, const char *fn)
 	return 0;
 }
 
-cJSON *mcp_definitions(const cJSON *params, const cJSON *taken)
+cJSON *mcp_definitions(const cJSON *params, const cJSON *taken, const volatile int *cancel)
 {
 	const cJSON *allow = cJSON_GetObjectItemCaseSensitive(params, "lmsfs_tools");
 	cJSON *out = cJSON_CreateArray();
@@ -355,14 +360,14 @@ cJSON *mcp_definitions(const cJSON *params, const cJSON *taken)
 		if (s->conf.skip || !server_wanted(allow, s->conf.name))
 			continue;
 		pthread_mutex_lock(&s->lock);
-		if (mcp_srv_ensure(s, why, sizeof(why)) != 0) {
+		if (mcp_srv_ensure(s, cancel, why, sizeof(why)) != 0) {
 			pthread_mutex_unlock(&s->lock);
 			continue;
 		}
 		stale = s->list_stale;
 		s->list_stale = 0;
 		pthread_mutex_unlock(&s->lock);
-		if (stale && mcp_tools_fetch(s, why, sizeof(why)) != 0)
+		if (stale && mcp_tools_fetch(s, cancel, why, sizeof(why)) != 0)
 			log_warnx("mcp %s: cannot refresh its tools: %s", s->conf.name, why);
 		pthread_mutex_lock(&s->lock);
 		cJSON_ArrayForEach(t, s->tools)

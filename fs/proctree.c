@@ -7,9 +7,20 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+/* fork() for a child of a threaded process: _Fork() runs none of the
+ * fork handlers libraries registered (they may take locks that some
+ * thread of the daemon held at the first fork), and is async-signal-safe.
+ * glibc has it since 2.34; elsewhere the raw system call does the same. */
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 34))
+#define safe_fork() _Fork()
+#else
+#define safe_fork() ((pid_t)syscall(SYS_fork))
+#endif
 
 /* The shepherd's report: a tag and a number, one write each (atomic). */
 #define MSG_LEN (1 + (int)sizeof(int))
@@ -89,6 +100,37 @@ static int kill_all(pid_t prog)
 	return status;
 }
 
+/* Closes descriptors lo to hi; one by one, up to the descriptor limit,
+ * on a kernel without close_range (before 5.9). */
+static void close_fds(unsigned lo, unsigned hi)
+{
+	struct rlimit rl;
+
+	if (lo > hi || syscall(SYS_close_range, lo, hi, 0u) == 0)
+		return;
+	if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY ||
+	    rl.rlim_cur > (1u << 20))
+		rl.rlim_cur = 1u << 20;
+	for (unsigned fd = lo; fd <= hi && fd < rl.rlim_cur; fd++)
+		close((int)fd);
+}
+
+/* Closes every descriptor from 3 up but keep1 and keep2. */
+static void close_all_but(int keep1, int keep2)
+{
+	int k[2] = {keep1 < keep2 ? keep1 : keep2, keep1 < keep2 ? keep2 : keep1};
+	unsigned lo = 3;
+
+	for (int i = 0; i < 2; i++) {
+		if (k[i] < (int)lo)
+			continue;
+		if ((unsigned)k[i] > lo)
+			close_fds(lo, (unsigned)k[i] - 1);
+		lo = (unsigned)k[i] + 1;
+	}
+	close_fds(lo, ~0u);
+}
+
 /* In the program's process, between fork and exec. */
 static void __attribute__((noreturn))
 start_program(const char *path, char *const argv[], char *const envp[], const char *cwd,
@@ -107,8 +149,8 @@ start_program(const char *path, char *const argv[], char *const envp[], const ch
 			goto fail;
 	if (ew < 0)
 		goto fail;
-	syscall(SYS_close_range, 3u, (unsigned)ew - 1, 0u);
-	syscall(SYS_close_range, (unsigned)ew + 1, ~0u, 0u);
+	close_fds(3u, (unsigned)ew - 1);
+	close_fds((unsigned)ew + 1, ~0u);
 	if (cwd && chdir(cwd) < 0)
 		goto fail;
 	sigemptyset(&none);
@@ -139,6 +181,9 @@ shepherd(const char *path, char *const argv[], char *const envp[], const char *c
 	for (int s = 1; s < NSIG; s++)
 		if (s != SIGKILL && s != SIGSTOP)
 			sigaction(s, &dfl, NULL);
+	/* A copy of the daemon's memory, environment included: nothing of
+	 * it may be read through /proc by the program it starts. */
+	prctl(PR_SET_DUMPABLE, 0);
 	prctl(PR_SET_CHILD_SUBREAPER, 1);
 	if (flags & PROCTREE_PDEATH) {
 		prctl(PR_SET_PDEATHSIG, SIGTERM);
@@ -149,7 +194,7 @@ shepherd(const char *path, char *const argv[], char *const envp[], const char *c
 		put_msg(report, 'E', errno);
 		_exit(0);
 	}
-	prog = fork();
+	prog = safe_fork();
 	if (prog == 0) {
 		close(xp[0]);
 		start_program(path, argv, envp, cwd, fds, xp[1]);
@@ -161,10 +206,9 @@ shepherd(const char *path, char *const argv[], char *const envp[], const char *c
 		_exit(0);
 	}
 	setpgid(prog, prog);
-	/* Nothing of the daemon's stays open here but the report pipe. */
-	if (report > 3)
-		syscall(SYS_close_range, 3u, (unsigned)report - 1, 0u);
-	syscall(SYS_close_range, (unsigned)(report < 3 ? 3 : report + 1), ~0u, 0u);
+	/* Nothing of the daemon's stays open here but the report pipe (and
+	 * the pipe that says whether the exec worked). */
+	close_all_but(report, xp[0]);
 	while ((n = read(xp[0], &e, sizeof(e))) < 0 && errno == EINTR)
 		;
 	close(xp[0]);

@@ -310,7 +310,7 @@ static cJSON *scan(struct buf *report)
 	return arr;
 }
 
-cJSON *tooldef_definitions(const cJSON *params)
+cJSON *tooldef_definitions(const cJSON *params, const volatile int *cancel)
 {
 	const cJSON *allow = cJSON_GetObjectItemCaseSensitive(params, "lmsfs_tools");
 	cJSON *arr, *t, *next;
@@ -334,7 +334,7 @@ cJSON *tooldef_definitions(const cJSON *params)
 	}
 	/* Then the tools of the MCP servers (an executable's name wins). */
 	{
-		cJSON *m = mcp_definitions(params, arr), *t2;
+		cJSON *m = mcp_definitions(params, arr, cancel), *t2;
 		while (m && (t2 = cJSON_DetachItemFromArray(m, 0)))
 			cJSON_AddItemToArray(arr, t2);
 		cJSON_Delete(m);

@@ -32,8 +32,10 @@ const char *tooldef_dir_path(void);
 const char *tooldef_why_not(const char *name);
 /* The tool definitions for a request (array of {"type":"function",
  * "function":{...}}), narrowed by the conversation's params (may be NULL):
- * "lmsfs_tools": [names] allow-list, or false for none. NULL: no tools. */
-cJSON *tooldef_definitions(const cJSON *params);
+ * "lmsfs_tools": [names] allow-list, or false for none. NULL: no tools.
+ * Starting MCP servers for it is given up when *cancel (may be NULL)
+ * becomes nonzero. */
+cJSON *tooldef_definitions(const cJSON *params, const volatile int *cancel);
 /* The names a request offers, to hold the model's calls against: the
  * functions of `defs` (what tooldef_definitions gave, may be NULL), and,
  * when params.json brings its own "tools" or "functions" (merged over

@@ -261,10 +261,18 @@ def test_mcp_json_changes_refresh_the_tools(fake, mount, tmp_path):
     ("silent", "did not answer initialize within 2000 ms"),
     ("old", "speaks MCP protocol 2023-01-01; lmsfs needs 2025-06-18 or "
             "later"),
+    ("noexec", "cannot run %s: Permission denied"),
 ])
 def test_a_server_that_cannot_start(fake, mount, tmp_path, mode, why):
     entry = {"command": "no-such-mcp-server-xyz"} if mode == "missing" \
         else hostile_entry(mode)
+    if mode == "noexec":
+        # Named with a '/': run as given, and execve says why it cannot.
+        prog = tmp_path / "server.sh"
+        prog.write_text("#!/bin/sh\n")
+        prog.chmod(0o644)
+        entry = {"command": str(prog)}
+        why = why % prog
     m = mount_with(mount, tmp_path, {"bad": entry,
                                      "h": hostile_entry("good")},
                    tool_timeout="2s")
@@ -525,3 +533,191 @@ def test_mcp_json_created_emptied_and_removed(fake, mount, tmp_path):
     fake.enqueue(Reply(text="fine"))
     _, bodies = ask_fake(m, fake, "c", "hi")
     assert "tools" not in bodies[0] or not functions_of(bodies[0])
+
+
+def test_a_big_request_to_a_busy_server_is_not_cut(fake, mount, tmp_path):
+    """A server at work does not read its input for a while: a request
+    bigger than the pipe waits for it (no conversation blocks on the
+    write meanwhile) and reaches it whole, so that its answer comes."""
+    m = mount_with(mount, tmp_path, {"h": hostile_entry("good")},
+                   tool_timeout="15s")
+    mkconv(m, "busy")
+    mkconv(m, "big")
+    fake.enqueue(Reply(text="fine"))
+    ask_fake(m, fake, "big", "hi")
+    fake.enqueue(Reply(tool_calls=[{"id": "call_b", "name": "h__shout",
+                                    "arguments": json.dumps(
+                                        {"text": "a", "busy": 3})}]))
+    prompt(m, "busy", "go")
+    wait_for(lambda: "[lmsfs] tool h__shout" in stream_text(m, "busy"),
+             timeout=15, message="the busy call started")
+    content, _ = call(m, fake, "h__shout", {"text": "b" * 200000},
+                      conv="big", call_id="call_g")
+    assert content.startswith("BBBB") and "error" not in content, \
+        content[:300]
+    assert reply(m, "busy", timeout=20).strip() == "Echo: go"
+    assert '"content":"A"' in read_text(cdir(m, "busy") / "messages.jsonl")
+    assert "not JSON-RPC" not in m.log()
+
+
+@pytest.mark.xdist_group("timing")
+def test_unmount_stops_several_stuck_servers_together(fake, mount, tmp_path):
+    """Servers that ignore the end of their input and SIGTERM get one
+    grace period between them at unmount, not one each."""
+    pids = tmp_path / "pids"
+    names = ["s1", "s2", "s3", "s4"]
+    m = mount_with(mount, tmp_path,
+                   {n: hostile_entry("stubborn", pids) for n in names})
+    mkconv(m, "c")
+    fake.enqueue(Reply(text="fine"))
+    ask_fake(m, fake, "c", "hi")
+    started = [int(p) for p in pids.read_text().split()]
+    assert len(started) == len(names)
+    t0 = time.monotonic()
+    m.umount()
+    assert m.pid is None
+    took = time.monotonic() - t0
+    wait_for(lambda: all(proc_gone(p) for p in started), timeout=10,
+             message="the servers stopped at unmount")
+    assert took < 3, "unmount took %.1f s" % took
+
+
+def test_an_endless_line_from_a_server_is_dropped_not_kept(fake, mount,
+                                                           tmp_path):
+    """A server prints a line far over the cap before its answer: the line
+    is dropped as it comes (the daemon's memory stays bounded) and the
+    answer after it is taken."""
+    m = mount_with(mount, tmp_path, {"h": hostile_entry("good")},
+                   tool_timeout="20s")
+    mkconv(m, "c")
+    content, _ = call(m, fake, "h__shout", {"text": "ok", "flood": 80 << 20},
+                      timeout=40)
+    assert content == "OK", content[:200]
+    rss = 0
+    with open("/proc/%d/status" % m.pid) as f:
+        for ln in f:
+            if ln.startswith("VmHWM:"):
+                rss = int(ln.split()[1]) * 1024
+    assert rss < 60 << 20, "the daemon peaked at %d MiB" % (rss >> 20)
+
+
+@pytest.mark.xdist_group("timing")
+def test_a_late_answer_does_not_reach_the_next_call(fake, mount, tmp_path):
+    """A call times out; the server answers it later anyway. That answer
+    is dropped: the next call gets its own (ids are never reused)."""
+    pids = tmp_path / "pids"
+    m = mount_with(mount, tmp_path, {"h": hostile_entry("parallel", pids)},
+                   tool_timeout="1s")
+    mkconv(m, "c")
+    content, _ = call(m, fake, "h__shout", {"text": "late", "delay": 2})
+    assert content == ("error: h__shout did not finish within 1000 ms and "
+                       "was cancelled"), content
+    # Still the same process (it answered the ping); the late answer
+    # comes and goes.
+    wait_for(lambda: "hostile: answered request" in m.log(), timeout=10,
+             message="the late answer sent")
+    content, _ = call(m, fake, "h__shout", {"text": "fresh", "delay": 0.2},
+                      call_id="call_2")
+    assert content == "FRESH", content
+    assert len(pids.read_text().split()) == 1
+    assert "LATE" not in read_text(cdir(m, "c") / "messages.jsonl")
+
+
+@pytest.mark.xdist_group("timing")
+def test_no_server_starts_once_unmount_began(fake, mount, tmp_path):
+    """A request waits for one server's start when the unmount comes: the
+    servers after it in mcp.json are not started on the way out."""
+    first, second = tmp_path / "pids1", tmp_path / "pids2"
+    m = tmount(mount)
+    r = put_conf(m, tmp_path, None, raw=json.dumps({"mcpServers": {
+        "s": hostile_entry("silent", first),
+        "t": hostile_entry("good", second)}}))
+    assert r.returncode == 0, r.stderr
+    mkconv(m, "c")
+    prompt(m, "c", "go")
+    wait_for(lambda: first.exists() and first.read_text().strip(),
+             timeout=15, message="the first server started")
+    m.umount()
+    assert m.pid is None
+    assert not second.exists(), "a server was started during the unmount"
+    assert "mcp t:" not in m.log(), m.log()
+
+
+def daemon_children(pid):
+    kids = []
+    for t in os.listdir("/proc/%d/task" % pid):
+        with open("/proc/%d/task/%s/children" % (pid, t)) as f:
+            kids += [int(k) for k in f.read().split()]
+    return kids
+
+
+def test_no_zombies_are_left(fake, mount, tmp_path):
+    """Tools that ran, a server that crashed and was started again: the
+    daemon has reaped every process it started but the server running."""
+    m = mount_with(mount, tmp_path, {"h": hostile_entry("crash")})
+    add_tool(m, tmp_path, "quick", QUICK_TOOL)
+    mkconv(m, "c")
+    content, _ = call(m, fake, "h__shout", {"text": "x"})
+    assert "stopped during the call" in content, content
+    for i in range(3):
+        fake.enqueue(Reply(tool_calls=[{"id": "q%d" % i, "name": "quick",
+                                        "arguments": "{}"}]))
+        ask_fake(m, fake, "c", "go")
+
+    def settled():
+        kids = daemon_children(m.pid)
+        # One shepherd: the server started again by the turn's next
+        # request.
+        return len(kids) == 1 and not proc_gone(kids[0])
+    wait_for(settled, timeout=10, message="only the running server's "
+             "shepherd is a child: %r" % daemon_children(m.pid))
+
+
+@pytest.mark.xdist_group("timing")
+def test_a_server_dropped_from_mcp_json_is_not_started_again(fake, mount,
+                                                             tmp_path):
+    """A request still waits for one server's start when mcp.json drops
+    another: the dropped one is not started afterwards (it would run on,
+    listed nowhere, until the unmount)."""
+    first, second = tmp_path / "pids1", tmp_path / "pids2"
+    m = tmount(mount, tool_timeout="3s")
+    s_entry = hostile_entry("silent", first)
+    r = put_conf(m, tmp_path, None, raw=json.dumps({"mcpServers": {
+        "s": s_entry, "t": hostile_entry("good", second)}}))
+    assert r.returncode == 0, r.stderr
+    mkconv(m, "c")
+    fake.enqueue(Reply(text="fine"))
+    prompt(m, "c", "go")
+    wait_for(lambda: first.exists() and first.read_text().strip(),
+             timeout=15, message="the first server started")
+    r = put_conf(m, tmp_path, {"s": s_entry})
+    assert r.returncode == 0, r.stderr
+    assert "mcp t" not in tstatus(m)
+    assert reply(m, "c", timeout=20).strip() == "fine"
+    assert not second.exists(), "the dropped server was started"
+
+
+@pytest.mark.xdist_group("timing")
+def test_cancel_while_a_server_starts(fake, mount, tmp_path):
+    """The answer is cancelled while its request waits for a server's
+    start (it does not answer initialize): the turn ends at once, not at
+    tool_timeout, and the conversation goes on."""
+    pids = tmp_path / "pids"
+    m = mount_with(mount, tmp_path, {"s": hostile_entry("silent", pids)},
+                   tool_timeout="20s")
+    mkconv(m, "c")
+    prompt(m, "c", "go")
+    wait_for(lambda: pids.exists() and pids.read_text().strip(), timeout=15,
+             message="the server started")
+    t0 = time.monotonic()
+    write_text(cdir(m, "c") / ".ctl", "cancel\n")
+    r = sh(m, "cat c/.reply", timeout=30)
+    assert r.returncode != 0
+    assert time.monotonic() - t0 < 3, "cancel waited for the server's start"
+    wait_for(lambda: "busy" not in read_text(cdir(m, "c") / ".status"),
+             timeout=5, message="the conversation idle again")
+    # The half-started server is gone; no delay holds its next start.
+    wait_for(lambda: proc_gone(int(pids.read_text().split()[0])), timeout=5,
+             message="the server given up is killed")
+    assert "mcp s: down: its start was given up (cancelled) (restarted " \
+        "on next use)" in tstatus(m), tstatus(m)

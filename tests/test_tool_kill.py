@@ -132,3 +132,19 @@ def test_a_killed_daemon_takes_the_tool_tree_with_it(fake, mount, tmp_path):
     wait_for(lambda: all(proc_gone(p) for p in pids.values()), timeout=5,
              message="every process of the tool gone with the daemon: %r"
              % pids)
+
+
+def test_a_tool_that_cannot_be_executed_says_why(fake, mount, tmp_path):
+    """execve fails (here: the #! interpreter does not exist): the model
+    reads why, not an exit status of the shepherd's making."""
+    m = tmount(mount)
+    add_tool(m, tmp_path, "broken", "#!/no/such/interpreter\n")
+    mkconv(m, "c")
+    fake.enqueue(Reply(tool_calls=[{"id": "call_1", "name": "broken",
+                                    "arguments": "{}"}]))
+    prompt(m, "c", "go")
+    assert reply(m, "c", timeout=15).strip() == "Echo: go"
+    hist = read_text(cdir(m, "c") / "messages.jsonl")
+    assert "error: cannot run broken: No such file or directory" in hist, \
+        hist
+    assert_still_serving(m, fake)

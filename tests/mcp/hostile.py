@@ -28,6 +28,11 @@ MODE
     stubborn    good, but ignores SIGTERM and the end of its input (only
                 SIGKILL stops it)
 
+In every mode, a tools/call with arguments.busy first sleeps that many
+seconds without reading its input (a single-threaded server at work), and
+one with arguments.flood first prints that many bytes of one line that is
+not JSON.
+
 With PIDFILE, writes its PID there (appending a line per start).
 Logs to stderr ("hostile: ...") as a server would.
 """
@@ -54,6 +59,8 @@ def answer_later(mid, args):
         args.get("text", "").upper()
     send({"jsonrpc": "2.0", "id": mid, "result": {
         "content": [{"type": "text", "text": text}]}})
+    sys.stderr.write("hostile: answered request %s late\n" % mid)
+    sys.stderr.flush()
 
 
 def main():
@@ -134,6 +141,14 @@ def main():
                 threading.Thread(target=answer_later, daemon=True, args=(
                     mid, msg["params"]["arguments"])).start()
                 continue
+            time.sleep(float(msg["params"]["arguments"].get("busy", 0)))
+            flood = int(msg["params"]["arguments"].get("flood", 0))
+            while flood > 0:
+                chunk = min(flood, 1 << 20)
+                sys.stdout.write("x" * chunk)
+                flood -= chunk
+            if msg["params"]["arguments"].get("flood"):
+                sys.stdout.write("\n")
             if mode == "env":
                 fds = sorted(int(x) for x in os.listdir("/proc/self/fd"))
                 text = json.dumps({"env": dict(os.environ), "fds": fds})
