@@ -129,6 +129,30 @@ def test_good_settings_still_written_every_way(fake, mount):
     assert read_text(c / "system") == "thXee"
 
 
+def test_setting_written_by_several_commands_through_one_redirect(
+        fake, mount, tmp_path):
+    """A shell group writes params.json in pieces through one descriptor;
+    a command of the group that exits closes its copy (a flush) while the
+    text is not whole yet. That close may say so, but the text is not
+    refused for good: the rest arrives and the whole JSON goes in."""
+    m = cmount(mount)
+    c = mkconv(m, "grp")
+    assert sh(m, "echo '{\"seed\": 1}' > grp/params.json").returncode == 0
+    body = tmp_path / "body"
+    body.write_text('"seed": 7,\n"top_k": 3\n')
+    sh(m, "{ echo '{'; cat %s; echo '}'; } > grp/params.json" % body)
+    assert json.loads(read_text(c / "params.json")) == {"seed": 7, "top_k": 3}
+    prompt(m, "grp", "hi")
+    reply(m, "grp")
+    body = chat_bodies(fake)[-1]
+    assert body["seed"] == 7 and body["top_k"] == 3
+    # A text that never becomes whole is still refused; the old stays.
+    r = sh(m, "{ echo '{'; cat %s; } > grp/params.json" % (tmp_path / "body"))
+    assert r.returncode != 0
+    assert json.loads(read_text(c / "params.json")) == {"seed": 7, "top_k": 3}
+    assert "params.json" in status(m, "grp")["rejected_write"]
+
+
 def test_unusable_file_renamed_over_a_setting_refused(fake, mount):
     m = cmount(mount)
     c = mkconv(m, "mv")
