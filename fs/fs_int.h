@@ -21,8 +21,8 @@
  *
  * Lock order: a handle's lock -> conv.c's locks (table -> conversation ->
  * history) and the model list's; handles_lock -> a handle's lock
- * (fh_each); nodes_lock, waiters_lock, temps_lock and mops_lock are
- * leaves. No FUSE
+ * (fh_each); nodes_lock, waiters_lock, temps_lock, mops_lock and
+ * fs_setting.c's commit_lock are leaves. No FUSE
  * reply is sent while holding any of them: once a reply is out, the reader
  * may close the file and a release on another thread may free the handle
  * (hence the "prepared" replies).

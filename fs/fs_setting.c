@@ -121,6 +121,11 @@ static int setting_check(const char *name, const char *data, size_t len, int fin
 	return 0;
 }
 
+/* One settings file replaced at a time (fsio_replace's scratch names are
+ * per file): writers closing at once each put their whole text in place,
+ * in turn. A leaf: held for system calls only. */
+static pthread_mutex_t commit_lock = PTHREAD_MUTEX_INITIALIZER;
+
 /* Puts data in place of the file, atomically; then the mode and times a
  * writer's handle was given meanwhile (f may be NULL). */
 static int setting_commit(const struct nodeinfo *ni, struct fh *f, const char *data,
@@ -129,12 +134,14 @@ static int setting_commit(const struct nodeinfo *ni, struct fh *f, const char *d
 	int dfd = conv_dir(ni->conv), ret;
 	if (dfd < 0)
 		return dfd;
+	pthread_mutex_lock(&commit_lock);
 	ret = fsio_replace(dfd, ni->name, data, len);
 	if (ret == 0 && f && f->mode_set && fchmodat(dfd, ni->name, f->new_mode, 0) < 0)
 		log_warn("conversation %s: cannot set the mode of %s", ni->conv, ni->name);
 	if (ret == 0 && f && f->times_set &&
 	    utimensat(dfd, ni->name, f->times, AT_SYMLINK_NOFOLLOW) < 0)
 		log_warn("conversation %s: cannot set the times of %s", ni->conv, ni->name);
+	pthread_mutex_unlock(&commit_lock);
 	close(dfd);
 	return ret;
 }
