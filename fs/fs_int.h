@@ -24,7 +24,8 @@
  * Lock order: a handle's lock -> conv.c's locks (table -> conversation ->
  * history) and the model list's; handles_lock -> a handle's lock
  * (fh_each); nodes_lock, waiters_lock, temps_lock, mops_lock and
- * notify_lock are leaves. No FUSE reply and no kernel notification is sent
+ * notify_lock are leaves, and so is fs_setting.c's commit_lock (taken under
+ * a handle's lock). No FUSE reply and no kernel notification is sent
  * while holding any of them: once a reply is out, the reader
  * may close the file and a release on another thread may free the handle
  * (hence the "prepared" replies).

@@ -121,6 +121,11 @@ static int setting_check(const char *name, const char *data, size_t len, int fin
 	return 0;
 }
 
+/* One settings file replaced at a time (fsio_replace's scratch names are
+ * per file): writers closing at once each put their whole text in place,
+ * in turn. A leaf: held for system calls only. */
+static pthread_mutex_t commit_lock = PTHREAD_MUTEX_INITIALIZER;
+
 /* Puts data in place of the file, atomically; then the mode and times a
  * writer's handle was given meanwhile (f may be NULL). */
 static int setting_commit(const struct nodeinfo *ni, struct fh *f, const char *data,
@@ -129,12 +134,14 @@ static int setting_commit(const struct nodeinfo *ni, struct fh *f, const char *d
 	int dfd = conv_dir(ni->conv), ret;
 	if (dfd < 0)
 		return dfd;
+	pthread_mutex_lock(&commit_lock);
 	ret = fsio_replace(dfd, ni->name, data, len);
 	if (ret == 0 && f && f->mode_set && fchmodat(dfd, ni->name, f->new_mode, 0) < 0)
 		log_warn("conversation %s: cannot set the mode of %s", ni->conv, ni->name);
 	if (ret == 0 && f && f->times_set &&
 	    utimensat(dfd, ni->name, f->times, AT_SYMLINK_NOFOLLOW) < 0)
 		log_warn("conversation %s: cannot set the times of %s", ni->conv, ni->name);
+	pthread_mutex_unlock(&commit_lock);
 	close(dfd);
 	return ret;
 }
@@ -249,10 +256,15 @@ static ssize_t setting_write(struct fh *f, const struct nodeinfo *ni, const char
 }
 
 /* The whole text checked, then put in place; a refused write commits
- * nothing. Handle's lock held. */
-static int setting_commit_fh(struct fh *f, const struct nodeinfo *ni)
+ * nothing. last: no more writes can come (the release). A text that is
+ * not whole yet but may still become whole (unfinished JSON, a cut UTF-8
+ * sequence) is refused for this close only: other processes may share
+ * the descriptor (`{ echo '{'; cat body; echo '}'; } > params.json`, where
+ * cat's exit closes its copy) and write the rest. Handle's lock held. */
+static int setting_commit_fh(struct fh *f, const struct nodeinfo *ni, int last)
 {
-	char why[300] = "";
+	char why[300] = "", why2[300];
+	const char *d = f->data.data ? f->data.data : "";
 	int ret;
 
 	if (!f->writable)
@@ -261,10 +273,10 @@ static int setting_commit_fh(struct fh *f, const struct nodeinfo *ni)
 		return f->refused;
 	if (!f->dirty)
 		return 0;
-	ret = setting_check(ni->name, f->data.data ? f->data.data : "", f->data.len, 1, why,
-			    sizeof(why));
+	ret = setting_check(ni->name, d, f->data.len, 1, why, sizeof(why));
 	if (ret) {
-		f->refused = ret;
+		if (last || setting_check(ni->name, d, f->data.len, 0, why2, sizeof(why2)) != 0)
+			f->refused = ret;
 		note_reject(ni->conv, ni->name, why);
 		return ret;
 	}
@@ -282,20 +294,20 @@ static int setting_flush(struct fh *f, const struct nodeinfo *ni)
 {
 	if (f->writable && !f->refused && f->dirty && f->data.len == 0)
 		return 0;
-	return setting_commit_fh(f, ni);
+	return setting_commit_fh(f, ni, 0);
 }
 
 /* The last close: what is still pending (an emptied file) is committed. */
 static void setting_release(struct fh *f, const struct nodeinfo *ni)
 {
-	if (setting_commit_fh(f, ni) != 0 && !f->refused)
+	if (setting_commit_fh(f, ni, 1) != 0 && !f->refused)
 		log_warnx("conversation %s: cannot write %s", ni->conv, ni->name);
 }
 
 static int setting_fsync(struct fh *f, const struct nodeinfo *ni, int datasync)
 {
 	(void)datasync;
-	return setting_commit_fh(f, ni);
+	return setting_commit_fh(f, ni, 0);
 }
 
 /* ftruncate on a writer's handle cuts its copy; truncate(2) cuts the file

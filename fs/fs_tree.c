@@ -491,11 +491,11 @@ void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 			ret = cpath(to, sizeof(to), npi.conv, newname);
 		if (ret)
 			goto out;
-		if (strcmp(newname, "stream") == 0 || strcmp(name, "stream") == 0) {
-			/* The transcript is append-only: it may not be replaced. */
+		if (strcmp(newname, STORE_STREAM) == 0 || strcmp(newname, STORE_REASONING) == 0) {
+			/* The transcript and the reasoning are append-only:
+			 * they may not be replaced. */
 			struct stat st;
-			if (strcmp(newname, "stream") == 0 &&
-			    fstatat(conv_root_fd(), to, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+			if (fstatat(conv_root_fd(), to, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
 			    st.st_size > 0) {
 				ret = -EPERM;
 				goto out;

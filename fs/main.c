@@ -155,14 +155,34 @@ static void parse_cli(int argc, char **argv, struct cli *c)
 	}
 }
 
+/* Where the value of the -o item [p, end) starts when split_opts reads
+ * its key as api_key (a backslash escapes any character, '=' included),
+ * else NULL. */
+static char *api_key_value(char *p, const char *end)
+{
+	static const char key[] = "api_key";
+	size_t k = 0;
+
+	while (p < end) {
+		char c = *p;
+		if (c == '\\' && p + 1 < end)
+			c = *++p;
+		p++;
+		if (c == '=')
+			return k == sizeof(key) - 1 ? p : NULL;
+		if (k == sizeof(key) - 1 || c != key[k])
+			return NULL;
+		k++;
+	}
+	return NULL;
+}
+
 /* Overwrites, in place, the value of every api_key=... item of the -o
  * arguments, so that ps and /proc/PID/cmdline (readable by every local
  * user) no longer show it; parse_cli has taken its own copy (libfuse never
  * sees our argv). The length stays: the kernel shows the original area. */
 static void scrub_argv(int argc, char **argv)
 {
-	static const char key[] = "api_key=";
-
 	for (int i = 1; i < argc; i++) {
 		char *list;
 		if (!strcmp(argv[i], "-o") && i + 1 < argc)
@@ -173,11 +193,11 @@ static void scrub_argv(int argc, char **argv)
 			continue;
 		/* Items start at the beginning or after an unescaped ','. */
 		for (char *p = list; *p;) {
-			char *end = p;
+			char *end = p, *v;
 			while (*end && *end != ',')
 				end += (*end == '\\' && end[1]) ? 2 : 1;
-			if (!strncmp(p, key, sizeof(key) - 1))
-				memset(p + sizeof(key) - 1, '*', (size_t)(end - p) - (sizeof(key) - 1));
+			if ((v = api_key_value(p, end)) != NULL)
+				memset(v, '*', (size_t)(end - v));
 			p = *end ? end + 1 : end;
 		}
 	}

@@ -51,7 +51,11 @@ Knobs (plain attributes, change them at any time):
                          before the terminating chunk, as a slow or odd
                          server may; srv.linger_data (bytes, default b"")
                          is sent as one chunk at the start of the linger,
-                         e.g. b": keep-alive\n\n" comments, or more
+                         e.g. b": keep-alive\n\n" comments, or more;
+                         srv.linger_every (seconds, default 0.0): when > 0,
+                         linger_data is sent again every linger_every
+                         seconds for the whole linger (a server trickling
+                         bytes after [DONE])
     srv.strict_messages  False (default); True: like chat templates that
                          insist (Mistral, Gemma) and servers that want a
                          result for every tool call, a request with two
@@ -770,6 +774,12 @@ class _Handler(BaseHTTPRequestHandler):
         fake = self.fake
         if fake.linger_data:
             self._stream_write(fake.linger_data)
+        if fake.linger_every > 0 and fake.linger_data:
+            end = time.monotonic() + fake.linger
+            while time.monotonic() < end:
+                self._sleep(min(fake.linger_every, end - time.monotonic()))
+                self._stream_write(fake.linger_data)
+            return
         self._sleep(fake.linger)
 
     def _event(self, obj, eol="\n", write_size=None, ascii_json=False):
@@ -1289,6 +1299,7 @@ class FakeLMS:
         self.refuse_images = True
         self.linger = 0.0
         self.linger_data = b""
+        self.linger_every = 0.0
         self.connections = 0
         self.routes = {}
         self.requests = []

@@ -62,6 +62,27 @@ def test_reply_left_open_after_done_does_not_hold_the_answer(fake, mount):
     assert ask(m, "c", "third") == echo_of("third")
 
 
+@pytest.mark.xdist_group("timing")
+def test_reply_trickling_after_done_does_not_hold_the_answer(fake, mount):
+    """A server that trickles a few bytes every 50 ms after [DONE] (never
+    enough for the byte bound) is cut by the time bound: the answer is
+    not held for the whole trickle, and the next turn works."""
+    fake.chunked = True
+    fake.linger = 6.0
+    fake.linger_every = 0.05
+    fake.linger_data = b": ping\n\n"
+    m = cmount(mount, **QUIET)
+    mkconv(m, "c")
+    for q in ("one", "two"):
+        t0 = time.monotonic()
+        assert ask(m, "c", q) == echo_of(q)
+        took = time.monotonic() - t0
+        assert took < 2.0, "the answer waited %.1f s for the trickle" % took
+        assert status(m, "c")["state"] == "idle"
+    fake.linger = 0.0
+    assert ask(m, "c", "three") == echo_of("three")
+
+
 def test_failed_transfers_leave_no_poisoned_connection(fake, mount):
     fake.chunked = True
     cfg = dict(FAST_FAIL)

@@ -325,3 +325,24 @@ def test_stats_counted_once_when_cancelled_in_a_tool_round(fake, mount,
     r = sh(m, "jq -s '[.[].lmsfs_stats.completion_tokens // 0] | add' "
               "cx/messages.jsonl")
     assert r.returncode == 0 and int(r.stdout) == 7, (r.stdout, r.stderr)
+
+
+def test_reasoning_cannot_be_replaced_by_rename(fake, mount):
+    """reasoning is append-only like stream: a rename over it (once it
+    holds something) is refused and leaves it as it was; moving it away
+    still works."""
+    m = cmount(mount)
+    c = mkconv(m, "rr")
+    fake.enqueue(Reply(text="Done.", reasoning="thinking hard",
+                       reasoning_key="reasoning_content"))
+    prompt(m, "rr", "go")
+    assert reply(m, "rr") == "Done."
+    before = reasoning_text(m, "rr")
+    assert "thinking hard" in before
+    assert sh(m, "printf forged > rr/tmp").returncode == 0
+    r = sh(m, "mv rr/tmp rr/reasoning")
+    assert r.returncode != 0 and "not permitted" in r.stderr, r
+    assert reasoning_text(m, "rr") == before
+    assert (c / "tmp").exists()
+    assert sh(m, "mv rr/reasoning rr/old-reasoning").returncode == 0
+    assert read_text(c / "old-reasoning") == before

@@ -173,3 +173,30 @@ def test_the_daemon_is_not_dumpable(fake, lmsfs_bin, tmp_path):
             assert st.st_uid == 0, (f, st.st_uid)
     finally:
         m.umount()
+
+
+@pytest.mark.parametrize("spelling", [
+    ("-oapi_key=%s",),
+    ("-o", "stream=true", "-o", "stream=true,api_key=%s"),
+    ("-o", "api\\_key=%s"),            # a backslash escapes any character
+    ("-o", "a\\pi_key=%s"),
+    ("-o", "api_key\\=%s"),
+    ("-o", "system_prompt=y\\,z,api_key=%s"),
+], ids=["joined", "several", "escaped-underscore", "escaped-p",
+        "escaped-equals", "after-escaped-comma"])
+def test_api_key_scrubbed_in_every_spelling(fake, mount, spelling):
+    """Every spelling of -o that the option parser reads as api_key has
+    its value scrubbed, escapes included (the parser drops a backslash
+    and keeps the character after it)."""
+    secret = "sk-" + uuid.uuid4().hex
+    fake.require_token = secret
+    args = tuple(a.replace("%s", secret) for a in spelling)
+    args += ("-o", "default_model=%s" % LLAMA)
+    m = mount(args=args)
+    assert m.pid
+    args = cmdline(m.pid)
+    assert secret.encode() not in args, args
+    assert secret[3:].encode() not in args, args
+    # The key was read (it is the one the server wants).
+    mkconv(m, "c")
+    assert ask(m, "c", "hi").rstrip("\n") == echo_of("hi")

@@ -8,6 +8,7 @@ dropped, never the line."""
 import errno
 import json
 import os
+import threading
 
 import pytest
 
@@ -127,6 +128,75 @@ def test_good_settings_still_written_every_way(fake, mount):
         f.seek(2)
         f.write("X")
     assert read_text(c / "system") == "thXee"
+
+
+def test_setting_written_by_several_commands_through_one_redirect(
+        fake, mount, tmp_path):
+    """A shell group writes params.json in pieces through one descriptor;
+    a command of the group that exits closes its copy (a flush) while the
+    text is not whole yet. That close may say so, but the text is not
+    refused for good: the rest arrives and the whole JSON goes in."""
+    m = cmount(mount)
+    c = mkconv(m, "grp")
+    assert sh(m, "echo '{\"seed\": 1}' > grp/params.json").returncode == 0
+    body = tmp_path / "body"
+    body.write_text('"seed": 7,\n"top_k": 3\n')
+    sh(m, "{ echo '{'; cat %s; echo '}'; } > grp/params.json" % body)
+    assert json.loads(read_text(c / "params.json")) == {"seed": 7, "top_k": 3}
+    prompt(m, "grp", "hi")
+    reply(m, "grp")
+    body = chat_bodies(fake)[-1]
+    assert body["seed"] == 7 and body["top_k"] == 3
+    # A text that never becomes whole is still refused; the old stays.
+    r = sh(m, "{ echo '{'; cat %s; } > grp/params.json" % (tmp_path / "body"))
+    assert r.returncode != 0
+    assert json.loads(read_text(c / "params.json")) == {"seed": 7, "top_k": 3}
+    assert "params.json" in status(m, "grp")["rejected_write"]
+
+
+def test_concurrent_writers_of_a_setting(fake, mount):
+    """Writers closing the same settings file at the same time each put
+    their whole text in place, in some order: none of them fails, and
+    what is read at any moment is one writer's whole text."""
+    m = cmount(mount)
+    c = mkconv(m, "cw")
+    errs, torn, written = [], [], {0}
+    stop = threading.Event()
+    assert sh(m, "echo '{\"seed\": 0}' > cw/params.json").returncode == 0
+
+    def writer(k):
+        for i in range(25):
+            seed = k * 1000 + i
+            written.add(seed)
+            try:
+                with open(c / "params.json", "w") as f:
+                    f.write(json.dumps({"seed": seed, "pad": "x" * 4000}))
+            except OSError as e:
+                errs.append((seed, e))
+
+    def reader():
+        while not stop.is_set():
+            try:
+                t = read_text(c / "params.json")
+                if t and json.loads(t)["seed"] not in written:
+                    torn.append(t[:60])
+            except ValueError:
+                torn.append(t[:60])
+            except OSError as e:
+                torn.append(e)
+
+    ts = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
+    r = threading.Thread(target=reader)
+    r.start()
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    stop.set()
+    r.join()
+    assert not errs, errs[:5]
+    assert not torn, torn[:5]
+    assert json.loads(read_text(c / "params.json"))["seed"] in written
 
 
 def test_unusable_file_renamed_over_a_setting_refused(fake, mount):
