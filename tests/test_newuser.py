@@ -1,7 +1,9 @@
 """What a new user tried with the shell and got wrong: each test is a
 command line from the README done through a real mount."""
 
-from conftest import read_text, run
+from conftest import read_text, run, wait_for
+from conv_helpers import cdir, cmount, mkconv, prompt, reply
+from fake_lms import Reply
 from test_mcp import hostile_entry, mount_with, tstatus
 
 
@@ -27,3 +29,25 @@ def test_shell_redirect_of_a_bad_mcp_json_keeps_the_old_file(
     r = run(["bash", "-c", ": > " + str(path)])
     assert r.returncode == 0, r.stderr
     assert read_text(path) == ""
+
+
+def test_reasoning_of_a_killed_turn_is_parted_from_the_next(fake, mount):
+    # kill -9 while the model reasons: the next turn's reasoning still
+    # starts after a blank line, like every other turn's.
+    m = cmount(mount)
+    mkconv(m, "k")
+    fake.enqueue(Reply(text="never shown",
+                       reasoning=["r%d " % i for i in range(60)], delay=0.05))
+    prompt(m, "k", "think")
+    path = cdir(m, "k") / "reasoning"
+    wait_for(lambda: path.exists() and "r3 " in read_text(path),
+             message="reasoning under way")
+    m.kill9()
+    m.start()
+    fake.enqueue(Reply(text="ok", reasoning="NEXT"))
+    prompt(m, "k", "again")
+    assert reply(m, "k") == "ok"
+    text = read_text(path)
+    cut, sep, nxt = text.rpartition("\n\nNEXT")
+    assert sep and nxt == "\n", repr(text[-80:])
+    assert cut.startswith("r0 r1 ") and "\n" not in cut, repr(text[-80:])
