@@ -28,7 +28,7 @@ def test_shell_redirect_of_a_bad_mcp_json_keeps_the_old_file(
     # An emptied file (`: >`) is a valid mcp.json: no servers.
     r = run(["bash", "-c", ": > " + str(path)])
     assert r.returncode == 0, r.stderr
-    assert read_text(path) == ""
+    wait_for(lambda: read_text(path) == "", message="mcp.json emptied")
 
 
 def test_reasoning_of_a_killed_turn_is_parted_from_the_next(fake, mount):
