@@ -24,6 +24,25 @@ static const char *str(const cJSON *o, const char *k)
 	return cJSON_IsString(v) ? v->valuestring : NULL;
 }
 
+/* A user message's text: its content, or the first text part when the
+ * content is an array of parts (a prompt with attachments). */
+static const char *user_text(const cJSON *m)
+{
+	const cJSON *c = cJSON_GetObjectItemCaseSensitive(m, "content"), *part;
+
+	if (cJSON_IsString(c))
+		return c->valuestring;
+	if (!cJSON_IsArray(c))
+		return "";
+	cJSON_ArrayForEach(part, c)
+	{
+		const char *type = str(part, "type");
+		if (type && strcmp(type, "text") == 0 && str(part, "text"))
+			return str(part, "text");
+	}
+	return "";
+}
+
 static int word_in(const char *text, const char *word)
 {
 	size_t n = strlen(word);
@@ -116,7 +135,7 @@ enum err_class mock_complete(const struct config *cfg, const char *body,
 	{
 		if (str(m, "role") && !strcmp(str(m, "role"), "user")) {
 			n_user++;
-			prompt = str(m, "content") ? str(m, "content") : "";
+			prompt = user_text(m);
 		}
 	}
 	if (role && (!strcmp(role, "tool") || !strcmp(role, "function"))) {

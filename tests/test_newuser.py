@@ -5,6 +5,7 @@ from conftest import read_text, run, wait_for
 from conv_helpers import cdir, cmount, mkconv, prompt, reply
 from fake_lms import Reply
 from test_mcp import hostile_entry, mount_with, tstatus
+from test_mock_demo import MOCK, mock_mount, mock_text
 
 
 def test_shell_redirect_of_a_bad_mcp_json_keeps_the_old_file(
@@ -51,3 +52,17 @@ def test_reasoning_of_a_killed_turn_is_parted_from_the_next(fake, mount):
     cut, sep, nxt = text.rpartition("\n\nNEXT")
     assert sep and nxt == "\n", repr(text[-80:])
     assert cut.startswith("r0 r1 ") and "\n" not in cut, repr(text[-80:])
+
+
+def test_mock_answers_a_prompt_that_carries_an_attachment(mount, tmp_path):
+    # With a file attached the user line's content is an array of parts:
+    # the mock still says what the prompt was.
+    m = mock_mount(mount, default_model=MOCK)
+    c = mkconv(m, "a")
+    assert run(["mkdir", str(c / "attach")]).returncode == 0
+    (tmp_path / "notes.txt").write_text("total: 12.50\n")
+    r = run(["cp", str(tmp_path / "notes.txt"), str(c / "attach")])
+    assert r.returncode == 0, r.stderr
+    prompt(m, "a", "what is the total?")
+    assert reply(m, "a") == mock_text(1, "what is the total?")
+    assert (c / "files" / "notes.txt").exists()
