@@ -1,7 +1,7 @@
 """What a new user tried with the shell and got wrong: each test is a
 command line from the README done through a real mount."""
 
-from conftest import read_text, run, wait_for
+from conftest import fusermount, is_mounted, read_text, run, wait_for
 from conv_helpers import cdir, cmount, mkconv, prompt, reply
 from fake_lms import Reply
 from test_mcp import hostile_entry, mount_with, tstatus
@@ -66,3 +66,32 @@ def test_mock_answers_a_prompt_that_carries_an_attachment(mount, tmp_path):
     prompt(m, "a", "what is the total?")
     assert reply(m, "a") == mock_text(1, "what is the total?")
     assert (c / "files" / "notes.txt").exists()
+
+
+def test_a_state_directory_in_use_is_refused(fake, mount, lmsfs_bin,
+                                             tmp_path):
+    # A second daemon on the same state directory (a systemd unit and a
+    # hand mount, say) would take the first one's running answers for
+    # crashed ones and mark them interrupted in the middle of the history.
+    m = cmount(mount)
+    mkconv(m, "c")
+    fake.enqueue(Reply(text="one two three four five six", delay=0.2))
+    prompt(m, "c", "slow")
+    mnt2 = tmp_path / "second"
+    mnt2.mkdir()
+    try:
+        r = run([str(lmsfs_bin), str(mnt2), "-o",
+                 "state_dir=%s,base_url=%s" % (m.state, fake.url)])
+    finally:
+        if is_mounted(mnt2):
+            fusermount(mnt2, lazy=True)
+    assert r.returncode != 0, r
+    assert "in use by another lmsfs" in r.stderr, r.stderr
+    assert str(m.state) in r.stderr, r.stderr
+    assert reply(m, "c") == "one two three four five six"
+    hist = read_text(cdir(m, "c") / "messages.jsonl")
+    assert "interrupted" not in hist, hist
+    # Once the first is unmounted the directory is free again.
+    m.umount()
+    m.start()
+    assert reply(m, "c") == "one two three four five six"
