@@ -124,8 +124,13 @@ static int commit(struct fh *f, const struct nodeinfo *ni)
 	return 0;
 }
 
+/* An emptied copy waits for the release: a shell's `> mcp.json` flushes
+ * once before anything is written (dup2, then close), and committing then
+ * would empty the file before a write that may be refused. */
 static int mcpconf_flush(struct fh *f, const struct nodeinfo *ni)
 {
+	if (f->writable && !f->refused && f->dirty && f->data.len == 0)
+		return 0;
 	return commit(f, ni);
 }
 

@@ -132,8 +132,13 @@ static void reasoning_starts(struct stream_ctx *s)
 			gen_changed(s->job, NULL); /* the listing may show it now */
 		}
 	}
-	if (s->out->reason_fd >= 0 && fstat(s->out->reason_fd, &st) == 0 && st.st_size > 0)
+	if (s->out->reason_fd >= 0 && fstat(s->out->reason_fd, &st) == 0 && st.st_size > 0) {
+		/* A turn cut by a killed daemon left its last line open: end
+		 * it too, so that a blank line still parts the turns. */
+		if (store_reasoning_line_open(s->out->reason_fd))
+			write_reasoning(s, "\n", 1);
 		write_reasoning(s, "\n", 1);
+	}
 	if (s->ans->content.len == 0 && s->stream_fd >= 0) {
 		flush_text(s);
 		if (fsio_write_all(s->stream_fd, mark, sizeof(mark) - 1) != 0)

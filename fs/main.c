@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -281,6 +282,21 @@ static int mkdir_p(const char *path, mode_t mode)
 	return 0;
 }
 
+/* One daemon per state directory: a second one would take the first one's
+ * running answers for crashed ones. The lock lives as long as the daemon
+ * (fuse_daemonize's child inherits it); a daemon just unmounted may still
+ * be finishing, so it is given 5 s. 0 or -errno. */
+static int lock_state(int fd)
+{
+	for (int i = 0;; i++) {
+		if (flock(fd, LOCK_EX | LOCK_NB) == 0)
+			return 0;
+		if (errno != EWOULDBLOCK || i == 100)
+			return -errno;
+		usleep(50000);
+	}
+}
+
 int main(int argc, char **argv)
 {
 	struct cli cli = {0};
@@ -357,6 +373,12 @@ int main(int argc, char **argv)
 	state_fd = open(cfg.state_dir, O_DIRECTORY | O_RDONLY | O_CLOEXEC);
 	if (state_fd < 0)
 		fatalx("state_dir %s: %s", cfg.state_dir, strerror(errno));
+	ret = lock_state(state_fd);
+	if (ret == -EWOULDBLOCK)
+		fatalx("state_dir %s: in use by another lmsfs (unmount it first)", cfg.state_dir);
+	if (ret)
+		log_warnx("state_dir %s: cannot lock it (%s); make sure no other lmsfs uses it",
+			  cfg.state_dir, strerror(-ret));
 
 	if (http_init(&cfg) != 0)
 		fatalx("cannot initialise libcurl");

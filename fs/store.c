@@ -287,7 +287,17 @@ int store_stream_open(int dirfd)
 
 int store_reasoning_open(int dirfd)
 {
-	return fsio_open(dirfd, STORE_REASONING, O_WRONLY | O_APPEND | O_CREAT, 0644);
+	return fsio_open(dirfd, STORE_REASONING, O_RDWR | O_APPEND | O_CREAT, 0644);
+}
+
+int store_reasoning_line_open(int fd)
+{
+	struct stat st;
+	char last;
+
+	if (fstat(fd, &st) != 0 || st.st_size == 0)
+		return 0;
+	return pread(fd, &last, 1, st.st_size - 1) == 1 && last != '\n';
 }
 
 int store_stream_write(int dirfd, const char *text, size_t len)

@@ -142,6 +142,9 @@ int store_stream_write(int dirfd, const char *text, size_t len);
 /* Opens reasoning for the worker's appends, creating it (fd or -errno);
  * written like stream (never synced). */
 int store_reasoning_open(int dirfd);
+/* Whether the reasoning file open as fd ends in the middle of a line (a
+ * turn cut by a killed daemon): 1 or 0. */
+int store_reasoning_line_open(int fd);
 /* Appends one marked line ("[lmsfs] ...", made a single line). */
 void store_mark(int dirfd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* stream's current size (0 when absent). */

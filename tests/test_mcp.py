@@ -522,7 +522,8 @@ def test_mcp_json_created_emptied_and_removed(fake, mount, tmp_path):
     # Emptied (a valid file with no servers): no MCP tools.
     r = sh(m, ": > ../tools/mcp.json")
     assert r.returncode == 0, r.stderr
-    assert read_text(path) == ""
+    # Emptying takes effect at the release, a moment after the close.
+    wait_for(lambda: read_text(path) == "", message="mcp.json emptied")
     fake.enqueue(Reply(text="fine"))
     _, bodies = ask_fake(m, fake, "c", "hi")
     assert "tools" not in bodies[0] or not functions_of(bodies[0])

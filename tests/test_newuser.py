@@ -1,0 +1,82 @@
+"""What a new user tried with the shell and got wrong: each test is a
+command line from the README done through a real mount."""
+
+from conftest import fusermount, is_mounted, read_text, run, wait_for
+from conv_helpers import cdir, cmount, mkconv, prompt, reply
+from fake_lms import Reply
+from test_mcp import hostile_entry, mount_with, tstatus
+
+
+def test_shell_redirect_of_a_bad_mcp_json_keeps_the_old_file(
+        fake, mount, tmp_path):
+    # bash's `> file` opens with O_TRUNC, then closes the file once (dup2)
+    # before echo writes: that first close must not put an empty mcp.json
+    # in place of the good one.
+    m = mount_with(mount, tmp_path, {"h": hostile_entry("good")})
+    path = m.path / "tools" / "mcp.json"
+    good = read_text(path)
+    assert good.strip(), good
+    r = run(["bash", "-c", "echo 'not json' > " + str(path)])
+    assert read_text(path) == good, (r.returncode, r.stderr)
+    assert "mcp.json: write refused at " in tstatus(m), tstatus(m)
+    assert "mcp h:" in tstatus(m), tstatus(m)
+    # A good file written the same way replaces it.
+    r = run(["bash", "-c",
+             "echo '{\"mcpServers\": {}}' > " + str(path)])
+    assert r.returncode == 0, r.stderr
+    assert read_text(path).strip() == '{"mcpServers": {}}'
+    # An emptied file (`: >`) is a valid mcp.json: no servers.
+    r = run(["bash", "-c", ": > " + str(path)])
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: read_text(path) == "", message="mcp.json emptied")
+
+
+def test_reasoning_of_a_killed_turn_is_parted_from_the_next(fake, mount):
+    # kill -9 while the model reasons: the next turn's reasoning still
+    # starts after a blank line, like every other turn's.
+    m = cmount(mount)
+    mkconv(m, "k")
+    fake.enqueue(Reply(text="never shown",
+                       reasoning=["r%d " % i for i in range(60)], delay=0.05))
+    prompt(m, "k", "think")
+    path = cdir(m, "k") / "reasoning"
+    wait_for(lambda: path.exists() and "r3 " in read_text(path),
+             message="reasoning under way")
+    m.kill9()
+    m.start()
+    fake.enqueue(Reply(text="ok", reasoning="NEXT"))
+    prompt(m, "k", "again")
+    assert reply(m, "k") == "ok"
+    text = read_text(path)
+    cut, sep, nxt = text.rpartition("\n\nNEXT")
+    assert sep and nxt == "\n", repr(text[-80:])
+    assert cut.startswith("r0 r1 ") and "\n" not in cut, repr(text[-80:])
+
+
+def test_a_state_directory_in_use_is_refused(fake, mount, lmsfs_bin,
+                                             tmp_path):
+    # A second daemon on the same state directory (a systemd unit and a
+    # hand mount, say) would take the first one's running answers for
+    # crashed ones and mark them interrupted in the middle of the history.
+    m = cmount(mount)
+    mkconv(m, "c")
+    fake.enqueue(Reply(text="one two three four five six", delay=0.2))
+    prompt(m, "c", "slow")
+    mnt2 = tmp_path / "second"
+    mnt2.mkdir()
+    try:
+        r = run([str(lmsfs_bin), str(mnt2), "-o",
+                 "state_dir=%s,base_url=%s" % (m.state, fake.url)])
+    finally:
+        if is_mounted(mnt2):
+            fusermount(mnt2, lazy=True)
+    assert r.returncode != 0, r
+    assert "in use by another lmsfs" in r.stderr, r.stderr
+    assert str(m.state) in r.stderr, r.stderr
+    assert reply(m, "c") == "one two three four five six"
+    hist = read_text(cdir(m, "c") / "messages.jsonl")
+    assert "interrupted" not in hist, hist
+    # Once the first is unmounted the directory is free again.
+    m.umount()
+    m.start()
+    assert reply(m, "c") == "one two three four five six"
