@@ -85,7 +85,10 @@ class Mount:
         wrap = os.environ.get("LMSFS_BENCH_WRAP", "").split()
         self.proc = subprocess.Popen(
             wrap + [BIN, "-f", str(self.mnt), "-o",
-             "state_dir=%s,base_url=%s,default_model=bench-model,log_level=warn"
+             # P3 runs 64 answers at once: above the default cap of 32
+             # (max_active), which would make it two rounds.
+             "state_dir=%s,base_url=%s,default_model=bench-model,log_level=warn,"
+             "max_active=64"
              % (self.state, self.url)],
             stdout=subprocess.DEVNULL, stderr=open(work / (name + ".log"), "w"),
             start_new_session=True)
