@@ -97,6 +97,27 @@ void fh_record_times(struct fh *f, int to_set, const struct stat *attr)
 	pthread_mutex_unlock(&f->lock);
 }
 
+struct times_arg {
+	const struct file_ops *ops;
+	uint64_t ino;
+	int to_set;
+	const struct stat *attr;
+};
+
+static void note_times(struct fh *f, void *arg)
+{
+	const struct times_arg *t = arg;
+	if (f->ops == t->ops && f->writable && f->ino == t->ino)
+		fh_record_times(f, t->to_set, t->attr);
+}
+
+void fh_note_times(const struct file_ops *ops, uint64_t ino, int to_set,
+		   const struct stat *attr)
+{
+	struct times_arg t = {ops, ino, to_set, attr};
+	fh_each(note_times, &t);
+}
+
 int fh_new_fd(const struct file_ops *ops, uint64_t ino, int fd, struct fh **out)
 {
 	struct fh *f = fh_new(ops, ino);

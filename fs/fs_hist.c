@@ -320,29 +320,6 @@ static int truncate_history(const struct nodeinfo *ni, off_t size)
 	return ret;
 }
 
-/* Times set on messages.jsonl while a writer holds it open (cp -a, tar:
- * futimens before close, which FUSE sends without the handle): the commit
- * at close writes a new file, which must carry them too. */
-struct times_arg {
-	uint64_t ino;
-	int to_set;
-	const struct stat *attr;
-};
-
-static void note_times(struct fh *f, void *arg)
-{
-	const struct times_arg *t = arg;
-	if (f->kind != FH_HIST || !f->writable || f->ino != t->ino)
-		return;
-	fh_record_times(f, t->to_set, t->attr);
-}
-
-void hist_note_times(uint64_t ino, int to_set, const struct stat *attr)
-{
-	struct times_arg t = {ino, to_set, attr};
-	fh_each(note_times, &t);
-}
-
 /* Renames conversation file `name` over messages.jsonl: checked whole;
  * a temporary created and closed just now (sed -i) keeps the lines
  * appended since it was created after its own (see temp_remember); if the

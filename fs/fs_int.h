@@ -267,6 +267,11 @@ void read_fd(fuse_req_t req, struct fh *f, size_t size, off_t off);
 /* Keeps the mode and times of a setattr on f (takes f's lock), for a
  * commit that writes a new file to apply them again. */
 void fh_record_times(struct fh *f, int to_set, const struct stat *attr);
+/* Times or mode set (cp -a, tar: futimens before close, which FUSE sends
+ * without the handle) on file ino while writers of ops hold it open: each
+ * such handle keeps them, for its commit at close writes a new file. */
+void fh_note_times(const struct file_ops *ops, uint64_t ino, int to_set,
+		   const struct stat *attr);
 /* Calls fn on every open file handle (handles_lock held). */
 void fh_each(void (*fn)(struct fh *f, void *arg), void *arg);
 
@@ -304,8 +309,6 @@ void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_inf
 
 /* --- fs_hist.c ----------------------------------------------------------- */
 
-/* Times or mode set on messages.jsonl while a writer holds it open. */
-void hist_note_times(uint64_t ino, int to_set, const struct stat *attr);
 /* Renames conversation file name over messages.jsonl (history lock held;
  * on -EINVAL/-EBUSY why says why, to report after unlocking). */
 int rename_over_history(struct conv *c, const char *conv, const char *name,
@@ -318,8 +321,6 @@ int rename_over_history(struct conv *c, const char *conv, const char *name,
  * settings file `name`: 0, or -EINVAL / -EFBIG with why set, when it
  * cannot be used (0 for names that are not settings). */
 int setting_rename_check(const char *name, const char *from, char *why, size_t whylen);
-/* Times or mode set on a settings file while a writer holds it open. */
-void setting_note_times(uint64_t ino, int to_set, const struct stat *attr);
 
 /* --- fs_temp.c ----------------------------------------------------------- */
 

@@ -146,29 +146,6 @@ static int setting_commit(const struct nodeinfo *ni, struct fh *f, const char *d
 	return ret;
 }
 
-/* Times or mode set (cp -a, tar: futimens before close) while a writer
- * holds a settings file open: the commit writes a new file, which must
- * carry them too. */
-struct times_arg {
-	uint64_t ino;
-	int to_set;
-	const struct stat *attr;
-};
-
-static void note_times(struct fh *f, void *arg)
-{
-	const struct times_arg *t = arg;
-	if (f->ops != &setting_ops || !f->writable || f->ino != t->ino)
-		return;
-	fh_record_times(f, t->to_set, t->attr);
-}
-
-void setting_note_times(uint64_t ino, int to_set, const struct stat *attr)
-{
-	struct times_arg t = {ino, to_set, attr};
-	fh_each(note_times, &t);
-}
-
 static int setting_open(fuse_ino_t ino, const struct nodeinfo *ni, int flags, mode_t mode,
 			int creating, struct fh **out, int *cache)
 {

@@ -241,12 +241,10 @@ void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 		if (ret)
 			goto out;
 	}
-	if (ni.kind == K_CFILE && special_ops(&ni) == &hist_ops &&
+	if (ni.kind == K_CFILE &&
+	    (special_ops(&ni) == &hist_ops || special_ops(&ni) == &setting_ops) &&
 	    (to_set & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME)))
-		hist_note_times(ino, to_set, attr);
-	if (ni.kind == K_CFILE && special_ops(&ni) == &setting_ops &&
-	    (to_set & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME)))
-		setting_note_times(ino, to_set, attr);
+		fh_note_times(special_ops(&ni), ino, to_set, attr);
 	if ((ni.kind == K_CFILE || ni.kind == K_TFILE || ni.kind == K_SFILE) &&
 	    fstatat(dfd, rel, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode)) {
 		log_warnx("refused to change a symlink: %s", rel);
