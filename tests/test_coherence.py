@@ -355,3 +355,52 @@ def test_attachments_moved_by_the_daemon_are_seen(fake, mount):
     ask(m, "f", "and this")
     assert sorted(sh(m, "ls f/files").stdout.split()) == ["n-1.txt", "n.txt"]
     assert sh(m, "ls f/attach").stdout.split() == []
+
+
+def test_reader_holding_the_history_follows_a_rewrite(fake, mount, tmp_path):
+    # A committed rewrite is a new file put in place under the same
+    # inode of the mount: a reader that held messages.jsonl open (tail -f,
+    # less) reads what is in place now, as its fstat says, and the pages
+    # it reads are not the old file's served to the next cat.
+    m = cmount(mount)
+    mkconv(m, "h")
+    ask(m, "h", "one")
+    ask(m, "h", "two")
+    fd = os.open(str(cdir(m, "h") / "messages.jsonl"), os.O_RDONLY)
+    try:
+        assert os.read(fd, 1 << 20).decode() == backing(m, "h", "messages.jsonl").read_text()
+        r = sh(m, "head -n 2 h/messages.jsonl > %s/x && cat %s/x > h/messages.jsonl"
+               % (tmp_path, tmp_path))
+        assert r.returncode == 0, r.stderr
+        ask(m, "h", "three")
+        disk = backing(m, "h", "messages.jsonl").read_text()
+        assert len(disk.splitlines()) == 4 and echo_of("three") in disk
+        assert os.fstat(fd).st_size == len(disk.encode())
+        assert os.pread(fd, 1 << 20, 0).decode() == disk
+        assert mount_cat(m, "h", "messages.jsonl") == disk
+    finally:
+        os.close(fd)
+
+
+def test_reader_holding_a_setting_follows_commits(fake, mount):
+    m = cmount(mount)
+    mkconv(m, "p")
+    old = '{"temperature": 0.5}\n'
+    new = '{"top_p": 0.25, "seed": 1}\n'
+    assert sh(m, "printf '%%s' '%s' > p/params.json" % old).returncode == 0
+    with open(cdir(m, "p") / "params.json") as held:
+        assert held.read() == old
+        # Refused: the old text stays, for the holder and a new reader.
+        r = sh(m, "/bin/echo nope > p/params.json")
+        assert r.returncode != 0
+        assert mount_cat(m, "p", "params.json") == old
+        assert mount_stat(m, "p", "params.json") == len(old)
+        held.seek(0)
+        assert held.read() == old
+        # Accepted: the holder reads the new text, as fstat says.
+        assert sh(m, "printf '%%s' '%s' > p/params.json" % new).returncode == 0
+        assert mount_cat(m, "p", "params.json") == new
+        assert mount_stat(m, "p", "params.json") == len(new)
+        assert os.fstat(held.fileno()).st_size == len(new)
+        held.seek(0)
+        assert held.read() == new
