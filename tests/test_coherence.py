@@ -404,3 +404,27 @@ def test_reader_holding_a_setting_follows_commits(fake, mount):
         assert os.fstat(held.fileno()).st_size == len(new)
         held.seek(0)
         assert held.read() == new
+
+
+def test_touch_loads_a_model_another_client_just_unloaded(fake, mount):
+    # The kernel must not keep a model's name once lmsfs sees it gone: a
+    # touch right after would open the old file (and load nothing)
+    # instead of creating it (a load), and return 0.
+    from conftest import listdir
+    from conv_helpers import LLAMA
+    from test_models_load import loads, msh, v1
+    v1(fake)
+    m = mount(args=("-o", "models_ttl=100ms"))
+    assert LLAMA in listdir(m.path / "models")
+    assert read_json(m.path / "models" / LLAMA)["loaded_instances"]
+    os.stat(m.path / "models" / LLAMA)
+    fake.models[1]["_instances"] = []
+    fake.models[1]["state"] = "not-loaded"
+    wait_for(lambda: LLAMA not in listdir(m.path / "models"), timeout=10,
+             message="models/ without the unloaded model")
+    r = msh(m, "cat %s" % LLAMA)
+    assert r.returncode != 0 and "No such file" in r.stderr
+    r = msh(m, "touch %s" % LLAMA)
+    assert r.returncode == 0, r.stderr
+    assert loads(fake) == [{"model": LLAMA}]
+    assert read_json(m.path / "models" / LLAMA)["loaded_instances"]
