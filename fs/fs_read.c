@@ -11,6 +11,8 @@
  */
 #include "fs_int.h"
 
+#include "conv.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -149,19 +151,29 @@ void read_fd(fuse_req_t req, struct fh *f, size_t size, off_t off)
  * meanwhile reads one or the other whole. */
 void read_fd_current(fuse_req_t req, struct fh *f, size_t size, off_t off)
 {
+	char p[PATH_MAX];
 	struct nodeinfo ni;
 	struct stat held, now;
-	int fd;
+	int fd, r;
 
-	if (node_info(f->ino, &ni) == 0 && fstat(f->fd, &held) == 0 &&
-	    (fd = open_backing(&ni, O_RDONLY, 0)) >= 0) {
-		if (fstat(fd, &now) == 0 && (now.st_ino != held.st_ino || now.st_dev != held.st_dev)) {
-			pthread_mutex_lock(&f->lock);
-			/* On failure the old file stays: no worse than before. */
-			(void)dup3(fd, f->fd, O_CLOEXEC);
-			pthread_mutex_unlock(&f->lock);
-		}
+	if (node_info(f->ino, &ni) != 0 || fstat(f->fd, &held) != 0)
+		goto read;
+	if (ni.kind == K_TFILE)
+		r = fstatat(fs_tools_fd, ni.name, &now, AT_SYMLINK_NOFOLLOW);
+	else
+		r = node_path(p, sizeof(p), &ni) == 0 ? fstatat(conv_root_fd(), p, &now,
+								AT_SYMLINK_NOFOLLOW)
+						       : -1;
+	if (r != 0 || (now.st_ino == held.st_ino && now.st_dev == held.st_dev))
+		goto read;
+	fd = open_backing(&ni, O_RDONLY, 0);
+	if (fd >= 0) {
+		pthread_mutex_lock(&f->lock);
+		/* On failure the old file stays: no worse than before. */
+		(void)dup3(fd, f->fd, O_CLOEXEC);
+		pthread_mutex_unlock(&f->lock);
 		close(fd);
 	}
+read:
 	read_fd(req, f, size, off);
 }
