@@ -428,4 +428,3 @@ def test_touch_loads_a_model_another_client_just_unloaded(fake, mount):
     assert r.returncode == 0, r.stderr
     assert loads(fake) == [{"model": LLAMA}]
     assert read_json(m.path / "models" / LLAMA)["loaded_instances"]
-
