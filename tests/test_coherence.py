@@ -428,3 +428,27 @@ def test_touch_loads_a_model_another_client_just_unloaded(fake, mount):
     assert r.returncode == 0, r.stderr
     assert loads(fake) == [{"model": LLAMA}]
     assert read_json(m.path / "models" / LLAMA)["loaded_instances"]
+
+
+def test_temporary_renamed_over_the_history_with_lines_merged_in(fake, mount):
+    # sed -i's way, slowed down: its temporary is written (through the
+    # kernel's cache) and still open when an answer lands, then renamed
+    # over messages.jsonl; lmsfs merges the answer's lines in. The kernel
+    # must drop what it cached of the temporary (size, pages): a cat that
+    # missed the answer would make the next edit drop it for good.
+    m = cmount(mount)
+    mkconv(m, "s")
+    ask(m, "s", "one")
+    prime(m, "s")
+    d = cdir(m, "s")
+    edited = mount_cat(m, "s", "messages.jsonl").replace("Echo: one", "ECHO: ONE")
+    with open(d / "sedXYZ", "w") as tmp:
+        tmp.write(edited)
+        tmp.flush()
+        os.stat(d / "sedXYZ")
+        ask(m, "s", "two")
+        os.rename(d / "sedXYZ", d / "messages.jsonl")
+    disk = backing(m, "s", "messages.jsonl").read_text()
+    assert disk.startswith(edited) and echo_of("two") in disk
+    assert mount_stat(m, "s", "messages.jsonl") == len(disk.encode())
+    assert mount_cat(m, "s", "messages.jsonl") == disk
