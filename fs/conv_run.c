@@ -125,7 +125,13 @@ static int take_prompt(struct conv *c, struct job *j, int dirfd, struct gen_resu
 			 "stays queued (send a prompt or write retry to .ctl once that is fixed)",
 			 strerror(-ret));
 		store_mark(dirfd, "[lmsfs] error storage: %s", res->errmsg);
+		conv_changed(c, STORE_STREAM);
 		return ret;
+	}
+	if (ret == 0 && !j->regen && j->files) {
+		/* A move the submit left unfinished may have been done now. */
+		conv_changed(c, "attach");
+		conv_changed(c, "files");
 	}
 	if (ret == 0 && !j->regen) {
 		char *line = store_user_line_files(dirfd, j->text, j->files, j->id);
@@ -470,6 +476,10 @@ int conv_recover_again(struct conv *c)
 	close(dirfd);
 	conv_changed(c, STORE_HISTORY);
 	conv_changed(c, STORE_STREAM);
+	/* It may have finished moving attachments, and cleared private files. */
+	conv_changed(c, "attach");
+	conv_changed(c, "files");
+	conv_changed(c, NULL);
 	pthread_mutex_lock(&c->lock);
 	if (ret == 0 && c->spool_bad) {
 		c->spool_bad = 0;

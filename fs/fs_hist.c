@@ -420,7 +420,7 @@ static void hist_read(fuse_req_t req, struct fh *f, size_t size, off_t off)
 		}
 	}
 	pthread_mutex_unlock(&f->lock);
-	read_fd(req, f, size, off);
+	read_fd_current(req, f, size, off);
 }
 
 /* Appends are checked line by line as they arrive; a write inside the text

@@ -264,6 +264,13 @@ int fh_new_fd(const struct file_ops *ops, uint64_t ino, int fd, struct fh **out)
 /* Replies with f->fd's data (spliced, no copy). */
 /* fs_read.c: replies to a read of f->fd (a backing file). */
 void read_fd(fuse_req_t req, struct fh *f, size_t size, off_t off);
+/* read_fd, after making f->fd the file now in place when lmsfs replaced
+ * the file whole since f was opened (f->ino's node; takes f's lock). A
+ * reader in the middle of the old file may then read the rest from the new
+ * one: for files read through the page cache (shared by all readers, so
+ * it must hold the file now) on every read; for the others only at offset
+ * 0, so that one read from start to end sees one whole text. */
+void read_fd_current(fuse_req_t req, struct fh *f, size_t size, off_t off);
 /* Keeps the mode and times of a setattr on f (takes f's lock), for a
  * commit that writes a new file to apply them again. */
 void fh_record_times(struct fh *f, int to_set, const struct stat *attr);

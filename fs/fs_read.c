@@ -11,9 +11,12 @@
  */
 #include "fs_int.h"
 
+#include "conv.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sys/stat.h>
 #include <stdlib.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
@@ -136,4 +139,41 @@ void read_fd(fuse_req_t req, struct fh *f, size_t size, off_t off)
 	bv.buf[0].fd = rp->fd[0];
 	fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
 	rpipe_drain(rp); /* a reply that failed may have left bytes */
+}
+
+/* lmsfs replaces some files whole (a committed rewrite of messages.jsonl,
+ * params.json or mcp.json is a new file renamed in place) while the mount
+ * shows one inode: a reader that held the file open across the change
+ * must read what is in place now, as its fstat shows, not the old file
+ * (tail -f would miss every later answer, and the pages it read would be
+ * served to other readers from the kernel's cache). The new file takes
+ * the old one's descriptor number (dup3), so a read of the handle running
+ * meanwhile reads one or the other whole. */
+void read_fd_current(fuse_req_t req, struct fh *f, size_t size, off_t off)
+{
+	char p[PATH_MAX];
+	struct nodeinfo ni;
+	struct stat held, now;
+	int fd, r;
+
+	if (node_info(f->ino, &ni) != 0 || fstat(f->fd, &held) != 0)
+		goto read;
+	if (ni.kind == K_TFILE)
+		r = fstatat(fs_tools_fd, ni.name, &now, AT_SYMLINK_NOFOLLOW);
+	else
+		r = node_path(p, sizeof(p), &ni) == 0 ? fstatat(conv_root_fd(), p, &now,
+								AT_SYMLINK_NOFOLLOW)
+						       : -1;
+	if (r != 0 || (now.st_ino == held.st_ino && now.st_dev == held.st_dev))
+		goto read;
+	fd = open_backing(&ni, O_RDONLY, 0);
+	if (fd >= 0) {
+		pthread_mutex_lock(&f->lock);
+		/* On failure the old file stays: no worse than before. */
+		(void)dup3(fd, f->fd, O_CLOEXEC);
+		pthread_mutex_unlock(&f->lock);
+		close(fd);
+	}
+read:
+	read_fd(req, f, size, off);
 }

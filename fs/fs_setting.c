@@ -190,8 +190,10 @@ static void setting_read(fuse_req_t req, struct fh *f, size_t size, off_t off)
 {
 	if (f->writable)
 		read_data(req, f, size, off); /* a writer reads its copy */
+	else if (off == 0)
+		read_fd_current(req, f, size, off); /* a new read: the file now */
 	else
-		read_fd(req, f, size, off);
+		read_fd(req, f, size, off); /* one read, one file: never torn */
 }
 
 static ssize_t setting_write(struct fh *f, const struct nodeinfo *ni, const char *data,

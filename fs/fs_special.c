@@ -301,8 +301,11 @@ void cache_policy(const struct nodeinfo *ni, struct cache_policy *p)
 		p->attr = 0; /* their time is the time they are looked at */
 		break;
 	case K_MODEL:
-		/* Models come and go with the server: asked again each time. */
-		p->entry = 1.0;
+		/* Models come and go with the server: asked again each time.
+		 * The name too: a name the kernel still held for a model that
+		 * another client unloaded would make `touch` open the old
+		 * file (loading nothing) instead of creating it (a load). */
+		p->entry = 0;
 		p->attr = 0;
 		break;
 	case K_REPLY:

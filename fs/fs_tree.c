@@ -539,6 +539,16 @@ void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 	}
 	if (ret == 0)
 		node_move(parent, name, newparent, newname);
+	if (ret == 0 && npi.kind == K_CONV && strcmp(newname, STORE_HISTORY) == 0) {
+		/* The file renamed in may have had lines merged in (fs_hist.c):
+		 * what the kernel cached of it (its size, the pages written)
+		 * must go. Announced once its node carries the name, or the
+		 * notifier would drop the replaced file's instead. */
+		char p[PATH_MAX];
+		if (snprintf(p, sizeof(p), "conversations/%s/%s", npi.conv, STORE_HISTORY) <
+		    (int)sizeof(p))
+			fs_notify_path(p);
+	}
 out:
 	fuse_reply_err(req, -ret);
 }

@@ -355,3 +355,100 @@ def test_attachments_moved_by_the_daemon_are_seen(fake, mount):
     ask(m, "f", "and this")
     assert sorted(sh(m, "ls f/files").stdout.split()) == ["n-1.txt", "n.txt"]
     assert sh(m, "ls f/attach").stdout.split() == []
+
+
+def test_reader_holding_the_history_follows_a_rewrite(fake, mount, tmp_path):
+    # A committed rewrite is a new file put in place under the same
+    # inode of the mount: a reader that held messages.jsonl open (tail -f,
+    # less) reads what is in place now, as its fstat says, and the pages
+    # it reads are not the old file's served to the next cat.
+    m = cmount(mount)
+    mkconv(m, "h")
+    ask(m, "h", "one")
+    ask(m, "h", "two")
+    fd = os.open(str(cdir(m, "h") / "messages.jsonl"), os.O_RDONLY)
+    try:
+        assert os.read(fd, 1 << 20).decode() == backing(m, "h", "messages.jsonl").read_text()
+        r = sh(m, "head -n 2 h/messages.jsonl > %s/x && cat %s/x > h/messages.jsonl"
+               % (tmp_path, tmp_path))
+        assert r.returncode == 0, r.stderr
+        ask(m, "h", "three")
+        disk = backing(m, "h", "messages.jsonl").read_text()
+        assert len(disk.splitlines()) == 4 and echo_of("three") in disk
+        assert os.fstat(fd).st_size == len(disk.encode())
+        assert os.pread(fd, 1 << 20, 0).decode() == disk
+        assert mount_cat(m, "h", "messages.jsonl") == disk
+    finally:
+        os.close(fd)
+
+
+def test_reader_holding_a_setting_follows_commits(fake, mount):
+    m = cmount(mount)
+    mkconv(m, "p")
+    old = '{"temperature": 0.5}\n'
+    new = '{"top_p": 0.25, "seed": 1}\n'
+    assert sh(m, "printf '%%s' '%s' > p/params.json" % old).returncode == 0
+    with open(cdir(m, "p") / "params.json") as held:
+        assert held.read() == old
+        # Refused: the old text stays, for the holder and a new reader.
+        r = sh(m, "/bin/echo nope > p/params.json")
+        assert r.returncode != 0
+        assert mount_cat(m, "p", "params.json") == old
+        assert mount_stat(m, "p", "params.json") == len(old)
+        held.seek(0)
+        assert held.read() == old
+        # Accepted: the holder reads the new text, as fstat says.
+        assert sh(m, "printf '%%s' '%s' > p/params.json" % new).returncode == 0
+        assert mount_cat(m, "p", "params.json") == new
+        assert mount_stat(m, "p", "params.json") == len(new)
+        assert os.fstat(held.fileno()).st_size == len(new)
+        held.seek(0)
+        assert held.read() == new
+
+
+def test_touch_loads_a_model_another_client_just_unloaded(fake, mount):
+    # The kernel must not keep a model's name once lmsfs sees it gone: a
+    # touch right after would open the old file (and load nothing)
+    # instead of creating it (a load), and return 0.
+    from conftest import listdir
+    from conv_helpers import LLAMA
+    from test_models_load import loads, msh, v1
+    v1(fake)
+    m = mount(args=("-o", "models_ttl=100ms"))
+    assert LLAMA in listdir(m.path / "models")
+    assert read_json(m.path / "models" / LLAMA)["loaded_instances"]
+    os.stat(m.path / "models" / LLAMA)
+    fake.models[1]["_instances"] = []
+    fake.models[1]["state"] = "not-loaded"
+    wait_for(lambda: LLAMA not in listdir(m.path / "models"), timeout=10,
+             message="models/ without the unloaded model")
+    r = msh(m, "cat %s" % LLAMA)
+    assert r.returncode != 0 and "No such file" in r.stderr
+    r = msh(m, "touch %s" % LLAMA)
+    assert r.returncode == 0, r.stderr
+    assert loads(fake) == [{"model": LLAMA}]
+    assert read_json(m.path / "models" / LLAMA)["loaded_instances"]
+
+
+def test_temporary_renamed_over_the_history_with_lines_merged_in(fake, mount):
+    # sed -i's way, slowed down: its temporary is written (through the
+    # kernel's cache) and still open when an answer lands, then renamed
+    # over messages.jsonl; lmsfs merges the answer's lines in. The kernel
+    # must drop what it cached of the temporary (size, pages): a cat that
+    # missed the answer would make the next edit drop it for good.
+    m = cmount(mount)
+    mkconv(m, "s")
+    ask(m, "s", "one")
+    prime(m, "s")
+    d = cdir(m, "s")
+    edited = mount_cat(m, "s", "messages.jsonl").replace("Echo: one", "ECHO: ONE")
+    with open(d / "sedXYZ", "w") as tmp:
+        tmp.write(edited)
+        tmp.flush()
+        os.stat(d / "sedXYZ")
+        ask(m, "s", "two")
+        os.rename(d / "sedXYZ", d / "messages.jsonl")
+    disk = backing(m, "s", "messages.jsonl").read_text()
+    assert disk.startswith(edited) and echo_of("two") in disk
+    assert mount_stat(m, "s", "messages.jsonl") == len(disk.encode())
+    assert mount_cat(m, "s", "messages.jsonl") == disk
