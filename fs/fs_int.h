@@ -156,6 +156,7 @@ void fs_notify_path(const char *path);
 /* Waits (2 s at most) until what was queued so far has reached the kernel.
  * No lock held; never from a request handler. */
 void fs_notify_flush(void);
+/* Stops the notifier thread (2 s at most; see fs_notify_stuck). */
 void fs_notify_stop(void);
 
 /* --- fs_handle.c --------------------------------------------------------- */

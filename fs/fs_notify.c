@@ -31,7 +31,8 @@ static pthread_cond_t notify_cv = PTHREAD_COND_INITIALIZER;
 static struct fuse_session *session;  /* notify_lock; NULL: not running */
 static struct item *head, **tail = &head; /* notify_lock */
 static uint64_t queued, sent;         /* notify_lock: changes queued, sent */
-static int stopping;                  /* notify_lock */
+static int stopping;                  /* notify_lock; read unlocked by the thread */
+static int stuck;                     /* the thread was given up at stop */
 static pthread_t thread;
 
 static int same(const char *a, const char *b)
@@ -175,7 +176,10 @@ static void *notifier(void *arg)
 		pthread_mutex_unlock(&notify_lock);
 		while ((it = batch)) {
 			batch = it->next;
-			send_item(se, it);
+			/* Once stopping, the rest is not sent: the kernel may hold
+			 * a notification up while requests wait unanswered. */
+			if (!__atomic_load_n(&stopping, __ATOMIC_RELAXED))
+				send_item(se, it);
 			item_free(it);
 		}
 		pthread_mutex_lock(&notify_lock);
@@ -220,8 +224,14 @@ int ops_notify_start(struct fuse_session *se)
 	return 0;
 }
 
+int fs_notify_stuck(void)
+{
+	return __atomic_load_n(&stuck, __ATOMIC_RELAXED);
+}
+
 void fs_notify_stop(void)
 {
+	struct timespec until;
 	struct item *it;
 
 	pthread_mutex_lock(&notify_lock);
@@ -229,10 +239,19 @@ void fs_notify_stop(void)
 		pthread_mutex_unlock(&notify_lock);
 		return;
 	}
-	stopping = 1;
+	__atomic_store_n(&stopping, 1, __ATOMIC_RELAXED);
 	pthread_cond_broadcast(&notify_cv);
 	pthread_mutex_unlock(&notify_lock);
-	pthread_join(thread, NULL);
+	/* A notification the kernel holds up (a directory lock taken by a
+	 * request libfuse will never answer, after a signal) would hold the
+	 * join forever: after 2 s the thread is left to the process's end. */
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += 2;
+	if (pthread_timedjoin_np(thread, NULL, &until) != 0) {
+		log_warnx("the kernel notifier did not stop: leaving it");
+		__atomic_store_n(&stuck, 1, __ATOMIC_RELAXED);
+		return;
+	}
 	pthread_mutex_lock(&notify_lock);
 	while ((it = head)) {
 		head = it->next;

@@ -450,6 +450,12 @@ int main(int argc, char **argv)
 		_exit(0);
 	}
 	mcp_shutdown();
+	if (fs_notify_stuck()) {
+		/* The notifier may still use the session: unmounting ends its
+		 * wait, and the process ends before anything is freed. */
+		fuse_session_unmount(se);
+		_exit(0);
+	}
 	ops_cleanup();
 	fuse_session_unmount(se);
 	fuse_remove_signal_handlers(se);

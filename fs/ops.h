@@ -24,5 +24,8 @@ void ops_conv_changed(struct conv *c, const char *file);
 /* Starts the thread that sends the kernel's invalidations (after
  * fuse_session_new; stopped by ops_shutdown). 0 or -errno. */
 int ops_notify_start(struct fuse_session *se);
+/* 1 when ops_shutdown had to leave the notifier thread running (the
+ * kernel held a notification up): the session must not be destroyed. */
+int fs_notify_stuck(void);
 
 #endif
