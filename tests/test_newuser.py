@@ -80,3 +80,29 @@ def test_a_state_directory_in_use_is_refused(fake, mount, lmsfs_bin,
     m.umount()
     m.start()
     assert reply(m, "c") == "one two three four five six"
+
+
+def test_echo_of_a_bad_mcp_json_fails_at_write(fake, mount, tmp_path):
+    # A shell ignores close()'s error: the refusal has to come from write()
+    # for `echo ... > mcp.json` to fail. The old file is kept either way.
+    m = mount_with(mount, tmp_path, {"h": hostile_entry("good")})
+    path = m.path / "tools" / "mcp.json"
+    good = read_text(path)
+    for bad in ("not json", "[1, 2]", '{"mcpServers": {}} trailing'):
+        r = run(["bash", "-c", "echo '%s' > %s" % (bad, path)])
+        assert r.returncode != 0, (bad, r)
+        assert "Invalid argument" in r.stderr, (bad, r.stderr)
+        assert read_text(path) == good, bad
+        assert "mcp.json must hold one JSON object" in tstatus(m), tstatus(m)
+    # A valid file written line by line, in separate writes, still works;
+    # also when another process writes a part and closes its copy.
+    r = run(["bash", "-c",
+             "{ echo '{\"mcpServers\":'; echo '  {}' | cat; echo '}'; } > "
+             + str(path)])
+    assert r.returncode == 0, r.stderr
+    assert read_text(path) == '{"mcpServers":\n  {}\n}\n'
+    with open(path, "w") as f:
+        f.write('{"mcpServers"')
+        f.flush()
+        f.write(': {}}')
+    assert read_text(path) == '{"mcpServers": {}}'
