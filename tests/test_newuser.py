@@ -106,3 +106,39 @@ def test_echo_of_a_bad_mcp_json_fails_at_write(fake, mount, tmp_path):
         f.flush()
         f.write(': {}}')
     assert read_text(path) == '{"mcpServers": {}}'
+
+
+def _decimals(raw, key):
+    """The number of decimal places of every value of `key` in raw JSON."""
+    import re
+    return [len(d) for d in
+            re.findall(r'"%s":\s*-?\d+(?:\.(\d+))?' % key, raw)]
+
+
+def test_status_rounds_times_and_rates_as_lmsfs_stats_does(fake, mount):
+    # .status shows times to 0.1 ms and rates to 0.01 tokens/s, like the
+    # lmsfs_stats of the history line, not 17 digits.
+    m = cmount(mount)
+    mkconv(m, "r")
+    fake.enqueue(Reply(chunks=["w%d " % i for i in range(12)], delay=0.05,
+                       stats=False, first_delay=0.0137))
+    prompt(m, "r", "go")
+    path = cdir(m, "r") / ".status"
+    raw = ""
+
+    def generating_with_rate():
+        nonlocal raw
+        raw = read_text(path)
+        return '"tokens_per_second"' in raw and '"generating"' in raw
+    wait_for(generating_with_rate, message="a rate while generating")
+    assert _decimals(raw, "elapsed_ms") and \
+        max(_decimals(raw, "elapsed_ms")) <= 1, raw
+    assert max(_decimals(raw, "tokens_per_second")) <= 2, raw
+    reply(m, "r")
+    raw = read_text(path)
+    assert _decimals(raw, "ttft_ms") and \
+        max(_decimals(raw, "ttft_ms")) <= 1, raw
+    assert max(_decimals(raw, "tokens_per_second")) <= 2, raw
+    hist = read_text(cdir(m, "r") / "messages.jsonl").splitlines()[-1]
+    assert max(_decimals(hist, "ttft_ms")) <= 1, hist
+    assert max(_decimals(hist, "duration_ms")) <= 1, hist
