@@ -142,3 +142,22 @@ def test_status_rounds_times_and_rates_as_lmsfs_stats_does(fake, mount):
     hist = read_text(cdir(m, "r") / "messages.jsonl").splitlines()[-1]
     assert max(_decimals(hist, "ttft_ms")) <= 1, hist
     assert max(_decimals(hist, "duration_ms")) <= 1, hist
+
+
+def test_a_text_attachment_is_sent_without_its_bom(fake, mount):
+    # Settings files and history lines drop a UTF-8 byte order mark; a text
+    # attachment's is no part of its text either. The file keeps it.
+    from test_attach import last_user_parts, put
+    m = cmount(mount)
+    mkconv(m, "b")
+    put(m, "b", "bom.txt", b"\xef\xbb\xbfhello\n")
+    put(m, "b", "two.txt", b"\xef\xbb\xbf\xef\xbb\xbfx")
+    prompt(m, "b", "read")
+    reply(m, "b")
+    parts = last_user_parts(fake)
+    assert parts[1]["text"] == "[file bom.txt]\nhello\n", parts
+    # Only the first is a mark; a second is text (a zero-width no-break
+    # space) and goes as it is.
+    assert parts[2]["text"] == "[file two.txt]\n\ufeffx", parts
+    with open(cdir(m, "b") / "files" / "bom.txt", "rb") as f:
+        assert f.read() == b"\xef\xbb\xbfhello\n"
