@@ -161,3 +161,25 @@ def test_a_text_attachment_is_sent_without_its_bom(fake, mount):
     assert parts[2]["text"] == "[file two.txt]\n\ufeffx", parts
     with open(cdir(m, "b") / "files" / "bom.txt", "rb") as f:
         assert f.read() == b"\xef\xbb\xbfhello\n"
+
+
+def test_settings_appended_to_a_model_file_load_it(fake, mount):
+    # `>>` writes at the end of what the file shows (the model's JSON); the
+    # file's content is never stored, so the settings count from the start.
+    from test_models_load import EQWEN3, QWEN3, loads, msh, v1
+    v1(fake)
+    m = mount()
+    r = msh(m, "touch %s" % EQWEN3)
+    assert r.returncode == 0, r.stderr
+    assert read_text(m.path / "models" / EQWEN3).strip()  # not empty
+    r = msh(m, "echo '{\"context_length\":4096}' >> %s" % EQWEN3)
+    assert r.returncode == 0, r.stderr
+    assert loads(fake)[-1] == {"model": QWEN3, "context_length": 4096}
+    # Python's "a" mode, in two writes.
+    with open(m.path / "models" / EQWEN3, "a") as f:
+        f.write('{"context_length"')
+        f.flush()
+        f.write(': 8192}')
+    assert loads(fake)[-1] == {"model": QWEN3, "context_length": 8192}
+    r = msh(m, "echo 'nope' >> %s" % EQWEN3)
+    assert r.returncode != 0 and "Invalid argument" in r.stderr, r
