@@ -25,9 +25,17 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
+# Runs a command line, shown first; output that does not end with a newline
+# (a .reply's answer) gets one, so that the next prompt starts a line.
 run() {
 	printf '\n$ %s\n' "$*"
-	sh -c "$*"
+	rc=0
+	sh -c "$*" >"$WORK/out" || rc=$?
+	cat "$WORK/out"
+	if [ -s "$WORK/out" ] && [ "$(tail -c 1 "$WORK/out" | wc -l)" -eq 0 ]; then
+		echo
+	fi
+	return $rc
 }
 
 echo "# lmsfs demo: provider=mock, mounted on $MNT"

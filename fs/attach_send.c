@@ -125,6 +125,7 @@ static int put_text(int fd, const char *name, off_t size, struct buf *out, char 
 		    size_t whylen)
 {
 	char *data = malloc((size_t)size + 1);
+	size_t skip;
 	ssize_t r;
 	int ret;
 
@@ -143,13 +144,16 @@ static int put_text(int fd, const char *name, off_t size, struct buf *out, char 
 			 name);
 		return -EINVAL;
 	}
+	/* A UTF-8 byte order mark is no part of the text (settings files and
+	 * history lines drop it too). */
+	skip = r >= 3 && memcmp(data, "\xEF\xBB\xBF", 3) == 0 ? 3 : 0;
 	ret = buf_puts(out, "{\"type\":\"text\",\"text\":\"[file ");
 	if (ret == 0)
 		ret = put_escaped(out, name, strlen(name));
 	if (ret == 0)
 		ret = buf_puts(out, "]\\n");
 	if (ret == 0)
-		ret = put_escaped(out, data, (size_t)r);
+		ret = put_escaped(out, data + skip, (size_t)r - skip);
 	if (ret == 0)
 		ret = buf_puts(out, "\"}");
 	free(data);

@@ -91,11 +91,12 @@ char *conv_status_json(struct conv *c)
 		double now = now_s(), ft = dbl_get(&c->progress.first_token);
 		long toks = __atomic_load_n(&c->progress.tokens, __ATOMIC_RELAXED);
 		cJSON_AddNumberToObject(g, "tokens", toks);
+		/* Rounded as lmsfs_stats is: 0.1 ms, 0.01 tokens/s. */
 		cJSON_AddNumberToObject(g, "elapsed_ms",
-					(now - dbl_get(&c->progress.started)) * 1000);
+					round_to((now - dbl_get(&c->progress.started)) * 1000, 1));
 		if (ft > 0 && now > ft)
 			cJSON_AddNumberToObject(g, "tokens_per_second",
-						toks / (now - ft));
+						round_to(toks / (now - ft), 2));
 	}
 	if (c->err != EC_NONE) {
 		e = cJSON_AddObjectToObject(o, "error");
@@ -108,9 +109,9 @@ char *conv_status_json(struct conv *c)
 		l = cJSON_AddObjectToObject(o, "last");
 		cJSON_AddStringToObject(l, "model", c->model);
 		if (c->ttft >= 0)
-			cJSON_AddNumberToObject(l, "ttft_ms", c->ttft * 1000);
+			cJSON_AddNumberToObject(l, "ttft_ms", round_to(c->ttft * 1000, 1));
 		if (c->tps >= 0)
-			cJSON_AddNumberToObject(l, "tokens_per_second", c->tps);
+			cJSON_AddNumberToObject(l, "tokens_per_second", round_to(c->tps, 2));
 		if (c->prompt_tokens >= 0 || c->completion_tokens >= 0) {
 			cJSON *u = cJSON_AddObjectToObject(l, "usage");
 			cJSON_AddNumberToObject(u, "prompt_tokens", (double)c->prompt_tokens);

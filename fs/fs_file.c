@@ -531,7 +531,7 @@ void op_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t size, off
 		return;
 	}
 	if (f->ops->write_req) {
-		f->ops->write_req(req, f, &ni, data, size, off);
+		f->ops->write_req(req, f, &ni, data, size, off, (fi->flags & O_APPEND) != 0);
 		return;
 	}
 	if (!f->ops->write) {

@@ -242,9 +242,9 @@ struct file_ops {
 	/* When set, replaces flush: called without the handle's lock, it
 	 * replies to req itself, maybe later from another thread. */
 	void (*flush_req)(fuse_req_t req, struct fh *f, const struct nodeinfo *ni);
-	/* The same for write. */
+	/* The same for write (append: the file was opened O_APPEND). */
 	void (*write_req)(fuse_req_t req, struct fh *f, const struct nodeinfo *ni,
-			  const char *data, size_t size, off_t off);
+			  const char *data, size_t size, off_t off, int append);
 };
 extern const struct file_ops plain_ops, stream_ops, generated_ops; /* fs_file.c */
 extern const struct file_ops prompt_ops, ctl_ops;                   /* fs_prompt.c */

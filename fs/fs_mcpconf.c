@@ -1,7 +1,10 @@
-/* fs_mcpconf.c - tools/mcp.json: writes are checked at close and replace the file whole, or are refused with EINVAL. */
+/* fs_mcpconf.c - tools/mcp.json: writes are checked (from write() when they
+ * can no longer become a JSON object, else at close) and replace the file
+ * whole, or are refused with EINVAL. */
 #include "fs_int.h"
 
 #include "fsio.h"
+#include "jsonobj.h"
 #include "log.h"
 #include "mcp.h"
 
@@ -71,12 +74,35 @@ static void mcpconf_read(fuse_req_t req, struct fh *f, size_t size, off_t off)
 		read_fd(req, f, size, off); /* one read, one file: never torn */
 }
 
+/* Handle's lock held. The writer's copy is refused for good: the old file
+ * stays, the reason goes to tools/.status and the log. */
+static void refuse(struct fh *f, const struct nodeinfo *ni, const char *why)
+{
+	f->refused = 1;
+	log_warnx("tools/mcp.json: write refused: %s (the old file is kept)", why);
+	mcp_note_write(why);
+	/* There was no old file: the empty one made to open it goes. */
+	if (f->created) {
+		struct stat st;
+		if (fstatat(fs_tools_fd, ni->name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+		    st.st_size == 0)
+			unlinkat(fs_tools_fd, ni->name, 0);
+		f->created = 0;
+	}
+}
+
 static ssize_t mcpconf_write(struct fh *f, const struct nodeinfo *ni, const char *data,
 			     size_t size, off_t off, int append)
 {
+	char why[300];
+	ssize_t ret;
 	size_t at;
-	(void)ni;
+
 	pthread_mutex_lock(&f->lock);
+	if (f->refused) {
+		pthread_mutex_unlock(&f->lock);
+		return -EINVAL;
+	}
 	at = append ? f->data.len : (size_t)off;
 	if (off < 0 || at + size > MCPCONF_MAX) {
 		pthread_mutex_unlock(&f->lock);
@@ -92,30 +118,34 @@ static ssize_t mcpconf_write(struct fh *f, const struct nodeinfo *ni, const char
 	}
 	memcpy(f->data.data + at, data, size);
 	f->dirty = 1;
+	/* Text that can no longer become a JSON object is refused now, so
+	 * that a shell's `echo ... >` sees the error (it ignores close's). */
+	if (!f->refused && jsonobj_prefix_check(ni->name, f->data.data, f->data.len, why,
+						 sizeof(why)) != 0)
+		refuse(f, ni, why);
+	ret = f->refused ? -EINVAL : (ssize_t)size;
 	pthread_mutex_unlock(&f->lock);
-	return (ssize_t)size;
+	return ret;
 }
 
-/* Handle's lock held. The copy replaces mcp.json when it parses. */
-static int commit(struct fh *f, const struct nodeinfo *ni)
+/* Handle's lock held. The copy replaces mcp.json when it parses. last: no
+ * more writes can come (the release). A text that may still become a JSON
+ * object is refused for this close only: other processes may share the
+ * descriptor (`{ echo '{'; cat body; echo '}'; } > mcp.json`, where cat's
+ * exit closes its copy) and write the rest. */
+static int commit(struct fh *f, const struct nodeinfo *ni, int last)
 {
-	char why[400];
+	const char *d = f->data.data ? f->data.data : "";
+	char why[400], why2[300];
 	int ret;
 
 	if (!f->writable || !f->dirty || f->refused)
 		return f->refused ? -EINVAL : 0;
-	if (mcp_check(f->data.data ? f->data.data : "", f->data.len, why, sizeof(why)) != 0) {
-		f->refused = 1;
-		log_warnx("tools/mcp.json: write refused: %s (the old file is kept)", why);
-		mcp_note_write(why);
-		/* There was no old file: the empty one made to open it goes. */
-		if (f->created) {
-			struct stat st;
-			if (fstatat(fs_tools_fd, ni->name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
-			    st.st_size == 0)
-				unlinkat(fs_tools_fd, ni->name, 0);
-			f->created = 0;
-		}
+	if (mcp_check(d, f->data.len, why, sizeof(why)) != 0) {
+		if (last || jsonobj_prefix_check(ni->name, d, f->data.len, why2, sizeof(why2)) != 0)
+			refuse(f, ni, why);
+		else
+			mcp_note_write(why);
 		return -EINVAL;
 	}
 	ret = fsio_replace(fs_tools_fd, ni->name, f->data.data ? f->data.data : "", f->data.len);
@@ -133,18 +163,18 @@ static int mcpconf_flush(struct fh *f, const struct nodeinfo *ni)
 {
 	if (f->writable && !f->refused && f->dirty && f->data.len == 0)
 		return 0;
-	return commit(f, ni);
+	return commit(f, ni, 0);
 }
 
 static void mcpconf_release(struct fh *f, const struct nodeinfo *ni)
 {
-	commit(f, ni);
+	commit(f, ni, 1);
 }
 
 static int mcpconf_fsync(struct fh *f, const struct nodeinfo *ni, int datasync)
 {
 	(void)datasync;
-	return commit(f, ni);
+	return commit(f, ni, 0);
 }
 
 /* truncate(2) of the file is a write of its first size bytes. */
@@ -179,7 +209,7 @@ static int mcpconf_truncate(const struct nodeinfo *ni, struct fh *f, off_t size)
 	}
 	while (tmp.data.len < (size_t)size && buf_putc(&tmp.data, '\0') == 0)
 		;
-	ret = commit(&tmp, ni);
+	ret = commit(&tmp, ni, 1);
 	buf_free(&tmp.data);
 	return ret;
 }

@@ -448,9 +448,10 @@ static int settings_state(const char *data, size_t len)
 }
 
 /* A write of load settings: once they make a JSON object, the load
- * starts and the write is answered when it ends. */
+ * starts and the write is answered when it ends. An append (`>>`) is
+ * taken as a write from the start. */
 static void model_write(fuse_req_t req, struct fh *f, const struct nodeinfo *ni,
-			const char *data, size_t size, off_t off)
+			const char *data, size_t size, off_t off, int append)
 {
 	struct mop *m = mop_new(req, MOP_WRITE, ni->parent, ni->name);
 	char *settings = NULL;
@@ -461,6 +462,9 @@ static void model_write(fuse_req_t req, struct fh *f, const struct nodeinfo *ni,
 		return;
 	m->size = size;
 	pthread_mutex_lock(&f->lock);
+	/* The content shown is never stored: `>>` writes from the start. */
+	if (append)
+		off = (off_t)f->data.len;
 	if (!f->writable)
 		ret = -EBADF;
 	else if (f->model_asked)

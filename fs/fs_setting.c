@@ -7,6 +7,7 @@
 
 #include "conv.h"
 #include "fsio.h"
+#include "jsonobj.h"
 #include "log.h"
 #include "utf8.h"
 #include "util.h"
@@ -24,56 +25,6 @@
 #define SETTING_MAX (1u << 20)
 
 static const char BOM[] = "\xEF\xBB\xBF";
-
-static int is_ws(char c)
-{
-	return c == ' ' || c == '\t' || c == '\n' || c == '\r';
-}
-
-/* params.json while it is written: once a line is complete, text that no
- * later write can make into one JSON object is refused from write() (the
- * shell sees it; close would be too late for echo). A newline cannot be
- * inside a JSON token, so a parse that fails before the text's last
- * character failed on what is there, not on what is missing. */
-static int json_prefix_check(const char *data, size_t len, char *why, size_t whylen)
-{
-	const char *t = data, *e = data + len, *end = NULL;
-	cJSON *o;
-	int ret = 0;
-
-	if (!len || data[len - 1] != '\n')
-		return 0;
-	if (len >= 3 && memcmp(t, BOM, 3) == 0)
-		t += 3;
-	while (t < e && is_ws(*t))
-		t++;
-	while (e > t && is_ws(e[-1]))
-		e--;
-	if (t == e)
-		return 0;
-	if (*t != '{') {
-		snprintf(why, whylen, "params.json must hold one JSON object");
-		return -EINVAL;
-	}
-	o = cJSON_ParseWithLengthOpts(t, (size_t)(data + len - t), &end, 0);
-	if (!o && end && end < e - 1) {
-		snprintf(why, whylen, "params.json must hold one JSON object (not valid JSON at "
-				      "byte %zu)",
-			 (size_t)(end - data) + 1);
-		ret = -EINVAL;
-	} else if (o && end) {
-		while (end < e && is_ws(*end))
-			end++;
-		if (end < e) {
-			snprintf(why, whylen, "params.json must hold one JSON object (text after "
-					      "it at byte %zu)",
-				 (size_t)(end - data) + 1);
-			ret = -EINVAL;
-		}
-	}
-	cJSON_Delete(o);
-	return ret;
-}
 
 /* Whether data can be used as the settings file `name`: 0, or -EFBIG /
  * -EINVAL with a reason. final: the text is complete (not while writes
@@ -98,7 +49,7 @@ static int setting_check(const char *name, const char *data, size_t len, int fin
 		return -EINVAL;
 	}
 	if (!final && strcmp(name, "params.json") == 0)
-		return json_prefix_check(data, len, why, whylen);
+		return jsonobj_prefix_check(name, data, len, why, whylen);
 	if (final && strcmp(name, "params.json") == 0) {
 		char *copy = strndup(data, len), *t;
 		cJSON *o = NULL;

@@ -17,7 +17,6 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
-#include <math.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -341,12 +340,6 @@ enum err_class gen_request(const struct config *cfg, const struct gen_job *job,
 	return cls;
 }
 
-
-static double rounded(double v, double unit)
-{
-	return round(v / unit) * unit;
-}
-
 cJSON *gen_turn_stats(const struct api_answer *a, const struct gen_out *o,
 		      const char *model)
 {
@@ -366,20 +359,20 @@ cJSON *gen_turn_stats(const struct api_answer *a, const struct gen_out *o,
 		cJSON_AddNumberToObject(st, "reasoning_tokens", (double)a->reasoning_tokens);
 	/* The server's figures when it sends them, else measured here. */
 	if (a->ttft >= 0)
-		cJSON_AddNumberToObject(st, "ttft_ms", rounded(a->ttft * 1000, 0.1));
+		cJSON_AddNumberToObject(st, "ttft_ms", round_to(a->ttft * 1000, 1));
 	else if (o->first > 0)
 		cJSON_AddNumberToObject(st, "ttft_ms",
-					rounded((o->first - o->started) * 1000, 0.1));
+					round_to((o->first - o->started) * 1000, 1));
 	if (a->tps >= 0)
-		cJSON_AddNumberToObject(st, "tokens_per_second", rounded(a->tps, 0.01));
+		cJSON_AddNumberToObject(st, "tokens_per_second", round_to(a->tps, 2));
 	else if (gen > 0)
 		cJSON_AddNumberToObject(
 			st, "tokens_per_second",
-			rounded((a->completion_tokens > 0 ? a->completion_tokens : a->chunks) / gen,
-				0.01));
+			round_to((a->completion_tokens > 0 ? a->completion_tokens : a->chunks) / gen,
+				 2));
 	if (o->started > 0 && o->ended >= o->started)
 		cJSON_AddNumberToObject(st, "duration_ms",
-					rounded((o->ended - o->started) * 1000, 0.1));
+					round_to((o->ended - o->started) * 1000, 1));
 	if (a->finish[0])
 		cJSON_AddStringToObject(st, "finish_reason", a->finish);
 	if (a->stats)

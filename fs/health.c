@@ -41,6 +41,19 @@ char *health_json(const struct config *cfg)
 	} else {
 		cJSON_AddNullToObject(o, "error");
 	}
+	{
+		/* A listing under way (a server that does not answer): how
+		 * long it has waited, and when it is given up. */
+		long long since;
+		if (models_listing(&since)) {
+			cJSON *li = cJSON_AddObjectToObject(o, "listing");
+			cJSON_AddNumberToObject(li, "since_ms", (double)since);
+			cJSON_AddNumberToObject(li, "timeout_ms",
+						(double)models_listing_timeout_ms(cfg));
+		} else {
+			cJSON_AddNullToObject(o, "listing");
+		}
+	}
 	cJSON_AddNumberToObject(o, "models_loaded", (double)l->n);
 	/* Where the list came from: "v1" can load and unload (models/). */
 	cJSON_AddStringToObject(o, "models_api", models_api_name(l->api));

@@ -1,4 +1,5 @@
 /* main.c - command line, configuration, mount, loop, ordered shutdown. */
+#include "buf.h"
 #include "config.h"
 #include "conv.h"
 #include "gen.h"
@@ -178,30 +179,123 @@ static char *api_key_value(char *p, const char *end)
 	return NULL;
 }
 
-/* Overwrites, in place, the value of every api_key=... item of the -o
- * arguments, so that ps and /proc/PID/cmdline (readable by every local
- * user) no longer show it; parse_cli has taken its own copy (libfuse never
- * sees our argv). The length stays: the kernel shows the original area. */
-static void scrub_argv(int argc, char **argv)
+/* Appends to out the -o list `list` with the value of every api_key item
+ * replaced by "****"; how many there were, or -EFBIG when out is full. */
+static int scrub_list(const char *list, struct buf *out)
+{
+	int n = 0, err = 0;
+
+	/* Items start at the beginning or after an unescaped ','. */
+	for (const char *p = list; *p;) {
+		const char *end = p, *v;
+		while (*end && *end != ',')
+			end += (*end == '\\' && end[1]) ? 2 : 1;
+		v = api_key_value((char *)p, end);
+		if (v) {
+			err |= buf_append(out, p, (size_t)(v - p));
+			err |= buf_puts(out, "****");
+			n++;
+		} else {
+			err |= buf_append(out, p, (size_t)(end - p));
+		}
+		if (*end)
+			err |= buf_putc(out, ',');
+		p = *end ? end + 1 : end;
+	}
+	return err ? -EFBIG : n;
+}
+
+/* Each character of every api_key value of the -o list becomes '*'. */
+static void mask_in_place(char *list)
+{
+	for (char *p = list; *p;) {
+		char *end = p, *v;
+		while (*end && *end != ',')
+			end += (*end == '\\' && end[1]) ? 2 : 1;
+		if ((v = api_key_value(p, end)) != NULL)
+			memset(v, '*', (size_t)(end - v));
+		p = *end ? end + 1 : end;
+	}
+}
+
+/* Fills lists[i] with the -o list argument i holds, or NULL, reading the
+ * arguments as parse_cli does. */
+static void opt_lists(int argc, char **argv, char **lists)
 {
 	for (int i = 1; i < argc; i++) {
-		char *list;
-		if (!strcmp(argv[i], "-o") && i + 1 < argc)
-			list = argv[++i];
-		else if (!strncmp(argv[i], "-o", 2))
-			list = argv[i] + 2;
-		else
-			continue;
-		/* Items start at the beginning or after an unescaped ','. */
-		for (char *p = list; *p;) {
-			char *end = p, *v;
-			while (*end && *end != ',')
-				end += (*end == '\\' && end[1]) ? 2 : 1;
-			if ((v = api_key_value(p, end)) != NULL)
-				memset(v, '*', (size_t)(end - v));
-			p = *end ? end + 1 : end;
+		lists[i] = NULL;
+		if ((!strcmp(argv[i], "-o") || !strcmp(argv[i], "-c")) && i + 1 < argc) {
+			lists[i + 1] = argv[i][1] == 'o' ? argv[i + 1] : NULL;
+			i++;
+		} else if (!strncmp(argv[i], "-o", 2) && argv[i][2]) {
+			lists[i] = argv[i] + 2;
 		}
 	}
+}
+
+/* Rewrites the arguments so that ps and /proc/PID/cmdline (readable by
+ * every local user) show every api_key=... item of the -o arguments as
+ * api_key=****, whatever the key's length: the arguments after it move up
+ * and the bytes freed at the end of the area become NULs (which ps drops);
+ * the area keeps the size the kernel gave it at exec. parse_cli has copied
+ * the options (libfuse never sees our argv); its pointers to the other
+ * arguments (c) move with them. When the arguments are not one block, or
+ * the masked text would not fit (a key under 4 characters), each character
+ * of the value becomes '*' instead. */
+static void scrub_argv(int argc, char **argv, struct cli *c)
+{
+	const char **ptrs[] = {&c->source, &c->mountpoint, &c->conf};
+	char *from, *to, **lists;
+	size_t *at;
+	struct buf out;
+	int n = 0, whole = 1;
+
+	if (argc < 2)
+		return;
+	lists = calloc((size_t)argc, sizeof(*lists));
+	at = calloc((size_t)argc, sizeof(*at));
+	if (!lists || !at)
+		fatalx("out of memory");
+	opt_lists(argc, argv, lists);
+	from = argv[1];
+	to = argv[argc - 1] + strlen(argv[argc - 1]) + 1;
+	for (int i = 1; i + 1 < argc; i++)
+		if (argv[i] + strlen(argv[i]) + 1 != argv[i + 1])
+			whole = 0;
+	buf_init(&out, (size_t)(to - from));
+	for (int i = 1; i < argc && whole; i++) {
+		int k;
+		at[i] = out.len;
+		if (lists[i]) {
+			k = buf_append(&out, argv[i], (size_t)(lists[i] - argv[i]));
+			k = k ? k : scrub_list(lists[i], &out);
+			n += k > 0 ? k : 0;
+		} else {
+			k = buf_puts(&out, argv[i]);
+		}
+		if (k < 0 || buf_putc(&out, '\0') != 0)
+			whole = 0;
+	}
+	if (whole && n > 0) {
+		/* Pointers into the arguments follow them to their new place. */
+		for (size_t p = 0; p < sizeof(ptrs) / sizeof(ptrs[0]); p++)
+			for (int i = argc - 1; i >= 1 && *ptrs[p]; i--)
+				if (*ptrs[p] >= argv[i] && *ptrs[p] < to) {
+					*ptrs[p] = from + at[i] + (*ptrs[p] - argv[i]);
+					break;
+				}
+		memcpy(from, out.data, out.len);
+		memset(from + out.len, '\0', (size_t)(to - from) - out.len);
+		for (int i = 1; i < argc; i++)
+			argv[i] = from + at[i];
+	} else if (!whole) {
+		for (int i = 1; i < argc; i++)
+			if (lists[i])
+				mask_in_place(lists[i]);
+	}
+	free(lists);
+	free(at);
+	buf_free(&out);
 }
 
 /* LMSFS_API_KEY is of no use once read: it goes from the environment (and
@@ -316,7 +410,7 @@ int main(int argc, char **argv)
 	prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
 	log_init("lmsfs", LOG_LVL_INFO);
 	parse_cli(argc, argv, &cli);
-	scrub_argv(argc, argv);
+	scrub_argv(argc, argv, &cli);
 
 	config_init(&cfg);
 	conf = cli.conf ? strdup(cli.conf) : config_default_path();

@@ -215,6 +215,17 @@ void models_status(int *reach, enum err_class *cls, char *msg, size_t n)
 	pthread_mutex_unlock(&lock);
 }
 
+int models_listing(long long *since_ms)
+{
+	int on;
+
+	pthread_mutex_lock(&lock);
+	on = refreshing;
+	*since_ms = on ? now_ms() - refresh_started : 0;
+	pthread_mutex_unlock(&lock);
+	return on;
+}
+
 int models_allowed(const char *id)
 {
 	if (!cfg->allowed_models || cfg->n_allowed == 0)

@@ -64,6 +64,11 @@ struct model_list *models_get(int force);
 void models_put(struct model_list *l);
 /* What the last refresh found. msg gets "" when reachable. */
 void models_status(int *reachable, enum err_class *cls, char *msg, size_t n);
+/* Whether a listing is under way: 1 with how long it has run (ms) and
+ * how long it may take before it is given up (models_listing_timeout_ms),
+ * else 0. Never waits on the listing. */
+int models_listing(long long *since_ms);
+long models_listing_timeout_ms(const struct config *cfg);
 
 /* Chooses the model for a request: `want` (a `model` file, may be NULL),
  * else default_model, else the single loaded model. An exact id or a unique

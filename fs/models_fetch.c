@@ -209,6 +209,13 @@ static void mock_list(struct model_list *l)
 	l->api = MODELS_API_MOCK;
 }
 
+/* A listing never takes longer than a connection may. */
+long models_listing_timeout_ms(const struct config *cfg)
+{
+	return cfg->connect_timeout_ms < cfg->timeout_ms ? cfg->connect_timeout_ms
+							 : cfg->timeout_ms;
+}
+
 /* One listing at path into l. EC_NONE, or the failure's class with a
  * reason; *status gets the HTTP status of a reply (0 when none came). */
 static enum err_class list_from(const struct config *cfg, const char *path,
@@ -222,10 +229,7 @@ static enum err_class list_from(const struct config *cfg, const char *path,
 	int ret;
 
 	http_reply_init(&r, 16u << 20);
-	/* A listing never takes longer than a connection may. */
-	r.timeout_ms = cfg->connect_timeout_ms < cfg->timeout_ms
-			   ? cfg->connect_timeout_ms
-			   : cfg->timeout_ms;
+	r.timeout_ms = models_listing_timeout_ms(cfg);
 	http_request("GET", path, NULL, NULL, NULL, cancel, &r);
 	*status = r.transport == EC_NONE ? r.status : 0;
 	if (r.transport != EC_NONE) {

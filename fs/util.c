@@ -4,6 +4,7 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,4 +59,11 @@ char *trim(char *s)
 			 e[-1] == '\r'))
 		*--e = '\0';
 	return s;
+}
+
+double round_to(double v, int decimals)
+{
+	static const double scale[] = {1, 10, 100, 1000, 1e4, 1e5, 1e6};
+	double k = scale[decimals < 0 ? 0 : decimals > 6 ? 6 : decimals];
+	return round(v * k) / k;
 }

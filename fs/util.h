@@ -19,6 +19,10 @@ char *json_text_file(const struct cJSON *v);
 unsigned util_strhash(unsigned seed, const char *s);
 /* Trims ASCII whitespace at both ends in place; returns s. */
 char *trim(char *s);
+/* v rounded to `decimals` places, as the double nearest to that decimal
+ * (so that JSON shows no more places: round(v * 10^d) / 10^d, never
+ * round(v / 0.1) * 0.1, which gives 510.70000000000005). decimals 0-6. */
+double round_to(double v, int decimals);
 
 /* A flag shared between threads (cancel requests): relaxed atomics. Its
  * value (0 when f is NULL), not only whether it is set. */

@@ -181,6 +181,12 @@ def check_demo_output(r):
     assert mock_text(1, "What is a FUSE filesystem?") in out, out
     assert "The tool answered: 42.5" in out, out
     assert "What is on my list? (1 file attached: list.txt)" in out, out
+    # Each command starts after a blank line: output that did not end with
+    # a newline (a .reply's answer) does not run into the next prompt.
+    lines = out.split("\n")
+    for i, line in enumerate(lines):
+        if line.startswith("$ ") and i > 1:
+            assert lines[i - 1] == "", "\n".join(lines[i - 2:i + 1])
     mo = re.search(r"mounted on (\S+)", out)
     if mo:
         mnt = mo.group(1)

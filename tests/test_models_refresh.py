@@ -262,3 +262,36 @@ def test_retry_waiting_for_a_listing_is_cancelled(mount):
         assert "cancelled" in history_text(m, "c").splitlines()[-1]
     finally:
         srv.stop()
+
+
+
+@pytest.mark.xdist_group("timing")
+def test_health_shows_a_listing_that_hangs(fake, mount):
+    """health does not wait on a hanging model listing, and says that one
+    is under way, since when, and when it is given up."""
+    hang_listings(fake)
+    m = hmount(mount, connect_timeout="3s", models_ttl="60s")
+    h = {}
+
+    def listing_for(ms):
+        h.clear()
+        h.update(read_json(m.path / "health"))
+        return h.get("listing") and h["listing"]["since_ms"] >= ms
+    # Freshly mounted against a server that does not answer.
+    wait_for(lambda: listing_for(300), timeout=2.5,
+             message="health shows the first listing under way")
+    assert h["reachable"] is False and h["error"] is None, h
+    assert h["listing"]["timeout_ms"] == 3000, h
+    # Given up after connect_timeout: an error, no listing under way.
+    wait_for(lambda: read_json(m.path / "health")["error"] is not None,
+             timeout=10, message="the listing given up")
+    assert read_json(m.path / "health")["error"]["class"] == "timeout"
+    # A server that answered and then hangs: the old list is kept, and
+    # health (which asks for a new listing) says that one waits.
+    fake.routes.clear()
+    wait_for(lambda: read_json(m.path / "health")["reachable"] is True,
+             timeout=10, message="the server answers again")
+    hang_listings(fake)
+    wait_for(lambda: listing_for(200), timeout=2.5,
+             message="health shows the hanging listing")
+    assert h["reachable"] is True and LLAMA in h["models"], h

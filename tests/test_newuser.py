@@ -80,3 +80,106 @@ def test_a_state_directory_in_use_is_refused(fake, mount, lmsfs_bin,
     m.umount()
     m.start()
     assert reply(m, "c") == "one two three four five six"
+
+
+def test_echo_of_a_bad_mcp_json_fails_at_write(fake, mount, tmp_path):
+    # A shell ignores close()'s error: the refusal has to come from write()
+    # for `echo ... > mcp.json` to fail. The old file is kept either way.
+    m = mount_with(mount, tmp_path, {"h": hostile_entry("good")})
+    path = m.path / "tools" / "mcp.json"
+    good = read_text(path)
+    for bad in ("not json", "[1, 2]", '{"mcpServers": {}} trailing'):
+        r = run(["bash", "-c", "echo '%s' > %s" % (bad, path)])
+        assert r.returncode != 0, (bad, r)
+        assert "Invalid argument" in r.stderr, (bad, r.stderr)
+        assert read_text(path) == good, bad
+        assert "mcp.json must hold one JSON object" in tstatus(m), tstatus(m)
+    # A valid file written line by line, in separate writes, still works;
+    # also when another process writes a part and closes its copy.
+    r = run(["bash", "-c",
+             "{ echo '{\"mcpServers\":'; echo '  {}' | cat; echo '}'; } > "
+             + str(path)])
+    assert r.returncode == 0, r.stderr
+    assert read_text(path) == '{"mcpServers":\n  {}\n}\n'
+    with open(path, "w") as f:
+        f.write('{"mcpServers"')
+        f.flush()
+        f.write(': {}}')
+    assert read_text(path) == '{"mcpServers": {}}'
+
+
+def _decimals(raw, key):
+    """The number of decimal places of every value of `key` in raw JSON."""
+    import re
+    return [len(d) for d in
+            re.findall(r'"%s":\s*-?\d+(?:\.(\d+))?' % key, raw)]
+
+
+def test_status_rounds_times_and_rates_as_lmsfs_stats_does(fake, mount):
+    # .status shows times to 0.1 ms and rates to 0.01 tokens/s, like the
+    # lmsfs_stats of the history line, not 17 digits.
+    m = cmount(mount)
+    mkconv(m, "r")
+    fake.enqueue(Reply(chunks=["w%d " % i for i in range(12)], delay=0.05,
+                       stats=False, first_delay=0.0137))
+    prompt(m, "r", "go")
+    path = cdir(m, "r") / ".status"
+    raw = ""
+
+    def generating_with_rate():
+        nonlocal raw
+        raw = read_text(path)
+        return '"tokens_per_second"' in raw and '"generating"' in raw
+    wait_for(generating_with_rate, message="a rate while generating")
+    assert _decimals(raw, "elapsed_ms") and \
+        max(_decimals(raw, "elapsed_ms")) <= 1, raw
+    assert max(_decimals(raw, "tokens_per_second")) <= 2, raw
+    reply(m, "r")
+    raw = read_text(path)
+    assert _decimals(raw, "ttft_ms") and \
+        max(_decimals(raw, "ttft_ms")) <= 1, raw
+    assert max(_decimals(raw, "tokens_per_second")) <= 2, raw
+    hist = read_text(cdir(m, "r") / "messages.jsonl").splitlines()[-1]
+    assert max(_decimals(hist, "ttft_ms")) <= 1, hist
+    assert max(_decimals(hist, "duration_ms")) <= 1, hist
+
+
+def test_a_text_attachment_is_sent_without_its_bom(fake, mount):
+    # Settings files and history lines drop a UTF-8 byte order mark; a text
+    # attachment's is no part of its text either. The file keeps it.
+    from test_attach import last_user_parts, put
+    m = cmount(mount)
+    mkconv(m, "b")
+    put(m, "b", "bom.txt", b"\xef\xbb\xbfhello\n")
+    put(m, "b", "two.txt", b"\xef\xbb\xbf\xef\xbb\xbfx")
+    prompt(m, "b", "read")
+    reply(m, "b")
+    parts = last_user_parts(fake)
+    assert parts[1]["text"] == "[file bom.txt]\nhello\n", parts
+    # Only the first is a mark; a second is text (a zero-width no-break
+    # space) and goes as it is.
+    assert parts[2]["text"] == "[file two.txt]\n\ufeffx", parts
+    with open(cdir(m, "b") / "files" / "bom.txt", "rb") as f:
+        assert f.read() == b"\xef\xbb\xbfhello\n"
+
+
+def test_settings_appended_to_a_model_file_load_it(fake, mount):
+    # `>>` writes at the end of what the file shows (the model's JSON); the
+    # file's content is never stored, so the settings count from the start.
+    from test_models_load import EQWEN3, QWEN3, loads, msh, v1
+    v1(fake)
+    m = mount()
+    r = msh(m, "touch %s" % EQWEN3)
+    assert r.returncode == 0, r.stderr
+    assert read_text(m.path / "models" / EQWEN3).strip()  # not empty
+    r = msh(m, "echo '{\"context_length\":4096}' >> %s" % EQWEN3)
+    assert r.returncode == 0, r.stderr
+    assert loads(fake)[-1] == {"model": QWEN3, "context_length": 4096}
+    # Python's "a" mode, in two writes.
+    with open(m.path / "models" / EQWEN3, "a") as f:
+        f.write('{"context_length"')
+        f.flush()
+        f.write(': 8192}')
+    assert loads(fake)[-1] == {"model": QWEN3, "context_length": 8192}
+    r = msh(m, "echo 'nope' >> %s" % EQWEN3)
+    assert r.returncode != 0 and "Invalid argument" in r.stderr, r

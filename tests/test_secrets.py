@@ -200,3 +200,46 @@ def test_api_key_scrubbed_in_every_spelling(fake, mount, spelling):
     # The key was read (it is the one the server wants).
     mkconv(m, "c")
     assert ask(m, "c", "hi").rstrip("\n") == echo_of("hi")
+
+
+@pytest.mark.parametrize("spelling", [
+    ("-o", "api_key=%s,default_model=" + LLAMA),
+    ("-oapi_key=%s",),
+    ("-o", "default_model=%s,api\\_key=%%s" % LLAMA),
+], ids=["separate", "joined", "escaped"])
+def test_scrubbed_arguments_do_not_show_the_key_length(fake, mount, spelling):
+    """ps and /proc/PID/cmdline show api_key=**** whatever the key's
+    length: what stands for the key is the same for a short and a long
+    key, and the other arguments are intact."""
+    shown = []
+    for secret in ("sk-" + uuid.uuid4().hex[:6], "sk-" + uuid.uuid4().hex * 3):
+        fake.require_token = secret
+        args = tuple(a.replace("%s", secret) for a in spelling)
+        if "default_model" not in "".join(args):
+            args += ("-o", "default_model=%s" % LLAMA)
+        m = mount(args=args)
+        raw = cmdline(m.pid)
+        assert secret.encode() not in raw, raw
+        argv = raw.rstrip(b"\0").split(b"\0")
+        ps = run(["ps", "-ww", "-o", "args=", "-p", str(m.pid)]).stdout
+        assert "_key=****" in ps and "*****" not in ps, ps
+        assert str(m.path) in ps.split(), ps
+        assert str(m.path).encode() in argv, argv
+        assert b"*****" not in raw, raw
+        mkconv(m, "c")
+        assert ask(m, "c", "hi").rstrip("\n") == echo_of("hi")
+        shown.append((ps.strip().replace(str(m.path), "MNT")
+                       .replace(str(m.state), "STATE"),
+                      [a for a in argv if a]))
+        m.umount()
+    assert shown[0][0] == shown[1][0], shown
+
+
+def test_arguments_after_a_scrubbed_key_are_still_read(lmsfs_bin, tmp_path):
+    # The scrub moves the arguments after the key: the ones lmsfs kept a
+    # pointer to (-c FILE, the mount point) are still the same text.
+    conf = tmp_path / "missing.conf"
+    r = run([str(lmsfs_bin), "-o", "api_key=sk-" + uuid.uuid4().hex,
+             "-c", str(conf), str(tmp_path)])
+    assert r.returncode != 0
+    assert "%s: no such configuration file" % conf in r.stderr, r.stderr
