@@ -77,12 +77,13 @@ static int move_one(int dirfd, int pfd, const char *old)
 	new_name(old, nn, sizeof(nn));
 	if (!nn[0] || fstatat(dirfd, old, &so, AT_SYMLINK_NOFOLLOW) < 0)
 		return 0;
-	if (!S_ISREG(so.st_mode)) {
-		/* Nothing lmsfs made: a planted link or directory goes. */
-		log_warnx("removing %s, which is not a regular file", old);
-		unlinkat(dirfd, old, S_ISDIR(so.st_mode) ? AT_REMOVEDIR : 0);
-		return 1;
+	if (S_ISLNK(so.st_mode)) {
+		/* Nothing lmsfs made (and never followed): it goes. */
+		log_warnx("removing the symlink %s", old);
+		return unlinkat(dirfd, old, 0) == 0 ? 1 : -errno;
 	}
+	if (!S_ISREG(so.st_mode))
+		return 0; /* nor this: left alone, never read */
 	if (renameat2(dirfd, old, pfd, nn, RENAME_NOREPLACE) == 0)
 		return 1;
 	if (errno != EEXIST)

@@ -296,6 +296,25 @@ static void private_symlink_refused(void)
 	close(d);
 }
 
+/* A symlink of the earlier layout is dropped, never followed. */
+static void old_symlink_dropped(void)
+{
+	struct recover_result r;
+	struct stat st;
+	char target[200];
+	int d = fresh();
+	snprintf(target, sizeof(target), "%s/nowhere", root);
+	CHECK_INT(symlinkat(target, d, STORE_OLD_PARTIAL), 0);
+	put(d, STORE_OLD_SPOOL, Q("0000000000000601", "q"));
+	CHECK_INT(recover_conversation(d, "t", &r), 0);
+	CHECK_INT(fstatat(d, STORE_OLD_PARTIAL, &st, AT_SYMLINK_NOFOLLOW), -1);
+	CHECK_INT(stat(target, &st), -1);
+	CHECK_INT(r.npending, 1);
+	CHECK_INT(r.interrupted, 0);
+	recover_result_free(&r);
+	close(d);
+}
+
 int main(void)
 {
 	char cmd[200];
@@ -314,6 +333,7 @@ int main(void)
 	old_layout_moved();
 	both_layouts_joined();
 	private_symlink_refused();
+	old_symlink_dropped();
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", root);
 	if (system(cmd) != 0)
 		printf("could not remove %s\n", root);
