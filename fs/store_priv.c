@@ -61,7 +61,8 @@ static int merge_spools(int dirfd, const char *old, int pfd)
 	int ret = fsio_read(dirfd, old, 256u << 20, &data, &len);
 
 	if (ret == 0 && len > 0)
-		ret = fsio_append(pfd, STORE_SPOOL, data, len, FSIO_SYNC | FSIO_LINES, NULL);
+		ret = fsio_append(pfd, STORE_SPOOL, data, len,
+				  FSIO_SYNC | FSIO_LINES, NULL);
 	free(data);
 	if (ret == 0 && unlinkat(dirfd, old, 0) < 0)
 		ret = -errno;
@@ -88,13 +89,14 @@ static int move_one(int dirfd, int pfd, const char *old)
 		return 1;
 	if (errno != EEXIST)
 		return -errno;
-	if (fstatat(pfd, nn, &sn, AT_SYMLINK_NOFOLLOW) == 0 && sn.st_ino == so.st_ino &&
-	    sn.st_dev == so.st_dev) {
+	if (fstatat(pfd, nn, &sn, AT_SYMLINK_NOFOLLOW) == 0 &&
+	    sn.st_ino == so.st_ino && sn.st_dev == so.st_dev) {
 		/* One file under both names (a rename a crash cut). */
 		return unlinkat(dirfd, old, 0) == 0 ? 1 : -errno;
 	}
 	if (!strcmp(nn, STORE_SPOOL)) {
-		if (fstatat(pfd, nn, &sn, AT_SYMLINK_NOFOLLOW) == 0 && sn.st_size == 0)
+		if (fstatat(pfd, nn, &sn, AT_SYMLINK_NOFOLLOW) == 0 &&
+		    sn.st_size == 0)
 			return renameat(dirfd, old, pfd, nn) == 0 ? 1 : -errno;
 		return merge_spools(dirfd, old, pfd) == 0 ? 1 : -EIO;
 	}
@@ -104,7 +106,8 @@ static int move_one(int dirfd, int pfd, const char *old)
 
 int store_private_migrate(int dirfd, const char *name)
 {
-	int fd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC), pfd = -1;
+	int fd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC),
+	    pfd = -1;
 	int ret = 0, moved = 0;
 	DIR *d;
 	struct dirent *de;
@@ -118,7 +121,8 @@ int store_private_migrate(int dirfd, const char *name)
 	}
 	while ((de = readdir(d))) {
 		int r;
-		if (strncmp(de->d_name, NAMES_PRIVATE_PREFIX, strlen(NAMES_PRIVATE_PREFIX)) != 0)
+		if (strncmp(de->d_name, NAMES_PRIVATE_PREFIX,
+			    strlen(NAMES_PRIVATE_PREFIX)) != 0)
 			continue;
 		if (pfd < 0 && (pfd = store_private_open(dirfd, 1)) < 0) {
 			ret = pfd;
@@ -137,11 +141,12 @@ int store_private_migrate(int dirfd, const char *name)
 	if (pfd >= 0)
 		close(pfd);
 	if (ret)
-		log_warnx("conversation %s: cannot move lmsfs's files into %s/: %s", name,
-			  STORE_PRIVATE, strerror(-ret));
+		log_warnx(
+		    "conversation %s: cannot move lmsfs's files into %s/: %s",
+		    name, STORE_PRIVATE, strerror(-ret));
 	else if (moved)
-		log_info("conversation %s: moved %d of lmsfs's files into %s/", name, moved,
-			 STORE_PRIVATE);
+		log_info("conversation %s: moved %d of lmsfs's files into %s/",
+			 name, moved, STORE_PRIVATE);
 	return ret;
 }
 
@@ -154,7 +159,8 @@ void store_private_remove(int dirfd)
 
 	if (pfd >= 0 && (d = fdopendir(pfd))) {
 		while ((de = readdir(d)))
-			if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..") &&
+			if (strcmp(de->d_name, ".") &&
+			    strcmp(de->d_name, "..") &&
 			    unlinkat(pfd, de->d_name, 0) < 0 && errno == EISDIR)
 				unlinkat(pfd, de->d_name, AT_REMOVEDIR);
 		closedir(d);
@@ -162,7 +168,8 @@ void store_private_remove(int dirfd)
 		close(pfd);
 	}
 	/* The directory, or a symlink or file planted in its place. */
-	if (unlinkat(dirfd, STORE_PRIVATE, AT_REMOVEDIR) < 0 && errno == ENOTDIR)
+	if (unlinkat(dirfd, STORE_PRIVATE, AT_REMOVEDIR) < 0 &&
+	    errno == ENOTDIR)
 		unlinkat(dirfd, STORE_PRIVATE, 0);
 	if (fd < 0 || !(d = fdopendir(fd))) {
 		if (fd >= 0)
@@ -170,7 +177,8 @@ void store_private_remove(int dirfd)
 		return;
 	}
 	while ((de = readdir(d)))
-		if (!strncmp(de->d_name, NAMES_PRIVATE_PREFIX, strlen(NAMES_PRIVATE_PREFIX)))
+		if (!strncmp(de->d_name, NAMES_PRIVATE_PREFIX,
+			     strlen(NAMES_PRIVATE_PREFIX)))
 			unlinkat(fd, de->d_name, 0);
 	closedir(d);
 }
@@ -184,13 +192,16 @@ int store_replace(int dirfd, const char *path, const void *data, size_t n)
 		char parent[NAME_MAX + 1];
 		if ((size_t)(slash - path) >= sizeof(parent))
 			return -ENAMETOOLONG;
-		snprintf(parent, sizeof(parent), "%.*s", (int)(slash - path), path);
+		snprintf(parent, sizeof(parent), "%.*s", (int)(slash - path),
+			 path);
 		cfd = fsio_open(dirfd, parent, O_RDONLY | O_DIRECTORY, 0);
 		if (cfd < 0)
 			return cfd;
 	}
 	pfd = store_private_open(cfd, 1);
-	ret = pfd < 0 ? pfd : fsio_replace_via(cfd, slash ? slash + 1 : path, pfd, data, n);
+	ret = pfd < 0 ? pfd
+		      : fsio_replace_via(cfd, slash ? slash + 1 : path, pfd,
+					 data, n);
 	if (pfd >= 0)
 		close(pfd);
 	if (slash)
