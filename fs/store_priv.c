@@ -15,10 +15,30 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+/* A file of the user's named .lmsfs (earlier versions let users make
+ * one) becomes ".lmsfs~", still theirs and visible. 1 when renamed. */
+static int keep_users_file(int dirfd, const char *name)
+{
+	struct stat st;
+
+	if (fstatat(dirfd, STORE_PRIVATE, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
+	    !S_ISREG(st.st_mode))
+		return 0;
+	if (renameat2(dirfd, STORE_PRIVATE, dirfd, STORE_PRIVATE "~",
+		      RENAME_NOREPLACE) < 0)
+		return 0; /* then lmsfs's directory cannot be made: refused */
+	log_warnx("conversation %s: renamed your file %s to %s~ (the name is "
+		  "lmsfs's own now)",
+		  name ? name : "", STORE_PRIVATE, STORE_PRIVATE);
+	return 1;
+}
+
 int store_private_open(int dirfd, int create)
 {
 	int fd = fsio_open(dirfd, STORE_PRIVATE, O_RDONLY | O_DIRECTORY, 0);
 
+	if (fd == -ENOTDIR && create && keep_users_file(dirfd, NULL))
+		fd = -ENOENT;
 	if (fd != -ENOENT || !create)
 		return fd;
 	/* mkdirat never follows a symlink in its place (EEXIST, and the open
@@ -114,6 +134,7 @@ int store_private_migrate(int dirfd, const char *name)
 
 	if (fd < 0)
 		return -errno;
+	moved = keep_users_file(dirfd, name);
 	d = fdopendir(fd);
 	if (!d) {
 		close(fd);
@@ -136,7 +157,8 @@ int store_private_migrate(int dirfd, const char *name)
 	closedir(d);
 	/* Both directories synced before anything reads or writes the files
 	 * in their new place: a crash leaves each in one of the two. */
-	if (moved && (fsync(pfd) < 0 || fsync(dirfd) < 0) && ret == 0)
+	if (moved && ((pfd >= 0 && fsync(pfd) < 0) || fsync(dirfd) < 0) &&
+	    ret == 0)
 		ret = -errno;
 	if (pfd >= 0)
 		close(pfd);

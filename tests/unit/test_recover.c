@@ -315,6 +315,22 @@ static void old_symlink_dropped(void)
 	close(d);
 }
 
+/* A file of the user's named .lmsfs (an earlier version allowed it) is
+ * kept as .lmsfs~, and lmsfs's directory takes the name. */
+static void users_file_kept(void)
+{
+	struct recover_result r;
+	int d = fresh();
+	put(d, STORE_PRIVATE, "mine");
+	put(d, STORE_OLD_SPOOL, Q("0000000000000701", "q"));
+	CHECK_INT(recover_conversation(d, "t", &r), 0);
+	CHECK_STR(get(d, STORE_PRIVATE "~"), "mine");
+	CHECK_INT(r.npending, 1);
+	CHECK_STR(get(d, STORE_SPOOL_PATH), Q("0000000000000701", "q"));
+	recover_result_free(&r);
+	close(d);
+}
+
 int main(void)
 {
 	char cmd[200];
@@ -334,6 +350,7 @@ int main(void)
 	both_layouts_joined();
 	private_symlink_refused();
 	old_symlink_dropped();
+	users_file_kept();
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", root);
 	if (system(cmd) != 0)
 		printf("could not remove %s\n", root);
