@@ -82,7 +82,7 @@ OBJS := $(patsubst fs/%.c,$(BUILD)/%.o,$(SRCS))
 DEPS := $(OBJS:.o=.d)
 
 # Pure modules that unit tests link against (no FUSE, no curl).
-PURE := buf utf8 sse jsonl config config_value config_file log names util msgs fsio store spool recover errclass u16 api think
+PURE := buf utf8 sse jsonl config config_value config_file log names util msgs fsio store store_priv spool recover errclass u16 api think
 # attachments (store layer, used by store.c and recover.c)
 PURE += attach attach_send
 # a program's process tree (tools and MCP servers)

@@ -249,10 +249,11 @@ struct conv *conv_get(const char *name)
 
 /* --- directories -------------------------------------------------------- */
 
-/* Removes lmsfs's private files; fails with -ENOTEMPTY when others exist. */
+/* Removes lmsfs's private files (store_private_remove); fails with
+ * -ENOTEMPTY when others exist. */
 static int clear_private(int parentfd, const char *name, int dry)
 {
-	int fd = openat(parentfd, name, O_DIRECTORY | O_RDONLY | O_CLOEXEC);
+	int fd = openat(parentfd, name, O_DIRECTORY | O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
 	DIR *d;
 	struct dirent *de;
 	int ret = 0;
@@ -267,34 +268,39 @@ static int clear_private(int parentfd, const char *name, int dry)
 	while ((de = readdir(d))) {
 		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
 			continue;
-		if (strncmp(de->d_name, NAMES_PRIVATE_PREFIX, strlen(NAMES_PRIVATE_PREFIX)) != 0) {
+		if (!names_private(de->d_name)) {
 			ret = -ENOTEMPTY;
 			break;
 		}
 	}
-	if (ret == 0 && !dry) {
-		rewinddir(d);
-		while ((de = readdir(d)))
-			if (!strncmp(de->d_name, NAMES_PRIVATE_PREFIX, strlen(NAMES_PRIVATE_PREFIX)))
-				unlinkat(dirfd(d), de->d_name, 0);
-	}
+	if (ret == 0 && !dry)
+		store_private_remove(fd);
 	closedir(d);
 	return ret;
 }
 
 int conv_mkdir(const char *name, unsigned mode)
 {
-	int ret = names_file_ok(name);
+	int ret = names_file_ok(name), dfd;
 	if (ret)
 		return ret;
 	if (mkdirat(root_fd, name, (mode & 0777) | 0700) < 0)
 		return -errno;
+	/* lmsfs's own directory is made now (synced), so that the first
+	 * prompt does not change the conversation directory. */
+	dfd = openat(root_fd, name, O_DIRECTORY | O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	ret = dfd < 0 ? -errno : store_private_open(dfd, 1);
+	if (ret >= 0)
+		close(ret);
+	if (dfd >= 0)
+		close(dfd);
 	/* The new directory must outlive a power cut with the prompts the
 	 * user is about to write into it; if that cannot be promised, it is
 	 * not made. */
-	if (fsync(root_fd) < 0) {
-		int err = -errno;
-		log_warn("mkdir %s: syncing conversations/", name);
+	if (ret < 0 || fsync(root_fd) < 0) {
+		int err = ret < 0 ? ret : -errno;
+		log_warnx("mkdir %s: syncing the new directory: %s", name, strerror(-err));
+		clear_private(root_fd, name, 0);
 		unlinkat(root_fd, name, AT_REMOVEDIR);
 		return err;
 	}
@@ -433,10 +439,22 @@ void conv_recover_all(void)
 		char p[600];
 		if (de->d_name[0] == '.' && (!de->d_name[1] || !strcmp(de->d_name, "..")))
 			continue;
-		snprintf(p, sizeof(p), "%s/" STORE_SPOOL, de->d_name);
-		int pending = fstatat(root_fd, p, &st, 0) == 0 && st.st_size > 0;
-		snprintf(p, sizeof(p), "%s/" STORE_PARTIAL, de->d_name);
-		pending = pending || fstatat(root_fd, p, &st, 0) == 0;
+		/* Two stat calls for most: a spool in .lmsfs/ (kept, empty,
+		 * between answers) tells the layout. An answer runs only with
+		 * a spool file present, in either layout. */
+		snprintf(p, sizeof(p), "%s/" STORE_SPOOL_PATH, de->d_name);
+		int pending, have = fstatat(root_fd, p, &st, AT_SYMLINK_NOFOLLOW) == 0;
+		if (have) {
+			pending = st.st_size > 0;
+			snprintf(p, sizeof(p), "%s/" STORE_PARTIAL_PATH, de->d_name);
+		} else {
+			/* The earlier layout: loading it moves its files. */
+			snprintf(p, sizeof(p), "%s/" STORE_OLD_SPOOL, de->d_name);
+			have = fstatat(root_fd, p, &st, AT_SYMLINK_NOFOLLOW) == 0;
+			pending = have && st.st_size > 0;
+			snprintf(p, sizeof(p), "%s/" STORE_OLD_PARTIAL, de->d_name);
+		}
+		pending = pending || (have && fstatat(root_fd, p, &st, AT_SYMLINK_NOFOLLOW) == 0);
 		if (pending)
 			conv_put(conv_get(de->d_name));
 	}

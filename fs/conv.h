@@ -3,7 +3,7 @@
  *
  * On disk, state_dir/conversations/NAME/ holds the user's files
  * (messages.jsonl, stream, prompt, model, system, params.json, anything
- * else) plus private files named NAMES_PRIVATE_PREFIX* that never show
+ * else) plus lmsfs's own directory NAMES_PRIVATE_DIR (.lmsfs/) that never shows
  * through the mount; store.h owns that layout and its durability.
  *
  * Lock order: table lock (conv.c) -> conv->lock -> conv->hist_lock.

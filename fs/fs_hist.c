@@ -351,7 +351,7 @@ int rename_over_history(struct conv *c, const char *conv, const char *name,
 			ret = merge_appended(dfd, data, len, base, &merged, &mlen, why, whylen);
 			close(dfd);
 			if (ret == 0 && merged)
-				ret = fsio_replace(conv_root_fd(), from, merged, mlen);
+				ret = store_replace(conv_root_fd(), from, merged, mlen);
 		}
 	}
 	free(merged);

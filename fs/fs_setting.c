@@ -9,6 +9,7 @@
 #include "fsio.h"
 #include "jsonobj.h"
 #include "log.h"
+#include "store.h"
 #include "utf8.h"
 #include "util.h"
 
@@ -86,7 +87,7 @@ static int setting_commit(const struct nodeinfo *ni, struct fh *f, const char *d
 	if (dfd < 0)
 		return dfd;
 	pthread_mutex_lock(&commit_lock);
-	ret = fsio_replace(dfd, ni->name, data, len);
+	ret = store_replace(dfd, ni->name, data, len);
 	if (ret == 0 && f && f->mode_set && fchmodat(dfd, ni->name, f->new_mode, 0) < 0)
 		log_warn("conversation %s: cannot set the mode of %s", ni->conv, ni->name);
 	if (ret == 0 && f && f->times_set &&

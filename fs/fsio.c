@@ -246,15 +246,15 @@ static void private_name(char *buf, size_t len, const char *path, const char *wh
 		snprintf(buf, len, "%s%s.%s", NAMES_PRIVATE_PREFIX, what, path);
 }
 
-int fsio_replace(int dirfd, const char *path, const void *data, size_t n)
+/* The temporary (tmp) and the old file's second link (old) are names in
+ * sdirfd, on the same filesystem as dirfd/path. */
+static int replace_via(int dirfd, const char *path, int sdirfd, const char *tmp,
+		       const char *old, const void *data, size_t n)
 {
-	char tmp[4200], old[4200];
 	struct stat st;
 	mode_t mode = 0644;
 	int fd, ret, have_old = 0, had_old = 0;
 
-	private_name(tmp, sizeof(tmp), path, "tmp");
-	private_name(old, sizeof(old), path, "old");
 	if (fstatat(dirfd, path, &st, AT_SYMLINK_NOFOLLOW) == 0) {
 		if (S_ISLNK(st.st_mode)) {
 			log_warnx("refused to replace a symlink: %s", path);
@@ -263,8 +263,8 @@ int fsio_replace(int dirfd, const char *path, const void *data, size_t n)
 		mode = st.st_mode & 07777;
 		had_old = 1;
 	}
-	unlinkat(dirfd, tmp, 0);
-	fd = fsio_open(dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL, 0600);
+	unlinkat(sdirfd, tmp, 0);
+	fd = fsio_open(sdirfd, tmp, O_WRONLY | O_CREAT | O_EXCL, 0600);
 	if (fd < 0)
 		return fd;
 	/* The replacement keeps the permissions of what it replaces. */
@@ -277,17 +277,17 @@ int fsio_replace(int dirfd, const char *path, const void *data, size_t n)
 	/* The old file stays reachable until the new one is durable, so that
 	 * a failure can put it back. */
 	if (ret == 0) {
-		unlinkat(dirfd, old, 0);
-		have_old = linkat(dirfd, path, dirfd, old, 0) == 0;
+		unlinkat(sdirfd, old, 0);
+		have_old = linkat(dirfd, path, sdirfd, old, 0) == 0;
 	}
-	if (ret == 0 && renameat(dirfd, tmp, dirfd, path) < 0)
+	if (ret == 0 && renameat(sdirfd, tmp, dirfd, path) < 0)
 		ret = -errno;
 	if (ret == 0) {
 		/* The rename itself must survive a power cut too. If that sync
 		 * fails, the old state comes back and the failure is reported;
 		 * if it cannot come back, the change stands and is not. */
 		ret = fsio_sync_parent(dirfd, path);
-		if (ret != 0 && had_old && have_old && renameat(dirfd, old, dirfd, path) == 0) {
+		if (ret != 0 && had_old && have_old && renameat(sdirfd, old, dirfd, path) == 0) {
 			have_old = 0;
 		} else if (ret != 0 && !had_old && unlinkat(dirfd, path, 0) == 0) {
 			/* There was nothing: there is nothing again. */
@@ -299,10 +299,31 @@ int fsio_replace(int dirfd, const char *path, const void *data, size_t n)
 		}
 	}
 	if (ret != 0)
-		unlinkat(dirfd, tmp, 0);
+		unlinkat(sdirfd, tmp, 0);
 	if (have_old)
-		unlinkat(dirfd, old, 0);
+		unlinkat(sdirfd, old, 0);
 	return ret;
+}
+
+int fsio_replace(int dirfd, const char *path, const void *data, size_t n)
+{
+	char tmp[4200], old[4200];
+
+	private_name(tmp, sizeof(tmp), path, "tmp");
+	private_name(old, sizeof(old), path, "old");
+	return replace_via(dirfd, path, dirfd, tmp, old, data, n);
+}
+
+int fsio_replace_via(int dirfd, const char *path, int scratchfd, const void *data, size_t n)
+{
+	const char *base = strrchr(path, '/');
+	char tmp[300], old[300];
+
+	base = base ? base + 1 : path;
+	if (snprintf(tmp, sizeof(tmp), "tmp.%s", base) >= (int)sizeof(tmp))
+		return -ENAMETOOLONG;
+	snprintf(old, sizeof(old), "old.%s", base);
+	return replace_via(dirfd, path, scratchfd, tmp, old, data, n);
 }
 
 int fsio_truncate(int dirfd, const char *path, off_t size)

@@ -51,6 +51,10 @@ int fsio_append_fd(int fd, const void *data, size_t n);
  * failed) and no temporary is left; when the old file cannot be put back
  * the change stands, is logged, and 0 is returned. */
 int fsio_replace(int dirfd, const char *path, const void *data, size_t n);
+/* The same with the temporary and the old file's second link made in the
+ * directory scratchfd (same filesystem) as "tmp.NAME" and "old.NAME", so
+ * that the directory of path sees only the final rename. */
+int fsio_replace_via(int dirfd, const char *path, int scratchfd, const void *data, size_t n);
 
 /* Truncates dirfd/path to size and fsyncs it. */
 int fsio_truncate(int dirfd, const char *path, off_t size);

@@ -33,10 +33,15 @@ int names_file_ok(const char *name)
 		if (c == '/' || c < 0x20 || c == 0x7f)
 			return -EINVAL;
 	}
-	if (strncmp(name, NAMES_PRIVATE_PREFIX,
-		    sizeof(NAMES_PRIVATE_PREFIX) - 1) == 0)
+	if (names_private(name))
 		return -EINVAL;
 	return 0;
+}
+
+int names_private(const char *name)
+{
+	return strcmp(name, NAMES_PRIVATE_DIR) == 0 ||
+	       strncmp(name, NAMES_PRIVATE_PREFIX, sizeof(NAMES_PRIVATE_PREFIX) - 1) == 0;
 }
 
 int names_tool_ok(const char *name)

@@ -7,15 +7,20 @@
 
 #include <stddef.h>
 
-/* Prefix of files lmsfs keeps for itself inside a conversation directory;
- * they never show in readdir and users cannot create them. */
+/* The directory lmsfs keeps its own files in, inside a conversation
+ * directory (store.h), and the prefix of the files it kept there before;
+ * neither ever shows in readdir and users cannot create them. */
+#define NAMES_PRIVATE_DIR ".lmsfs"
 #define NAMES_PRIVATE_PREFIX ".lmsfs."
 
 /* A conversation (directory) or file name inside conversations/: 1..255
  * bytes, not "." or "..", no '/', no control characters (bytes < 0x20 and
- * 0x7f), and not starting with NAMES_PRIVATE_PREFIX. Returns 0 or -EINVAL
+ * 0x7f), and not private (names_private). Returns 0 or -EINVAL
  * (-ENAMETOOLONG when over 255 bytes). */
 int names_file_ok(const char *name);
+
+/* Whether name is lmsfs's own: NAMES_PRIVATE_DIR or NAMES_PRIVATE_PREFIX*. */
+int names_private(const char *name);
 
 /* A tool name: 1..64 characters of [A-Za-z0-9_-]. Returns 1 if valid. */
 int names_tool_ok(const char *name);

@@ -230,6 +230,11 @@ int recover_conversation(int dirfd, const char *name, struct recover_result *r)
 	cJSON *lm;
 
 	memset(r, 0, sizeof(*r));
+	/* lmsfs's files of the earlier layout go to .lmsfs/ first; when they
+	 * cannot, nothing else is touched (they are read there next time). */
+	ret = store_private_migrate(dirfd, name);
+	if (ret)
+		return ret;
 	repair_tail(dirfd, name);
 	repair_tool_round(dirfd, name);
 

@@ -42,15 +42,25 @@ int spool_append(int dirfd, const struct spool_entry *e)
 	int ret;
 	if (!l)
 		return -ENOMEM;
-	ret = fsio_append(dirfd, STORE_SPOOL, l, strlen(l),
+	/* fsio_append syncs .lmsfs/ when it makes the spool there. */
+	ret = fsio_append(dirfd, STORE_SPOOL_PATH, l, strlen(l),
 			  FSIO_CREATE | FSIO_SYNC | FSIO_LINES | FSIO_PRIVATE, NULL);
+	if (ret == -ENOENT) {
+		int pfd = store_private_open(dirfd, 1);
+		ret = pfd < 0 ? pfd
+			      : fsio_append(pfd, STORE_SPOOL, l, strlen(l),
+					    FSIO_CREATE | FSIO_SYNC | FSIO_LINES | FSIO_PRIVATE,
+					    NULL);
+		if (pfd >= 0)
+			close(pfd);
+	}
 	free(l);
 	return ret;
 }
 
 void spool_clear(int dirfd)
 {
-	int fd = fsio_open(dirfd, STORE_SPOOL, O_WRONLY | O_TRUNC, 0);
+	int fd = fsio_open(dirfd, STORE_SPOOL_PATH, O_WRONLY | O_TRUNC, 0);
 	if (fd >= 0)
 		close(fd);
 }
@@ -60,10 +70,17 @@ int spool_rewrite(int dirfd, const struct spool_entry *v, size_t n)
 	struct buf b;
 	int ret = 0;
 
-	if (n == 0) {
-		if (unlinkat(dirfd, STORE_SPOOL, 0) < 0 && errno != ENOENT)
-			return -errno;
+	int pfd = store_private_open(dirfd, n > 0);
+
+	if (pfd == -ENOENT && n == 0)
 		return 0;
+	if (pfd < 0)
+		return pfd;
+	if (n == 0) {
+		if (unlinkat(pfd, STORE_SPOOL, 0) < 0 && errno != ENOENT)
+			ret = -errno;
+		close(pfd);
+		return ret;
 	}
 	buf_init(&b, 0);
 	for (size_t i = 0; i < n && ret == 0; i++) {
@@ -77,8 +94,9 @@ int spool_rewrite(int dirfd, const struct spool_entry *v, size_t n)
 		free(l);
 	}
 	if (ret == 0)
-		ret = fsio_replace(dirfd, STORE_SPOOL, b.data, b.len);
+		ret = fsio_replace_via(pfd, STORE_SPOOL, pfd, b.data, b.len);
 	buf_free(&b);
+	close(pfd);
 	return ret;
 }
 
@@ -87,7 +105,7 @@ int spool_load(int dirfd, struct spool_entry **out, size_t *count)
 	char *data = NULL, *p, *end;
 	size_t len, n = 0, cap = 0;
 	struct spool_entry *v = NULL;
-	int ret = fsio_read(dirfd, STORE_SPOOL, SPOOL_MAX, &data, &len);
+	int ret = fsio_read(dirfd, STORE_SPOOL_PATH, SPOOL_MAX, &data, &len);
 
 	*out = NULL;
 	*count = 0;

@@ -1,4 +1,4 @@
-/* spool.h - the durable prompt queue of a conversation (.lmsfs.queue).
+/* spool.h - the durable prompt queue of a conversation (.lmsfs/queue).
  *
  * One JSON object per line: {"id": "<16 hex>", "content": "..."} for a
  * prompt (with "files": [["from", "to", "identity"], ...] when it

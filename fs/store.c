@@ -36,7 +36,7 @@ int store_hist_append(int dirfd, const char *data, size_t n, int flags, off_t *a
 
 int store_hist_replace(int dirfd, const char *data, size_t n)
 {
-	return fsio_replace(dirfd, STORE_HISTORY, data, n);
+	return store_replace(dirfd, STORE_HISTORY, data, n);
 }
 
 int store_hist_truncate(int dirfd, off_t size)
@@ -386,7 +386,11 @@ int store_partial_set(int dirfd)
 	char txt[96];
 	int n = snprintf(txt, sizeof(txt), "{\"stream_offset\":%lld}\n",
 			 (long long)store_stream_size(dirfd));
-	int fd = fsio_open(dirfd, STORE_PARTIAL, O_WRONLY | O_CREAT | O_TRUNC, 0600), ret;
+	int pfd = store_private_open(dirfd, 1), fd, ret;
+	if (pfd < 0)
+		return pfd;
+	fd = fsio_open(pfd, STORE_PARTIAL, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	close(pfd);
 	if (fd < 0)
 		return fd;
 	ret = fsio_write_all(fd, txt, (size_t)n);
@@ -399,7 +403,7 @@ int store_partial_get(int dirfd, off_t *offset)
 	char *data = NULL;
 	size_t len;
 	cJSON *o, *off;
-	if (fsio_read(dirfd, STORE_PARTIAL, 4096, &data, &len) != 0)
+	if (fsio_read(dirfd, STORE_PARTIAL_PATH, 4096, &data, &len) != 0)
 		return 0;
 	o = cJSON_Parse(data);
 	off = cJSON_GetObjectItemCaseSensitive(o, "stream_offset");
@@ -413,7 +417,11 @@ int store_partial_get(int dirfd, off_t *offset)
 
 void store_partial_clear(int dirfd)
 {
-	unlinkat(dirfd, STORE_PARTIAL, 0);
+	int pfd = store_private_open(dirfd, 0);
+	if (pfd < 0)
+		return;
+	unlinkat(pfd, STORE_PARTIAL, 0);
+	close(pfd);
 }
 
 /* --- settings and ids ----------------------------------------------------- */

@@ -8,11 +8,20 @@
  *                    a blank line between turns (created at the first)
  *   prompt           always empty on disk (prompts go to the spool)
  *   model, system, params.json   settings, read when an answer starts
- *   .lmsfs.queue     the prompt spool (spool.h)
- *   .lmsfs.partial   {"stream_offset": N} while an answer runs
+ *   .lmsfs/          lmsfs's own files (never shown through the mount):
+ *     queue          the prompt spool (spool.h)
+ *     partial        {"stream_offset": N} while an answer runs
+ *     tmp.F, old.F   the scratch names of a replacement of file F
  *   attach/, files/  attachments: the outbox and what was sent (attach.h)
  *   anything else    the user's (editor swap files, sed temporaries)
- * No symlink below the state directory is ever followed (fsio_open).
+ * No symlink below the state directory is ever followed (fsio_open): a
+ * symlink named .lmsfs is refused, and the conversation then refuses
+ * prompts. Keeping these in their own directory means that lmsfs's
+ * bookkeeping never changes the conversation directory itself (its
+ * mtime, its entries): only files the user sees do. Earlier versions kept
+ * them as files ".lmsfs.queue", ".lmsfs.partial", ".lmsfs.tmp.F" and
+ * ".lmsfs.old.F" of the conversation directory; loading a conversation
+ * moves them (store_private_migrate).
  *
  * Durability contract (what survives kill -9 and power loss):
  *   - a prompt is in the spool, fsync'd (and its directory fsync'd when
@@ -29,7 +38,12 @@
  *   - a history the user writes is replaced atomically (temporary, fsync,
  *     rename, directory fsync; the old file put back if that sync fails)
  *     or appended with fdatasync;
- *   - a new messages.jsonl or spool made by lmsfs gets a directory fsync;
+ *   - a new messages.jsonl or spool made by lmsfs gets a directory fsync
+ *     (the spool's is .lmsfs/; a new .lmsfs/ gets its parent's);
+ *   - moving the files of the earlier layout into .lmsfs/ renames each,
+ *     then fsyncs both directories before anything else reads or writes
+ *     them: a crash leaves each file in one place or the other, and the
+ *     next load moves the rest;
  *   - a failed or short write to the history or the spool is rolled back
  *     to the old length and its errno returned: no line there is ever left
  *     half written;
@@ -37,7 +51,7 @@
  *     spool entry (which lists the moves) is synced, and are moved again
  *     by recovery or the worker if a crash cut the moves (attach.h);
  *     both directories are synced after the moves;
- *   - stream, reasoning and .lmsfs.partial are never synced: stream is a transcript
+ *   - stream, reasoning and .lmsfs/partial are never synced: stream is a transcript
  *     (a failed write may leave part of a token there), and recovery does
  *     not trust the partial marker alone.
  *
@@ -64,8 +78,15 @@
 #define STORE_STREAM "stream"
 #define STORE_REASONING "reasoning"
 #define STORE_PROMPT "prompt"
-#define STORE_SPOOL NAMES_PRIVATE_PREFIX "queue"
-#define STORE_PARTIAL NAMES_PRIVATE_PREFIX "partial"
+/* lmsfs's own directory in a conversation directory, and its files. */
+#define STORE_PRIVATE NAMES_PRIVATE_DIR
+#define STORE_SPOOL "queue"
+#define STORE_PARTIAL "partial"
+#define STORE_SPOOL_PATH STORE_PRIVATE "/" STORE_SPOOL
+#define STORE_PARTIAL_PATH STORE_PRIVATE "/" STORE_PARTIAL
+/* The same files in the earlier layout, in the conversation directory. */
+#define STORE_OLD_SPOOL NAMES_PRIVATE_PREFIX STORE_SPOOL
+#define STORE_OLD_PARTIAL NAMES_PRIVATE_PREFIX STORE_PARTIAL
 /* Largest history lmsfs reads whole (bytes). */
 #define STORE_HISTORY_MAX (1ul << 30)
 /* A prompt's id: 16 hex digits and a NUL. */
@@ -160,6 +181,25 @@ int store_partial_set(int dirfd);
 /* 1 and *offset when an answer was running, 0 when not. */
 int store_partial_get(int dirfd, off_t *offset);
 void store_partial_clear(int dirfd);
+
+/* --- lmsfs's own directory (store_priv.c) --------------------------------- */
+
+/* Opens the conversation's .lmsfs/ (fd or -errno; -ELOOP for a symlink,
+ * -ENOTDIR for a file of that name). create: made when absent (mode 0700;
+ * the conversation directory fsync'd). */
+int store_private_open(int dirfd, int create);
+/* Moves the files of the earlier layout (NAMES_PRIVATE_PREFIX*) into
+ * .lmsfs/, then syncs both directories; name is for the log. 0 (also when
+ * there was nothing to move) or -errno, when some could not be moved
+ * (they stay where they were; the next call moves them). */
+int store_private_migrate(int dirfd, const char *name);
+/* Removes .lmsfs/ and whatever is in it, and any file
+ * of the earlier layout (best effort: rmdir then tells what is left). */
+void store_private_remove(int dirfd);
+/* Replaces the conversation file dirfd/path (path may be "conv/file")
+ * atomically and durably, its temporaries in the conversation's .lmsfs/
+ * (fsio_replace_via). */
+int store_replace(int dirfd, const char *path, const void *data, size_t n);
 
 /* --- settings and ids ----------------------------------------------------- */
 

@@ -352,7 +352,8 @@ def test_recovery_finishes_moves_a_crash_cut(mount, fake):
     conv = m.state / "conversations" / "k"
     entry = {"id": "00112233aabbccdd", "content": "after the crash",
              "files": [["a.txt", "a.txt"]]}
-    (conv / ".lmsfs.queue").write_text(json.dumps(entry) + "\n")
+    (conv / ".lmsfs").mkdir(exist_ok=True)
+    (conv / ".lmsfs" / "queue").write_text(json.dumps(entry) + "\n")
     m.start()
     wait_answered(m, "k", 1)
     assert listdir(cdir(m, "k") / "attach") == []

@@ -66,7 +66,8 @@ def crash_state(m, conv, entry_files):
     d = m.state / "conversations" / conv
     entry = {"id": "00112233aabbccdd", "content": "after the crash",
              "files": entry_files}
-    (d / ".lmsfs.queue").write_text(json.dumps(entry) + "\n")
+    (d / ".lmsfs").mkdir(exist_ok=True)
+    (d / ".lmsfs" / "queue").write_text(json.dumps(entry) + "\n")
     return d
 
 

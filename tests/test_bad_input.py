@@ -170,7 +170,8 @@ def rename_file_to_private(c):
 
 
 def open_private(c):
-    for n in (".lmsfs.queue", ".lmsfs.partial", ".lmsfs.x"):
+    for n in (".lmsfs.queue", ".lmsfs.partial", ".lmsfs.x", ".lmsfs",
+              ".lmsfs/queue", ".lmsfs/partial"):
         got = c.errno_of(lambda: os.close(os.open(c.t / n, os.O_RDONLY)))
         assert got == errno.ENOENT, (n, errno_name(got))
     r = sh(c.m, "ls -a t")
@@ -383,6 +384,10 @@ CLIENT_CASES = [
     ("rename-conv-private", rename_conv_err(".lmsfs.x", errno.EINVAL)),
     ("create-private-queue", create_err(".lmsfs.queue", errno.EINVAL)),
     ("create-private-other", create_err(".lmsfs.anything", errno.EINVAL)),
+    ("name-private-dir-conv", mkdir_err(".lmsfs", errno.EINVAL)),
+    ("rename-conv-private-dir", rename_conv_err(".lmsfs", errno.EINVAL)),
+    ("create-private-dir", create_err(".lmsfs", errno.EINVAL)),
+    ("create-in-private-dir", create_err(".lmsfs/queue", errno.ENOENT)),
     ("create-file-newline", create_err("a\nb", errno.EINVAL)),
     ("create-in-conv-256", create_err("f" * 256, errno.ENAMETOOLONG)),
     ("rename-file-to-private", rename_file_to_private),

@@ -310,28 +310,34 @@ def test_private_files_are_invisible_and_untouchable(fake, mount):
     fake.chunk_delay = 0.1
     prompt(m, "p", "one two three four five six")
     prompt(m, "p", "queued behind")
-    wait_for(lambda: [x for x in os.listdir(m.state / "conversations" / "p")
-                      if x.startswith(".lmsfs.")], timeout=5)
-    private = sorted(x for x in os.listdir(m.state / "conversations" / "p")
-                     if x.startswith(".lmsfs."))
-    assert ".lmsfs.queue" in private, private
+    back = m.state / "conversations" / "p"
+    wait_for(lambda: (back / ".lmsfs" / "queue").exists(), timeout=5)
+    # lmsfs's files are in one directory of their own.
+    assert [x for x in os.listdir(back) if x.startswith(".lmsfs")] == [".lmsfs"]
+    private = [".lmsfs/" + x for x in os.listdir(back / ".lmsfs")]
+    assert ".lmsfs/queue" in private, private
     r = sh(m, "ls -a p")
     assert r.returncode == 0 and ".lmsfs" not in r.stdout, r.stdout
-    for name in private + [".lmsfs.queue", ".lmsfs.partial"]:
+    for name in [".lmsfs", ".lmsfs.queue", ".lmsfs.partial"] + private:
         p = c / name
+        nested = "/" in name  # the directory itself is not there
         assert os_errno(os.stat, p) == errno.ENOENT, name
         assert os_errno(lambda: os.close(os.open(p, os.O_RDONLY))) == \
             errno.ENOENT, name
         assert os_errno(os.unlink, p) == errno.ENOENT, name
         got = os_errno(lambda: os.close(os.open(
             p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)))
-        assert got == errno.EINVAL, (name, errno_name(got))
+        assert got == (errno.ENOENT if nested else errno.EINVAL), (
+            name, errno_name(got))
         assert raw_write(c / "scratch", "x", os.O_WRONLY | os.O_CREAT) == 0
         got = os_errno(os.rename, c / "scratch", p)
-        assert got == errno.EINVAL, (name, errno_name(got))
+        assert got == (errno.ENOENT if nested else errno.EINVAL), (
+            name, errno_name(got))
         assert os_errno(os.unlink, c / "scratch") == 0
         got = os_errno(os.mkdir, p)  # (no directories in a conversation)
-        assert got in (errno.EINVAL, errno.EPERM), (name, errno_name(got))
+        assert got in ((errno.ENOENT,) if nested else (errno.EINVAL, errno.EPERM)), (
+            name, errno_name(got))
+        assert os_errno(os.rmdir, p) in (errno.ENOENT, errno.ENOTDIR), name
     # Private names are refused everywhere, not only in conversations.
     for where in (m.path / "conversations", m.path / "tools"):
         got = os_errno(lambda: os.close(os.open(
@@ -339,7 +345,7 @@ def test_private_files_are_invisible_and_untouchable(fake, mount):
         assert got in (errno.EINVAL, errno.EACCES, errno.EPERM), (
             where, errno_name(got))
     # The real queue file is intact and the prompts get answered.
-    assert (m.state / "conversations" / "p" / ".lmsfs.queue").exists() or \
+    assert (back / ".lmsfs" / "queue").exists() or \
         status(m, "p")["queued"] == 0
     fake.chunk_delay = 0.0
     wait_for(lambda: status(m, "p")["answered"] == 2 and
@@ -349,8 +355,9 @@ def test_private_files_are_invisible_and_untouchable(fake, mount):
     # A copy of the conversation carries no private file.
     r = sh(m, "cp -r p p2")
     assert r.returncode == 0, r.stderr
-    assert not [x for x in os.listdir(m.state / "conversations" / "p2")
-                if x.startswith(".lmsfs.")]
+    copy = m.state / "conversations" / "p2"
+    assert not [x for x in os.listdir(copy) if x.startswith(".lmsfs.")]
+    assert not os.path.exists(copy / ".lmsfs") or os.listdir(copy / ".lmsfs") == []
     r = sh(m, "grep -r lmsfs_ . ; tar cf - p | tar tf -")
     assert ".lmsfs" not in r.stdout, r.stdout
 

@@ -822,9 +822,11 @@ def test_the_prompt_queue_is_private(fake, mount):
     mkconv(m, "c")
     prompt(m, "c", "a private question")
     reply(m, "c")
-    spool = m.state / "conversations" / "c" / ".lmsfs.queue"
+    spool = m.state / "conversations" / "c" / ".lmsfs" / "queue"
     assert spool.exists()
     assert (spool.stat().st_mode & 0o777) == 0o600, oct(spool.stat().st_mode)
+    private = spool.parent.stat().st_mode & 0o777
+    assert private == 0o700, oct(private)
 
 
 def test_retry_that_cannot_be_saved_changes_nothing(fake, small_tmpfs, mount):

@@ -143,7 +143,10 @@ static char root[] = "/tmp/lmsfs-attach-XXXXXX";
 
 static void put(int dfd, const char *name, const void *data, size_t n)
 {
-	int fd = openat(dfd, name, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	int fd;
+	if (strchr(name, '/'))
+		mkdirat(dfd, STORE_PRIVATE, 0700); /* lmsfs's own directory */
+	fd = openat(dfd, name, O_WRONLY | O_CREAT | O_TRUNC, 0644);
 	if (fd < 0 || write(fd, data, n) != (ssize_t)n)
 		printf("FAIL: cannot write %s\n", name);
 	if (fd >= 0)
@@ -246,7 +249,7 @@ static void recovery_rolls_forward(void)
 
 	mkdirat(d, "attach", 0755);
 	put(d, "attach/a.txt", "hello", 5);
-	put(d, STORE_SPOOL,
+	put(d, STORE_SPOOL_PATH,
 	    "{\"id\":\"00000000000000aa\",\"content\":\"q\",\"files\":[[\"a.txt\",\"a.txt\"]]}\n",
 	    strlen("{\"id\":\"00000000000000aa\",\"content\":\"q\",\"files\":[[\"a.txt\",\"a.txt\"]]}\n"));
 	CHECK_INT(recover_conversation(d, "crash", &r), 0);

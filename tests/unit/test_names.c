@@ -14,7 +14,8 @@ static void test_file_ok(void)
 	CHECK_INT(names_file_ok("my chat (2).txt"), 0);
 	CHECK_INT(names_file_ok(".hidden"), 0);
 	CHECK_INT(names_file_ok("..."), 0);
-	CHECK_INT(names_file_ok(".lmsfs"), 0);
+	CHECK_INT(names_file_ok(".lmsfsx"), 0);
+	CHECK_INT(names_file_ok(".lmsfs-"), 0);
 	CHECK_INT(names_file_ok("x.lmsfs.y"), 0);
 	CHECK_INT(names_file_ok("caf\xc3\xa9 \xf0\x9f\x98\x80"), 0);
 	CHECK_INT(names_file_ok("\x80\xff"), 0); /* bytes, not UTF-8 rules */
@@ -31,6 +32,10 @@ static void test_file_ok(void)
 	CHECK_INT(names_file_ok("\x1b[31m"), -EINVAL);
 	CHECK_INT(names_file_ok(".lmsfs.state"), -EINVAL);
 	CHECK_INT(names_file_ok(NAMES_PRIVATE_PREFIX), -EINVAL);
+	CHECK_INT(names_file_ok(NAMES_PRIVATE_DIR), -EINVAL); /* the private directory */
+	CHECK_INT(names_private(".lmsfs"), 1);
+	CHECK_INT(names_private(".lmsfs.queue"), 1);
+	CHECK_INT(names_private(".lmsfsx"), 0);
 
 	memset(name, 'a', sizeof(name));
 	name[255] = '\0';

@@ -27,7 +27,10 @@ static int fresh(void)
 
 static void put(int dfd, const char *name, const char *text)
 {
-	int fd = openat(dfd, name, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	int fd;
+	if (strchr(name, '/'))
+		mkdirat(dfd, STORE_PRIVATE, 0700); /* lmsfs's own directory */
+	fd = openat(dfd, name, O_WRONLY | O_CREAT | O_TRUNC, 0644);
 	if (fd < 0 || write(fd, text, strlen(text)) != (ssize_t)strlen(text))
 		printf("FAIL: cannot write %s\n", name);
 	if (fd >= 0)
@@ -74,14 +77,14 @@ static void identical_prompts_by_id(void)
 	struct recover_result r;
 	int d = fresh();
 	put(d, STORE_HISTORY, U("00000000000000a1", "continue") A("done 1"));
-	put(d, STORE_SPOOL, Q("00000000000000a1", "continue") Q("00000000000000a2", "continue"));
+	put(d, STORE_SPOOL_PATH, Q("00000000000000a1", "continue") Q("00000000000000a2", "continue"));
 	CHECK_INT(recover_conversation(d, "t", &r), 0);
 	CHECK_INT(r.npending, 1);
 	if (r.npending == 1) {
 		CHECK_STR(r.pending[0].id, "00000000000000a2");
 		CHECK_STR(r.pending[0].text, "continue");
 	}
-	CHECK_STR(get(d, STORE_SPOOL), Q("00000000000000a2", "continue"));
+	CHECK_STR(get(d, STORE_SPOOL_PATH), Q("00000000000000a2", "continue"));
 	CHECK_INT(r.interrupted, 0);
 	recover_result_free(&r);
 	close(d);
@@ -96,7 +99,7 @@ static void taken_prompt_marked(void)
 	int d = fresh();
 	put(d, STORE_HISTORY, U("00000000000000b1", "p1"));
 	put(d, STORE_STREAM, "");
-	put(d, STORE_SPOOL, Q("00000000000000b1", "p1") Q("00000000000000b2", "p2")
+	put(d, STORE_SPOOL_PATH, Q("00000000000000b1", "p1") Q("00000000000000b2", "p2")
 				    Q("00000000000000b3", "p3"));
 	CHECK_INT(recover_conversation(d, "t", &r), 0);
 	CHECK_STR(get(d, STORE_HISTORY), U("00000000000000b1", "p1") MARKED(""));
@@ -118,14 +121,14 @@ static void partial_text_kept(void)
 	int d = fresh();
 	put(d, STORE_HISTORY, U("00000000000000c1", "q"));
 	put(d, STORE_STREAM, "old\nhalf [lmsfs] x\n[lmsfs] tool t\nans");
-	put(d, STORE_PARTIAL, "{\"stream_offset\":4}\n");
-	put(d, STORE_SPOOL, Q("00000000000000c1", "q"));
+	put(d, STORE_PARTIAL_PATH, "{\"stream_offset\":4}\n");
+	put(d, STORE_SPOOL_PATH, Q("00000000000000c1", "q"));
 	CHECK_INT(recover_conversation(d, "t", &r), 0);
 	CHECK_STR(get(d, STORE_HISTORY), U("00000000000000c1", "q") MARKED("half [lmsfs] x\\nans"));
 	CHECK_INT(r.npending, 0);
 	CHECK_INT(r.interrupted, 1);
 	CHECK(r.last_marked);
-	CHECK_STR(get(d, STORE_PARTIAL), "");
+	CHECK_STR(get(d, STORE_PARTIAL_PATH), "");
 	CHECK_HAS(get(d, STORE_STREAM), "ans\n[lmsfs] error interrupted");
 	recover_result_free(&r);
 	close(d);
@@ -138,8 +141,8 @@ static void finished_answer_not_marked(void)
 	int d = fresh();
 	put(d, STORE_HISTORY, U("00000000000000d1", "q") A("full"));
 	put(d, STORE_STREAM, "full\n");
-	put(d, STORE_PARTIAL, "{\"stream_offset\":0}\n");
-	put(d, STORE_SPOOL, Q("00000000000000d1", "q"));
+	put(d, STORE_PARTIAL_PATH, "{\"stream_offset\":0}\n");
+	put(d, STORE_SPOOL_PATH, Q("00000000000000d1", "q"));
 	CHECK_INT(recover_conversation(d, "t", &r), 0);
 	CHECK_STR(get(d, STORE_HISTORY), U("00000000000000d1", "q") A("full"));
 	CHECK_INT(r.interrupted, 0);
@@ -155,7 +158,7 @@ static void lost_line_requeued(void)
 	struct recover_result r;
 	int d = fresh();
 	put(d, STORE_HISTORY, U("00000000000000e0", "before") A("answer"));
-	put(d, STORE_SPOOL, Q("00000000000000e1", "after"));
+	put(d, STORE_SPOOL_PATH, Q("00000000000000e1", "after"));
 	CHECK_INT(recover_conversation(d, "t", &r), 0);
 	CHECK_INT(r.npending, 1);
 	CHECK_INT(r.interrupted, 0);
@@ -176,8 +179,8 @@ static void tool_round_repaired(void)
 	char hist[1024];
 	snprintf(hist, sizeof(hist), "%s%s", U("00000000000000f1", "q"), call);
 	put(d, STORE_HISTORY, hist);
-	put(d, STORE_PARTIAL, "{\"stream_offset\":0}\n");
-	put(d, STORE_SPOOL, Q("00000000000000f1", "q"));
+	put(d, STORE_PARTIAL_PATH, "{\"stream_offset\":0}\n");
+	put(d, STORE_SPOOL_PATH, Q("00000000000000f1", "q"));
 	CHECK_INT(recover_conversation(d, "t", &r), 0);
 	CHECK_HAS(get(d, STORE_HISTORY), "\"tool_call_id\":\"call_1\"");
 	CHECK_HAS(get(d, STORE_HISTORY), "did not finish");
@@ -193,8 +196,8 @@ static void running_retry_dropped(void)
 	struct recover_result r;
 	int d = fresh();
 	put(d, STORE_HISTORY, U("0000000000000101", "q"));
-	put(d, STORE_PARTIAL, "{\"stream_offset\":0}\n");
-	put(d, STORE_SPOOL, "{\"id\":\"0000000000000102\",\"regen\":true}\n" Q("0000000000000103", "next"));
+	put(d, STORE_PARTIAL_PATH, "{\"stream_offset\":0}\n");
+	put(d, STORE_SPOOL_PATH, "{\"id\":\"0000000000000102\",\"regen\":true}\n" Q("0000000000000103", "next"));
 	CHECK_INT(recover_conversation(d, "t", &r), 0);
 	CHECK_INT(r.npending, 1);
 	if (r.npending == 1)
@@ -214,13 +217,116 @@ static void symlink_not_followed(void)
 	put(AT_FDCWD, outside, "{\"role\":\"assis");
 	if (symlinkat(outside, d, STORE_HISTORY) != 0)
 		printf("FAIL: symlink\n");
-	put(d, STORE_SPOOL, Q("0000000000000201", "q"));
+	put(d, STORE_SPOOL_PATH, Q("0000000000000201", "q"));
 	/* The history cannot be read, so which prompts were taken cannot be
 	 * told: recovery fails (the conversation reports it) and changes
 	 * nothing, outside or in. */
 	CHECK_INT(recover_conversation(d, "t", &r), -ELOOP);
 	CHECK_STR(get(AT_FDCWD, outside), "{\"role\":\"assis");
-	CHECK_STR(get(d, STORE_SPOOL), Q("0000000000000201", "q"));
+	CHECK_STR(get(d, STORE_SPOOL_PATH), Q("0000000000000201", "q"));
+	recover_result_free(&r);
+	close(d);
+}
+
+/* The earlier layout: lmsfs's files in the conversation directory itself
+ * are moved into .lmsfs/ and read there; an interrupted answer and a
+ * pending prompt survive the move. */
+static void old_layout_moved(void)
+{
+	struct recover_result r;
+	struct stat st;
+	int d = fresh();
+	put(d, STORE_HISTORY, U("0000000000000301", "q"));
+	put(d, STORE_STREAM, "ans");
+	put(d, STORE_OLD_PARTIAL, "{\"stream_offset\":0}\n");
+	put(d, STORE_OLD_SPOOL, Q("0000000000000301", "q") Q("0000000000000302", "next"));
+	put(d, ".lmsfs.tmp..lmsfs.queue", "junk");
+	put(d, ".lmsfs.old.model", "m");
+	CHECK_INT(recover_conversation(d, "t", &r), 0);
+	CHECK_STR(get(d, STORE_HISTORY), U("0000000000000301", "q") MARKED("ans"));
+	CHECK_INT(r.interrupted, 1);
+	CHECK_INT(r.npending, 1);
+	CHECK_STR(r.pending[0].text, "next");
+	CHECK_STR(get(d, STORE_SPOOL_PATH), Q("0000000000000302", "next"));
+	CHECK_INT(fstatat(d, STORE_OLD_SPOOL, &st, AT_SYMLINK_NOFOLLOW), -1);
+	CHECK_INT(fstatat(d, STORE_OLD_PARTIAL, &st, AT_SYMLINK_NOFOLLOW), -1);
+	CHECK_INT(fstatat(d, ".lmsfs.tmp..lmsfs.queue", &st, AT_SYMLINK_NOFOLLOW), -1);
+	CHECK_INT(fstatat(d, ".lmsfs.old.model", &st, AT_SYMLINK_NOFOLLOW), -1);
+	CHECK_STR(get(d, STORE_PRIVATE "/old.model"), "m");
+	CHECK_STR(get(d, STORE_PARTIAL_PATH), "");
+	recover_result_free(&r);
+	close(d);
+}
+
+/* Both layouts hold prompts (an earlier version ran after this one): the
+ * queues are joined, nothing is lost. */
+static void both_layouts_joined(void)
+{
+	struct recover_result r;
+	int d = fresh();
+	put(d, STORE_SPOOL_PATH, Q("0000000000000401", "new"));
+	put(d, STORE_OLD_SPOOL, Q("0000000000000402", "old"));
+	CHECK_INT(recover_conversation(d, "t", &r), 0);
+	CHECK_INT(r.npending, 2);
+	if (r.npending == 2) {
+		CHECK_STR(r.pending[0].text, "new");
+		CHECK_STR(r.pending[1].text, "old");
+	}
+	CHECK_STR(get(d, STORE_OLD_SPOOL), "");
+	recover_result_free(&r);
+	close(d);
+}
+
+/* A symlink planted as .lmsfs is refused: recovery fails, nothing is
+ * written where it points, nothing is moved there. */
+static void private_symlink_refused(void)
+{
+	struct recover_result r;
+	struct stat st;
+	char target[200];
+	int d = fresh();
+	snprintf(target, sizeof(target), "%s/elsewhere", root);
+	mkdir(target, 0700);
+	CHECK_INT(symlinkat(target, d, STORE_PRIVATE), 0);
+	put(d, STORE_OLD_SPOOL, Q("0000000000000501", "q"));
+	CHECK_INT(recover_conversation(d, "t", &r), -ELOOP);
+	CHECK_STR(get(d, STORE_OLD_SPOOL), Q("0000000000000501", "q"));
+	snprintf(target, sizeof(target), "%s/elsewhere/" STORE_SPOOL, root);
+	CHECK_INT(stat(target, &st), -1);
+	close(d);
+}
+
+/* A symlink of the earlier layout is dropped, never followed. */
+static void old_symlink_dropped(void)
+{
+	struct recover_result r;
+	struct stat st;
+	char target[200];
+	int d = fresh();
+	snprintf(target, sizeof(target), "%s/nowhere", root);
+	CHECK_INT(symlinkat(target, d, STORE_OLD_PARTIAL), 0);
+	put(d, STORE_OLD_SPOOL, Q("0000000000000601", "q"));
+	CHECK_INT(recover_conversation(d, "t", &r), 0);
+	CHECK_INT(fstatat(d, STORE_OLD_PARTIAL, &st, AT_SYMLINK_NOFOLLOW), -1);
+	CHECK_INT(stat(target, &st), -1);
+	CHECK_INT(r.npending, 1);
+	CHECK_INT(r.interrupted, 0);
+	recover_result_free(&r);
+	close(d);
+}
+
+/* A file of the user's named .lmsfs (an earlier version allowed it) is
+ * kept as .lmsfs~, and lmsfs's directory takes the name. */
+static void users_file_kept(void)
+{
+	struct recover_result r;
+	int d = fresh();
+	put(d, STORE_PRIVATE, "mine");
+	put(d, STORE_OLD_SPOOL, Q("0000000000000701", "q"));
+	CHECK_INT(recover_conversation(d, "t", &r), 0);
+	CHECK_STR(get(d, STORE_PRIVATE "~"), "mine");
+	CHECK_INT(r.npending, 1);
+	CHECK_STR(get(d, STORE_SPOOL_PATH), Q("0000000000000701", "q"));
 	recover_result_free(&r);
 	close(d);
 }
@@ -240,6 +346,11 @@ int main(void)
 	tool_round_repaired();
 	running_retry_dropped();
 	symlink_not_followed();
+	old_layout_moved();
+	both_layouts_joined();
+	private_symlink_refused();
+	old_symlink_dropped();
+	users_file_kept();
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", root);
 	if (system(cmd) != 0)
 		printf("could not remove %s\n", root);
