@@ -43,7 +43,8 @@
  *   - moving the files of the earlier layout into .lmsfs/ renames each,
  *     then fsyncs both directories before anything else reads or writes
  *     them: a crash leaves each file in one place or the other, and the
- *     next load moves the rest;
+ *     next load moves the rest; an old queue merged into a new one may be
+ *     merged again after a crash, and recovery keeps one entry per id;
  *   - a failed or short write to the history or the spool is rolled back
  *     to the old length and its errno returned: no line there is ever left
  *     half written;

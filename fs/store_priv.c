@@ -16,20 +16,32 @@
 #include <unistd.h>
 
 /* A file of the user's named .lmsfs (earlier versions let users make
- * one) becomes ".lmsfs~", still theirs and visible. 1 when renamed. */
+ * one) becomes ".lmsfs~" (".lmsfs~1", ... when that is taken), still
+ * theirs and visible; never anything is replaced. 1 when renamed. */
 static int keep_users_file(int dirfd, const char *name)
 {
 	struct stat st;
+	char to[32];
+	int i;
 
 	if (fstatat(dirfd, STORE_PRIVATE, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
 	    !S_ISREG(st.st_mode))
 		return 0;
-	if (renameat2(dirfd, STORE_PRIVATE, dirfd, STORE_PRIVATE "~",
-		      RENAME_NOREPLACE) < 0)
-		return 0; /* then lmsfs's directory cannot be made: refused */
-	log_warnx("conversation %s: renamed your file %s to %s~ (the name is "
+	for (i = 0; i < 100; i++) {
+		if (i == 0)
+			snprintf(to, sizeof(to), "%s~", STORE_PRIVATE);
+		else
+			snprintf(to, sizeof(to), "%s~%d", STORE_PRIVATE, i);
+		if (renameat2(dirfd, STORE_PRIVATE, dirfd, to, RENAME_NOREPLACE) == 0)
+			break;
+		if (errno != EEXIST)
+			return 0; /* then lmsfs's directory cannot be made: refused */
+	}
+	if (i == 100)
+		return 0;
+	log_warnx("conversation %s: renamed your file %s to %s (the name is "
 		  "lmsfs's own now)",
-		  name ? name : "", STORE_PRIVATE, STORE_PRIVATE);
+		  name ? name : "", STORE_PRIVATE, to);
 	return 1;
 }
 

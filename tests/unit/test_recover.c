@@ -331,6 +331,44 @@ static void users_file_kept(void)
 	close(d);
 }
 
+/* A crash between the merge of the earlier layout's queue (appended to
+ * .lmsfs/queue, synced) and the removal of the old file: the next load
+ * merges it again. Each prompt is answered once all the same. */
+static void merge_repeated_after_crash(void)
+{
+	struct recover_result r;
+	int d = fresh();
+	put(d, STORE_SPOOL_PATH, Q("0000000000000801", "new") Q("0000000000000802", "old"));
+	put(d, STORE_OLD_SPOOL, Q("0000000000000802", "old"));
+	CHECK_INT(recover_conversation(d, "t", &r), 0);
+	CHECK_INT(r.npending, 2);
+	if (r.npending == 2) {
+		CHECK_STR(r.pending[0].text, "new");
+		CHECK_STR(r.pending[1].text, "old");
+	}
+	CHECK_STR(get(d, STORE_SPOOL_PATH), Q("0000000000000801", "new") Q("0000000000000802", "old"));
+	recover_result_free(&r);
+	close(d);
+}
+
+/* The user's file .lmsfs when .lmsfs~ is taken too: neither is lost or
+ * hidden, and lmsfs's directory gets the name. */
+static void users_file_kept_beside_tilde(void)
+{
+	struct recover_result r;
+	int d = fresh();
+	put(d, STORE_PRIVATE, "mine");
+	put(d, STORE_PRIVATE "~", "backup");
+	put(d, STORE_OLD_SPOOL, Q("0000000000000901", "q"));
+	CHECK_INT(recover_conversation(d, "t", &r), 0);
+	CHECK_STR(get(d, STORE_PRIVATE "~"), "backup");
+	CHECK_STR(get(d, STORE_PRIVATE "~1"), "mine");
+	CHECK_INT(r.npending, 1);
+	CHECK_STR(get(d, STORE_SPOOL_PATH), Q("0000000000000901", "q"));
+	recover_result_free(&r);
+	close(d);
+}
+
 int main(void)
 {
 	char cmd[200];
@@ -351,6 +389,8 @@ int main(void)
 	private_symlink_refused();
 	old_symlink_dropped();
 	users_file_kept();
+	merge_repeated_after_crash();
+	users_file_kept_beside_tilde();
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", root);
 	if (system(cmd) != 0)
 		printf("could not remove %s\n", root);
