@@ -189,6 +189,11 @@ void store_partial_clear(int dirfd);
  * -ENOTDIR for a file of that name). create: made when absent (mode 0700;
  * the conversation directory fsync'd). */
 int store_private_open(int dirfd, int create);
+/* A file of the user's named .lmsfs (earlier versions let users make
+ * one) becomes ".lmsfs~" (".lmsfs~1", ... when that is taken), still
+ * theirs and visible; nothing is replaced. name is for the log (may be
+ * NULL). 1 when renamed, else 0. */
+int store_private_keep_users_file(int dirfd, const char *name);
 /* Moves the files of the earlier layout (NAMES_PRIVATE_PREFIX*) into
  * .lmsfs/, then syncs both directories; name is for the log. 0 (also when
  * there was nothing to move) or -errno, when some could not be moved

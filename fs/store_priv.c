@@ -15,10 +15,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* A file of the user's named .lmsfs (earlier versions let users make
- * one) becomes ".lmsfs~" (".lmsfs~1", ... when that is taken), still
- * theirs and visible; never anything is replaced. 1 when renamed. */
-static int keep_users_file(int dirfd, const char *name)
+int store_private_keep_users_file(int dirfd, const char *name)
 {
 	struct stat st;
 	char to[32];
@@ -49,7 +46,7 @@ int store_private_open(int dirfd, int create)
 {
 	int fd = fsio_open(dirfd, STORE_PRIVATE, O_RDONLY | O_DIRECTORY, 0);
 
-	if (fd == -ENOTDIR && create && keep_users_file(dirfd, NULL))
+	if (fd == -ENOTDIR && create && store_private_keep_users_file(dirfd, NULL))
 		fd = -ENOENT;
 	if (fd != -ENOENT || !create)
 		return fd;
@@ -146,7 +143,7 @@ int store_private_migrate(int dirfd, const char *name)
 
 	if (fd < 0)
 		return -errno;
-	moved = keep_users_file(dirfd, name);
+	moved = store_private_keep_users_file(dirfd, name);
 	d = fdopendir(fd);
 	if (!d) {
 		close(fd);
