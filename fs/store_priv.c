@@ -127,9 +127,15 @@ static int move_one(int dirfd, int pfd, const char *old)
 		if (fstatat(pfd, nn, &sn, AT_SYMLINK_NOFOLLOW) == 0 &&
 		    sn.st_size == 0)
 			return renameat(dirfd, old, pfd, nn) == 0 ? 1 : -errno;
-		return merge_spools(dirfd, old, pfd) == 0 ? 1 : -EIO;
+		int r = merge_spools(dirfd, old, pfd);
+		return r == 0 ? 1 : r;
 	}
-	/* A marker or a scratch file: the one in .lmsfs/ is the newer. */
+	/* A marker or a scratch file in both places (an earlier version ran
+	 * after this one): the newer one is kept. */
+	if (fstatat(pfd, nn, &sn, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(sn.st_mode) &&
+	    (so.st_mtim.tv_sec > sn.st_mtim.tv_sec ||
+	     (so.st_mtim.tv_sec == sn.st_mtim.tv_sec && so.st_mtim.tv_nsec > sn.st_mtim.tv_nsec)))
+		return renameat(dirfd, old, pfd, nn) == 0 ? 1 : -errno;
 	return unlinkat(dirfd, old, 0) == 0 ? 1 : -errno;
 }
 

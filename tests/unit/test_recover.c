@@ -369,6 +369,28 @@ static void users_file_kept_beside_tilde(void)
 	close(d);
 }
 
+/* Both layouts hold a running answer's marker (an earlier version ran,
+ * and was killed, after this one was): the newer marker tells where the
+ * cut answer starts. */
+static void newer_marker_kept(void)
+{
+	struct recover_result r;
+	struct timespec old_times[2] = {{1000000, 0}, {1000000, 0}};
+	int d = fresh();
+	put(d, STORE_HISTORY, U("0000000000000a01", "q1") A("a1") U("0000000000000a02", "q2"));
+	put(d, STORE_STREAM, "a1\nhalf");
+	put(d, STORE_PARTIAL_PATH, "{\"stream_offset\":0}\n");
+	CHECK_INT(utimensat(d, STORE_PARTIAL_PATH, old_times, 0), 0);
+	put(d, STORE_OLD_PARTIAL, "{\"stream_offset\":3}\n");
+	put(d, STORE_OLD_SPOOL, Q("0000000000000a02", "q2"));
+	CHECK_INT(recover_conversation(d, "t", &r), 0);
+	CHECK_INT(r.interrupted, 1);
+	CHECK_STR(get(d, STORE_HISTORY), U("0000000000000a01", "q1") A("a1")
+		  U("0000000000000a02", "q2") MARKED("half"));
+	recover_result_free(&r);
+	close(d);
+}
+
 int main(void)
 {
 	char cmd[200];
@@ -391,6 +413,7 @@ int main(void)
 	users_file_kept();
 	merge_repeated_after_crash();
 	users_file_kept_beside_tilde();
+	newer_marker_kept();
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", root);
 	if (system(cmd) != 0)
 		printf("could not remove %s\n", root);
