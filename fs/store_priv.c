@@ -29,10 +29,12 @@ int store_private_keep_users_file(int dirfd, const char *name)
 			snprintf(to, sizeof(to), "%s~", STORE_PRIVATE);
 		else
 			snprintf(to, sizeof(to), "%s~%d", STORE_PRIVATE, i);
-		if (renameat2(dirfd, STORE_PRIVATE, dirfd, to, RENAME_NOREPLACE) == 0)
+		if (renameat2(dirfd, STORE_PRIVATE, dirfd, to,
+			      RENAME_NOREPLACE) == 0)
 			break;
 		if (errno != EEXIST)
-			return 0; /* then lmsfs's directory cannot be made: refused */
+			return 0; /* then lmsfs's directory cannot be made:
+				     refused */
 	}
 	if (i == 100)
 		return 0;
@@ -46,7 +48,8 @@ int store_private_open(int dirfd, int create)
 {
 	int fd = fsio_open(dirfd, STORE_PRIVATE, O_RDONLY | O_DIRECTORY, 0);
 
-	if (fd == -ENOTDIR && create && store_private_keep_users_file(dirfd, NULL))
+	if (fd == -ENOTDIR && create &&
+	    store_private_keep_users_file(dirfd, NULL))
 		fd = -ENOENT;
 	if (fd != -ENOENT || !create)
 		return fd;
@@ -132,9 +135,11 @@ static int move_one(int dirfd, int pfd, const char *old)
 	}
 	/* A marker or a scratch file in both places (an earlier version ran
 	 * after this one): the newer one is kept. */
-	if (fstatat(pfd, nn, &sn, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(sn.st_mode) &&
+	if (fstatat(pfd, nn, &sn, AT_SYMLINK_NOFOLLOW) == 0 &&
+	    S_ISREG(sn.st_mode) &&
 	    (so.st_mtim.tv_sec > sn.st_mtim.tv_sec ||
-	     (so.st_mtim.tv_sec == sn.st_mtim.tv_sec && so.st_mtim.tv_nsec > sn.st_mtim.tv_nsec)))
+	     (so.st_mtim.tv_sec == sn.st_mtim.tv_sec &&
+	      so.st_mtim.tv_nsec > sn.st_mtim.tv_nsec)))
 		return renameat(dirfd, old, pfd, nn) == 0 ? 1 : -errno;
 	return unlinkat(dirfd, old, 0) == 0 ? 1 : -errno;
 }
