@@ -249,6 +249,16 @@ struct conv *conv_get(const char *name)
 
 /* --- directories -------------------------------------------------------- */
 
+/* Whether name in fd is a user's file named .lmsfs that could not be
+ * renamed (store_private_keep_users_file). */
+static int users_file(int fd, const char *name)
+{
+	struct stat st;
+
+	return !strcmp(name, NAMES_PRIVATE_DIR) &&
+	       fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode);
+}
+
 /* Removes lmsfs's private files (store_private_remove); fails with
  * -ENOTEMPTY when others exist. */
 static int clear_private(int parentfd, const char *name, int dry)
@@ -260,6 +270,9 @@ static int clear_private(int parentfd, const char *name, int dry)
 
 	if (fd < 0)
 		return -errno;
+	/* A file of the user's named .lmsfs is theirs: it is kept, renamed,
+	 * and keeps the directory from being empty. */
+	store_private_keep_users_file(fd, name);
 	d = fdopendir(fd);
 	if (!d) {
 		close(fd);
@@ -268,7 +281,7 @@ static int clear_private(int parentfd, const char *name, int dry)
 	while ((de = readdir(d))) {
 		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
 			continue;
-		if (!names_private(de->d_name)) {
+		if (!names_private(de->d_name) || users_file(fd, de->d_name)) {
 			ret = -ENOTEMPTY;
 			break;
 		}

@@ -17,6 +17,57 @@
 
 static int openat2_missing; /* set once when the kernel lacks openat2 */
 
+/* Without openat2: path opened one component at a time, each with
+ * O_NOFOLLOW (a symlink anywhere on the way: ELOOP), ".." and absolute
+ * paths refused (EXDEV), as RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH do.
+ * An fd, or -1 and errno. */
+static int open_walk(int dirfd, const char *path, int flags, mode_t mode)
+{
+	char buf[4200], *p = buf, *slash;
+	int cur = dirfd, fd, err;
+
+	if (path[0] == '/') {
+		errno = EXDEV;
+		return -1;
+	}
+	if (snprintf(buf, sizeof(buf), "%s", path) >= (int)sizeof(buf)) {
+		errno = ENAMETOOLONG;
+		return -1;
+	}
+	for (;;) {
+		slash = strchr(p, '/');
+		if (slash)
+			*slash = '\0';
+		if (!strcmp(p, "..")) {
+			fd = -1;
+			errno = EXDEV;
+			break;
+		}
+		if (!slash) {
+			fd = openat(cur, *p ? p : ".", flags | O_NOFOLLOW, mode);
+			break;
+		}
+		if (*p && strcmp(p, ".")) {
+			struct stat st;
+			fd = openat(cur, p, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+			if (fd < 0 && errno == ENOTDIR &&
+			    fstatat(cur, p, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode))
+				errno = ELOOP;
+			if (fd < 0)
+				break;
+			if (cur != dirfd)
+				close(cur);
+			cur = fd;
+		}
+		p = slash + 1;
+	}
+	err = errno;
+	if (cur != dirfd)
+		close(cur);
+	errno = err;
+	return fd;
+}
+
 int fsio_open(int dirfd, const char *path, int flags, mode_t mode)
 {
 	int fd = -1;
@@ -33,7 +84,7 @@ int fsio_open(int dirfd, const char *path, int flags, mode_t mode)
 			__atomic_store_n(&openat2_missing, 1, __ATOMIC_RELAXED);
 	}
 	if (__atomic_load_n(&openat2_missing, __ATOMIC_RELAXED))
-		fd = openat(dirfd, path, flags | O_NOFOLLOW, mode);
+		fd = open_walk(dirfd, path, flags, mode);
 	if (fd >= 0)
 		return fd;
 	if (errno == ELOOP || errno == EXDEV) {

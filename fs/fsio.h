@@ -13,7 +13,8 @@
 
 /* openat() relative to dirfd that refuses (-ELOOP) any symlink on the
  * way and any path leaving dirfd (openat2 RESOLVE_BENEATH |
- * RESOLVE_NO_SYMLINKS; O_NOFOLLOW on kernels without openat2). O_CLOEXEC
+ * RESOLVE_NO_SYMLINKS; on kernels without openat2, one component at a
+ * time with O_NOFOLLOW, ".." and absolute paths refused). O_CLOEXEC
  * is added. A refused symlink is logged. Returns an fd or -errno. */
 int fsio_open(int dirfd, const char *path, int flags, mode_t mode);
 

@@ -221,11 +221,58 @@ static void mark_interrupted(int dirfd, const char *name, int have_partial, off_
 	free(text);
 }
 
+static int id_order(const void *a, const void *b, void *arg)
+{
+	const struct spool_entry *v = arg;
+	size_t x = *(const size_t *)a, y = *(const size_t *)b;
+	int c = strcmp(v[x].id, v[y].id);
+	return c ? c : (x > y) - (x < y);
+}
+
+/* Drops every entry whose id an earlier one has (a queue of the earlier
+ * layout merged twice: a crash came between the merge and the removal of
+ * the old file), so that no prompt is answered twice. The number dropped,
+ * or -ENOMEM. */
+static long drop_repeated(struct spool_entry *v, size_t *n)
+{
+	size_t *ix, k = 0, m = *n;
+	char *dup;
+
+	if (m < 2)
+		return 0;
+	ix = malloc(m * sizeof(*ix));
+	dup = calloc(m, 1);
+	if (!ix || !dup) {
+		free(ix);
+		free(dup);
+		return -ENOMEM;
+	}
+	for (size_t i = 0; i < m; i++)
+		ix[i] = i;
+	qsort_r(ix, m, sizeof(*ix), id_order, v);
+	for (size_t i = 1; i < m; i++)
+		if (v[ix[i]].id[0] && !strcmp(v[ix[i]].id, v[ix[i - 1]].id))
+			dup[ix[i]] = 1;
+	for (size_t i = 0; i < m; i++) {
+		if (dup[i]) {
+			free(v[i].text);
+			free(v[i].files);
+		} else {
+			v[k++] = v[i];
+		}
+	}
+	free(ix);
+	free(dup);
+	*n = k;
+	return (long)(m - k);
+}
+
 int recover_conversation(int dirfd, const char *name, struct recover_result *r)
 {
 	struct spool_entry *v = NULL;
 	size_t n = 0, np = 0;
 	int *taken = NULL, any_taken = 0, have_partial, in_flight, ret;
+	long repeated;
 	off_t offset = -1;
 	cJSON *lm;
 
@@ -244,6 +291,14 @@ int recover_conversation(int dirfd, const char *name, struct recover_result *r)
 			  strerror(-ret));
 		return ret;
 	}
+	repeated = drop_repeated(v, &n);
+	if (repeated < 0) {
+		spool_free(v, n);
+		return (int)repeated;
+	}
+	if (repeated)
+		log_warnx("conversation %s: dropped %ld repeated prompt(s) from the queue",
+			  name, repeated);
 	taken = calloc(n ? n : 1, sizeof(*taken));
 	if (!taken) {
 		spool_free(v, n);
@@ -293,7 +348,7 @@ int recover_conversation(int dirfd, const char *name, struct recover_result *r)
 	for (size_t i = 0; i < np; i++)
 		if (v[i].files)
 			attach_move(dirfd, v[i].files);
-	if (n != np || n == 0) {
+	if (n != np || n == 0 || repeated) {
 		ret = spool_rewrite(dirfd, v, np);
 		if (ret)
 			log_warnx("conversation %s: cannot rewrite the prompt queue: %s", name,

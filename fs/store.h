@@ -43,7 +43,8 @@
  *   - moving the files of the earlier layout into .lmsfs/ renames each,
  *     then fsyncs both directories before anything else reads or writes
  *     them: a crash leaves each file in one place or the other, and the
- *     next load moves the rest;
+ *     next load moves the rest; an old queue merged into a new one may be
+ *     merged again after a crash, and recovery keeps one entry per id;
  *   - a failed or short write to the history or the spool is rolled back
  *     to the old length and its errno returned: no line there is ever left
  *     half written;
@@ -188,6 +189,11 @@ void store_partial_clear(int dirfd);
  * -ENOTDIR for a file of that name). create: made when absent (mode 0700;
  * the conversation directory fsync'd). */
 int store_private_open(int dirfd, int create);
+/* A file of the user's named .lmsfs (earlier versions let users make
+ * one) becomes ".lmsfs~" (".lmsfs~1", ... when that is taken), still
+ * theirs and visible; nothing is replaced. name is for the log (may be
+ * NULL). 1 when renamed, else 0. */
+int store_private_keep_users_file(int dirfd, const char *name);
 /* Moves the files of the earlier layout (NAMES_PRIVATE_PREFIX*) into
  * .lmsfs/, then syncs both directories; name is for the log. 0 (also when
  * there was nothing to move) or -errno, when some could not be moved

@@ -15,21 +15,32 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* A file of the user's named .lmsfs (earlier versions let users make
- * one) becomes ".lmsfs~", still theirs and visible. 1 when renamed. */
-static int keep_users_file(int dirfd, const char *name)
+int store_private_keep_users_file(int dirfd, const char *name)
 {
 	struct stat st;
+	char to[32];
+	int i;
 
 	if (fstatat(dirfd, STORE_PRIVATE, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
 	    !S_ISREG(st.st_mode))
 		return 0;
-	if (renameat2(dirfd, STORE_PRIVATE, dirfd, STORE_PRIVATE "~",
-		      RENAME_NOREPLACE) < 0)
-		return 0; /* then lmsfs's directory cannot be made: refused */
-	log_warnx("conversation %s: renamed your file %s to %s~ (the name is "
+	for (i = 0; i < 100; i++) {
+		if (i == 0)
+			snprintf(to, sizeof(to), "%s~", STORE_PRIVATE);
+		else
+			snprintf(to, sizeof(to), "%s~%d", STORE_PRIVATE, i);
+		if (renameat2(dirfd, STORE_PRIVATE, dirfd, to,
+			      RENAME_NOREPLACE) == 0)
+			break;
+		if (errno != EEXIST)
+			return 0; /* then lmsfs's directory cannot be made:
+				     refused */
+	}
+	if (i == 100)
+		return 0;
+	log_warnx("conversation %s: renamed your file %s to %s (the name is "
 		  "lmsfs's own now)",
-		  name ? name : "", STORE_PRIVATE, STORE_PRIVATE);
+		  name ? name : "", STORE_PRIVATE, to);
 	return 1;
 }
 
@@ -37,7 +48,8 @@ int store_private_open(int dirfd, int create)
 {
 	int fd = fsio_open(dirfd, STORE_PRIVATE, O_RDONLY | O_DIRECTORY, 0);
 
-	if (fd == -ENOTDIR && create && keep_users_file(dirfd, NULL))
+	if (fd == -ENOTDIR && create &&
+	    store_private_keep_users_file(dirfd, NULL))
 		fd = -ENOENT;
 	if (fd != -ENOENT || !create)
 		return fd;
@@ -118,9 +130,17 @@ static int move_one(int dirfd, int pfd, const char *old)
 		if (fstatat(pfd, nn, &sn, AT_SYMLINK_NOFOLLOW) == 0 &&
 		    sn.st_size == 0)
 			return renameat(dirfd, old, pfd, nn) == 0 ? 1 : -errno;
-		return merge_spools(dirfd, old, pfd) == 0 ? 1 : -EIO;
+		int r = merge_spools(dirfd, old, pfd);
+		return r == 0 ? 1 : r;
 	}
-	/* A marker or a scratch file: the one in .lmsfs/ is the newer. */
+	/* A marker or a scratch file in both places (an earlier version ran
+	 * after this one): the newer one is kept. */
+	if (fstatat(pfd, nn, &sn, AT_SYMLINK_NOFOLLOW) == 0 &&
+	    S_ISREG(sn.st_mode) &&
+	    (so.st_mtim.tv_sec > sn.st_mtim.tv_sec ||
+	     (so.st_mtim.tv_sec == sn.st_mtim.tv_sec &&
+	      so.st_mtim.tv_nsec > sn.st_mtim.tv_nsec)))
+		return renameat(dirfd, old, pfd, nn) == 0 ? 1 : -errno;
 	return unlinkat(dirfd, old, 0) == 0 ? 1 : -errno;
 }
 
@@ -134,7 +154,7 @@ int store_private_migrate(int dirfd, const char *name)
 
 	if (fd < 0)
 		return -errno;
-	moved = keep_users_file(dirfd, name);
+	moved = store_private_keep_users_file(dirfd, name);
 	d = fdopendir(fd);
 	if (!d) {
 		close(fd);

@@ -240,3 +240,40 @@ def test_rm_mv_and_cp_of_conversations(fake, mount):
     mkconv(m, "e")
     assert os_errno(os.rmdir, cdir(m, "e")) == 0
     assert not back(m, "e").exists()
+
+
+# ----------------------------------- 5. a file of the user's named .lmsfs
+
+def test_a_users_file_named_lmsfs_is_never_lost(fake, mount):
+    """Earlier versions let a user make a file named .lmsfs. It is kept
+    (as .lmsfs~, or .lmsfs~1 when that is taken, nothing replaced) and the
+    conversation works; rmdir of a conversation it alone is in does not
+    remove it."""
+    m = bmount(mount)
+    mkconv(m, "u")
+    prompt(m, "u", "hello")
+    reply(m, "u")
+    mkconv(m, "v")
+    m.kill9()
+    b = back(m, "u")
+    clear_private(b)
+    (b / ".lmsfs").write_text("mine\n")
+    (b / ".lmsfs~").write_text("backup\n")
+    v = back(m, "v")
+    clear_private(v)
+    (v / ".lmsfs").write_text("keep me\n")
+    m.start()
+    prompt(m, "u", "again")
+    wait_answered(m, "u", 1)
+    assert history(m, "u")[-1]["content"] == echo_of("again")
+    r = sh(m, "ls -a u")
+    assert ".lmsfs~\n" in r.stdout and ".lmsfs~1\n" in r.stdout, r.stdout
+    assert read_text(cdir(m, "u") / ".lmsfs~") == "backup\n"
+    assert read_text(cdir(m, "u") / ".lmsfs~1") == "mine\n"
+    # rmdir of a conversation the user's file is in: not empty, kept.
+    assert os_errno(os.rmdir, cdir(m, "v")) == errno.ENOTEMPTY
+    kept = [x for x in os.listdir(v) if x in (".lmsfs", ".lmsfs~")]
+    assert kept, os.listdir(v)
+    assert (v / ".lmsfs~").read_text() == "keep me\n"
+    r = sh(m, "ls -a v")
+    assert ".lmsfs~" in r.stdout, r.stdout

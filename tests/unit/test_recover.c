@@ -331,6 +331,66 @@ static void users_file_kept(void)
 	close(d);
 }
 
+/* A crash between the merge of the earlier layout's queue (appended to
+ * .lmsfs/queue, synced) and the removal of the old file: the next load
+ * merges it again. Each prompt is answered once all the same. */
+static void merge_repeated_after_crash(void)
+{
+	struct recover_result r;
+	int d = fresh();
+	put(d, STORE_SPOOL_PATH, Q("0000000000000801", "new") Q("0000000000000802", "old"));
+	put(d, STORE_OLD_SPOOL, Q("0000000000000802", "old"));
+	CHECK_INT(recover_conversation(d, "t", &r), 0);
+	CHECK_INT(r.npending, 2);
+	if (r.npending == 2) {
+		CHECK_STR(r.pending[0].text, "new");
+		CHECK_STR(r.pending[1].text, "old");
+	}
+	CHECK_STR(get(d, STORE_SPOOL_PATH), Q("0000000000000801", "new") Q("0000000000000802", "old"));
+	recover_result_free(&r);
+	close(d);
+}
+
+/* The user's file .lmsfs when .lmsfs~ is taken too: neither is lost or
+ * hidden, and lmsfs's directory gets the name. */
+static void users_file_kept_beside_tilde(void)
+{
+	struct recover_result r;
+	int d = fresh();
+	put(d, STORE_PRIVATE, "mine");
+	put(d, STORE_PRIVATE "~", "backup");
+	put(d, STORE_OLD_SPOOL, Q("0000000000000901", "q"));
+	CHECK_INT(recover_conversation(d, "t", &r), 0);
+	CHECK_STR(get(d, STORE_PRIVATE "~"), "backup");
+	CHECK_STR(get(d, STORE_PRIVATE "~1"), "mine");
+	CHECK_INT(r.npending, 1);
+	CHECK_STR(get(d, STORE_SPOOL_PATH), Q("0000000000000901", "q"));
+	recover_result_free(&r);
+	close(d);
+}
+
+/* Both layouts hold a running answer's marker (an earlier version ran,
+ * and was killed, after this one was): the newer marker tells where the
+ * cut answer starts. */
+static void newer_marker_kept(void)
+{
+	struct recover_result r;
+	struct timespec old_times[2] = {{1000000, 0}, {1000000, 0}};
+	int d = fresh();
+	put(d, STORE_HISTORY, U("0000000000000a01", "q1") A("a1") U("0000000000000a02", "q2"));
+	put(d, STORE_STREAM, "a1\nhalf");
+	put(d, STORE_PARTIAL_PATH, "{\"stream_offset\":0}\n");
+	CHECK_INT(utimensat(d, STORE_PARTIAL_PATH, old_times, 0), 0);
+	put(d, STORE_OLD_PARTIAL, "{\"stream_offset\":3}\n");
+	put(d, STORE_OLD_SPOOL, Q("0000000000000a02", "q2"));
+	CHECK_INT(recover_conversation(d, "t", &r), 0);
+	CHECK_INT(r.interrupted, 1);
+	CHECK_STR(get(d, STORE_HISTORY), U("0000000000000a01", "q1") A("a1")
+		  U("0000000000000a02", "q2") MARKED("half"));
+	recover_result_free(&r);
+	close(d);
+}
+
 int main(void)
 {
 	char cmd[200];
@@ -351,6 +411,9 @@ int main(void)
 	private_symlink_refused();
 	old_symlink_dropped();
 	users_file_kept();
+	merge_repeated_after_crash();
+	users_file_kept_beside_tilde();
+	newer_marker_kept();
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", root);
 	if (system(cmd) != 0)
 		printf("could not remove %s\n", root);
