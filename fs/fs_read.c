@@ -76,14 +76,20 @@ static struct rpipe *rpipe_get(size_t size)
 	return rp;
 }
 
+/* Forgets this thread's pipe and what it holds (a new one next time). */
+static void rpipe_drop(struct rpipe *rp)
+{
+	pthread_setspecific(rpipe_key, NULL);
+	rpipe_free(rp);
+}
+
 /* Drops what a failed reply left in the pipe (it must start empty). */
 static void rpipe_drain(struct rpipe *rp)
 {
 	int left = 0;
 	if (ioctl(rp->fd[0], FIONREAD, &left) == 0 && left == 0)
 		return;
-	pthread_setspecific(rpipe_key, NULL);
-	rpipe_free(rp); /* a new one next time */
+	rpipe_drop(rp);
 }
 
 static void read_via_memory(fuse_req_t req, int fd, size_t size, off_t off)
@@ -107,7 +113,10 @@ static void read_via_memory(fuse_req_t req, int fd, size_t size, off_t off)
 
 void read_fd(fuse_req_t req, struct fh *f, size_t size, off_t off)
 {
-	struct rpipe *rp = size ? rpipe_get(size) : NULL;
+	/* A pipe holds pages: size bytes from an offset inside a page span
+	 * one page more than size fills. */
+	long page = sysconf(_SC_PAGESIZE);
+	struct rpipe *rp = size ? rpipe_get(size + 2 * (size_t)(page > 0 ? page : 4096)) : NULL;
 	struct fuse_bufvec bv = FUSE_BUFVEC_INIT(0);
 	loff_t pos = off;
 	size_t got = 0;
@@ -116,18 +125,22 @@ void read_fd(fuse_req_t req, struct fh *f, size_t size, off_t off)
 		read_via_memory(req, f->fd, size, off);
 		return;
 	}
-	/* A short count is the end of the file (the pipe has room for all). */
+	/* Never blocking on the pipe: a full pipe would wait for a reader
+	 * that is this very thread. 0 is the end of the file. */
 	while (got < size) {
-		ssize_t n = splice(f->fd, &pos, rp->fd[1], NULL, size - got, 0);
+		ssize_t n = splice(f->fd, &pos, rp->fd[1], NULL, size - got, SPLICE_F_NONBLOCK);
 		if (n < 0 && errno == EINTR)
 			continue;
-		if (n < 0 && got == 0) {
-			/* Nothing in the pipe: this file cannot be spliced. */
+		if (n == 0)
+			break;
+		if (n < 0) {
+			/* Not spliceable, or the pipe is full: the whole read
+			 * goes through memory instead (a short reply would
+			 * read as the end of the file). */
+			rpipe_drop(rp);
 			read_via_memory(req, f->fd, size, off);
 			return;
 		}
-		if (n <= 0)
-			break; /* the end, or an error after some bytes: those */
 		got += (size_t)n;
 	}
 	if (got == 0) {

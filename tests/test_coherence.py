@@ -452,3 +452,24 @@ def test_temporary_renamed_over_the_history_with_lines_merged_in(fake, mount):
     assert disk.startswith(edited) and echo_of("two") in disk
     assert mount_stat(m, "s", "messages.jsonl") == len(disk.encode())
     assert mount_cat(m, "s", "messages.jsonl") == disk
+
+
+def test_reads_at_any_offset_through_a_writable_handle(fake, mount):
+    """A handle opened for writing reads past the page cache, at whatever
+    offset the reader asks: a read from inside a page spans one page more
+    than its size, and must come back whole, never hang."""
+    m = cmount(mount)
+    mkconv(m, "o")
+    line = '{"role":"user","content":"%s"}\n' % ("x" * 200)
+    data = (line * 8000).encode()
+    path = cdir(m, "o") / "messages.jsonl"
+    with open(path, "wb") as f:
+        f.write(data)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        for off in (0, 1, 100, 4095, 4097, 65536 + 7, len(data) - 10):
+            for size in (1, 4096, 65536, 131072, 1 << 20):
+                got = call_with_timeout(os.pread, fd, size, off, timeout=10)
+                assert got == data[off:off + size], (off, size)
+    finally:
+        os.close(fd)
