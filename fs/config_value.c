@@ -68,22 +68,32 @@ static int to_long(double v, long *out)
 	return 0;
 }
 
+/* s as "<unsigned decimal> [unit]": the number in *v, *u at the unit
+ * (inside t, blanks skipped; "" when none). 0 or -EINVAL. */
+static int number_and_unit(const char *s, char *t, size_t tlen, double *v, const char **u)
+{
+	size_t i;
+
+	if (trim_copy(s, t, tlen))
+		return -EINVAL;
+	i = scan_decimal(t, 0, v);
+	if (!i)
+		return -EINVAL;
+	*u = t + i;
+	while (**u == ' ')
+		(*u)++;
+	return 0;
+}
+
 /* A duration; plain numbers are in units of unit_ms. */
 int config_parse_duration(const char *s, long unit_ms, long *out)
 {
 	char t[CONFIG_NUM_TEXT_MAX];
 	double v, mult;
-	size_t i;
 	const char *u;
 
-	if (trim_copy(s, t, sizeof(t)))
+	if (number_and_unit(s, t, sizeof(t), &v, &u))
 		return -EINVAL;
-	i = scan_decimal(t, 0, &v);
-	if (!i)
-		return -EINVAL;
-	u = t + i;
-	while (*u == ' ')
-		u++;
 	if (*u == '\0')
 		mult = (double)unit_ms;
 	else if (strcasecmp(u, "ms") == 0)
@@ -107,16 +117,9 @@ int config_parse_size(const char *s, long *out)
 	char t[CONFIG_NUM_TEXT_MAX];
 	double v, mult = 1;
 	const char *u;
-	size_t i;
 
-	if (!s || trim_copy(s, t, sizeof(t)))
+	if (!s || number_and_unit(s, t, sizeof(t), &v, &u))
 		return -EINVAL;
-	i = scan_decimal(t, 0, &v);
-	if (!i)
-		return -EINVAL;
-	u = t + i;
-	while (*u == ' ')
-		u++;
 	switch (tolower((unsigned char)*u)) {
 	case 'k':
 		mult = 1024.0;

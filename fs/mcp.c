@@ -258,6 +258,18 @@ static void wait_cv(struct mcp_server *s, long ms)
 	pthread_cond_timedwait(&s->cv, &s->lock, &ts);
 }
 
+/* Closes the server's stdin and drops what was queued for it (takes its
+ * write lock). */
+static void close_input(struct mcp_server *s)
+{
+	pthread_mutex_lock(&s->wlock);
+	if (s->in_fd >= 0)
+		close(s->in_fd);
+	s->in_fd = -1;
+	mcp_outq_reset(s);
+	pthread_mutex_unlock(&s->wlock);
+}
+
 int mcp_srv_ensure(struct mcp_server *s, const volatile int *cancel, char *why, size_t n)
 {
 	long long deadline = now_ms() + mcp_cfg->tool_timeout_ms + 2000;
@@ -295,12 +307,7 @@ int mcp_srv_ensure(struct mcp_server *s, const volatile int *cancel, char *why, 
 	s->state = MS_STARTING;
 	s->why[0] = '\0';
 	pthread_mutex_unlock(&s->lock);
-	pthread_mutex_lock(&s->wlock);
-	if (s->in_fd >= 0)
-		close(s->in_fd);
-	s->in_fd = -1;
-	mcp_outq_reset(s);
-	pthread_mutex_unlock(&s->wlock);
+	close_input(s);
 	pthread_mutex_lock(&s->lock);
 	proctree_close(&s->tree);
 	pthread_mutex_unlock(&s->lock);
@@ -478,12 +485,7 @@ void mcp_srv_stop_begin(struct mcp_server *s)
 	pthread_mutex_lock(&s->lock);
 	s->retired = 1;
 	pthread_mutex_unlock(&s->lock);
-	pthread_mutex_lock(&s->wlock);
-	if (s->in_fd >= 0)
-		close(s->in_fd);
-	s->in_fd = -1;
-	mcp_outq_reset(s);
-	pthread_mutex_unlock(&s->wlock);
+	close_input(s);
 }
 
 void mcp_srv_stop_end(struct mcp_server *s, long long deadline)
